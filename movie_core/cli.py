@@ -1,0 +1,245 @@
+"""The `movie` command line: thin click commands over the core modules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from movie_core import __version__
+from movie_core.errors import MovieError, UsageError
+
+RECIPE_FLAGS = (
+    "preset", "recipe_file", "vae", "encoder", "decoder", "denoiser", "backend", "size", "init", "model",
+    "steps", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor",
+)
+
+
+def _guidance(ctx, param, value):
+    if value is None:
+        return None
+    if not value >= 0 or value > 100:
+        raise click.BadParameter(f"must be between 0 and 100, got {value}")
+    return value
+
+
+def recipe_options(fn: Callable) -> Callable:
+    """The recipe flags every command takes, the same way."""
+    opts = [
+        click.option("--preset", help="Start from a shipped recipe: base, mobile, mmg, movie (paper Table 1)."),
+        click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="Start from a recipe TOML file."),
+        click.option("--vae", help="Autoencoder for both encoder and decoder."),
+        click.option("--encoder", help="Autoencoder that encodes frames (hybrids need one latent space)."),
+        click.option("--decoder", help="Autoencoder that decodes frames."),
+        click.option("--denoiser", help="Denoiser (see `movie list denoiser`)."),
+        click.option("--backend", help="Execution backend (see `movie list backend`)."),
+        click.option("--size", type=click.Choice(["full", "nano"]), help="Model size: full (SD-1.5 shapes) or nano."),
+        click.option("--init", type=click.Choice(["random"]), help="Build with random weights (no --model needed)."),
+        click.option("--model", help="Model folder, single .safetensors file, or a repo id in the local HF cache."),
+        click.option("--steps", type=click.IntRange(min=1), help="Sampling steps (default: the denoiser's)."),
+        click.option("--text-guidance", type=float, callback=_guidance, help="Text guidance scale s_T."),
+        click.option("--image-guidance", type=float, callback=_guidance, help="Image guidance scale s_I."),
+        click.option("--seed", type=int, help="Random seed (weights at --init random, and noise)."),
+        click.option("--device", help="cpu, cuda, cuda:N, mps or auto."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Compute precision."),
+        click.option("--anchor", help="Cross-frame attention anchor: middle, first, none or a frame index."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def resolve_recipe(kw: dict[str, Any]):
+    """Recipe flags -> (Recipe, model folder or None). Pops the flags from kw."""
+    from movie_core import recipe as recipes
+    from movie_core.weights import read_manifest, resolve_model
+
+    flags = {name: kw.pop(name, None) for name in RECIPE_FLAGS}
+    if flags["preset"] and flags["recipe_file"]:
+        raise UsageError("--preset and --recipe are exclusive: pick one starting point")
+    if flags["vae"] and (flags["encoder"] or flags["decoder"]):
+        raise UsageError("--vae sets both encoder and decoder; use either --vae or --encoder/--decoder")
+    if flags["init"] and flags["model"]:
+        raise UsageError("--init random and --model are exclusive: random weights or loaded ones")
+    model = resolve_model(flags["model"]) if flags["model"] else None
+    if flags["preset"]:
+        base = recipes.preset(flags["preset"])
+    elif flags["recipe_file"]:
+        base = recipes.load(flags["recipe_file"])
+    else:
+        manifest = read_manifest(model) if model else None
+        base = recipes.make_recipe(manifest["recipe"]) if manifest and "recipe" in manifest else recipes.preset("movie")
+    changes = {
+        key: flags[key]
+        for key in ("encoder", "decoder", "denoiser", "backend", "size", "steps", "text_guidance",
+                    "image_guidance", "seed", "device", "dtype", "anchor", "vae")
+        if flags[key] is not None
+    }
+    return base.replace(**changes), model, flags["init"]
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="movie")
+def cli() -> None:
+    """Diffusion video editing at mobile speed: the MoViE recipe as swappable plugins."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins, their versions and the hooks they implement."""
+    from movie_core.plugins import plugin_info
+
+    rows = plugin_info()
+    if as_json:
+        _emit(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['name']} {row.get('version', '')} [{row.get('source', '')}]: {', '.join(row['hooks'])}")
+
+
+@cli.command("list")
+@click.argument("family", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(family: str | None, as_json: bool) -> None:
+    """List components per family (autoencoder, denoiser, distiller, backend)."""
+    from movie_core.plugins import get_registry
+    from movie_core.registry import FAMILIES, UnknownComponentError
+
+    if family is not None:
+        family = family.rstrip("s")
+        if family not in FAMILIES:
+            raise UnknownComponentError("family", family, list(FAMILIES))
+    registry = get_registry()
+    specs = list(registry.specs(family))
+    if as_json:
+        _emit([
+            {"family": s.family, "name": s.name, "summary": s.summary, "plugin": s.plugin, "version": s.version,
+             "latent_space": s.latent_space}
+            for s in specs
+        ])
+        return
+    current = None
+    for s in specs:
+        if s.family != current:
+            current = s.family
+            click.echo(f"{current}s:")
+        click.echo(f"  {s.name:24} {s.summary}  [{s.plugin}]")
+
+
+@cli.command()
+@recipe_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe as TOML.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--save-model", type=click.Path(file_okay=True), help="Build and write a loadable model folder (or .safetensors file).")
+def compose(output: str | None, as_json: bool, save_model: str | None, **kw: Any) -> None:
+    """Validate and describe a pipeline; optionally write its recipe or a model folder."""
+    from movie_core.composer import compose as do_compose
+
+    recipe, model, init = resolve_recipe(kw)
+    comp = do_compose(recipe)
+    ok, reason = comp.backend_available()
+    desc = comp.describe() | {"backend_available": {"ok": ok, "reason": reason}}
+    notes: list[str] = []
+    if save_model:
+        notes = _save_model(comp, model, init, Path(save_model))
+    if output:
+        recipe.save(output)
+    if as_json:
+        _emit(desc | ({"notes": notes} if notes else {}))
+    else:
+        for slot in ("encoder", "decoder", "denoiser", "backend"):
+            d = desc[slot]
+            click.echo(f"{slot:9} {d['name']:22} plugin {d['plugin']} {d['version']}")
+        click.echo(f"backend   {'available' if ok else 'NOT available'}: {reason}")
+        click.echo("options   " + ", ".join(f"{k}={v}" for k, v in desc["options"].items()))
+        for note in notes:
+            click.echo(f"note: {note}")
+        if output:
+            click.echo(f"wrote recipe {output}")
+        if save_model:
+            click.echo(f"wrote model {save_model}")
+
+
+def _save_model(comp, model: Path | None, init: str | None, dest: Path) -> list[str]:
+    from movie_core.composer import build
+    from movie_core.weights import save_single_file
+
+    if model is None and init != "random":
+        raise UsageError("--save-model needs weights: pass --model DIR or --init random")
+    if dest.exists() and not dest.is_dir() and dest.suffix != ".safetensors":
+        raise UsageError(f"{dest} exists and is not a model folder")
+    pipe = build(comp, model=model)
+    if dest.suffix == ".safetensors":
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.is_dir() else None) as tmp:
+            folder = pipe.save_pretrained(Path(tmp) / "model")
+            save_single_file(folder, dest)
+    else:
+        pipe.save_pretrained(dest)
+    return pipe.notes
+
+
+@cli.command()
+@recipe_options
+@click.option("--height", type=click.IntRange(min=8), default=480, show_default=True)
+@click.option("--width", type=click.IntRange(min=8), default=480, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Bar chart of the four presets (log scale) to PNG.")
+def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -> None:
+    """Per-frame TFLOPs on the meta device (no weights): paper and all conventions."""
+    from movie_core import flops as fl
+    from movie_core.composer import compose as do_compose
+
+    recipe, _, _ = resolve_recipe(kw)
+    result = fl.count(do_compose(recipe), height=height, width=width)
+    if plot:
+        fl.plot_presets(plot, height=height, width=width, size=recipe.size)
+    if as_json:
+        _emit(result)
+        return
+    click.echo(f"{height}x{width}, per frame: {result['tflops_paper']:.3f} TFLOPs (paper), {result['tflops_all']:.3f} TFLOPs (all)")
+    for name, c in result["components"].items():
+        per = "per video" if c.get("per_video") else "per frame"
+        click.echo(f"  {name:13} {c['tflops_paper']:9.4f} paper {c['tflops_all']:9.4f} all  ({per}, {c['calls']} call(s))")
+    if plot:
+        click.echo(f"wrote {plot}")
+
+
+def _add_plugin_commands() -> None:
+    from movie_core.plugins import get_plugin_manager
+
+    get_plugin_manager().hook.movie_register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: plugin commands added, user errors as one line with a non-zero exit."""
+    try:
+        _add_plugin_commands()
+        cli.main(args=argv, prog_name="movie", standalone_mode=False)
+    except MovieError as exc:
+        click.echo(f"movie: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("movie: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("movie: interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

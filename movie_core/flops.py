@@ -1,0 +1,125 @@
+"""Analytic per-frame FLOPs on the meta device: no weights, full-size models in well under a second.
+
+Two conventions: `paper` counts convolutions and linear layers (2 FLOPs per multiply-add) and
+leaves out attention score/value matmuls and the once-per-video text encoder; this reproduces the
+MoViE paper's Table 1. `all` is everything torch's FlopCounterMode counts for a frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from movie_core.composer import Composition, build, compose
+from movie_core.errors import UsageError
+
+def _paper_flops(module: torch.nn.Module, output: Any) -> int:
+    """2 FLOPs per multiply-add of a convolution or linear layer (bias adds not counted)."""
+    if not isinstance(output, torch.Tensor):
+        return 0
+    if isinstance(module, torch.nn.Linear):
+        return 2 * output.numel() * module.in_features
+    if isinstance(module, torch.nn.modules.conv._ConvNd):
+        kernel = 1
+        for k in module.kernel_size:
+            kernel *= k
+        return 2 * output.numel() * (module.in_channels // module.groups) * kernel
+    return 0
+
+
+def _measure(fn: Callable[[], Any]) -> tuple[int, int]:
+    """(paper, all) FLOPs of one call: module hooks for paper, FlopCounterMode for all."""
+    paper = 0
+
+    def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal paper
+        paper += _paper_flops(module, output)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        handle.remove()
+    return paper, counter.get_total_flops()
+
+
+def count(composition: Composition, height: int = 480, width: int = 480) -> dict[str, Any]:
+    """Per-frame TFLOPs of a composed recipe at HxW, per component and in total."""
+    pipe = build(composition, meta=True)
+    enc, dec, den = pipe.encoder, pipe.decoder, pipe.denoiser
+    down = enc.downscale
+    if height % down or width % down:
+        raise UsageError(f"height and width must be multiples of {down} (the autoencoder's downscale), got {height}x{width}")
+    dev = torch.device("meta")
+    steps = composition.recipe.steps or den.default_steps
+    passes = 3 if den.guidance == "cfg3" else 1
+    image = torch.empty(1, 3, height, width, device=dev)
+    latents = torch.empty(1, enc.latent_channels, height // down, width // down, device=dev)
+    text_emb = torch.empty(1, den.tokenizer.model_max_length, den.text_encoder.config.hidden_size, device=dev)
+    ids = torch.zeros(1, den.tokenizer.model_max_length, dtype=torch.long, device=dev)
+    t = torch.tensor([999], device=dev)
+
+    parts = {
+        "encoder": (lambda: enc.encode(image), 1, False),
+        "unet": (lambda: den.unet_forward(latents, t, latents, text_emb, 1.5, 7.5), steps * passes, False),
+        "decoder": (lambda: dec.decode(latents), 1, False),
+        "text_encoder": (lambda: den.text_encoder(ids), 1, True),
+    }
+    components: dict[str, Any] = {}
+    total_paper = total_all = 0
+    with torch.no_grad():
+        for name, (fn, calls, per_video) in parts.items():
+            paper, all_ = _measure(fn)
+            components[name] = {
+                "tflops_paper": paper * calls / 1e12,
+                "tflops_all": all_ * calls / 1e12,
+                "calls": calls,
+                "per_video": per_video,
+            }
+            if not per_video:
+                total_paper += paper * calls
+                total_all += all_ * calls
+    recipe = composition.recipe
+    return {
+        "tflops_paper": total_paper / 1e12,
+        "tflops_all": total_all / 1e12,
+        "height": height,
+        "width": width,
+        "size": recipe.size,
+        "steps": steps,
+        "unet_passes_per_step": passes,
+        "components": components,
+        "recipe": recipe.components(),
+    }
+
+
+def plot_presets(path: str, height: int = 480, width: int = 480, size: str = "full") -> list[dict[str, Any]]:
+    """Bar chart of the four presets' per-frame TFLOPs (log scale), like the paper's Fig. 1."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'movie[plot]'") from None
+    from movie_core.recipe import PRESETS, preset
+
+    rows = []
+    for name in PRESETS:
+        r = count(compose(preset(name).replace(size=size)), height=height, width=width)
+        rows.append({"preset": name, "tflops_paper": r["tflops_paper"], "tflops_all": r["tflops_all"]})
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    bars = ax.bar([r["preset"] for r in rows], [r["tflops_paper"] for r in rows], color=["#8c8c8c", "#5b8def", "#3cb371", "#e4572e"])
+    ax.set_yscale("log")
+    ax.set_ylabel("TFLOPs per frame (log)")
+    ax.set_title(f"Per-frame cost at {height}x{width} ({size} size)")
+    for bar, r in zip(bars, rows):
+        ax.annotate(f"{r['tflops_paper']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return rows

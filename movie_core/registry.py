@@ -1,0 +1,133 @@
+"""Component specs and the registry that plugins fill through the movie_register_* hooks."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any, Iterator
+
+import attrs
+
+from movie_core.errors import UsageError
+
+FAMILIES = ("autoencoder", "denoiser", "distiller", "backend")
+
+
+def _check_factory(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    module, _, attr = value.partition(":")
+    if not module or not attr:
+        raise ValueError(f"factory must be 'module:attr', got {value!r}")
+
+
+@attrs.frozen
+class ComponentSpec:
+    """What a plugin registers: a named component, built lazily from a 'module:attr' factory."""
+
+    family: str = attrs.field(validator=attrs.validators.in_(FAMILIES))
+    name: str = attrs.field(validator=attrs.validators.matches_re(r"^[a-z0-9][a-z0-9._-]*$"))
+    summary: str
+    factory: str = attrs.field(validator=_check_factory)
+    config: type | None = None
+    latent_space: str | None = None
+    plugin: str = ""
+    version: str = ""
+    extra: dict = attrs.field(factory=dict, converter=dict)
+
+    def load_factory(self) -> Any:
+        """Import and return the factory object (this is where torch gets imported)."""
+        module, _, attr = self.factory.partition(":")
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def make_config(self, **values: Any) -> Any:
+        """Build this component's config object, rejecting unknown keys by name."""
+        if self.config is None:
+            if values:
+                raise UsageError(f"{self.family} '{self.name}' takes no options, got: {', '.join(sorted(values))}")
+            return None
+        known = {a.alias for a in attrs.fields(self.config)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(
+                f"unknown option {unknown[0]!r} for {self.family} '{self.name}'; known: {', '.join(sorted(known)) or 'none'}"
+            )
+        try:
+            return self.config(**values)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"bad option for {self.family} '{self.name}': {exc}") from exc
+
+
+class UnknownComponentError(UsageError):
+    """A name that no plugin registered."""
+
+    def __init__(self, family: str, name: str, available: list[str]):
+        self.family, self.name, self.available = family, name, available
+        close = difflib.get_close_matches(name, available, n=1, cutoff=0.0)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        names = ", ".join(available) if available else "none registered"
+        super().__init__(f"unknown {family} '{name}'; available: {names}{hint}")
+
+
+class DuplicateComponentError(UsageError):
+    """Two plugins registered the same family and name."""
+
+    def __init__(self, family: str, name: str, first: str, second: str):
+        super().__init__(
+            f"duplicate {family} '{name}': registered by plugin '{first}' and by plugin '{second}'"
+        )
+
+
+class Registry:
+    """All component specs, per family. Duplicates are errors so ablations stay reproducible."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, dict[str, ComponentSpec]] = {f: {} for f in FAMILIES}
+
+    def register(self, spec: ComponentSpec) -> ComponentSpec:
+        """Add a spec; a second spec with the same family and name is an error."""
+        existing = self._specs[spec.family].get(spec.name)
+        if existing is not None:
+            raise DuplicateComponentError(spec.family, spec.name, existing.plugin, spec.plugin)
+        self._specs[spec.family][spec.name] = spec
+        return spec
+
+    def for_plugin(self, plugin: str, version: str = "") -> "PluginRegistry":
+        """A view that stamps the owning plugin on every spec registered through it."""
+        return PluginRegistry(self, plugin, version)
+
+    def get(self, family: str, name: str) -> ComponentSpec:
+        """The spec for a name, or UnknownComponentError naming what exists."""
+        if family not in self._specs:
+            raise UsageError(f"unknown family '{family}'; available: {', '.join(FAMILIES)}")
+        try:
+            return self._specs[family][name]
+        except KeyError:
+            raise UnknownComponentError(family, name, self.names(family)) from None
+
+    def names(self, family: str) -> list[str]:
+        """Registered names of one family, sorted."""
+        return sorted(self._specs[family])
+
+    def specs(self, family: str | None = None) -> Iterator[ComponentSpec]:
+        """All specs, or those of one family, in family then name order."""
+        for fam in (family,) if family else FAMILIES:
+            for name in self.names(fam):
+                yield self._specs[fam][name]
+
+
+class PluginRegistry:
+    """What a hook implementation receives: register() stamps the plugin's name and version."""
+
+    def __init__(self, registry: Registry, plugin: str, version: str) -> None:
+        self._registry, self.plugin, self.version = registry, plugin, version
+
+    def register(self, spec: ComponentSpec | None = None, **fields: Any) -> ComponentSpec:
+        """Register a ComponentSpec (or build one from keyword fields)."""
+        if spec is None:
+            spec = ComponentSpec(**fields)
+        return self._registry.register(attrs.evolve(spec, plugin=self.plugin, version=spec.version or self.version))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)

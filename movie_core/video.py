@@ -1,0 +1,740 @@
+"""Streaming video and image I/O on PyAV: frames in one at a time, frames out with audio passthrough.
+
+Reading: `open_source` takes a video file, a single image, or a folder of numbered frames and
+yields upright HxWx3 uint8 RGB arrays one at a time (memory does not grow with video length).
+
+Writing: `open_sink` writes to a temporary file beside the output and renames it onto the output
+only when the `with` block ends without an exception; on any exception (KeyboardInterrupt too)
+the temporary file is removed and no output exists. Videos are H.264 (libx264, yuv420p) at the
+source's frame timing, and the source's audio packets are copied unchanged.
+
+Conventions (documented here once):
+- `rotation` is the counter-clockwise angle (0, 90, 180 or 270) that turns the coded picture
+  upright, read from the display matrix (PyAV's `VideoFrame.rotation`) or the legacy 'rotate'
+  tag. Frames are yielded upright; a video sink turns them back and writes the same display
+  matrix, so the output has the input's coded size and rotation.
+- yuv420p needs even sizes: an odd coded width or height is encoded one pixel larger, filled by
+  repeating the last column/row, and nothing else is changed (no crop flag is written).
+- Matroska stores time in milliseconds, so an .mkv output has a 1/1000 time base; MP4 and MOV
+  keep the source's time base.
+- A frames-folder output holds `frame_000001.png`, `frame_000002.png`, ... (numbered from 1).
+- Images are read with their EXIF orientation applied and written without it.
+- Audio is copied only from seekable (regular file) video sources; a pipe's audio is dropped
+  with a warning.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import secrets
+import shutil
+import stat
+import warnings
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import av
+import numpy as np
+from PIL import Image, ImageOps
+
+from movie_core.errors import MovieError, UsageError
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+VIDEO_EXTS = frozenset({".mp4", ".mkv", ".mov"})
+DEFAULT_FPS = Fraction(24)
+TEMP_TAG = ".movie-tmp-"
+
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+_MAGIC = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")  # ISO BMFF box types at byte 4
+_EBML = b"\x1a\x45\xdf\xa3"  # Matroska / WebM
+
+
+class MediaError(MovieError):
+    """An input that cannot be read: missing, not a video or image, empty, or no numbered frames."""
+
+
+class CorruptVideoError(MediaError):
+    """A video that is truncated or fails to decode (possibly after some frames were read)."""
+
+
+def _reason(error: BaseException) -> str:
+    """A one-line reason for an exception, without PyAV's errno and file name decorations."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return " ".join(str(text).split())
+
+
+def _one_line(message: str) -> str:
+    """Collapse whitespace so a message is a single line."""
+    return " ".join(message.split())
+
+
+def _rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
+    """An upright HxWx3 uint8 RGB array from a decoded frame."""
+    array = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(array, rotation // 90)) if rotation else array
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB, EXIF orientation applied."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise MediaError(_one_line(f"not a video or image: {path} ({_reason(e)})")) from None
+
+
+def _hms_seconds(text: str | None) -> float | None:
+    """Seconds from a Matroska 'HH:MM:SS.fffffffff' DURATION tag."""
+    try:
+        hours, minutes, seconds = (text or "").split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def _too_few(count: int, expected: int | None) -> bool:
+    """Whether `count` frames falls clearly short of the `expected` count the container stated."""
+    return expected is not None and count < expected - max(2, expected // 50)
+
+
+class Source:
+    """A stream of upright RGB frames with the timing needed to write them back."""
+
+    kind: str
+    path: Path
+    width: int
+    height: int
+    fps: Fraction
+    time_base: Fraction
+    frame_count: int | None
+    rotation: int = 0
+    has_audio: bool = False
+    duration_s: float | None = None
+    is_seekable: bool = True
+    start_pts: int = 0
+
+    @overload
+    def frames(self, with_pts: Literal[False] = ...) -> Iterator[np.ndarray]: ...
+    @overload
+    def frames(self, with_pts: Literal[True]) -> Iterator[tuple[np.ndarray, int]]: ...
+
+    def frames(self, with_pts: bool = False) -> Iterator[Any]:
+        """Yield HxWx3 uint8 RGB frames one at a time, or (frame, pts in time_base) pairs."""
+        for array, pts in self._frames():
+            yield (array, pts) if with_pts else array
+
+    def frame(self, index: int) -> np.ndarray:
+        """Return frame `index` (0-based) as HxWx3 uint8 RGB."""
+        raise NotImplementedError
+
+    def pts_for(self, index: int) -> int:
+        """The pts (in time_base) of frame `index` on a constant-rate timeline from start_pts."""
+        return self.start_pts + round(index / (self.fps * self.time_base))
+
+    def close(self) -> None:
+        """Release open files."""
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, int]]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {str(self.path)!r} {self.width}x{self.height} "
+            f"{self.fps} fps, {self.frame_count} frames>"
+        )
+
+
+class ImageSource(Source):
+    """A single image as a one-frame source."""
+
+    kind = "image"
+
+    def __init__(self, path: Path, fps: Fraction | int | None = None) -> None:
+        self.path = path
+        self._array = _read_image(path)
+        self.height, self.width = self._array.shape[:2]
+        self.fps = Fraction(fps or DEFAULT_FPS)
+        self.time_base = 1 / self.fps
+        self.frame_count = 1
+        self.duration_s = float(1 / self.fps)
+
+    def frame(self, index: int) -> np.ndarray:
+        """Return the image (index must be 0)."""
+        if index != 0:
+            raise IndexError(f"frame {index} out of range: {self.path} has 1 frame")
+        return self._array.copy()
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, int]]:
+        yield self._array.copy(), 0
+
+
+class FramesSource(Source):
+    """A folder of numbered image frames, ordered by the last number in each file name."""
+
+    kind = "frames"
+
+    def __init__(self, folder: Path, fps: Fraction | int | None = None) -> None:
+        self.path = folder
+        numbered = [
+            (int(match.group(1)), entry.name, entry)
+            for entry in folder.iterdir()
+            if entry.suffix.lower() in IMAGE_EXTS
+            and not entry.name.startswith(".")
+            and (match := _LAST_NUMBER.search(entry.stem))
+            and entry.is_file()
+        ]
+        if not numbered:
+            raise MediaError(f"no numbered frames in folder: {folder} (expected files like frame_0001.png)")
+        self._files = [entry for _, _, entry in sorted(numbered)]
+        self.height, self.width = _read_image(self._files[0]).shape[:2]
+        self.fps = Fraction(fps or DEFAULT_FPS)
+        self.time_base = 1 / self.fps
+        self.frame_count = len(self._files)
+        self.duration_s = float(self.frame_count / self.fps)
+
+    def frame(self, index: int) -> np.ndarray:
+        """Read frame `index` from its file."""
+        if not 0 <= index < len(self._files):
+            raise IndexError(f"frame {index} out of range: {self.path} has {len(self._files)} frames")
+        array = _read_image(self._files[index])
+        if array.shape[:2] != (self.height, self.width):
+            raise MediaError(
+                f"frame size mismatch in {self.path}: {self._files[index].name} is "
+                f"{array.shape[1]}x{array.shape[0]}, expected {self.width}x{self.height}"
+            )
+        return array
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, int]]:
+        for index in range(len(self._files)):
+            yield self.frame(index), index
+
+
+class VideoSource(Source):
+    """A video file (or pipe) decoded one frame at a time."""
+
+    kind = "video"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.is_seekable = stat.S_ISREG(path.stat().st_mode)
+        self._container = self._open()
+        try:
+            self._setup()
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _open(self) -> av.container.InputContainer:
+        """Open the file with PyAV, mapping failures to one-line MediaErrors."""
+        try:
+            container = av.open(str(self.path), metadata_errors="replace")
+        except av.FFmpegError as e:
+            if self.is_seekable and self._looks_like_video():
+                raise CorruptVideoError(f"truncated or corrupt video: {self.path} ({_reason(e)})") from None
+            raise MediaError(f"not a video or image: {self.path} ({_reason(e)})") from None
+        if not container.streams.video:
+            container.close()
+            raise MediaError(f"not a video or image: {self.path} (no video stream)")
+        container.streams.video[0].thread_type = "AUTO"
+        return container
+
+    def _looks_like_video(self) -> bool:
+        """Whether the file starts like an MP4/MOV or Matroska container."""
+        with open(self.path, "rb") as f:
+            head = f.read(12)
+        return head[4:8] in _MAGIC or head.startswith(_EBML)
+
+    def _setup(self) -> None:
+        """Read the stream's timing, size and rotation; decode the first frame to check it."""
+        stream = self._container.streams.video[0]
+        self.time_base = stream.time_base or Fraction(1, 90000)
+        self.fps = stream.average_rate or stream.guessed_rate or stream.base_rate or DEFAULT_FPS
+        self.start_pts = stream.start_time or 0
+        self.has_audio = bool(self._container.streams.audio)
+        stream_seconds = (
+            float(stream.duration * self.time_base) if stream.duration else _hms_seconds(stream.metadata.get("DURATION"))
+        )
+        container_seconds = self._container.duration / av.time_base if self._container.duration else None
+        self.duration_s = stream_seconds or container_seconds
+        self._expected = stream.frames or (round(stream_seconds * self.fps) if stream_seconds else None)
+
+        decoded = self._decoded(self._container, check_count=False)
+        first = next(decoded, None)
+        if first is None:
+            raise MediaError(f"no frames in video: {self.path}")
+        degrees = first.rotation or -float(stream.metadata.get("rotate", 0) or 0)
+        self.rotation = round(degrees / 90) * 90 % 360
+        self.width, self.height = (first.height, first.width) if self.rotation % 180 else (first.width, first.height)
+
+        self._pts_index: list[int] | None = None
+        self._indexed = False
+        self._live: Iterator[av.VideoFrame] | None = None
+        if not self.is_seekable:
+            self._live = itertools.chain([first], decoded)
+            self.frame_count = stream.frames or None
+            self._first = _rgb(first, self.rotation)
+            return
+        decoded.close()
+        if stream.frames:
+            self.frame_count = stream.frames
+        else:
+            self.frame_count = self._count_frames()
+            if _too_few(self.frame_count, self._expected):
+                raise CorruptVideoError(
+                    f"truncated video: {self.path} (stream ends at frame {self.frame_count} of {self._expected})"
+                )
+
+    def _count_frames(self) -> int:
+        """Count video packets by demuxing (no decoding); build the pts index on the way."""
+        container = self._open()
+        try:
+            stream = container.streams.video[0]
+            pts = [p.pts for p in container.demux(stream) if p.size and not p.is_discard]
+        except av.FFmpegError as e:
+            raise CorruptVideoError(f"corrupt video: {self.path} ({_reason(e)})") from None
+        finally:
+            container.close()
+        self._pts_index = None if None in pts else sorted(pts)
+        self._indexed = True
+        return len(pts)
+
+    def _decoded(self, container: av.container.InputContainer, check_count: bool) -> Iterator[av.VideoFrame]:
+        """Decode the video stream, raising CorruptVideoError on decode errors or a short stream."""
+        stream = container.streams.video[0]
+        count = 0
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    yield frame
+                    count += 1
+        except av.FFmpegError as e:
+            raise CorruptVideoError(
+                f"corrupt video: {self.path} (decoding failed after frame {count}: {_reason(e)})"
+            ) from None
+        if check_count and _too_few(count, self._expected):
+            raise CorruptVideoError(f"truncated video: {self.path} (stream ends at frame {count} of {self._expected})")
+
+    def _frames(self) -> Iterator[tuple[np.ndarray, int]]:
+        if self.is_seekable:
+            container = self._open()
+            frames: Iterator[av.VideoFrame] = self._decoded(container, check_count=True)
+        elif self._live is not None:
+            container, frames, self._live = self._container, self._live, None
+        else:
+            raise UsageError(f"{self.path} is not seekable: its frames can be read only once")
+        try:
+            for index, frame in enumerate(frames):
+                yield _rgb(frame, self.rotation), self.pts_for(index) if frame.pts is None else frame.pts
+        finally:
+            container.close()
+
+    def frame(self, index: int) -> np.ndarray:
+        """Return frame `index`: seek to the keyframe before it and decode forward."""
+        if not self.is_seekable:
+            if index == 0 and self._first is not None:
+                return self._first.copy()
+            raise UsageError(f"{self.path} is not seekable: only frame 0 can be fetched before streaming")
+        if not self._indexed:
+            self._count_frames()
+        if self._pts_index is None:
+            return next(itertools.islice(self.frames(), index, None))
+        if not 0 <= index < len(self._pts_index):
+            raise IndexError(f"frame {index} out of range: {self.path} has {len(self._pts_index)} frames")
+        target = self._pts_index[index]
+        stream = self._container.streams.video[0]
+        self._container.seek(target, stream=stream, backward=True, any_frame=False)
+        for frame in self._decoded(self._container, check_count=False):
+            if frame.pts is not None and frame.pts >= target:
+                return _rgb(frame, self.rotation)
+        raise CorruptVideoError(f"corrupt video: {self.path} (frame {index} does not decode)")
+
+    def close(self) -> None:
+        """Close the container."""
+        self._container.close()
+
+
+def open_source(path: str | os.PathLike, *, fps: Fraction | int | None = None) -> Source:
+    """Open a video file, an image, or a folder of numbered frames (`fps` is for frames and images)."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise MediaError(f"cannot read: {path} (permission denied)")
+    if path.is_dir():
+        return FramesSource(path, fps)
+    if path.suffix.lower() in IMAGE_EXTS:
+        return ImageSource(path, fps)
+    return VideoSource(path)
+
+
+def check_output(
+    output_path: str | os.PathLike, input_path: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Refuse (UsageError) an output that is or holds the input, exists, or has no writable folder."""
+    output = Path(os.path.abspath(output_path))
+    source = Path(os.path.abspath(input_path))
+    real_output, real_source = output.resolve(), source.resolve()
+    if real_output == real_source or (output.exists() and source.exists() and os.path.samefile(output, source)):
+        raise UsageError(f"output {output} is the input; choose another output path")
+    if real_source.is_relative_to(real_output):
+        raise UsageError(f"output {output} contains the input {source}; choose another output path")
+    if source.is_dir() and real_output.is_relative_to(real_source):
+        raise UsageError(f"output {output} is inside the input folder {source}; choose another output path")
+    folder = output.parent
+    if not folder.is_dir():
+        why = "not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"cannot write to folder {folder} ({why})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to folder {folder} (permission denied)")
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        raise UsageError(f"{output} exists; pass --overwrite")
+    return output
+
+
+class Sink:
+    """Writes frames to a temporary path beside the output; renames it onto the output on success."""
+
+    is_folder = False
+
+    def __init__(self, output: Path, source: Source) -> None:
+        self.path = output
+        self.source = source
+        self.frames_written = 0
+        self._last_pts: int | None = None
+        self._done = False
+        name = f".{output.name}{TEMP_TAG}{secrets.token_hex(4)}{'' if self.is_folder else output.suffix}"
+        self.temp_path = output.with_name(name)
+        try:
+            if self.is_folder:
+                os.mkdir(self.temp_path, 0o777)
+            else:
+                os.close(os.open(self.temp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except OSError as e:
+            raise UsageError(f"cannot write to folder {output.parent} ({_reason(e)})") from None
+        try:
+            self._start()
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, av.FFmpegError):
+                raise MovieError(f"cannot write {output}: {_reason(e)}") from None
+            raise
+
+    def write(self, frame: np.ndarray, pts: int | None = None) -> None:
+        """Append one HxWx3 uint8 RGB frame; `pts` (in the source's time_base) defaults to its slot."""
+        if self._done:
+            raise ValueError(f"sink for {self.path} is closed")
+        expected = (self.source.height, self.source.width, 3)
+        if frame.shape != expected or frame.dtype != np.uint8:
+            raise ValueError(f"frame is {frame.shape} {frame.dtype}, sink expects {expected} uint8")
+        pts = self.source.pts_for(self.frames_written) if pts is None else int(pts)
+        if self._last_pts is not None and pts <= self._last_pts:
+            raise ValueError(f"frame pts {pts} does not follow the previous pts {self._last_pts}")
+        try:
+            self._write(frame, pts)
+        except (av.FFmpegError, OSError) as e:
+            raise MovieError(f"cannot write {self.path}: {_reason(e)}") from None
+        self._last_pts = pts
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the file and rename it onto the output (replacing an existing one)."""
+        if self._done:
+            return
+        try:
+            if not self.frames_written:
+                raise MovieError(f"nothing written to {self.path}: no frames were given")
+            try:
+                self._finish()
+                self._replace_output()
+            except (av.FFmpegError, OSError) as e:
+                raise MovieError(f"cannot write {self.path}: {_reason(e)}") from None
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        """Drop everything written so far: no output and no temporary file remain."""
+        self._done = True
+        try:
+            self._discard()
+        finally:
+            if self.temp_path.is_dir() and not self.temp_path.is_symlink():
+                shutil.rmtree(self.temp_path, ignore_errors=True)
+            elif os.path.lexists(self.temp_path):
+                os.unlink(self.temp_path)
+
+    def _replace_output(self) -> None:
+        """Atomically move the temporary path onto the output (a folder is swapped via a side name)."""
+        if self.path.is_dir() and not self.path.is_symlink():
+            aside = self.path.with_name(f".{self.path.name}{TEMP_TAG}old-{secrets.token_hex(4)}")
+            os.rename(self.path, aside)
+            os.rename(self.temp_path, self.path)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(self.temp_path, self.path)
+
+    def _start(self) -> None:
+        """Open the temporary file for writing."""
+
+    def _write(self, frame: np.ndarray, pts: int) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Flush and close the temporary file."""
+
+    def _discard(self) -> None:
+        """Release resources after a failure."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ImageSink(Sink):
+    """Writes the single frame as an image, format from the output extension."""
+
+    def _write(self, frame: np.ndarray, pts: int) -> None:
+        if self.frames_written:
+            raise UsageError(f"{self.path} is an image: it takes one frame")
+        Image.fromarray(frame).save(self.temp_path, quality=95)
+
+
+class FramesSink(Sink):
+    """Writes numbered PNG frames (frame_000001.png, ...) into a folder."""
+
+    is_folder = True
+
+    def _write(self, frame: np.ndarray, pts: int) -> None:
+        Image.fromarray(frame).save(self.temp_path / f"frame_{self.frames_written + 1:06d}.png")
+
+
+class VideoSink(Sink):
+    """Encodes H.264 (libx264, yuv420p) at the source's timing and copies its audio packets."""
+
+    def __init__(self, output: Path, source: Source, crf: int = 18) -> None:
+        self._crf = crf
+        self._out: av.container.OutputContainer | None = None
+        self._audio_in: av.container.InputContainer | None = None
+        super().__init__(output, source)
+
+    def _start(self) -> None:
+        source = self.source
+        width, height = (source.height, source.width) if source.rotation % 180 else (source.width, source.height)
+        self._pad = (height % 2, width % 2)
+        self._out = av.open(str(self.temp_path), "w")
+        video = self._out.add_stream("libx264", rate=source.fps)
+        video.width, video.height = width + self._pad[1], height + self._pad[0]
+        video.pix_fmt = "yuv420p"
+        video.time_base = source.time_base
+        video.codec_context.time_base = source.time_base
+        video.options = {"crf": str(self._crf)}
+        if source.rotation:
+            video.set_display_rotation(source.rotation)
+        self._video = video
+        self._audio_map: dict[int, av.stream.Stream] = {}
+        self._audio_packets: Iterator[av.Packet] = iter(())
+        self._held: av.Packet | None = None
+        if source.kind == "video" and source.has_audio:
+            if source.is_seekable:
+                self._open_audio()
+            else:
+                warnings.warn(f"{source.path} is not seekable: its audio is not copied", stacklevel=3)
+        self._out.start_encoding()
+
+    def _open_audio(self) -> None:
+        """Map the source's audio streams to output streams that take their packets unchanged."""
+        self._audio_in = av.open(str(self.source.path))
+        streams = self._audio_in.streams.audio
+        for stream in streams:
+            try:
+                self._audio_map[stream.index] = self._out.add_stream_from_template(stream)
+            except ValueError:
+                raise UsageError(
+                    f"cannot copy {stream.codec_context.name} audio into {self.path.suffix} files; use .mkv"
+                ) from None
+        self._audio_packets = self._audio_in.demux(*streams)
+
+    def _copy_audio(self, until_s: float | None) -> None:
+        """Mux the source's audio packets that start before `until_s` seconds (all when None)."""
+        while True:
+            packet = self._held or next(self._audio_packets, None)
+            self._held = None
+            if packet is None:
+                return
+            if packet.dts is None:
+                continue
+            if until_s is not None and packet.dts * packet.time_base > until_s:
+                self._held = packet
+                return
+            packet.stream = self._audio_map[packet.stream_index]
+            self._out.mux(packet)
+
+    def _write(self, frame: np.ndarray, pts: int) -> None:
+        if self.source.rotation:
+            frame = np.rot90(frame, -(self.source.rotation // 90))
+        if any(self._pad):
+            frame = np.pad(frame, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video_frame.pts = pts
+        video_frame.time_base = self.source.time_base
+        self._out.mux(self._video.encode(video_frame))
+        self._copy_audio(float(pts * self.source.time_base))
+
+    def _finish(self) -> None:
+        self._out.mux(self._video.encode())
+        self._copy_audio(None)
+        out, self._out = self._out, None
+        out.close()
+        self._discard()
+
+    def _discard(self) -> None:
+        for container in (self._out, self._audio_in):
+            if container is not None:
+                try:
+                    container.close()
+                except av.FFmpegError:
+                    pass
+        self._out = self._audio_in = None
+
+
+def _output_kind(output: Path) -> str:
+    """'video', 'image' or 'frames' from the output path's extension (none or a folder: frames)."""
+    suffix = output.suffix.lower()
+    if suffix in VIDEO_EXTS:
+        return "video"
+    if suffix in IMAGE_EXTS:
+        return "image"
+    if not suffix or output.is_dir():
+        return "frames"
+    raise UsageError(
+        f"unsupported output type {suffix!r} for {output}: use .mp4, .mkv, .mov, an image extension, or a folder"
+    )
+
+
+def open_sink(
+    output_path: str | os.PathLike, source: Source, *, crf: int = 18, overwrite: bool = False
+) -> Sink:
+    """A context-managed sink for `source`'s frames: a video, an image, or a folder of PNG frames."""
+    output = check_output(output_path, source.path, overwrite)
+    kind = _output_kind(output)
+    if kind == "image" and source.frame_count != 1:
+        raise UsageError(
+            f"{output} is an image but {source.path} has {source.frame_count or 'many'} frames; "
+            "write a video (.mp4, .mkv, .mov) or a folder"
+        )
+    if kind == "video":
+        return VideoSink(output, source, crf=crf)
+    return ImageSink(output, source) if kind == "image" else FramesSink(output, source)
+
+
+def probe(path: str | os.PathLike) -> dict[str, Any]:
+    """Exact facts about a video file: decoded frame count, fps, display size, rotation, audio duration."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        frame_count, rotation, size = 0, 0, (0, 0)
+        audio_start: int | None = None
+        audio_end: int | None = None
+        for packet in container.demux(*(s for s in (video, audio) if s is not None)):
+            if packet.stream.type == "video":
+                for frame in packet.decode():
+                    if not frame_count:
+                        rotation = round(frame.rotation / 90) * 90 % 360
+                        size = (frame.width, frame.height)
+                    frame_count += 1
+            elif packet.pts is not None:
+                audio_start = packet.pts if audio_start is None else min(audio_start, packet.pts)
+                end = packet.pts + (packet.duration or 0)
+                audio_end = end if audio_end is None else max(audio_end, end)
+        width, height = (size[1], size[0]) if rotation % 180 else size
+        return {
+            "frame_count": frame_count,
+            "fps": video.average_rate,
+            "time_base": video.time_base,
+            "width": width,
+            "height": height,
+            "rotation": rotation,
+            "audio_codec": audio.codec_context.name if audio is not None else None,
+            "audio_duration_s": (
+                float((audio_end - audio_start) * audio.time_base) if audio is not None and audio_end is not None else None
+            ),
+        }
+
+
+def _test_frame(index: int, fps: float, width: int, height: int, moving: bool) -> np.ndarray:
+    """A gradient panning left with a white square crossing it (static when not moving)."""
+    t = index / fps if moving else 0.0
+    ys, xs = np.mgrid[0:height, 0:width]
+    pan = xs + int(t * width / 4)
+    frame = np.stack(
+        [(pan * 255 // max(width, 1)) % 256, ys * 255 // max(height - 1, 1), (pan + ys) * 3 % 256], axis=-1
+    ).astype(np.uint8)
+    side = max(2, min(width, height) // 4)
+    x = int((t / 2 % 1) * max(width - side, 1))
+    y = (height - side) // 2
+    frame[y : y + side, x : x + side] = 255
+    return frame
+
+
+def make_test_video(
+    path: str | os.PathLike,
+    *,
+    seconds: float = 10.0,
+    fps: int = 24,
+    width: int = 64,
+    height: int = 48,
+    audio: bool = True,
+    moving: bool = True,
+    sample_rate: int = 48000,
+    rotation: int = 0,
+) -> Path:
+    """Write a real H.264 video (moving square over a panning gradient) with a sine-wave audio track."""
+    path = Path(path)
+    n_frames = round(seconds * fps)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height = width, height
+        video.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        video.options = {"preset": "ultrafast", "crf": "18"}
+        if rotation:
+            video.set_display_rotation(rotation)
+        sound = None
+        if audio:
+            codec = next(c for c in ("aac", "libopus", "libmp3lame") if c in av.codecs_available)
+            sound = out.add_stream(codec, rate=sample_rate)
+            sound.layout = "mono"
+        out.start_encoding()
+        chunk = (sound.codec_context.frame_size or 1024) if sound else 0
+        samples_done, total_samples = 0, round(seconds * sample_rate)
+        for index in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(_test_frame(index, fps, width, height, moving), format="rgb24")
+            frame.pts = index
+            out.mux(video.encode(frame))
+            while sound is not None and samples_done < min(total_samples, (index + 1) * sample_rate / fps):
+                count = min(chunk, total_samples - samples_done)
+                t = np.arange(samples_done, samples_done + count) / sample_rate
+                tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+                samples = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+                samples.sample_rate, samples.pts = sample_rate, samples_done
+                out.mux(sound.encode(samples))
+                samples_done += count
+        out.mux(video.encode())
+        if sound is not None:
+            out.mux(sound.encode())
+    return path

@@ -1,0 +1,157 @@
+"""Model folders: diffusers layout + movie.json manifest; single-file safetensors; the HF cache; no silent unpickling."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from movie_core.errors import MovieError, UsageError
+
+MANIFEST = "movie.json"
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class PickleRefused(MovieError):
+    """A pickle checkpoint met without the user's opt-in."""
+
+
+def allow_pickle() -> bool:
+    """Whether the user opted in to loading pickle checkpoints (MOVIE_ALLOW_PICKLE=1 or --allow-pickle)."""
+    return os.environ.get("MOVIE_ALLOW_PICKLE", "") == "1"
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a component folder whose only weights are pickles, unless the user opted in."""
+    files = list(folder.iterdir()) if folder.is_dir() else []
+    if any(f.suffix == ".safetensors" for f in files):
+        return
+    pickles = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+    if pickles and not allow_pickle():
+        raise PickleRefused(
+            f"{folder} holds only pickle weights ({', '.join(sorted(pickles))}); loading them can run arbitrary code. "
+            "Convert them to safetensors, or set MOVIE_ALLOW_PICKLE=1 if you trust the file"
+        )
+    if not pickles:
+        raise MovieError(f"{folder} holds no weights (*.safetensors)")
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The movie.json manifest of a model folder, or None for a plain diffusers folder."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MovieError(f"{path}: unreadable manifest: {exc}") from None
+
+
+def write_manifest(root: Path, data: dict[str, Any]) -> None:
+    """Write movie.json beside the component folders."""
+    (Path(root) / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """A model folder from a path, a single .safetensors file, or a repo id in the local HF cache (offline)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return expand_single_file(path)
+        if path.suffix in PICKLE_SUFFIXES:
+            if not allow_pickle():
+                raise PickleRefused(
+                    f"{path} is a pickle checkpoint; loading it can run arbitrary code. "
+                    "Use a .safetensors file, or set MOVIE_ALLOW_PICKLE=1 if you trust it"
+                )
+            raise UsageError(f"{path}: single-file pickle checkpoints are not supported; convert it to a model folder")
+        raise UsageError(f"{path}: not a model folder or a .safetensors file")
+    if _REPO_ID.match(str(spec)):
+        return _from_hf_cache(str(spec))
+    raise UsageError(f"no such model: {spec}")
+
+
+def _from_hf_cache(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        raise UsageError(
+            f"no such model: {repo_id} is not a folder and is not in the local Hugging Face cache "
+            "(movie never downloads weights; fetch them with `huggingface-cli download` where you have network)"
+        ) from None
+
+
+_SINGLE_FILE_CACHE: dict[Path, Path] = {}
+
+
+def expand_single_file(path: Path) -> Path:
+    """Unpack a single-file model (written by save_single_file) into a temporary model folder."""
+    path = path.resolve()
+    if path in _SINGLE_FILE_CACHE and _SINGLE_FILE_CACHE[path].is_dir():
+        return _SINGLE_FILE_CACHE[path]
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "movie.files" not in meta:
+            raise UsageError(
+                f"{path}: not a movie single-file model (no 'movie.files' metadata); "
+                "pass a diffusers-format model folder instead"
+            )
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    root = Path(tempfile.mkdtemp(prefix="movie-model-"))
+    for rel, text in json.loads(meta["movie.files"]).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    groups: dict[str, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        sub, _, name = key.partition("/")
+        groups.setdefault(sub, {})[name] = tensor
+    for sub, group in groups.items():
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        weight_name = "model.safetensors" if sub == "text_encoder" else "diffusion_pytorch_model.safetensors"
+        save_file(group, str(root / sub / weight_name), metadata={"format": "pt"})
+    _SINGLE_FILE_CACHE[path] = root
+    return root
+
+
+def save_single_file(folder: Path, out: Path) -> None:
+    """Pack a model folder into one .safetensors file: tensors keyed 'sub/name', config files in metadata."""
+    from safetensors.torch import load_file, save_file
+
+    tensors: dict[str, Any] = {}
+    files: dict[str, str] = {}
+    for item in sorted(folder.rglob("*")):
+        if not item.is_file():
+            continue
+        rel = item.relative_to(folder).as_posix()
+        if item.suffix == ".safetensors":
+            sub = item.parent.relative_to(folder).as_posix()
+            for name, tensor in load_file(str(item)).items():
+                tensors[f"{sub}/{name}"] = tensor
+        else:
+            files[rel] = item.read_text()
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "movie.files": json.dumps(files)})
+    tmp.replace(out)
+
+
+def replace_folder(tmp: Path, dest: Path) -> None:
+    """Move a finished folder into place (the old one, if any, goes only after the new one is complete)."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        dest.replace(old)
+        tmp.replace(dest)
+        shutil.rmtree(old)
+    else:
+        tmp.replace(dest)

@@ -1,0 +1,1 @@
+"""Built-in movie plugins, installed as the package `movie_plugins`."""

@@ -1,0 +1,115 @@
+"""The SD 1.x autoencoders: the KL VAE (AutoencoderKL) and TAESD (AutoencoderTiny), one latent space."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny
+
+from movie_core.components import Autoencoder, BuildContext
+from movie_core.errors import MovieError
+from movie_core.weights import check_folder
+
+SD_SCALING_FACTOR = 0.18215
+
+VAE_SIZES = {
+    "full": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
+    "nano": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=32),
+}
+TAESD_SIZES = {
+    "full": dict(),
+    "nano": dict(
+        encoder_block_out_channels=(32, 32, 32, 32), decoder_block_out_channels=(32, 32, 32, 32),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+    ),
+}
+
+
+def _config_class(folder: Path) -> str | None:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return None
+    return json.loads(cfg.read_text()).get("_class_name")
+
+
+class SDVAE(Autoencoder):
+    """Stable Diffusion's KL autoencoder; encode takes the posterior mode, scaled by 0.18215."""
+
+    latent_space = "sd1"
+    subfolder = "vae"
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(images).latent_dist.mode() * SD_SCALING_FACTOR
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / SD_SCALING_FACTOR).sample
+
+    def save_pretrained(self, root: str | Path) -> None:
+        self.vae.save_pretrained(Path(root) / self.subfolder, safe_serialization=True)
+
+
+class TAESD(Autoencoder):
+    """Tiny AutoEncoder for SD: deterministic, lives directly in SD's scaled latent space."""
+
+    latent_space = "sd1"
+    subfolder = "taesd"
+
+    def __init__(self, tae: AutoencoderTiny):
+        super().__init__()
+        self.tae = tae
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tae.encoder(images)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.tae.decoder(latents).clamp(-1, 1)
+
+    def save_pretrained(self, root: str | Path) -> None:
+        self.tae.save_pretrained(Path(root) / self.subfolder, safe_serialization=True)
+
+
+def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Path:
+    for name in names:
+        folder = root / name
+        if folder.is_dir() and _config_class(folder) == class_name:
+            check_folder(folder)
+            return folder
+    raise MovieError(f"{root} has no {what} weights ({' or '.join(n + '/' for n in names)} with a {class_name} config)")
+
+
+def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
+    """AutoencoderKL with SD-1.5 shapes (or nano), random or loaded from <model>/vae."""
+    if ctx.weights is not None:
+        vae = AutoencoderKL.from_pretrained(_find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE"), use_safetensors=True)
+    else:
+        torch.manual_seed(ctx.seed)
+        with ctx.torch_device:
+            vae = AutoencoderKL(
+                in_channels=3, out_channels=3, latent_channels=4, scaling_factor=SD_SCALING_FACTOR,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                sample_size=512, **VAE_SIZES[ctx.size],
+            )
+    return _finish(SDVAE(vae), ctx)
+
+
+def build_taesd(ctx: BuildContext, config) -> TAESD:
+    """AutoencoderTiny (TAESD shapes or nano), random or loaded from <model>/taesd (or a TAESD <model>/vae)."""
+    if ctx.weights is not None:
+        tae = AutoencoderTiny.from_pretrained(_find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD"), use_safetensors=True)
+    else:
+        torch.manual_seed(ctx.seed + 1)
+        with ctx.torch_device:
+            tae = AutoencoderTiny(**TAESD_SIZES[ctx.size])
+    return _finish(TAESD(tae), ctx)
+
+
+def _finish(module: Autoencoder, ctx: BuildContext) -> Autoencoder:
+    if not ctx.meta:
+        module = module.to(device=ctx.torch_device, dtype=ctx.torch_dtype)
+    return module.eval().requires_grad_(False)

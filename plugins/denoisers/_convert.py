@@ -1,0 +1,51 @@
+"""Folder-level conversion between denoiser stages (weights carried over, removed blocks dropped)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from diffusers import UNet2DConditionModel
+
+from movie_core.errors import MovieError, UsageError
+from movie_core.weights import check_folder, read_manifest, replace_folder, write_manifest
+from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
+
+
+def convert_folder(source: Path, target: str, out: Path, overwrite: bool = False) -> Path:
+    """Write `out`: source's components copied, its UNet converted to `target`'s architecture."""
+    if not (source / "unet").is_dir():
+        raise UsageError(f"{source} is not a model folder (no unet/)")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite")
+    if out.resolve() == source.resolve():
+        raise UsageError("the output folder must differ from the source")
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write to folder {out.parent}: it does not exist")
+    check_folder(source / "unet")
+    unet = UNet2DConditionModel.from_pretrained(source / "unet", use_safetensors=True)
+    if unet.config.in_channels != 8:
+        raise MovieError(f"{source}/unet has {unet.config.in_channels} input channels; an InstructPix2Pix UNet has 8")
+    new = convert_unet(unet, target)
+    tmp = out.with_name(f".{out.name}.movie-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("unet", "movie.json"))
+        new.save_pretrained(tmp / "unet", safe_serialization=True)
+        manifest = {k: v for k, v in (read_manifest(source) or {}).items() if k != "provenance"}
+        recipe = dict(manifest.get("recipe", {}), denoiser=target)
+        stage = STAGES[target]
+        write_manifest(tmp, manifest | {
+            "format": "movie-model/1",
+            "recipe": recipe,
+            "stage": target,
+            "prediction_type": stage.prediction_type,
+            "guidance": "embedded" if stage.embedded else "cfg3",
+            "default_steps": stage.steps,
+            "converted_from": manifest.get("stage", "instruct-pix2pix"),
+        })
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

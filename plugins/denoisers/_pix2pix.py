@@ -1,0 +1,314 @@
+"""InstructPix2Pix and its MoViE descendants: one UNet family, four stages (paper Sec. 3).
+
+instruct-pix2pix      SD-1.5 UNet with 8 input channels, 3-pass CFG (Eq. 1), epsilon, Euler ancestral, 10 steps
+mobile-pix2pix        the same without self-/cross-attention at the highest UNet resolution
+mobile-pix2pix-mmg    + guidance-scale embeddings (s_I, s_T) added to the time embedding, one pass per step
+mobile-pix2pix-1step  + v-prediction, LCM scheduler, 1 step, guidance embeddings kept
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import torch
+from diffusers import (
+    DDIMScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    UNet2DConditionModel,
+)
+from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from movie_core.components import BuildContext, Denoiser
+from movie_core.errors import MovieError
+from movie_core.weights import check_folder, read_manifest
+from movie_plugins.denoisers._tokenizer import CLIP_VOCAB_SIZE, byte_tokenizer
+
+SD_SCALING_FACTOR = 0.18215
+GUIDANCE_EMBED_SCALE = 100.0  # s -> sinusoid "timestep" s * 100: s_T in [2, 14] spans [200, 1400]
+
+
+@attrs.frozen
+class Stage:
+    name: str
+    mobile: bool
+    embedded: bool
+    prediction_type: str
+    scheduler: str
+    steps: int
+
+
+STAGES = {
+    s.name: s
+    for s in (
+        Stage("instruct-pix2pix", mobile=False, embedded=False, prediction_type="epsilon", scheduler="euler-ancestral", steps=10),
+        Stage("mobile-pix2pix", mobile=True, embedded=False, prediction_type="epsilon", scheduler="euler-ancestral", steps=10),
+        Stage("mobile-pix2pix-mmg", mobile=True, embedded=True, prediction_type="epsilon", scheduler="euler-ancestral", steps=10),
+        Stage("mobile-pix2pix-1step", mobile=True, embedded=True, prediction_type="v_prediction", scheduler="lcm", steps=1),
+    )
+}
+
+_UNET_SIZES = {
+    "full": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8, sample_size=64),
+    "nano": dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, sample_size=32),
+}
+_TEXT_SIZES = {
+    "full": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768),
+    "nano": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, projection_dim=64),
+}
+
+
+def unet_config(size: str, stage: Stage) -> dict:
+    """diffusers UNet2DConditionModel config for a stage at a size."""
+    top_down = "DownBlock2D" if stage.mobile else "CrossAttnDownBlock2D"
+    top_up = "UpBlock2D" if stage.mobile else "CrossAttnUpBlock2D"
+    cfg = dict(
+        _UNET_SIZES[size],
+        in_channels=8,
+        out_channels=4,
+        down_block_types=(top_down, "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", top_up),
+    )
+    embedded = stage.embedded
+    cfg.update(
+        class_embed_type="projection" if embedded else None,
+        projection_class_embeddings_input_dim=2 * cfg["block_out_channels"][0] if embedded else None,
+    )
+    return cfg
+
+
+def text_config(size: str, tokenizer) -> CLIPTextConfig:
+    """CLIP-L/14 text tower at full size (49,408 entries), a two-layer one sized to the tokenizer at nano size."""
+    return CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE if size == "full" else len(tokenizer),
+        max_position_embeddings=77, hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **_TEXT_SIZES[size],
+    )
+
+
+def make_scheduler(name: str, prediction_type: str):
+    """An SD-1.5 noise schedule with the named sampler."""
+    common = dict(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=prediction_type, steps_offset=1,
+    )
+    if name == "euler-ancestral":
+        return EulerAncestralDiscreteScheduler(**common)
+    if name == "euler":
+        return EulerDiscreteScheduler(**common)
+    if name == "ddim":
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
+    if name == "lcm":
+        return LCMScheduler(**common, timestep_spacing="leading")
+    raise MovieError(f"unknown scheduler '{name}'")
+
+
+def zero_guidance_embedding(unet: UNet2DConditionModel) -> None:
+    """Zero the guidance projection's last layer so the model starts identical to its teacher."""
+    last = unet.class_embedding.linear_2
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+
+
+class Pix2PixDenoiser(Denoiser):
+    """Tokenizer + CLIP text encoder + 8-channel UNet + the stage's sampling defaults."""
+
+    def __init__(self, stage: Stage, unet, text_encoder, tokenizer, scheduler_name: str, standin_tokenizer: bool = False):
+        super().__init__()
+        self.stage_info = stage
+        self.stage = stage.name
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler_name = scheduler_name
+        self.standin_tokenizer = standin_tokenizer
+        self.guidance = "embedded" if stage.embedded else "cfg3"
+        self.prediction_type = stage.prediction_type
+        self.default_steps = stage.steps
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
+        """Token ids padded to the encoder's length, and for each prompt whether it was truncated."""
+        full = self.tokenizer(prompts, padding=False, truncation=False).input_ids
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_prompt_tokens, truncation=True, return_tensors="pt"
+        ).input_ids
+        return ids, [len(f) > self.max_prompt_tokens for f in full]
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP last hidden state for each prompt, (B, 77, D)."""
+        ids, _ = self.tokenize(prompts)
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(ids.to(device))[0]
+
+    def guidance_labels(self, s_I, s_T, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """Sinusoidal embeddings of both guidance scales, concatenated: the UNet's class labels."""
+        dim = self.unet.config.projection_class_embeddings_input_dim // 2
+        parts = []
+        for s in (s_I, s_T):
+            s = torch.as_tensor(s, dtype=torch.float32, device=like.device).reshape(-1).expand(batch)
+            parts.append(
+                get_timestep_embedding(
+                    s * GUIDANCE_EMBED_SCALE, dim,
+                    flip_sin_to_cos=self.unet.config.flip_sin_to_cos, downscale_freq_shift=self.unet.config.freq_shift,
+                )
+            )
+        return torch.cat(parts, dim=1).to(like.dtype)
+
+    def unet_forward(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> torch.Tensor:
+        """One UNet pass; image_latents are in SD's scaled space and are unscaled here (as IP2P was trained)."""
+        cond = image_latents / SD_SCALING_FACTOR
+        labels = self.guidance_labels(s_I, s_T, x.shape[0], x) if self.stage_info.embedded else None
+        return self.unet(torch.cat([x, cond], dim=1), t, encoder_hidden_states=text_emb, class_labels=labels).sample
+
+    def predict(self, x_t, t, image_latents, text_emb, s_I, s_T, null_emb=None) -> torch.Tensor:
+        """The guided model output for one step: Eq. 1 with three passes, or one embedded pass."""
+        batch = x_t.shape[0]
+        text_emb = text_emb.expand(batch, -1, -1)
+        if self.guidance == "embedded":
+            return self.unet_forward(x_t, t, image_latents, text_emb, s_I, s_T)
+        if null_emb is None:
+            null_emb = self.encode_prompt([""]).to(text_emb)
+        null_emb = null_emb.expand(batch, -1, -1)
+        x = torch.cat([x_t] * 3)
+        img = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+        emb = torch.cat([text_emb, null_emb, null_emb])
+        eps_text, eps_image, eps_uncond = self.unet_forward(x, t, img, emb).chunk(3)
+        s_I = torch.as_tensor(s_I, dtype=x_t.dtype, device=x_t.device).reshape(-1, 1, 1, 1)
+        s_T = torch.as_tensor(s_T, dtype=x_t.dtype, device=x_t.device).reshape(-1, 1, 1, 1)
+        return eps_uncond + s_T * (eps_text - eps_image) + s_I * (eps_image - eps_uncond)
+
+    def make_scheduler(self):
+        return make_scheduler(self.scheduler_name, self.prediction_type)
+
+    @torch.no_grad()
+    def sample(self, image_latents, text_emb, *, steps=None, s_T=7.5, s_I=1.5, null_emb=None,
+               generator=None, latents=None, scheduler=None, on_step=None) -> torch.Tensor:
+        """Edit latents: sample from noise conditioned on the source latents, the prompt and the scales."""
+        scheduler = scheduler or self.make_scheduler()
+        scheduler.set_timesteps(steps or self.default_steps, device=image_latents.device)
+        if latents is None:
+            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        if self.guidance == "cfg3" and null_emb is None:
+            null_emb = self.encode_prompt([""]).to(text_emb)
+        for i, t in enumerate(scheduler.timesteps):
+            if on_step is not None:
+                on_step(i, t)
+            model_in = scheduler.scale_model_input(latents, t)
+            out = self.predict(model_in, t, image_latents, text_emb, s_I, s_T, null_emb=null_emb)
+            latents = scheduler.step(out, t, latents, generator=generator).prev_sample
+        return latents
+
+    def save_pretrained(self, root: str | Path) -> None:
+        """unet/, text_encoder/, tokenizer/, scheduler/ in diffusers layout (safetensors)."""
+        root = Path(root)
+        self.unet.save_pretrained(root / "unet", safe_serialization=True)
+        self.text_encoder.save_pretrained(root / "text_encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(root / "tokenizer")
+        self.make_scheduler().save_pretrained(root / "scheduler")
+
+
+def build_unet(size: str, stage: Stage) -> UNet2DConditionModel:
+    unet = UNet2DConditionModel(**unet_config(size, stage))
+    if stage.embedded:
+        zero_guidance_embedding(unet)
+    return unet
+
+
+def build(stage_name: str, ctx: BuildContext, config) -> Pix2PixDenoiser:
+    """Random init at ctx.size, or load ctx.weights (a model folder); on the meta device for FLOPs."""
+    stage = STAGES[stage_name]
+    scheduler = (config.scheduler if config and config.scheduler else None) or stage.scheduler
+    if ctx.weights is not None:
+        den = load(stage, Path(ctx.weights), scheduler)
+    else:
+        torch.manual_seed(ctx.seed)
+        standin = ctx.size == "full"
+        tokenizer = byte_tokenizer(size=CLIP_VOCAB_SIZE if standin else None)
+        with ctx.torch_device:
+            unet = build_unet(ctx.size, stage)
+            text = CLIPTextModel(text_config(ctx.size, tokenizer))
+        den = Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin)
+    if not ctx.meta:
+        den = den.to(device=ctx.torch_device, dtype=ctx.torch_dtype)
+    return den.eval().requires_grad_(False)
+
+
+def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
+    """Load a diffusers-format folder (unet/, text_encoder/, tokenizer/), checking the architecture."""
+    for sub in ("unet", "text_encoder", "tokenizer"):
+        if not (root / sub).is_dir():
+            raise MovieError(f"{root} has no {sub}/ folder: not a diffusers-format model for '{stage.name}'")
+    check_folder(root / "unet")
+    check_folder(root / "text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=True)
+    expected = unet_config("nano", stage)
+    have_top = unet.config.down_block_types[0]
+    if unet.config.in_channels != 8:
+        raise MovieError(f"{root}/unet has {unet.config.in_channels} input channels; '{stage.name}' needs 8 (image-conditioned)")
+    if have_top != expected["down_block_types"][0]:
+        raise MovieError(
+            f"{root}/unet is not the '{stage.name}' architecture (top block {have_top}); use `movie convert` first"
+        )
+    if stage.embedded != (unet.config.class_embed_type == "projection"):
+        raise MovieError(f"{root}/unet guidance embeddings do not match '{stage.name}'; use `movie convert` first")
+    manifest = read_manifest(root)
+    if manifest and manifest.get("prediction_type", stage.prediction_type) != stage.prediction_type:
+        raise MovieError(
+            f"{root} predicts {manifest['prediction_type']}, but '{stage.name}' expects {stage.prediction_type}"
+        )
+    text = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=True)
+    tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+    return Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=False)
+
+
+def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionModel:
+    """Carry UNet weights into another stage's architecture: drop removed blocks, add zeroed guidance layers."""
+    stage = STAGES[target]
+    cfg = dict(unet.config)
+    cfg.update(unet_config("nano", stage))
+    for key in _UNET_SIZES["nano"]:
+        cfg[key] = unet.config[key]
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    new = UNet2DConditionModel(**cfg)
+    if stage.embedded:
+        zero_guidance_embedding(new)
+    src = unet.state_dict()
+    dst = new.state_dict()
+    dropped = [k for k in src if k not in dst]
+    bad = [k for k in dropped if ".attentions." not in k]
+    if bad:
+        raise MovieError(f"cannot convert to '{target}': weights {bad[:3]} have no place in the target")
+    added = [k for k in dst if k not in src]
+    if any(not k.startswith("class_embedding.") for k in added):
+        raise MovieError(f"cannot convert to '{target}': the target has new layers {added[:3]} beyond the guidance embedding")
+    for k in dst:
+        if k in src:
+            if src[k].shape != dst[k].shape:
+                raise MovieError(f"cannot convert to '{target}': {k} is {tuple(src[k].shape)}, target wants {tuple(dst[k].shape)}")
+            dst[k] = src[k]
+    new.load_state_dict(dst)
+    return new
+
+
+def manifest_fields(den: Pix2PixDenoiser) -> dict:
+    return {
+        "stage": den.stage,
+        "prediction_type": den.prediction_type,
+        "guidance": den.guidance,
+        "guidance_embed_scale": GUIDANCE_EMBED_SCALE if den.guidance == "embedded" else None,
+        "scheduler": den.scheduler_name,
+        "steps": den.default_steps,
+        "standin_tokenizer": den.standin_tokenizer,
+    }
+
