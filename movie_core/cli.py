@@ -214,6 +214,94 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
         click.echo(f"wrote {plot}")
 
 
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.option("-p", "--prompt", required=True, help="Edit instruction, e.g. 'make it look like a Van Gogh painting'.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output video, image or frames folder.")
+@recipe_options
+@click.option("--height", type=click.IntRange(min=8), help="Processing height (aspect kept when --width is not given).")
+@click.option("--width", type=click.IntRange(min=8), help="Processing width.")
+@click.option("--max-side", type=click.IntRange(min=8), help="Shrink frames whose longer side exceeds this.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per batch.")
+@click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower is better).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--preview", type=click.Path(dir_okay=False), help="Write a contact sheet PNG (source above edited).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Frame rate for a folder of frames.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def edit(input_path: str, prompt: str, output: str, height: int | None, width: int | None, max_side: int | None,
+         batch_size: int, crf: int, overwrite: bool, preview: str | None, fps: float | None, progress: bool,
+         **kw: Any) -> None:
+    """Edit a video (or an image, or a folder of frames) with a text instruction."""
+    from fractions import Fraction
+
+    from movie_core import video
+    from movie_core.composer import build, compose as do_compose
+    from movie_core.edit import SizePolicy, edit_video
+
+    if not prompt.strip():
+        raise UsageError("the prompt is empty: say what the edit should do, e.g. -p 'make it sepia'")
+    if max_side and (height or width):
+        raise UsageError("--max-side and --height/--width are exclusive")
+    recipe, model, init = resolve_recipe(kw)
+    if model is None and init != "random":
+        raise UsageError("no weights: pass --model DIR (or --init random to run the recipe with random weights)")
+    comp = do_compose(recipe)
+    with video.open_source(input_path, fps=Fraction(fps).limit_denominator(1001) if fps else None) as source:
+        video.check_output(output, input_path, overwrite)
+        if preview:
+            video.check_output(preview, input_path, overwrite=True)
+        pipe = build(comp, model=model)
+        for note in pipe.notes:
+            click.echo(f"note: {note}", err=True)
+        if pipe.denoiser.tokenize([prompt])[1][0]:
+            click.echo(f"warning: prompt truncated to the text encoder's {pipe.denoiser.max_prompt_tokens} tokens", err=True)
+        with video.open_sink(output, source, crf=crf, overwrite=overwrite) as sink:
+            summary = edit_video(
+                pipe, source, sink, prompt, policy=SizePolicy(height=height, width=width, max_side=max_side),
+                batch_size=batch_size, preview=Path(preview) if preview else None, progress=progress,
+            )
+    click.echo(
+        f"edited {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['frames_per_s']:.2f} frames/s) "
+        f"at {summary['size'][1]}x{summary['size'][0]} -> {output}"
+    )
+
+
+@cli.command()
+@recipe_options
+@click.option("--height", type=click.IntRange(min=8), default=256, show_default=True)
+@click.option("--width", type=click.IntRange(min=8), default=256, show_default=True)
+@click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per repeat.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed repeats after one warm-up.")
+@click.option("--compare", type=click.Choice(["diffusers"]), help="Also time diffusers' InstructPix2Pix pipeline.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON result to this file.")
+def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, compare: str | None,
+          as_json: bool, save: str | None, **kw: Any) -> None:
+    """Per-component and per-frame latency, frames/s and peak memory of a recipe."""
+    from movie_core import bench as bench_mod
+    from movie_core.composer import compose as do_compose
+
+    recipe, model, init = resolve_recipe(kw)
+    if model is None and init != "random":
+        raise UsageError("no weights: pass --model DIR or --init random")
+    result = bench_mod.run(do_compose(recipe), model, height=height, width=width, frames=frames,
+                           batch_size=batch_size, repeats=repeats, compare=compare)
+    if save:
+        Path(save).write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        _emit(result)
+        return
+    c = result["components"]
+    click.echo(f"{height}x{width}, batch {batch_size}: {result['ms_per_frame']:.1f} ms/frame, "
+               f"{result['frames_per_s']:.2f} frames/s, peak {result['peak_mem_mb']:.0f} MB")
+    click.echo(f"  encoder {c['encoder_ms_per_frame']:.1f} ms/frame, denoiser {c['denoiser_ms_per_frame']:.1f} ms/frame, "
+               f"decoder {c['decoder_ms_per_frame']:.1f} ms/frame, text encoder {c['text_encoder_ms_per_video']:.1f} ms/video")
+    if "compare" in result:
+        cmp_ = result["compare"]
+        click.echo(f"  diffusers InstructPix2Pix: {cmp_['diffusers_ms_per_frame']:.1f} ms/frame; speedup {cmp_['speedup']:.2f}x")
+
+
 def _add_plugin_commands() -> None:
     from movie_core.plugins import get_plugin_manager
 
@@ -232,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("movie: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"movie: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("movie: interrupted", err=True)

@@ -67,11 +67,6 @@ def _reason(error: BaseException) -> str:
     return " ".join(str(text).split())
 
 
-def _one_line(message: str) -> str:
-    """Collapse whitespace so a message is a single line."""
-    return " ".join(message.split())
-
-
 def _rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     """An upright HxWx3 uint8 RGB array from a decoded frame."""
     array = frame.to_ndarray(format="rgb24")
@@ -84,7 +79,7 @@ def _read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise MediaError(_one_line(f"not a video or image: {path} ({_reason(e)})")) from None
+        raise MediaError(f"not a video or image: {path} ({_reason(e)})") from None
 
 
 def _hms_seconds(text: str | None) -> float | None:
@@ -94,11 +89,6 @@ def _hms_seconds(text: str | None) -> float | None:
         return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
     except ValueError:
         return None
-
-
-def _too_few(count: int, expected: int | None) -> bool:
-    """Whether `count` frames falls clearly short of the `expected` count the container stated."""
-    return expected is not None and count < expected - max(2, expected // 50)
 
 
 class Source:
@@ -261,9 +251,10 @@ class VideoSource(Source):
         self.fps = stream.average_rate or stream.guessed_rate or stream.base_rate or DEFAULT_FPS
         self.start_pts = stream.start_time or 0
         self.has_audio = bool(self._container.streams.audio)
-        stream_seconds = (
-            float(stream.duration * self.time_base) if stream.duration else _hms_seconds(stream.metadata.get("DURATION"))
-        )
+        if stream.duration:
+            stream_seconds: float | None = float(stream.duration * self.time_base)
+        else:
+            stream_seconds = _hms_seconds(stream.metadata.get("DURATION"))
         container_seconds = self._container.duration / av.time_base if self._container.duration else None
         self.duration_s = stream_seconds or container_seconds
         self._expected = stream.frames or (round(stream_seconds * self.fps) if stream_seconds else None)
@@ -274,7 +265,9 @@ class VideoSource(Source):
             raise MediaError(f"no frames in video: {self.path}")
         degrees = first.rotation or -float(stream.metadata.get("rotate", 0) or 0)
         self.rotation = round(degrees / 90) * 90 % 360
-        self.width, self.height = (first.height, first.width) if self.rotation % 180 else (first.width, first.height)
+        self.width, self.height = first.width, first.height
+        if self.rotation % 180:
+            self.width, self.height = self.height, self.width
 
         self._pts_index: list[int] | None = None
         self._indexed = False
@@ -289,10 +282,7 @@ class VideoSource(Source):
             self.frame_count = stream.frames
         else:
             self.frame_count = self._count_frames()
-            if _too_few(self.frame_count, self._expected):
-                raise CorruptVideoError(
-                    f"truncated video: {self.path} (stream ends at frame {self.frame_count} of {self._expected})"
-                )
+            self._check_count(self.frame_count)
 
     def _count_frames(self) -> int:
         """Count video packets by demuxing (no decoding); build the pts index on the way."""
@@ -321,8 +311,15 @@ class VideoSource(Source):
             raise CorruptVideoError(
                 f"corrupt video: {self.path} (decoding failed after frame {count}: {_reason(e)})"
             ) from None
-        if check_count and _too_few(count, self._expected):
-            raise CorruptVideoError(f"truncated video: {self.path} (stream ends at frame {count} of {self._expected})")
+        if check_count:
+            self._check_count(count)
+
+    def _check_count(self, count: int) -> None:
+        """Raise CorruptVideoError when `count` frames fall clearly short of what the container states."""
+        if self._expected is not None and count < self._expected - max(2, self._expected // 50):
+            raise CorruptVideoError(
+                f"truncated video: {self.path} (stream ends at frame {count} of {self._expected})"
+            )
 
     def _frames(self) -> Iterator[tuple[np.ndarray, int]]:
         if self.is_seekable:
@@ -353,9 +350,13 @@ class VideoSource(Source):
         target = self._pts_index[index]
         stream = self._container.streams.video[0]
         self._container.seek(target, stream=stream, backward=True, any_frame=False)
-        for frame in self._decoded(self._container, check_count=False):
-            if frame.pts is not None and frame.pts >= target:
-                return _rgb(frame, self.rotation)
+        decoded = self._decoded(self._container, check_count=False)
+        try:
+            for frame in decoded:
+                if frame.pts is not None and frame.pts >= target:
+                    return _rgb(frame, self.rotation)
+        finally:
+            decoded.close()
         raise CorruptVideoError(f"corrupt video: {self.path} (frame {index} does not decode)")
 
     def close(self) -> None:
@@ -384,7 +385,8 @@ def check_output(
     output = Path(os.path.abspath(output_path))
     source = Path(os.path.abspath(input_path))
     real_output, real_source = output.resolve(), source.resolve()
-    if real_output == real_source or (output.exists() and source.exists() and os.path.samefile(output, source)):
+    same_file = output.exists() and source.exists() and os.path.samefile(output, source)
+    if same_file or real_output == real_source:
         raise UsageError(f"output {output} is the input; choose another output path")
     if real_source.is_relative_to(real_output):
         raise UsageError(f"output {output} contains the input {source}; choose another output path")
@@ -535,7 +537,9 @@ class VideoSink(Sink):
 
     def _start(self) -> None:
         source = self.source
-        width, height = (source.height, source.width) if source.rotation % 180 else (source.width, source.height)
+        width, height = source.width, source.height
+        if source.rotation % 180:  # frames arrive upright; encode them in the coded orientation
+            width, height = height, width
         self._pad = (height % 2, width % 2)
         self._out = av.open(str(self.temp_path), "w")
         video = self._out.add_stream("libx264", rate=source.fps)
@@ -623,7 +627,8 @@ def _output_kind(output: Path) -> str:
     if not suffix or output.is_dir():
         return "frames"
     raise UsageError(
-        f"unsupported output type {suffix!r} for {output}: use .mp4, .mkv, .mov, an image extension, or a folder"
+        f"unsupported output type {suffix!r} for {output}: "
+        "use .mp4, .mkv, .mov, an image extension, or a folder"
     )
 
 
@@ -646,6 +651,8 @@ def open_sink(
 def probe(path: str | os.PathLike) -> dict[str, Any]:
     """Exact facts about a video file: decoded frame count, fps, display size, rotation, audio duration."""
     with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise MediaError(f"not a video: {path} (no video stream)")
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
         frame_count, rotation, size = 0, 0, (0, 0)
@@ -663,6 +670,9 @@ def probe(path: str | os.PathLike) -> dict[str, Any]:
                 end = packet.pts + (packet.duration or 0)
                 audio_end = end if audio_end is None else max(audio_end, end)
         width, height = (size[1], size[0]) if rotation % 180 else size
+        audio_duration_s = None
+        if audio is not None and audio_start is not None and audio_end is not None:
+            audio_duration_s = float((audio_end - audio_start) * audio.time_base)
         return {
             "frame_count": frame_count,
             "fps": video.average_rate,
@@ -671,20 +681,26 @@ def probe(path: str | os.PathLike) -> dict[str, Any]:
             "height": height,
             "rotation": rotation,
             "audio_codec": audio.codec_context.name if audio is not None else None,
-            "audio_duration_s": (
-                float((audio_end - audio_start) * audio.time_base) if audio is not None and audio_end is not None else None
-            ),
+            "audio_duration_s": audio_duration_s,
         }
 
 
-def _test_frame(index: int, fps: float, width: int, height: int, moving: bool) -> np.ndarray:
-    """A gradient panning left with a white square crossing it (static when not moving)."""
+def _test_background(width: int, height: int) -> np.ndarray:
+    """A colour gradient two widths wide that repeats every `width` columns (so a pan can wrap)."""
+    x = (np.arange(2 * width) % width) / width
+    y = np.arange(height) / max(height - 1, 1)
+    red = np.broadcast_to(x[None, :], (height, 2 * width))
+    green = np.broadcast_to(y[:, None], (height, 2 * width))
+    blue = 0.5 + 0.5 * np.sin(2 * np.pi * (x[None, :] + y[:, None]))
+    return (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
+
+
+def _test_frame(background: np.ndarray, index: int, fps: float, moving: bool) -> np.ndarray:
+    """The background panned left by a quarter width per second, with a white square crossing it."""
+    height, width = background.shape[0], background.shape[1] // 2
     t = index / fps if moving else 0.0
-    ys, xs = np.mgrid[0:height, 0:width]
-    pan = xs + int(t * width / 4)
-    frame = np.stack(
-        [(pan * 255 // max(width, 1)) % 256, ys * 255 // max(height - 1, 1), (pan + ys) * 3 % 256], axis=-1
-    ).astype(np.uint8)
+    offset = int(t * width / 4) % width
+    frame = background[:, offset : offset + width].copy()
     side = max(2, min(width, height) // 4)
     x = int((t / 2 % 1) * max(width - side, 1))
     y = (height - side) // 2
@@ -722,8 +738,9 @@ def make_test_video(
         out.start_encoding()
         chunk = (sound.codec_context.frame_size or 1024) if sound else 0
         samples_done, total_samples = 0, round(seconds * sample_rate)
+        background = _test_background(width, height)
         for index in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(_test_frame(index, fps, width, height, moving), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(_test_frame(background, index, fps, moving), format="rgb24")
             frame.pts = index
             out.mux(video.encode(frame))
             while sound is not None and samples_done < min(total_samples, (index + 1) * sample_rate / fps):

@@ -1,0 +1,177 @@
+"""Wall-clock benchmarks: per-component and per-frame latency (median after warm-up), frames/s, peak memory."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from movie_core.composer import Composition, build, compose
+from movie_core.edit import FrameEditor, SizePolicy
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this process (VmHWM), Linux only."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, (time.perf_counter() - start) * 1000
+
+
+def synthetic_frames(n: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
+    """Smooth random frames (a gradient plus blobs) so autoencoders see image-like input."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    frames = []
+    for _ in range(n):
+        base = np.stack([xx, yy, 1 - xx], axis=-1) * 200
+        cx, cy = rng.uniform(0, 1, 2)
+        blob = np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / 0.02))[..., None] * rng.uniform(0, 255, 3)
+        frames.append(np.clip(base + blob, 0, 255).astype(np.uint8))
+    return frames
+
+
+def bench_pipeline(pipe, *, height: int, width: int, frames: int = 8, batch_size: int = 4, repeats: int = 3,
+                   prompt: str = "make it look like a watercolor painting") -> dict[str, Any]:
+    """Time encode / denoise / decode per batch of frames with anchor attention, as `movie edit` runs them."""
+    policy = SizePolicy(height=height, width=width)
+    size = (height, width)
+    padded = policy.padded(height, width)
+    device = next(pipe.denoiser.unet.parameters()).device
+    _reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    editor, text_ms = _timed(lambda: FrameEditor(pipe, prompt, size=size, padded=padded), device)
+    src = synthetic_frames(frames, height, width)
+    from movie_core.edit import batched, to_tensor
+
+    batches = list(batched(iter(src), batch_size))
+    try:
+        if pipe.recipe.anchor != "none":
+            editor.record_anchor(src[len(src) // 2])
+        per: dict[str, list[float]] = {"encoder": [], "denoiser": [], "decoder": [], "total": []}
+        den, r = pipe.denoiser, pipe.recipe
+        for rep in range(repeats + 1):
+            sums = dict.fromkeys(per, 0.0)
+            for batch in batches:
+                x = to_tensor(batch, size, padded, device, editor.dtype)
+                with torch.no_grad():
+                    lat, t_enc = _timed(lambda: pipe.encoder.encode(x), device)
+                    out, t_den = _timed(lambda: den.sample(
+                        lat, editor.text_emb, steps=editor.steps, s_T=r.text_guidance, s_I=r.image_guidance,
+                        null_emb=editor.null_emb, generator=editor._generators(x.shape[0]),
+                        on_step=editor.controller.on_step if editor.anchored else None), device)
+                    _, t_dec = _timed(lambda: pipe.decoder.decode(out), device)
+                for k, v in (("encoder", t_enc), ("denoiser", t_den), ("decoder", t_dec), ("total", t_enc + t_den + t_dec)):
+                    sums[k] += v
+            if rep == 0:
+                continue  # warm-up
+            for k in per:
+                per[k].append(sums[k] / frames)
+    finally:
+        editor.close()
+    ms = statistics.median(per["total"])
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb()
+    return {
+        "ms_per_frame": ms,
+        "frames_per_s": 1000.0 / ms,
+        "peak_mem_mb": peak,
+        "peak_mem_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS (VmHWM)",
+        "components": {
+            "encoder_ms_per_frame": statistics.median(per["encoder"]),
+            "denoiser_ms_per_frame": statistics.median(per["denoiser"]),
+            "decoder_ms_per_frame": statistics.median(per["decoder"]),
+            "text_encoder_ms_per_video": text_ms,
+        },
+        "height": height, "width": width, "frames": frames, "batch_size": batch_size, "repeats": repeats,
+        "steps": editor.steps, "unet_passes_per_step": 3 if den.guidance == "cfg3" else 1,
+        "device": str(device), "dtype": r.dtype, "threads": torch.get_num_threads(),
+        "recipe": r.components() | {"size": r.size},
+    }
+
+
+def bench_diffusers(pipe_base, *, height: int, width: int, frames: int, repeats: int, steps: int = 10,
+                    prompt: str = "make it look like a watercolor painting") -> float:
+    """ms per frame of diffusers' StableDiffusionInstructPix2PixPipeline on the given base modules, one frame per call."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    den, r = pipe_base.denoiser, pipe_base.recipe
+    ref = StableDiffusionInstructPix2PixPipeline(
+        vae=pipe_base.encoder.vae, text_encoder=den.text_encoder, tokenizer=den.tokenizer, unet=den.unet,
+        scheduler=den.make_scheduler(), safety_checker=None, feature_extractor=None, image_encoder=None,
+        requires_safety_checker=False,
+    )
+    ref.set_progress_bar_config(disable=True)
+    device = next(den.unet.parameters()).device
+    src = synthetic_frames(frames, height, width)
+    times = []
+    for rep in range(repeats + 1):
+        total = 0.0
+        for frame in src:
+            image = torch.from_numpy(frame).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)
+            _, ms = _timed(lambda: ref(
+                prompt, image=image, num_inference_steps=steps, guidance_scale=r.text_guidance,
+                image_guidance_scale=r.image_guidance, generator=torch.Generator(device).manual_seed(r.seed),
+                output_type="np"), device)
+            total += ms
+        if rep:
+            times.append(total / frames)
+    return statistics.median(times)
+
+
+def run(composition: Composition, model: Path | None, *, height: int, width: int, frames: int, batch_size: int,
+        repeats: int, compare: str | None = None) -> dict[str, Any]:
+    """Benchmark a composed recipe, optionally against diffusers' InstructPix2Pix pipeline in the same run."""
+    pipe = build(composition, model=model)
+    result = bench_pipeline(pipe, height=height, width=width, frames=frames, batch_size=batch_size, repeats=repeats)
+    if compare == "diffusers":
+        r = composition.recipe
+        if r.encoder == "sd-vae" and r.denoiser == "instruct-pix2pix":
+            base = pipe
+        else:
+            from movie_core.recipe import preset
+
+            base_recipe = preset("base").replace(size=r.size, seed=r.seed, device=r.device, dtype=r.dtype,
+                                                 text_guidance=r.text_guidance, image_guidance=r.image_guidance)
+            base = build(compose(base_recipe), model=model if _has_base_weights(model) else None)
+        ref_ms = bench_diffusers(base, height=height, width=width, frames=frames, repeats=repeats)
+        result["compare"] = {
+            "diffusers_ms_per_frame": ref_ms,
+            "speedup": ref_ms / result["ms_per_frame"],
+            "diffusers_pipeline": "StableDiffusionInstructPix2PixPipeline, 10 steps, SD VAE, one frame per call",
+        }
+    return result
+
+
+def _has_base_weights(model: Path | None) -> bool:
+    from movie_core.weights import read_manifest
+
+    manifest = read_manifest(model) if model else None
+    return bool(manifest and manifest.get("stage") == "instruct-pix2pix")

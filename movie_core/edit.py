@@ -1,0 +1,196 @@
+"""The frame loop: size policy, anchor cross-frame attention, batches of frames, streaming in and out."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from movie_core import crossframe
+from movie_core.errors import UsageError
+from movie_core.pipeline import Pipeline
+
+
+@attrs.frozen
+class SizePolicy:
+    """Processing size: explicit height/width, a longest side, or the source size; aspect kept, padded to `multiple`."""
+
+    height: int | None = None
+    width: int | None = None
+    max_side: int | None = None
+    multiple: int = 8
+
+    def target(self, src_h: int, src_w: int) -> tuple[int, int]:
+        """(height, width) frames are resized to before padding."""
+        if self.height and self.width:
+            return self.height, self.width
+        if self.height:
+            return self.height, max(1, round(src_w * self.height / src_h))
+        if self.width:
+            return max(1, round(src_h * self.width / src_w)), self.width
+        if self.max_side and max(src_h, src_w) > self.max_side:
+            scale = self.max_side / max(src_h, src_w)
+            return max(1, round(src_h * scale)), max(1, round(src_w * scale))
+        return src_h, src_w
+
+    def padded(self, h: int, w: int) -> tuple[int, int]:
+        m = self.multiple
+        return math.ceil(h / m) * m, math.ceil(w / m) * m
+
+
+def to_tensor(frames: list[np.ndarray], size: tuple[int, int], padded: tuple[int, int], device, dtype) -> torch.Tensor:
+    """uint8 HxWx3 frames -> NCHW in [-1, 1], resized to `size` and edge-padded to `padded`."""
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+    ph, pw = padded[0] - size[0], padded[1] - size[1]
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x.to(device=device, dtype=dtype)
+
+
+def to_frames(x: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int]) -> list[np.ndarray]:
+    """NCHW in [-1, 1] -> uint8 HxWx3 frames: padding cropped, resized back to the source size."""
+    x = x[:, :, : size[0], : size[1]].float()
+    if tuple(x.shape[-2:]) != out_size:
+        x = F.interpolate(x, size=out_size, mode="bicubic", align_corners=False, antialias=True)
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return list(x)
+
+
+def anchor_index(policy: str, frame_count: int | None, seekable: bool) -> int | None:
+    """The anchor frame for a policy: middle (first when the count is unknown or not seekable), first, N, none."""
+    if policy == "none":
+        return None
+    if policy == "first" or not seekable or not frame_count:
+        return 0 if policy in ("first", "middle") else int(policy)
+    if policy == "middle":
+        return frame_count // 2
+    index = int(policy)
+    if index >= frame_count:
+        raise UsageError(f"--anchor {index} is past the last frame ({frame_count - 1})")
+    return index
+
+
+class FrameEditor:
+    """Edits frames batch by batch with one prompt, the same initial noise, and anchor K/V replay."""
+
+    def __init__(self, pipe: Pipeline, prompt: str, *, size: tuple[int, int], padded: tuple[int, int]):
+        r = pipe.recipe
+        self.pipe, self.size, self.padded = pipe, size, padded
+        den = pipe.denoiser
+        self.device = next(den.unet.parameters()).device
+        self.dtype = next(den.unet.parameters()).dtype
+        self.steps = r.steps or den.default_steps
+        self.text_emb = den.encode_prompt([prompt])
+        self.null_emb = den.encode_prompt([""]) if den.guidance == "cfg3" else None
+        self.controller = crossframe.AnchorController()
+        self.anchored = False
+
+    def _generators(self, n: int) -> list[torch.Generator]:
+        # one generator per frame, all seeded alike: every frame gets the same initial and per-step noise
+        return [torch.Generator(device=self.device).manual_seed(self.pipe.recipe.seed) for _ in range(n)]
+
+    @torch.no_grad()
+    def _edit(self, x: torch.Tensor) -> torch.Tensor:
+        r, den = self.pipe.recipe, self.pipe.denoiser
+        latents = self.pipe.encoder.encode(x)
+        out = den.sample(
+            latents, self.text_emb, steps=self.steps, s_T=r.text_guidance, s_I=r.image_guidance,
+            null_emb=self.null_emb, generator=self._generators(x.shape[0]),
+            on_step=self.controller.on_step if self.anchored else None,
+        )
+        return self.pipe.decoder.decode(out)
+
+    def record_anchor(self, frame: np.ndarray) -> None:
+        """Sample the anchor frame once, storing its self-attention K/V for every step."""
+        self._previous = crossframe.install(self.pipe.denoiser.unet, self.controller)
+        self.anchored = True
+        self.controller.record()
+        self._edit(to_tensor([frame], self.size, self.padded, self.device, self.dtype))
+        self.controller.replay()
+
+    def edit(self, frames: list[np.ndarray], out_size: tuple[int, int]) -> list[np.ndarray]:
+        """Edit a batch of uint8 frames; returns uint8 frames at out_size."""
+        x = to_tensor(frames, self.size, self.padded, self.device, self.dtype)
+        return to_frames(self._edit(x), self.size, out_size)
+
+    def close(self) -> None:
+        if self.anchored:
+            crossframe.uninstall(self.pipe.denoiser.unet, self._previous)
+            self.controller.clear()
+            self.anchored = False
+
+
+def batched(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in it:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path, height: int = 160) -> None:
+    """Source frames above edited frames, several across the video, written atomically as PNG."""
+    from PIL import Image
+
+    tiles = []
+    for src, out in pairs:
+        h, w = src.shape[:2]
+        tw = max(1, round(w * height / h))
+        col = [np.asarray(Image.fromarray(a).resize((tw, height), Image.LANCZOS)) for a in (src, out)]
+        tiles.append(np.concatenate(col, axis=0))
+    sheet = np.concatenate(tiles, axis=1)
+    tmp = path.with_name(f".{path.name}.movie-tmp.png")
+    try:
+        Image.fromarray(sheet).save(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy, batch_size: int = 4,
+               preview: Path | None = None, preview_count: int = 6, progress: bool = True) -> dict[str, Any]:
+    """Stream `source` through the pipeline into `sink`; returns a summary (frames, seconds, frames/s)."""
+    from tqdm import tqdm
+
+    out_size = (source.height, source.width)
+    size = policy.target(*out_size)
+    padded = policy.padded(*size)
+    editor = FrameEditor(pipe, prompt, size=size, padded=padded)
+    total = source.frame_count
+    keep = set(np.linspace(0, total - 1, min(preview_count, total)).round().astype(int).tolist()) if preview and total else set()
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    start = time.perf_counter()
+    done = 0
+    try:
+        index = anchor_index(pipe.recipe.anchor, total, source.is_seekable)
+        if index is not None:
+            editor.record_anchor(source.frame(index))
+        bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="editing")
+        with bar:
+            for batch in batched(source.frames(with_pts=True), batch_size):
+                edited = editor.edit([f for f, _ in batch], out_size)
+                for (src, pts), out in zip(batch, edited):
+                    sink.write(out, pts)
+                    if done in keep:
+                        pairs.append((src, out))
+                    done += 1
+                bar.update(len(batch))
+    finally:
+        editor.close()
+    seconds = time.perf_counter() - start
+    if preview and pairs:
+        contact_sheet(pairs, preview)
+    return {"frames": done, "seconds": seconds, "frames_per_s": done / seconds if seconds else float("inf"),
+            "size": list(size), "padded": list(padded), "anchor": pipe.recipe.anchor}
