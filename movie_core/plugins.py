@@ -73,7 +73,7 @@ def _build_manager() -> tuple[pluggy.PluginManager, dict[str, dict[str, str]]]:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin '{exc.plugin_name}' implements an unknown hook: {exc}") from None
+        raise PluginError(f"plugin '{pm.get_name(exc.plugin)}' implements an unknown hook: {exc}") from None
     return pm, info
 
 

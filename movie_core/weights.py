@@ -26,6 +26,11 @@ def allow_pickle() -> bool:
     return os.environ.get("MOVIE_ALLOW_PICKLE", "") == "1"
 
 
+def use_safetensors() -> bool | None:
+    """`use_safetensors` for from_pretrained: True (safetensors only) unless pickles are allowed (None: fall back to .bin)."""
+    return None if allow_pickle() else True
+
+
 def check_folder(folder: Path) -> None:
     """Refuse a component folder whose only weights are pickles, unless the user opted in."""
     files = list(folder.iterdir()) if folder.is_dir() else []

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 
 from movie_core.components import Autoencoder, BuildContext
 from movie_core.errors import MovieError
-from movie_core.weights import check_folder
+from movie_core.weights import check_folder, use_safetensors
 
 SD_SCALING_FACTOR = 0.18215
 
@@ -86,7 +86,7 @@ def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Pat
 def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
     """AutoencoderKL with SD-1.5 shapes (or nano), random or loaded from <model>/vae."""
     if ctx.weights is not None:
-        vae = AutoencoderKL.from_pretrained(_find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE"), use_safetensors=True)
+        vae = AutoencoderKL.from_pretrained(_find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE"), use_safetensors=use_safetensors())
     else:
         torch.manual_seed(ctx.seed)
         with ctx.torch_device:
@@ -101,7 +101,7 @@ def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
 def build_taesd(ctx: BuildContext, config) -> TAESD:
     """AutoencoderTiny (TAESD shapes or nano), random or loaded from <model>/taesd (or a TAESD <model>/vae)."""
     if ctx.weights is not None:
-        tae = AutoencoderTiny.from_pretrained(_find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD"), use_safetensors=True)
+        tae = AutoencoderTiny.from_pretrained(_find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD"), use_safetensors=use_safetensors())
     else:
         torch.manual_seed(ctx.seed + 1)
         with ctx.torch_device:

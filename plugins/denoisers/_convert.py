@@ -8,7 +8,7 @@ from pathlib import Path
 from diffusers import UNet2DConditionModel
 
 from movie_core.errors import MovieError, UsageError
-from movie_core.weights import check_folder, read_manifest, replace_folder, write_manifest
+from movie_core.weights import check_folder, read_manifest, replace_folder, use_safetensors, write_manifest
 from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
 
 
@@ -23,7 +23,7 @@ def convert_folder(source: Path, target: str, out: Path, overwrite: bool = False
     if not out.parent.is_dir():
         raise UsageError(f"cannot write to folder {out.parent}: it does not exist")
     check_folder(source / "unet")
-    unet = UNet2DConditionModel.from_pretrained(source / "unet", use_safetensors=True)
+    unet = UNet2DConditionModel.from_pretrained(source / "unet", use_safetensors=use_safetensors())
     if unet.config.in_channels != 8:
         raise MovieError(f"{source}/unet has {unet.config.in_channels} input channels; an InstructPix2Pix UNet has 8")
     new = convert_unet(unet, target)

@@ -25,7 +25,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from movie_core.components import BuildContext, Denoiser
 from movie_core.errors import MovieError
-from movie_core.weights import check_folder, read_manifest
+from movie_core.weights import check_folder, read_manifest, use_safetensors
 from movie_plugins.denoisers._tokenizer import CLIP_VOCAB_SIZE, byte_tokenizer
 
 SD_SCALING_FACTOR = 0.18215
@@ -251,7 +251,7 @@ def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
             raise MovieError(f"{root} has no {sub}/ folder: not a diffusers-format model for '{stage.name}'")
     check_folder(root / "unet")
     check_folder(root / "text_encoder")
-    unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=True)
+    unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=use_safetensors())
     expected = unet_config("nano", stage)
     have_top = unet.config.down_block_types[0]
     if unet.config.in_channels != 8:
@@ -267,7 +267,7 @@ def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
         raise MovieError(
             f"{root} predicts {manifest['prediction_type']}, but '{stage.name}' expects {stage.prediction_type}"
         )
-    text = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=True)
+    text = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=use_safetensors())
     tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
     return Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=False)
 
@@ -279,6 +279,8 @@ def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionMode
     cfg.update(unet_config("nano", stage))
     for key in _UNET_SIZES["nano"]:
         cfg[key] = unet.config[key]
+    if stage.embedded:  # sized to the source's channels, as unet_config does (not nano's)
+        cfg["projection_class_embeddings_input_dim"] = 2 * cfg["block_out_channels"][0]
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     new = UNet2DConditionModel(**cfg)
     if stage.embedded:

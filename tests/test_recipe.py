@@ -1,0 +1,122 @@
+"""Recipe: the shipped presets, TOML round trips, and bad keys and values as one-line UsageErrors."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from movie_core.errors import UsageError
+from movie_core.recipe import PRESETS, Recipe, from_toml, load, make_recipe, preset
+
+TABLE_1 = {
+    "base": ("sd-vae", "sd-vae", "instruct-pix2pix", 10),
+    "mobile": ("taesd", "taesd", "mobile-pix2pix", 10),
+    "mmg": ("taesd", "taesd", "mobile-pix2pix-mmg", 10),
+    "movie": ("taesd", "taesd", "mobile-pix2pix-1step", 1),
+}
+
+CUSTOM = Recipe(encoder="sd-vae", decoder="taesd", denoiser="mobile-pix2pix", backend="eager", steps=3,
+                text_guidance=5.5, image_guidance=1.25, seed=42, size="nano", resolution="max-side:512",
+                anchor="0", device="cuda:1", dtype="float16")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_match_table_1(name):
+    r = preset(name)
+    assert (r.encoder, r.decoder, r.denoiser, r.steps) == TABLE_1[name]
+    assert r.backend == "eager"
+    assert (r.text_guidance, r.image_guidance) == (7.5, 1.5)
+
+
+def test_presets_are_the_four_rows():
+    assert set(PRESETS) == set(TABLE_1)
+
+
+@pytest.mark.parametrize("recipe", [CUSTOM, Recipe(), *(preset(p) for p in PRESETS)], ids=["custom", "default", *PRESETS])
+def test_toml_round_trip(recipe, tmp_path):
+    path = tmp_path / "r.toml"
+    recipe.save(path)
+    assert load(path) == recipe
+    assert from_toml(recipe.to_toml()) == recipe
+
+
+def test_toml_layout():
+    text = CUSTOM.to_toml()
+    assert text.startswith("[components]\n")
+    assert 'encoder = "sd-vae"\ndecoder = "taesd"' in text
+    assert "[options]" in text and "steps = 3" in text
+    assert "steps" not in Recipe().to_toml()
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('vae = "taesd"\n[components]\nencoder = "taesd"\n', "vae"),
+        ('[components]\nencoder = "taesd"\n[extras]\nx = 1\n', "extras"),
+        ('[components]\nvae = "taesd"\n', "components.vae"),
+        ("[options]\nstepz = 3\n", "stepz"),
+    ],
+)
+def test_unknown_keys_are_named(text, key):
+    with pytest.raises(UsageError, match=f"unknown recipe key '{key}'"):
+        from_toml(text, source="r.toml")
+
+
+def test_slot_in_options_table_is_rejected():
+    with pytest.raises(UsageError, match=r"'encoder' belongs in \[components\]"):
+        from_toml('[options]\nencoder = "taesd"\n')
+
+
+def test_unknown_key_in_flat_values():
+    with pytest.raises(UsageError, match="unknown recipe key 'guidance'"):
+        make_recipe({"guidance": 3})
+
+
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ("text_guidance = -1.0", "text_guidance"),
+        ("image_guidance = -0.5", "image_guidance"),
+        ("text_guidance = nan", "text_guidance"),
+        ('size = "huge"', "size"),
+        ('anchor = "last"', "anchor"),
+        ("steps = 0", "steps"),
+        ('resolution = "big"', "resolution"),
+        ('device = "tpu"', "device"),
+        ('dtype = "float8"', "dtype"),
+    ],
+)
+def test_bad_values_are_usage_errors(options, field):
+    with pytest.raises(UsageError, match=field) as info:
+        from_toml(f"[options]\n{options}\n", source="r.toml")
+    assert str(info.value).startswith("r.toml: bad recipe value")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("change", [{"text_guidance": -2}, {"size": "huge"}, {"anchor": "-1"}])
+def test_bad_values_via_replace(change):
+    with pytest.raises(UsageError, match=next(iter(change))):
+        Recipe().replace(**change)
+
+
+def test_invalid_toml_is_a_usage_error(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[components\n")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load(path)
+
+
+def test_recipe_is_frozen():
+    r = Recipe()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        r.steps = 5
+    assert r.steps is None
+
+
+def test_replace_vae_sets_both_and_leaves_original():
+    r = preset("base")
+    hybrid = r.replace(vae="taesd")
+    assert (hybrid.encoder, hybrid.decoder) == ("taesd", "taesd")
+    assert (r.encoder, r.decoder) == ("sd-vae", "sd-vae")
+    assert hybrid.replace(encoder="sd-vae") == attrs.evolve(hybrid, encoder="sd-vae")
+    assert hybrid.denoiser == "instruct-pix2pix" and hybrid.steps == 10
