@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from movie_core import crossframe
 from movie_core.errors import UsageError
 from movie_core.pipeline import Pipeline
+from movie_core.video import CorruptVideoError
 
 
 @attrs.frozen
@@ -176,7 +177,11 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
     try:
         index = anchor_index(pipe.recipe.anchor, total, source.is_seekable)
         if index is not None:
-            editor.record_anchor(source.frame(index))
+            try:
+                anchor = source.frame(index)
+            except (IndexError, StopIteration) as e:  # the file holds fewer frames than its header claims
+                raise CorruptVideoError(f"truncated video: {source.path} (anchor frame {index}: {e or 'not found'})") from None
+            editor.record_anchor(anchor)
         bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="editing")
         with bar:
             for batch in batched(source.frames(with_pts=True), batch_size):
