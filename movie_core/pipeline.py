@@ -66,7 +66,10 @@ class Pipeline:
         return {
             "format": "movie-model/1",
             "movie_version": __version__,
-            "recipe": self.recipe.components() | {"size": self.recipe.size},
+            "recipe": self.recipe.components() | {
+                k: getattr(self.recipe, k) for k in ("size", "steps", "text_guidance", "image_guidance")
+                if getattr(self.recipe, k) is not None
+            },
             "stage": den.stage,
             "prediction_type": den.prediction_type,
             "guidance": den.guidance,

@@ -269,7 +269,8 @@ def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
         )
     text = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=use_safetensors())
     tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-    return Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=False)
+    standin = bool(manifest and manifest.get("standin_tokenizer"))  # saved from a full-size random init
+    return Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin)
 
 
 def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionModel:
