@@ -26,6 +26,7 @@ class SizePolicy:
     width: int | None = None
     max_side: int | None = None
     multiple: int = 8
+    min_side: int = 32  # below it a nano UNet reaches 1x1 maps with one value per norm group (fails at batch 1)
 
     def target(self, src_h: int, src_w: int) -> tuple[int, int]:
         """(height, width) frames are resized to before padding."""
@@ -42,7 +43,7 @@ class SizePolicy:
 
     def padded(self, h: int, w: int) -> tuple[int, int]:
         m = self.multiple
-        return math.ceil(h / m) * m, math.ceil(w / m) * m
+        return max(math.ceil(h / m) * m, self.min_side), max(math.ceil(w / m) * m, self.min_side)
 
 
 def to_tensor(frames: list[np.ndarray], size: tuple[int, int], padded: tuple[int, int], device, dtype) -> torch.Tensor:

@@ -394,6 +394,26 @@ def test_max_side_processes_small_and_writes_source_size(tmp_path: Path, clip: P
     assert (got["width"], got["height"], got["frame_count"]) == (64, 48, 8)  # resized back
 
 
+@pytest.mark.parametrize("args", [["--max-side", "8"], ["--max-side", "16", "--batch-size", "1"]])
+def test_tiny_processing_sizes(tmp_path: Path, clip: Path, capfd, args: list[str]) -> None:
+    """Sizes the CLI accepts (>= 8) work at batch 1 too: frames are padded up to SizePolicy.min_side."""
+    out = tmp_path / "out.mp4"
+    code, stdout, err = edit(capfd, clip, "-p", "make it sepia", "-o", out, *NANO, *args)
+    assert code == 0, err
+    got = probe(out)
+    assert (got["width"], got["height"], got["frame_count"]) == (64, 48, 8)
+
+
+def test_tiny_image(tmp_path: Path, capfd) -> None:
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(src)
+    out = tmp_path / "out.png"
+    code, _, err = edit(capfd, src, "-p", "make it sepia", "-o", out, *NANO)
+    assert code == 0, err
+    with Image.open(out) as image:
+        assert image.size == (16, 16)
+
+
 def test_odd_size_input(tmp_path: Path, capfd) -> None:
     src = make_test_video(tmp_path / "odd.mp4", seconds=1, fps=8, width=65, height=49)
     out = tmp_path / "out.mp4"
@@ -429,6 +449,7 @@ def test_size_policy() -> None:
     assert SizePolicy(height=40, width=40).target(48, 64) == (40, 40)
     assert SizePolicy().padded(49, 65) == (56, 72)
     assert SizePolicy().padded(48, 64) == (48, 64)
+    assert SizePolicy().padded(6, 8) == (32, 32)  # tiny sizes are edge-padded up to min_side
 
 
 def test_anchor_index() -> None:
