@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.denoisers.mobile_pix2pix_1step",
     "movie_plugins.denoisers.convert",
     "movie_plugins.backends.eager",
+    "movie_plugins.data_command",
 )
 
 REGISTER_HOOKS = {f"movie_register_{family}s": family for family in FAMILIES}

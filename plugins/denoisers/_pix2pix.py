@@ -137,7 +137,8 @@ class Pix2PixDenoiser(Denoiser):
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
         """Token ids padded to the encoder's length, and for each prompt whether it was truncated."""
-        full = self.tokenizer(prompts, padding=False, truncation=False).input_ids
+        # an explicit max_length avoids transformers' own "sequence too long" log line
+        full = self.tokenizer(prompts, truncation=True, max_length=1 << 20).input_ids
         ids = self.tokenizer(
             prompts, padding="max_length", max_length=self.max_prompt_tokens, truncation=True, return_tensors="pt"
         ).input_ids
