@@ -1,0 +1,47 @@
+"""Adds `movie data`: training datasets; `movie data nano` writes the procedural nano dataset."""
+
+from __future__ import annotations
+
+import click
+
+from movie_core.hookspecs import hookimpl
+
+
+@hookimpl
+def movie_register_commands(cli):
+    @cli.group()
+    def data() -> None:
+        """Training datasets of (source image, instruction, edited image) triplets."""
+
+    @data.command()
+    @click.option("--out", required=True, type=click.Path(), help="Dataset folder to write.")
+    @click.option("--count", type=click.IntRange(min=0), default=2000, show_default=True,
+                  help="Image triplets (train + test).")
+    @click.option("--videos", type=click.IntRange(min=0), default=16, show_default=True,
+                  help="Video triplets (train + test).")
+    @click.option("--frames", type=click.IntRange(min=2, max=1000), default=16, show_default=True,
+                  help="Frames per video.")
+    @click.option("--size", type=click.IntRange(min=8, max=2048), default=64, show_default=True,
+                  help="Image and frame size in pixels (square).")
+    @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Dataset seed.")
+    @click.option("--test-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
+                  show_default=True, help="Share held out for the test split (disjoint seeds, held-out phrasings).")
+    @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
+    def nano(out: str, count: int, videos: int, frames: int, size: int, seed: int, test_fraction: float,
+             overwrite: bool) -> None:
+        """Render procedural scenes and global edits (grayscale, sepia, tints, ...) with exact ground truth.
+
+        Writes OUT/train and OUT/test imagefolders (metadata.jsonl: input_image, edited_image,
+        edit_prompt), OUT/videos/{train,test}/NNNN (PNG frames, H.264 previews, meta.json) and
+        OUT/dataset.json. The test split uses seeds and phrasings that the train split never sees.
+        """
+        from movie_core.training.procedural import write_nano
+
+        summary = write_nano(out, count=count, videos=videos, frames=frames, size=size, seed=seed,
+                             test_fraction=test_fraction, overwrite=overwrite)
+        images, vids = summary["images"], summary["videos"]
+        click.echo(
+            f"wrote {out}: {images['train']} train + {images['test']} test images, "
+            f"{vids['train']} + {vids['test']} videos of {frames} frames, {size}x{size}, "
+            f"{len(summary['edits'])} edits, seed {seed} ({summary['seconds']:.1f} s)"
+        )
