@@ -270,7 +270,7 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
 @recipe_options
 @click.option("--height", type=click.IntRange(min=8), default=256, show_default=True)
 @click.option("--width", type=click.IntRange(min=8), default=256, show_default=True)
-@click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per repeat.")
+@click.option("--frames", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per repeat.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed repeats after one warm-up.")
 @click.option("--compare", type=click.Choice(["diffusers"]), help="Also time diffusers' InstructPix2Pix pipeline.")
@@ -300,6 +300,71 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
     if "compare" in result:
         cmp_ = result["compare"]
         click.echo(f"  diffusers InstructPix2Pix: {cmp_['diffusers_ms_per_frame']:.1f} ms/frame; speedup {cmp_['speedup']:.2f}x")
+
+
+def _parse_options(pairs: tuple[str, ...], spec) -> Any:
+    """-O key=value pairs -> the distiller's attrs options (values parsed as TOML scalars)."""
+    from movie_core.recipe import tomllib
+
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-O takes key=value, got {pair!r}")
+        try:
+            values[key.replace("-", "_")] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.replace("-", "_")] = raw
+    return spec.make_config(**values)
+
+
+@cli.command()
+@click.argument("strategy")
+@click.option("--teacher", required=True, type=click.Path(), help="Teacher model folder (written by compose --save-model, convert or distill).")
+@click.option("--data", required=True, type=click.Path(), help="Dataset: imagefolder with metadata.jsonl, parquet, or `movie data nano` output.")
+@click.option("--out", required=True, type=click.Path(), help="Student model folder to write.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Per process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: the strategy's).")
+@click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear LR warm-up (default: the strategy's).")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
+@click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="EMA decay (off by default).")
+@click.option("--resolution", type=click.IntRange(min=8), default=64, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-O", "--option", "options", multiple=True, help="Strategy option key=value (see `movie list distiller`).")
+@click.option("--resume", is_flag=True, help="Continue the run that writes --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (and start the run over).")
+@click.option("--progress/--no-progress", default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def distill(strategy: str, teacher: str, data: str, out: str, steps: int, batch_size: int, lr: float | None,
+            warmup_steps: int | None, grad_accum: int, mixed_precision: str, ema_decay: float | None,
+            resolution: int, checkpoint_every: int, log_every: int, seed: int, options: tuple[str, ...],
+            resume: bool, overwrite: bool, progress: bool, as_json: bool) -> None:
+    """Run one training stage (a distiller) from a teacher model on a dataset; writes the student model."""
+    from movie_core.plugins import get_registry
+    from movie_core.training.loop import TrainConfig, run
+
+    spec = get_registry().get("distiller", strategy)
+    cls = spec.load_factory()
+    distiller = cls(_parse_options(options, spec))
+    defaults = getattr(cls, "defaults", {})
+    cfg = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr or defaults.get("lr", 1e-5),
+        warmup_steps=warmup_steps if warmup_steps is not None else defaults.get("warmup_steps", 0),
+        grad_accum=grad_accum, mixed_precision=mixed_precision, ema_decay=ema_decay, resolution=resolution,
+        checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
+    )
+    summary = run(distiller, Path(teacher), Path(data), Path(out), cfg, resume=resume, overwrite=overwrite,
+                  progress=progress)
+    if as_json:
+        _emit(summary)
+    else:
+        losses = ", ".join(f"{k}={v:.4g}" for k, v in summary["final_losses"].items())
+        click.echo(f"{strategy}: {summary['steps']} steps on {summary['world_size']} process(es) "
+                   f"in {summary['seconds']:.1f} s ({losses}) -> {out}")
 
 
 def _add_plugin_commands() -> None:

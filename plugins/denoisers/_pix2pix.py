@@ -153,14 +153,15 @@ class Pix2PixDenoiser(Denoiser):
 
     def guidance_labels(self, s_I, s_T, batch: int, like: torch.Tensor) -> torch.Tensor:
         """Sinusoidal embeddings of both guidance scales, concatenated: the UNet's class labels."""
-        dim = self.unet.config.projection_class_embeddings_input_dim // 2
+        config = getattr(self.unet, "module", self.unet).config  # the UNet may be DDP-wrapped in training
+        dim = config.projection_class_embeddings_input_dim // 2
         parts = []
         for s in (s_I, s_T):
             s = torch.as_tensor(s, dtype=torch.float32, device=like.device).reshape(-1).expand(batch)
             parts.append(
                 get_timestep_embedding(
                     s * GUIDANCE_EMBED_SCALE, dim,
-                    flip_sin_to_cos=self.unet.config.flip_sin_to_cos, downscale_freq_shift=self.unet.config.freq_shift,
+                    flip_sin_to_cos=config.flip_sin_to_cos, downscale_freq_shift=config.freq_shift,
                 )
             )
         return torch.cat(parts, dim=1).to(like.dtype)

@@ -1,0 +1,123 @@
+"""The distiller contract: one training stage of the MoViE recipe, run by movie_core.training.loop."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from movie_core.errors import UsageError
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP / compile wrapper."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+class Distiller:
+    """Base class. Subclasses set `name`, `produces` and implement make_student() and train_step().
+
+    setup() loads the frozen teacher pipeline, makes the student denoiser, an Adam optimizer over
+    its UNet, and hands both to accelerate. train_step() does forward, backward and the optimizer
+    step(s) for one batch and returns float losses. export() writes the student as a model folder.
+    """
+
+    name = ""
+    produces = ""
+    options_class: type | None = None
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else (self.options_class() if self.options_class else None)
+
+    def options_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self.options) if self.options is not None else {}
+
+    def load_teacher(self, teacher_dir: Path, device: torch.device):
+        """The frozen teacher pipeline (autoencoders + denoiser) from a model folder."""
+        from movie_core.composer import build, compose
+        from movie_core.recipe import make_recipe, preset
+        from movie_core.weights import read_manifest, resolve_model
+
+        root = resolve_model(teacher_dir)
+        manifest = read_manifest(root)
+        if not manifest or "recipe" not in manifest:
+            raise UsageError(f"{teacher_dir}: no movie.json with a recipe; save the teacher with `movie compose --save-model`")
+        recipe = make_recipe(manifest["recipe"]) if manifest else preset("base")
+        pipe = build(compose(recipe), model=root)
+        pipe.to(device=device)
+        for m in (pipe.encoder, pipe.decoder, pipe.denoiser):
+            m.eval().requires_grad_(False)
+        return pipe
+
+    def make_student(self, teacher) -> torch.nn.Module:
+        """The student denoiser, initialised from the teacher (a deep copy, converted if needed)."""
+        return copy.deepcopy(teacher.denoiser)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.student.unet.parameters() if p.requires_grad]
+
+    def setup(self, teacher_dir: Path, accelerator, cfg) -> None:
+        """Teacher, student, optimizer; everything trainable goes through accelerator.prepare."""
+        self.accelerator, self.cfg = accelerator, cfg
+        self.teacher = self.load_teacher(teacher_dir, accelerator.device)
+        self.student = self.make_student(self.teacher).to(accelerator.device)
+        self.student.requires_grad_(False)
+        self.student.unet.requires_grad_(True)
+        self.student.unet.train()
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.student.unet, optimizer = accelerator.prepare(self.student.unet, optimizer)
+        self.optimizers = [optimizer]
+        self.setup_extra(accelerator, cfg)
+
+    def setup_extra(self, accelerator, cfg) -> None:
+        """Hook for distillers with more trainable parts (the adversarial discriminator)."""
+
+    @property
+    def student_module(self) -> torch.nn.Module:
+        """The prepared module whose parameters are the student's (EMA and export use it)."""
+        return self.student.unet
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(source latents, edited latents, prompt embeddings) with the teacher's frozen encoders."""
+        enc = self.teacher.encoder
+        src = enc.encode(batch["source"])
+        tgt = enc.encode(batch["edited"])
+        emb = self.teacher.denoiser.encode_prompt(batch["instruction"])
+        return src, tgt, emb
+
+    def step_optimizer(self, loss: torch.Tensor, optimizer, module: torch.nn.Module) -> None:
+        """Backward with accelerate, clip, step and zero the grads of one optimizer."""
+        self.accelerator.backward(loss)
+        if self.cfg.max_grad_norm and self.accelerator.sync_gradients:
+            self.accelerator.clip_grad_norm_(module.parameters(), self.cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def export_denoiser(self) -> torch.nn.Module:
+        """The student denoiser with its UNet unwrapped, ready to save."""
+        student = copy.copy(self.student)
+        student.unet = unwrap(self.student.unet)
+        return student
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """Extra movie.json fields for the exported student (stage, prediction type, steps)."""
+        return {}
+
+    def export(self, out: Path, extra: dict[str, Any], overwrite: bool = False) -> Path:
+        """Write the student with the teacher's autoencoders as a model folder whose manifest records the stage."""
+        from movie_core.composer import compose
+        from movie_core.pipeline import Pipeline
+
+        recipe = self.teacher.recipe.replace(denoiser=self.produces)
+        student = self.export_denoiser().eval()
+        pipe = Pipeline(compose(recipe), self.teacher.encoder, self.teacher.decoder, student, self.teacher.backend, None)
+        return pipe.save_pretrained(out, extra=extra | self.manifest_fields())
