@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-import sys
 from typing import Any
 
 import pluggy
@@ -26,6 +25,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.denoisers.convert",
     "movie_plugins.backends.eager",
     "movie_plugins.data_command",
+    "movie_plugins.eval_command",
 )
 
 REGISTER_HOOKS = {f"movie_register_{family}s": family for family in FAMILIES}
