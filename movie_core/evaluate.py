@@ -393,7 +393,7 @@ class ClipScorer:
         batch = []
         s = self.image_size
         for image in images:
-            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+            x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float() / 255.0
             h, w = x.shape[-2:]
             scale = s / min(h, w)
             nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
