@@ -24,6 +24,10 @@ DEFAULT_PLUGINS = (
     "movie_plugins.denoisers.mobile_pix2pix_1step",
     "movie_plugins.denoisers.convert",
     "movie_plugins.backends.eager",
+    "movie_plugins.distillers.pix2pix_finetune",
+    "movie_plugins.distillers.mmg",
+    "movie_plugins.distillers.vpred",
+    "movie_plugins.distillers.adversarial",
     "movie_plugins.data_command",
     "movie_plugins.eval_command",
 )

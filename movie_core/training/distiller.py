@@ -82,6 +82,11 @@ class Distiller:
         """The prepared module whose parameters are the student's (EMA and export use it)."""
         return self.student.unet
 
+    @property
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        """Every prepared module that trains (gradient accumulation skips their DDP sync between updates)."""
+        return [self.student_module]
+
     @torch.no_grad()
     def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(source latents, edited latents, prompt embeddings) with the teacher's frozen encoders."""
@@ -117,7 +122,9 @@ class Distiller:
         from movie_core.composer import compose
         from movie_core.pipeline import Pipeline
 
-        recipe = self.teacher.recipe.replace(denoiser=self.produces)
         student = self.export_denoiser().eval()
+        # the student's own default steps (1 for the one-step stage), not the teacher's
+        steps = getattr(student, "default_steps", None) or self.teacher.recipe.steps
+        recipe = self.teacher.recipe.replace(denoiser=self.produces, steps=steps)
         pipe = Pipeline(compose(recipe), self.teacher.encoder, self.teacher.decoder, student, self.teacher.backend, None)
         return pipe.save_pretrained(out, extra=extra | self.manifest_fields())

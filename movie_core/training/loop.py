@@ -7,8 +7,10 @@ exactly the batches and noise it would have seen had it never stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 from movie_core.errors import MovieError, UsageError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+PARAM_DUMP_ENV = "MOVIE_DEBUG_PARAM_DUMP"  # set: each rank writes <out>.train/params-rank<R>.sha256
 
 
 @attrs.frozen(kw_only=True)
@@ -127,7 +130,13 @@ def run(distiller, teacher: Path, data: Path, out: Path, cfg: TrainConfig, *, re
     if work.exists() and not resume:
         if not overwrite:
             raise UsageError(f"{work} holds an earlier run; pass --resume to continue it or --overwrite to start over")
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    # step_scheduler_with_optimizer=False: accelerate would otherwise step every LR schedule num_processes times
+    # per update (its convention for dataloader-length schedules); ours count optimizer updates on every rank.
+    # cpu=True for a multi-process launch (torchrun) on a machine without CUDA: accelerate only joins the gloo
+    # process group when told to run on CPU; otherwise every rank would silently train alone (world size 1).
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                              step_scheduler_with_optimizer=False, cpu=multi_cpu)
     if work.exists() and overwrite and not resume and accelerator.is_main_process:
         shutil.rmtree(work)
     accelerator.wait_for_everyone()
@@ -152,6 +161,8 @@ def run(distiller, teacher: Path, data: Path, out: Path, cfg: TrainConfig, *, re
             raise UsageError(f"nothing to resume: no checkpoints in {work / 'checkpoints'}")
         accelerator.load_state(str(ckpts[-1]))
         start = json.loads((ckpts[-1] / "trainer.json").read_text())["step"]
+        if accelerator.is_main_process:
+            _truncate_log(work / "log.jsonl", start)  # rows past the checkpoint are redone
     if accelerator.is_main_process:
         (work / "checkpoints").mkdir(parents=True, exist_ok=True)
         (work / "config.json").write_text(json.dumps(
@@ -166,16 +177,19 @@ def run(distiller, teacher: Path, data: Path, out: Path, cfg: TrainConfig, *, re
     for step in range(start, cfg.steps):
         torch.manual_seed(hash((cfg.seed, step, accelerator.process_index)) & 0x7FFFFFFF)
         batch = batches(step, accelerator.device)
-        losses = distiller.train_step(batch, step)
+        with accelerator.accumulate(*distiller.trainable_modules):
+            losses = distiller.train_step(batch, step)
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
             ckpts = _checkpoints(work)
             hint = f"resume from {ckpts[-1]} with a lower --lr" if ckpts else "try a lower --lr"
-            raise MovieError(f"loss {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}: stopping ({hint})")
-        for sched in schedulers:
-            sched.step()
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(distiller.student_module))
+            raise MovieError(  # steps counted as in the log and the checkpoints: the (step + 1)-th step
+                f"loss {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step + 1}: stopping ({hint})")
+        if accelerator.sync_gradients:  # an optimizer update happened (always, without --grad-accum)
+            for sched in schedulers:
+                sched.step()
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(distiller.student_module))
         last = losses
         done = step + 1
         if accelerator.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
@@ -192,8 +206,11 @@ def run(distiller, teacher: Path, data: Path, out: Path, cfg: TrainConfig, *, re
         bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()})
     bar.close()
     accelerator.wait_for_everyone()
+    if os.environ.get(PARAM_DUMP_ENV):
+        _dump_param_hash([accelerator.unwrap_model(m) for m in distiller.trainable_modules], work,
+                         accelerator.process_index)
+    _save_checkpoint(accelerator, work, cfg.steps, cfg.keep_checkpoints)  # every rank: it holds barriers
     if accelerator.is_main_process:
-        _save_checkpoint(accelerator, work, cfg.steps, cfg.keep_checkpoints)
         student = accelerator.unwrap_model(distiller.student_module)
         if ema is not None:
             ema.copy_to(student)
@@ -217,6 +234,23 @@ def _save_checkpoint(accelerator, work: Path, step: int, keep: int) -> None:
         for old in _checkpoints(work)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(row + "\n" for row in rows))
+
+
+def _dump_param_hash(modules: list[torch.nn.Module], work: Path, rank: int) -> None:
+    """Debug/test aid ($MOVIE_DEBUG_PARAM_DUMP set): sha256 of this rank's trained weights, before any EMA copy."""
+    digest = hashlib.sha256()
+    for i, module in enumerate(modules):
+        for key, value in sorted(module.state_dict().items()):
+            digest.update(f"{i}.{key}".encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    work.mkdir(parents=True, exist_ok=True)
+    (work / f"params-rank{rank}.sha256").write_text(digest.hexdigest() + "\n")
 
 
 def _tensorboard(work: Path):

@@ -184,6 +184,8 @@ class Pix2PixDenoiser(Denoiser):
         x = torch.cat([x_t] * 3)
         img = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
         emb = torch.cat([text_emb, null_emb, null_emb])
+        if torch.is_tensor(t) and t.ndim == 1 and t.numel() == batch > 1:
+            t = t.repeat(3)  # per-sample timesteps (training): one per pass
         eps_text, eps_image, eps_uncond = self.unet_forward(x, t, img, emb).chunk(3)
         s_I = torch.as_tensor(s_I, dtype=x_t.dtype, device=x_t.device).reshape(-1, 1, 1, 1)
         s_T = torch.as_tensor(s_T, dtype=x_t.dtype, device=x_t.device).reshape(-1, 1, 1, 1)

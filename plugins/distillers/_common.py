@@ -1,0 +1,134 @@
+"""Shared pieces of the built-in distillers: noise schedule, targets, guidance sampling, stage changes.
+
+Imports torch; loaded only when a distiller runs. Conventions (all latents in SD's scaled space):
+
+* VP forward process of the SD-1.5 DDPM schedule: x_t = alpha_t x0 + sigma_t eps with
+  alpha_t = sqrt(alphas_cumprod[t]), sigma_t = sqrt(1 - alphas_cumprod[t]), t integer in [0, 1000).
+* v = alpha_t eps - sigma_t x0 (Salimans & Ho); x0 from a model output of any prediction type.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+from movie_plugins.denoisers._pix2pix import (
+    STAGES,
+    Pix2PixDenoiser,
+    convert_unet,
+    make_scheduler,
+)
+
+from movie_core.errors import UsageError
+from movie_core.training.distiller import Distiller
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def pix2pix_denoiser(den: Any, strategy: str) -> Pix2PixDenoiser:
+    """The teacher's denoiser, if it is one of the built-in Pix2Pix stages (the only family these train)."""
+    if not isinstance(den, Pix2PixDenoiser):
+        raise UsageError(f"distiller '{strategy}' trains the built-in Pix2Pix stages; the teacher's denoiser is "
+                         f"'{getattr(den, 'stage', type(den).__name__)}'")
+    return den
+
+
+def restage(den: Pix2PixDenoiser, stage: str, unet: torch.nn.Module | None = None,
+            scheduler: str | None = None) -> Pix2PixDenoiser:
+    """A denoiser of another stage sharing nothing with `den`: its UNet (or `unet`), a copy of its text tower."""
+    info = STAGES[stage]
+    return Pix2PixDenoiser(
+        info,
+        unet if unet is not None else copy.deepcopy(den.unet),
+        copy.deepcopy(den.text_encoder),
+        den.tokenizer,
+        scheduler or info.scheduler,
+        standin_tokenizer=den.standin_tokenizer,
+    )
+
+
+def to_mmg(den: Pix2PixDenoiser) -> Pix2PixDenoiser:
+    """The guidance-embedded student of a cfg3 model: same weights, zero-initialised guidance embedding."""
+    return restage(den, "mobile-pix2pix-mmg", convert_unet(den.unet, "mobile-pix2pix-mmg"))
+
+
+def alphas_cumprod(den: Pix2PixDenoiser, device: torch.device) -> torch.Tensor:
+    """The DDPM alphas_cumprod of the denoiser's noise schedule (SD-1.5 scaled-linear, 1000 steps)."""
+    return den.make_scheduler().alphas_cumprod.to(device=device, dtype=torch.float32)
+
+
+def vp_coefficients(acp: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, sigma_t), shaped (B, 1, 1, 1), for integer timesteps t."""
+    a = acp[t.long()]
+    return a.sqrt().view(-1, 1, 1, 1), (1 - a).sqrt().view(-1, 1, 1, 1)
+
+
+def sample_timesteps(batch: int, device: torch.device) -> torch.Tensor:
+    """t ~ U{0, ..., 999} (Algorithm 1 line 4)."""
+    return torch.randint(0, NUM_TRAIN_TIMESTEPS, (batch,), device=device)
+
+
+def model_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor,
+                 sigma: torch.Tensor) -> torch.Tensor:
+    """What a model of `prediction_type` should output for x_t = alpha x0 + sigma noise."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return alpha * noise - sigma * x0
+    if prediction_type == "sample":
+        return x0
+    raise UsageError(f"unknown prediction type '{prediction_type}'")
+
+
+def x0_from_output(prediction_type: str, out: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor,
+                   sigma: torch.Tensor) -> torch.Tensor:
+    """The clean-latent estimate from a model output at x_t = alpha x0 + sigma eps."""
+    if prediction_type == "epsilon":
+        return (x_t - sigma * out) / alpha
+    if prediction_type == "v_prediction":
+        return alpha * x_t - sigma * out
+    if prediction_type == "sample":
+        return out
+    raise UsageError(f"unknown prediction type '{prediction_type}'")
+
+
+def v_from_epsilon(eps: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The standard conversion: x0_hat = (x_t - sigma eps) / alpha, v = alpha eps - sigma x0_hat."""
+    x0_hat = (x_t - sigma * eps) / alpha
+    return alpha * eps - sigma * x0_hat
+
+
+def sample_guidance(options, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s_I, s_T) per example, uniform in the option ranges (paper: U[1, 3] and U[2, 14])."""
+    u = torch.rand(2, batch, device=device)
+    s_i = options.image_guidance_min + (options.image_guidance_max - options.image_guidance_min) * u[0]
+    s_t = options.text_guidance_min + (options.text_guidance_max - options.text_guidance_min) * u[1]
+    return s_i, s_t
+
+
+class BuiltinDistiller(Distiller):
+    """Base of the built-ins: checks the teacher, keeps the null prompt and the noise schedule at hand."""
+
+    defaults: ClassVar[dict[str, float]] = {}
+    note = ""
+
+    def setup_extra(self, accelerator, cfg) -> None:
+        self.device = accelerator.device
+        self.acp = alphas_cumprod(self.teacher.denoiser, self.device)
+        self.null_emb = self.teacher.denoiser.encode_prompt([""])
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"training_stage": self.name, **({"note": self.note} if self.note else {})}
+
+    def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
+        """(x_t, alpha_t, sigma_t) of the VP forward process."""
+        alpha, sigma = vp_coefficients(self.acp, t)
+        return alpha * x0 + sigma * noise, alpha, sigma
+
+
+def make_euler(prediction_type: str, steps: int, device: torch.device):
+    """An Euler (Karras-sigma) scheduler set to `steps` discrete timesteps, as the student trains on."""
+    sched = make_scheduler("euler", prediction_type)
+    sched.set_timesteps(steps, device=device)
+    return sched

@@ -1,0 +1,58 @@
+"""`mmg`: multimodal guidance distillation, paper Sec. 3.3 and Algorithm 1.
+
+Teacher: a frozen cfg3 model (mobile-pix2pix; an instruct-pix2pix teacher is converted on the way, which also
+drops its top attention). Student: the same UNet with the guidance embedding added and zero-initialised
+(`convert_unet(..., 'mobile-pix2pix-mmg')`), so at step 0 it equals the teacher's conditional pass.
+Per example: t ~ U{0..999}, s_I ~ U[1, 3], s_T ~ U[2, 14], eps ~ N(0, I), x_t = alpha_t x + sigma_t eps on the
+edited latents; target = the teacher's 3-pass CFG output (Eq. 1) at (s_I, s_T);
+loss = lambda * ||student(x_t, c_I, c_T, s_I, s_T) - target||^2.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from movie_plugins.distillers._common import (
+    BuiltinDistiller,
+    pix2pix_denoiser,
+    sample_guidance,
+    sample_timesteps,
+    to_mmg,
+)
+from movie_plugins.distillers._options import MMGOptions
+
+from movie_core.errors import UsageError
+
+
+def cfg_target(teacher, x_t, t, src, emb, s_i, s_t, null_emb) -> torch.Tensor:
+    """The teacher's 3-pass classifier-free-guidance output (paper Eq. 1)."""
+    with torch.no_grad():
+        return teacher.predict(x_t, t, src, emb, s_i, s_t, null_emb=null_emb)
+
+
+class MMGDistiller(BuiltinDistiller):
+    name = "mmg"
+    produces = "mobile-pix2pix-mmg"
+    options_class = MMGOptions
+    defaults: ClassVar[dict[str, float]] = {"lr": 1e-5}  # paper Appendix B, Stage-3
+    note = "guidance-distilled (s_I, s_T embedded): one UNet pass per step"
+
+    def make_student(self, teacher) -> torch.nn.Module:
+        den = pix2pix_denoiser(teacher.denoiser, self.name)
+        if den.guidance != "cfg3":
+            raise UsageError(f"mmg distils a 3-pass (cfg3) teacher; '{den.stage}' already embeds its guidance")
+        return to_mmg(den)
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        src, x0, emb = self.encode_batch(batch)
+        n = x0.shape[0]
+        t = sample_timesteps(n, x0.device)
+        s_i, s_t = sample_guidance(self.options, n, x0.device)
+        x_t, _, _ = self.noised(x0, t, torch.randn_like(x0))
+        target = cfg_target(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, self.null_emb)
+        pred = self.student.unet_forward(x_t, t, src, emb, s_i, s_t)
+        loss = self.options.loss_weight * F.mse_loss(pred.float(), target.float())
+        self.step_optimizer(loss, self.optimizers[0], self.student.unet)
+        return {"loss": loss.item()}

@@ -1,0 +1,78 @@
+"""Options of the built-in distillers (attrs classes; `-O key=value` on `movie distill`). No torch here."""
+
+from __future__ import annotations
+
+import attrs
+
+_ge0 = attrs.validators.ge(0)
+_prob = attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(1))
+_pos = attrs.validators.gt(0)
+
+CFG3_STAGES = ("instruct-pix2pix", "mobile-pix2pix")
+
+
+def _float(**kw):
+    return attrs.field(converter=float, **kw)
+
+
+@attrs.frozen(kw_only=True)
+class GuidanceRanges:
+    """Ranges of the guidance scales sampled per example (paper Algorithm 1: s_I ~ U[1,3], s_T ~ U[2,14])."""
+
+    image_guidance_min: float = _float(default=1.0, validator=_ge0)
+    image_guidance_max: float = _float(default=3.0, validator=_ge0)
+    text_guidance_min: float = _float(default=2.0, validator=_ge0)
+    text_guidance_max: float = _float(default=14.0, validator=_ge0)
+
+    def __attrs_post_init__(self) -> None:
+        for what in ("image", "text"):
+            lo, hi = getattr(self, f"{what}_guidance_min"), getattr(self, f"{what}_guidance_max")
+            if lo > hi:
+                raise ValueError(f"{what}_guidance_min ({lo}) is above {what}_guidance_max ({hi})")
+
+
+@attrs.frozen(kw_only=True)
+class Pix2PixFinetuneOptions:
+    """InstructPix2Pix training (Brooks et al.): conditioning dropout 5% text, 5% image, 5% both."""
+
+    stage: str | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(CFG3_STAGES)))
+    drop_text: float = _float(default=0.05, validator=_prob)
+    drop_image: float = _float(default=0.05, validator=_prob)
+    drop_both: float = _float(default=0.05, validator=_prob)
+
+    def __attrs_post_init__(self) -> None:
+        total = self.drop_text + self.drop_image + self.drop_both
+        if total > 1:
+            raise ValueError(f"drop_text + drop_image + drop_both must be <= 1, got {total:g}")
+
+
+@attrs.frozen(kw_only=True)
+class MMGOptions(GuidanceRanges):
+    """Algorithm 1: loss = loss_weight * ||student(x_t, c_I, c_T, s_I, s_T) - CFG_teacher(x_t, c_I, c_T; s_I, s_T)||^2."""
+
+    loss_weight: float = _float(default=1.0, validator=_pos)
+
+
+@attrs.frozen(kw_only=True)
+class VPredOptions(GuidanceRanges):
+    """v-prediction finetune: the student matches v derived from the epsilon teacher (Salimans & Ho)."""
+
+    loss_weight: float = _float(default=1.0, validator=_pos)
+    default_steps: int = attrs.field(default=10, converter=int, validator=attrs.validators.ge(1))
+
+
+@attrs.frozen(kw_only=True)
+class AdversarialOptions(GuidanceRanges):
+    """Algorithm 2 (after LADD). The paper gives lr 1e-5 and the noise (-1, 1); the loss weights are ours."""
+
+    teacher_sampler_model: str | None = None  # multi-step teacher folder; default: the --teacher folder
+    teacher_steps: int = attrs.field(default=5, converter=int, validator=attrs.validators.ge(1))
+    teacher_scheduler: str = attrs.field(default="lcm", validator=attrs.validators.in_(("lcm", "euler", "euler-ancestral", "ddim")))
+    student_timesteps: int = attrs.field(default=8, converter=int, validator=attrs.validators.ge(1))
+    lambda_mse: float = _float(default=1.0, validator=_ge0)
+    lambda_gen: float = _float(default=0.1, validator=_ge0)
+    lambda_r1: float = _float(default=1e-3, validator=_ge0)
+    lr_d: float = _float(default=1e-5, validator=_pos)
+    disc_noise_mean: float = _float(default=-1.0)
+    disc_noise_std: float = _float(default=1.0, validator=_pos)
+    head_channels: int = attrs.field(default=128, converter=int, validator=attrs.validators.ge(1))
