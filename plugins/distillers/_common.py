@@ -127,6 +127,28 @@ class BuiltinDistiller(Distiller):
         return alpha * x0 + sigma * noise, alpha, sigma
 
 
+class GuidedRegressionDistiller(BuiltinDistiller):
+    """mmg and vpred: regress the student's one pass onto a teacher-derived target at random (s_I, s_T)."""
+
+    def target(self, x_t, t, src, emb, s_i, s_t, alpha, sigma) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        import torch.nn.functional as F
+
+        src, x0, emb = self.encode_batch(batch)
+        n = x0.shape[0]
+        t = sample_timesteps(n, x0.device)
+        s_i, s_t = sample_guidance(self.options, n, x0.device)
+        x_t, alpha, sigma = self.noised(x0, t, torch.randn_like(x0))
+        with torch.no_grad():
+            target = self.target(x_t, t, src, emb, s_i, s_t, alpha, sigma)
+        pred = self.student.unet_forward(x_t, t, src, emb, s_i, s_t)
+        loss = self.options.loss_weight * F.mse_loss(pred.float(), target.float())
+        self.step_optimizer(loss, self.optimizers[0], self.student.unet)
+        return {"loss": loss.item()}
+
+
 def make_euler(prediction_type: str, steps: int, device: torch.device):
     """An Euler (Karras-sigma) scheduler set to `steps` discrete timesteps, as the student trains on."""
     sched = make_scheduler("euler", prediction_type)

@@ -10,15 +10,12 @@ loss = lambda * ||student(x_t, c_I, c_T, s_I, s_T) - target||^2.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from movie_plugins.distillers._common import (
-    BuiltinDistiller,
+    GuidedRegressionDistiller,
     pix2pix_denoiser,
-    sample_guidance,
-    sample_timesteps,
     to_mmg,
 )
 from movie_plugins.distillers._options import MMGOptions
@@ -32,7 +29,7 @@ def cfg_target(teacher, x_t, t, src, emb, s_i, s_t, null_emb) -> torch.Tensor:
         return teacher.predict(x_t, t, src, emb, s_i, s_t, null_emb=null_emb)
 
 
-class MMGDistiller(BuiltinDistiller):
+class MMGDistiller(GuidedRegressionDistiller):
     name = "mmg"
     produces = "mobile-pix2pix-mmg"
     options_class = MMGOptions
@@ -45,14 +42,5 @@ class MMGDistiller(BuiltinDistiller):
             raise UsageError(f"mmg distils a 3-pass (cfg3) teacher; '{den.stage}' already embeds its guidance")
         return to_mmg(den)
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
-        src, x0, emb = self.encode_batch(batch)
-        n = x0.shape[0]
-        t = sample_timesteps(n, x0.device)
-        s_i, s_t = sample_guidance(self.options, n, x0.device)
-        x_t, _, _ = self.noised(x0, t, torch.randn_like(x0))
-        target = cfg_target(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, self.null_emb)
-        pred = self.student.unet_forward(x_t, t, src, emb, s_i, s_t)
-        loss = self.options.loss_weight * F.mse_loss(pred.float(), target.float())
-        self.step_optimizer(loss, self.optimizers[0], self.student.unet)
-        return {"loss": loss.item()}
+    def target(self, x_t, t, src, emb, s_i, s_t, alpha, sigma) -> torch.Tensor:
+        return cfg_target(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, self.null_emb)

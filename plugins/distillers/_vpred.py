@@ -12,16 +12,13 @@ The result is still a multi-step model (the adversarial stage makes it one-step)
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from movie_plugins.distillers._common import (
-    BuiltinDistiller,
+    GuidedRegressionDistiller,
     pix2pix_denoiser,
     restage,
-    sample_guidance,
-    sample_timesteps,
     v_from_epsilon,
 )
 from movie_plugins.distillers._options import VPredOptions
@@ -36,7 +33,7 @@ def v_target(teacher, x_t, t, src, emb, s_i, s_t, alpha, sigma) -> torch.Tensor:
     return v_from_epsilon(eps, x_t, alpha, sigma)
 
 
-class VPredDistiller(BuiltinDistiller):
+class VPredDistiller(GuidedRegressionDistiller):
     name = "vpred"
     produces = "mobile-pix2pix-1step"
     options_class = VPredOptions
@@ -53,14 +50,5 @@ class VPredDistiller(BuiltinDistiller):
         student.default_steps = self.options.default_steps
         return student
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
-        src, x0, emb = self.encode_batch(batch)
-        n = x0.shape[0]
-        t = sample_timesteps(n, x0.device)
-        s_i, s_t = sample_guidance(self.options, n, x0.device)
-        x_t, alpha, sigma = self.noised(x0, t, torch.randn_like(x0))
-        target = v_target(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, alpha, sigma)
-        pred = self.student.unet_forward(x_t, t, src, emb, s_i, s_t)
-        loss = self.options.loss_weight * F.mse_loss(pred.float(), target.float())
-        self.step_optimizer(loss, self.optimizers[0], self.student.unet)
-        return {"loss": loss.item()}
+    def target(self, x_t, t, src, emb, s_i, s_t, alpha, sigma) -> torch.Tensor:
+        return v_target(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, alpha, sigma)
