@@ -68,7 +68,8 @@ def _train(strategy: str, teacher: Path, data: Path, out: Path, budget: ChainBud
     distiller = spec.load_factory()(spec.make_config(**options))
     cfg = TrainConfig(steps=steps, batch_size=budget.batch_size, lr=lr, warmup_steps=min(100, steps // 10),
                       resolution=budget.resolution, seed=budget.seed, log_every=max(1, min(50, steps // 20)),
-                      checkpoint_every=max(1, min(500, steps // 4)), ema_decay=budget.ema_decay if ema else None)
+                      checkpoint_every=max(1, min(500, steps // 4)), ema_decay=budget.ema_decay if ema else None,
+                      cache_latents=True)
     run(distiller, teacher, data, out, cfg, resume=(out.parent / f"{out.name}.train").exists(), progress=progress)
 
 
@@ -236,10 +237,23 @@ def movie_register_commands(cli):
                   help="Multiply every step count and the dataset size (e.g. 0.01 for a smoke run).")
     @click.option("--ship", "ship_to", type=click.Path(file_okay=False),
                   help="Also lay the result out as built-in models in this folder (the package's is plugins/nano).")
+    @click.option("--budget", "-B", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override one budget entry (e.g. -B ip2p_steps=3000 -B batch_size=64); see ChainBudget.")
     @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-    def nano_train(out: str, device: str, scale: float, ship_to: str | None, progress: bool) -> None:
+    def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
+                   progress: bool) -> None:
         """Train the nano model family from scratch: autoencoders, text tower and the four denoiser stages."""
-        budget = ChainBudget()
+        fields = {f.name: f.type for f in attrs.fields(ChainBudget)}
+        changes = {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or key not in fields:
+                raise UsageError(f"--budget expects KEY=VALUE with KEY one of {', '.join(fields)}; got '{item}'")
+            try:
+                changes[key] = (float if fields[key] in (float, "float") else int)(value)
+            except ValueError:
+                raise UsageError(f"--budget {key}: '{value}' is not a number") from None
+        budget = ChainBudget(**changes)
         if scale != 1.0:
             budget = budget.scaled(scale)
         record = train_chain(Path(out), budget, device=device, ship_to=Path(ship_to) if ship_to else None,
