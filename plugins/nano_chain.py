@@ -37,6 +37,7 @@ class ChainBudget:
     videos: int = 24
     resolution: int = 64
     batch_size: int = 32
+    ae_pool: int = 4096
     vae_steps: int = 3000
     taesd_steps: int = 3000
     text_steps: int = 600
@@ -55,7 +56,7 @@ class ChainBudget:
 
     def scaled(self, factor: float) -> ChainBudget:
         """Every step count (and the dataset size) times `factor`, at least 2."""
-        keys = [f.name for f in attrs.fields(ChainBudget) if f.name.endswith("_steps") or f.name in ("count", "videos")]
+        keys = [f.name for f in attrs.fields(ChainBudget) if f.name.endswith("_steps") or f.name in ("count", "videos", "ae_pool")]
         return attrs.evolve(self, **{k: max(2, round(getattr(self, k) * factor)) for k in keys})
 
 
@@ -198,7 +199,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
                                            test_fraction=0.1))
     stage("autoencoders", work / "autoencoders" / "taesd", lambda: nano_train.train_autoencoders(
         work / "autoencoders", vae_steps=b.vae_steps, taesd_steps=b.taesd_steps, batch_size=b.batch_size,
-        resolution=b.resolution, device=dev, seed=b.seed, log=log))
+        resolution=b.resolution, pool_size=b.ae_pool, device=dev, seed=b.seed, log=log))
     stage("text", work / "text" / "text_encoder", lambda: nano_train.train_text_encoder(
         work / "text", steps=b.text_steps, device=dev, seed=b.seed, log=log))
     stage("init", work / "init", lambda: _initial_model(work, work / "init", b.seed))

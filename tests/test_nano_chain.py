@@ -1,0 +1,185 @@
+"""The built-in nano family: `movie nano-train` end to end at a tiny scale, the shipped layout, `nano:<stage>` models,
+and the default model of `movie edit`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from movie_core import cli
+from movie_core.errors import MovieError, UsageError
+from movie_core.weights import builtin_model, builtin_stages, component_folder, resolve_model
+
+STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-pix2pix-1step")
+
+
+def invoke(*args: str, **kw):
+    """`movie ARGS` in this process through click's runner (plugin commands added as main() adds them)."""
+    cli._add_plugin_commands()
+    return CliRunner().invoke(cli.cli, list(args), **kw)
+
+
+def run(*args: str):
+    return invoke(*args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> dict:
+    """The whole chain at 1/2000 of its budget (two steps a stage), shipped into a built-in layout."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = tmp_path_factory.mktemp("chain")
+        result = run("nano-train", "--out", str(root / "work"), "--scale", "0.0005", "--ship", str(root / "ship"),
+                     "--no-progress")
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    return {"root": root, "work": root / "work", "ship": root / "ship", "output": result.output}
+
+
+@pytest.mark.slow
+def test_chain_writes_every_stage_and_records_times(chain):
+    record = json.loads((chain["work"] / "chain.json").read_text())
+    for stage in ("data", "autoencoders", "text", "init", *STAGES):
+        assert record["seconds"][stage] >= 0
+    assert record["budget"]["ip2p_steps"] == 3 and record["device"] == "cpu"
+    # each distiller's objective is measured after its stage
+    assert set(record["metrics"]["mobile-pix2pix-mmg"]) >= {"grid_distance_start", "grid_distance", "ratio"}
+    assert set(record["metrics"]["vpred"]) >= {"v_rel_error_start", "v_rel_error"}
+    assert set(record["metrics"]["mobile-pix2pix-1step"]) >= {"teacher_at_1_step_mse", "student_mse"}
+    manifests = {s: json.loads((chain["work"] / s / "movie.json").read_text()) for s in STAGES}
+    assert [m["stage"] for m in manifests.values()] == list(STAGES)
+    assert manifests["instruct-pix2pix"]["recipe"]["encoder"] == "sd-vae"
+    assert manifests["mobile-pix2pix"]["recipe"]["encoder"] == "taesd"  # Mobile-Pix2Pix swaps in TAESD
+    assert manifests["mobile-pix2pix-1step"]["training"]["strategy"] == "adversarial"
+
+
+@pytest.mark.slow
+def test_chain_resumes_by_skipping_finished_stages(chain):
+    before = (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    result = run("nano-train", "--out", str(chain["work"]), "--scale", "0.0005", "--no-progress")
+    assert result.exit_code == 0
+    assert result.output.count("skipped") == 10
+    assert (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_chain_refuses_another_budget_in_the_same_folder(chain):
+    result = invoke("nano-train", "--out", str(chain["work"]), "--scale", "0.0005", "-B", "ip2p_lr=0.1",
+                    "--no-progress")
+    assert result.exit_code != 0 and "another budget" in str(result.exception)
+
+
+@pytest.mark.slow
+def test_shipped_layout_shares_the_autoencoders(chain):
+    ship = chain["ship"]
+    assert sorted(p.name for p in ship.iterdir()) == sorted(["autoencoders", "chain.json", *STAGES])
+    for stage in STAGES:
+        folder = ship / stage
+        assert not (folder / "vae").exists() and not (folder / "taesd").exists()
+        assert component_folder(folder, "vae") == (ship / "autoencoders" / "vae").resolve()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,stage", [("base", "instruct-pix2pix"), ("movie", "mobile-pix2pix-1step")])
+def test_shipped_stage_folders_edit_an_image(chain, tmp_path, preset, stage):
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype("uint8")).save(src)
+    out = tmp_path / "out.png"
+    result = run("edit", str(src), "-p", "make it sepia", "-o", str(out), "--preset", preset, "--size", "nano",
+                 "--model", str(chain["ship"] / stage), "--steps", "2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (56, 40)
+
+
+def test_unknown_builtin_model_names_what_exists():
+    with pytest.raises(UsageError, match="no built-in model 'nano:nosuch'; available: "):
+        resolve_model("nano:nosuch")
+
+
+def test_component_map_cannot_point_outside_the_model_family(tmp_path):
+    model = tmp_path / "family" / "stage"
+    model.mkdir(parents=True)
+    (tmp_path / "elsewhere" / "vae").mkdir(parents=True)
+    (model / "movie.json").write_text(json.dumps({"components": {"vae": "../../elsewhere/vae"}}))
+    with pytest.raises(MovieError, match="outside its parent folder"):
+        component_folder(model, "vae")
+    (model / "movie.json").write_text(json.dumps({"components": {"vae": "../shared/vae"}}))
+    assert component_folder(model, "vae") is None  # points inside, but nothing is there
+    (tmp_path / "family" / "shared" / "vae").mkdir(parents=True)
+    assert component_folder(model, "vae") == (tmp_path / "family" / "shared" / "vae").resolve()
+
+
+@pytest.mark.skipif(not builtin_stages(), reason="the built-in nano weights are not installed in this checkout")
+def test_edit_without_model_uses_the_builtin_movie_model(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    assert builtin_model("mobile-pix2pix-1step") is not None
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype("uint8")).save(src)
+    out = tmp_path / "out.png"
+    result = run("edit", str(src), "-p", "make it sepia", "-o", str(out), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "using the built-in nano model nano:mobile-pix2pix-1step" in result.output
+    assert Image.open(out).size == (64, 48)
+    result = invoke("edit", str(src), "-p", "x", "-o", str(tmp_path / "o2.png"), "--size", "full")
+    assert result.exit_code != 0 and "no built-in full-size weights" in str(result.exception)
+
+
+needs_builtin = pytest.mark.skipif(not builtin_stages(), reason="the built-in nano weights are not installed in this checkout")
+
+
+@pytest.fixture(scope="module")
+def held_out_data(tmp_path_factory):
+    """Procedural triplets from a seed the shipped models never trained on (training used seed 0)."""
+    from movie_core.training.procedural import write_nano
+
+    out = tmp_path_factory.mktemp("heldout") / "data"
+    write_nano(out, count=64, videos=0, size=64, seed=1, test_fraction=0.25)
+    return out
+
+
+def _load(stage: str):
+    import torch
+
+    from movie_core.training.distiller import Distiller
+
+    return Distiller().load_teacher(resolve_model(f"nano:{stage}"), torch.device("cpu"))
+
+
+@pytest.mark.slow
+@needs_builtin
+def test_shipped_mmg_halves_the_distance_to_the_cfg_teacher(held_out_data):
+    """Issue 4's mmg acceptance on the shipped models: the guidance-distilled student's distance to its 3-pass
+    CFG teacher, averaged over the (s_I, s_T) grid, is at most half of its zero-initialised start's."""
+    from movie_plugins.distillers import _metrics as m
+
+    teacher, student = _load("mobile-pix2pix"), _load("mobile-pix2pix-mmg")
+    src, x0, emb = m.held_out(teacher, held_out_data)
+    start = m.grid_distance(None, teacher, src, x0, emb)
+    after = m.grid_distance(student, teacher, src, x0, emb)
+    print(f"shipped mmg grid distance: start {start:.4f}, distilled {after:.4f} (x{after / start:.2f})")
+    assert after <= 0.5 * start
+
+
+@pytest.mark.slow
+@needs_builtin
+def test_shipped_one_step_model_beats_the_stage3_model_at_one_step(held_out_data):
+    """Issue 4's adversarial acceptance on the shipped models: against the stage-3 (mmg) model's 5-step LCM
+    output, the 1-step student is closer than the stage-3 model itself run for 1 step."""
+    from movie_plugins.distillers import _metrics as m
+
+    teacher, student = _load("mobile-pix2pix-mmg"), _load("mobile-pix2pix-1step")
+    src, _, emb = m.held_out(teacher, held_out_data)
+    stage3, one_step = m.one_step_vs_teacher(student, teacher, src, emb)
+    print(f"1-step MSE to the stage-3 model's 5 LCM steps: stage-3 at 1 step {stage3:.4f}, 1-step model {one_step:.4f}")
+    assert one_step <= 0.7 * stage3
