@@ -117,6 +117,18 @@ def bench_pipeline(pipe, *, height: int, width: int, frames: int = 8, batch_size
     }
 
 
+def compare_backends(recipe, names: list[str], model: Path | None, **kw: Any) -> dict[str, Any]:
+    """The same recipe benchmarked through each named backend (a fresh pipeline each), first one the reference."""
+    results = {name: run(compose(recipe.replace(backend=name)), model, **kw) for name in names}
+    ref = results[names[0]]["ms_per_frame"]
+    for r in results.values():
+        r[f"speedup_vs_{names[0]}"] = ref / r["ms_per_frame"]
+    first = results[names[0]]
+    return {"recipe": recipe.components() | {"size": recipe.size}, "height": first["height"], "width": first["width"],
+            "frames": first["frames"], "batch_size": first["batch_size"], "repeats": first["repeats"],
+            "threads": first["threads"], "backends": results}
+
+
 def bench_diffusers(pipe_base, *, height: int, width: int, repeats: int, steps: int = 10,
                     prompt: str = "make it look like a watercolor painting") -> float:
     """Median ms of one call (one frame) of diffusers' StableDiffusionInstructPix2PixPipeline on the base modules."""
@@ -146,7 +158,10 @@ def bench_diffusers(pipe_base, *, height: int, width: int, repeats: int, steps: 
 def run(composition: Composition, model: Path | None, *, height: int, width: int, frames: int, batch_size: int,
         repeats: int, compare: str | None = None) -> dict[str, Any]:
     """Benchmark a composed recipe, optionally against diffusers' InstructPix2Pix pipeline in the same run."""
+    from movie_core.backends import bind
+
     pipe = build(composition, model=model)
+    bind(pipe)
     result = bench_pipeline(pipe, height=height, width=width, frames=frames, batch_size=batch_size, repeats=repeats)
     if compare == "diffusers":
         r = composition.recipe

@@ -1,0 +1,82 @@
+"""ONNX export and onnxruntime sessions shared by the onnx, hexagon, tensorrt and aihub backends."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from movie_core.errors import MovieError
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17
+
+
+def check_opset(opset: int) -> int:
+    from movie_core.errors import UsageError
+
+    if int(opset) < MIN_OPSET:
+        raise UsageError(f"ONNX opset must be >= {MIN_OPSET}, got {opset}")
+    return int(opset)
+
+
+def export_onnx(module: torch.nn.Module, inputs: tuple, path: Path, input_names: Sequence[str],
+                output_names: Sequence[str], opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Path:
+    """torch.onnx.export (the torch.export-based exporter) to path; weights go to an external file past 2 GB."""
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        dynamic_shapes = tuple({0: batch} for _ in inputs)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module.eval(), tuple(inputs), dynamo=True, opset_version=check_opset(opset), verbose=False,
+                input_names=list(input_names), output_names=list(output_names), dynamic_shapes=dynamic_shapes,
+            )
+    except MovieError:
+        raise
+    except Exception as exc:  # the exporter's errors are long; the first line names the failing op
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MovieError(f"ONNX export of {type(module).__name__} failed: {first}") from exc
+    finally:
+        quiet.setLevel(level)
+    program.save(str(path))
+    return path
+
+
+def numpy_dtype(t: torch.Tensor) -> Any:
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64,
+            torch.int32: np.int32}[t.dtype]
+
+
+class OrtCallable:
+    """An onnxruntime session called like the module it was exported from: torch tensors in and out."""
+
+    def __init__(self, session: Any, input_names: Sequence[str], output_names: Sequence[str]):
+        self.session = session
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+
+    def __call__(self, *inputs: torch.Tensor):
+        device = inputs[0].device
+        feeds = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs)}
+        outs = self.session.run(self.output_names, feeds)
+        tensors = [torch.from_numpy(np.ascontiguousarray(o)).to(device) for o in outs]
+        return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+def quiet_session_options(ort: Any) -> Any:
+    """SessionOptions that log errors only (the EP's warnings are not the user's business)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return so
