@@ -54,9 +54,45 @@ def export_onnx(module: torch.nn.Module, inputs: tuple, path: Path, input_names:
     return path
 
 
-def numpy_dtype(t: torch.Tensor) -> Any:
-    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64,
-            torch.int32: np.int32}[t.dtype]
+def source_onnx(module: torch.nn.Module, inputs: tuple, options: dict, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = False) -> Path:
+    """The component as ONNX, exported once per model, shapes, names, torch version and opset.
+
+    The ONNX-based backends (onnx, hexagon, tensorrt, aihub) compile from the same export: it is kept
+    in the artifact cache beside their own artifacts. Without a cache folder it goes to a temp folder.
+    """
+    from movie_core.backends import ArtifactCache, cache_key, describe_inputs, model_hash
+
+    input_names = list(options.get("input_names") or [f"input_{i}" for i in range(len(inputs))])
+    output_names = list(options.get("output_names") or ["output"])
+
+    def export(folder: Path, reuse: bool) -> Path:
+        path = folder / "model.onnx"
+        if not reuse:
+            export_onnx(module, inputs, path, input_names, output_names, opset=opset, dynamic_batch=dynamic_batch)
+        return path
+
+    if not options.get("artifact_dir"):
+        import tempfile
+
+        return export(Path(tempfile.mkdtemp(prefix="movie-onnx-")), False)
+    import onnxscript
+
+    toolchain = {"torch": torch.__version__, "onnxscript": onnxscript.__version__, "opset": check_opset(opset),
+                 "names": [input_names, output_names], "dynamic_batch": dynamic_batch}
+    key, record = cache_key("onnx-source", model_hash(module), describe_inputs(inputs), "as-exported", toolchain)
+    _, folder = ArtifactCache(Path(options["artifact_dir"]).parent).prepare(key, record, export)
+    return folder / "model.onnx"
+
+
+def copy_onnx(source: Path, dest: Path) -> Path:
+    """Copy an ONNX file and its external weights (if any) to dest (a .onnx path)."""
+    import shutil
+
+    shutil.copyfile(source, dest)
+    for data in source.parent.glob(source.name + ".data"):
+        shutil.copyfile(data, dest.with_name(dest.name + ".data"))
+    return dest
 
 
 class OrtCallable:

@@ -103,7 +103,7 @@ class AIHubBackend:
         import qai_hub as hub
 
         from movie_core.errors import MovieError
-        from movie_plugins.backends._onnx import export_onnx
+        from movie_plugins.backends._onnx import source_onnx
 
         if not has_token():
             raise MovieError(f"aihub: {MISSING_TOKEN}")
@@ -117,11 +117,10 @@ class AIHubBackend:
         if options.get("reuse"):
             record = json.loads(record_path.read_text())
             return HubCallable(hub, hub.get_model(record["target_model_id"]), device, name, input_names, output_names)
-        source = folder / "source" / f"{name}.onnx"
-        source.parent.mkdir()
-        export_onnx(module, example_inputs, source, input_names, output_names, opset=ONNX_OPSET)
+        source = source_onnx(module, example_inputs, dict(options, input_names=input_names, output_names=output_names),
+                             opset=ONNX_OPSET)
         specs = {n: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in zip(input_names, example_inputs)}
-        uploaded = hub.upload_model(str(source if not any(source.parent.glob("*.data")) else source.parent))
+        uploaded = hub.upload_model(str(source))
         runtime = options.get("target_runtime", "qnn_context_binary")
         compile_job = hub.submit_compile_job(model=uploaded, device=device, name=f"movie-{name}", input_specs=specs,
                                              options=f"--target_runtime {runtime}")

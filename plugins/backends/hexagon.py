@@ -129,7 +129,7 @@ class HexagonBackend:
         import torch
 
         from movie_core.errors import MovieError
-        from movie_plugins.backends._onnx import OrtCallable, export_onnx
+        from movie_plugins.backends._onnx import OrtCallable, source_onnx
 
         options = options or {}
         ort, qnn = _qnn()
@@ -142,9 +142,8 @@ class HexagonBackend:
         if not options.get("reuse"):
             if any(t.is_floating_point() and t.dtype != torch.float32 for t in example_inputs):
                 raise MovieError("hexagon: export float32 graphs (the HTP runs them in fp16); use --dtype float32")
-            source = folder / "source" / f"{name}.onnx"
-            source.parent.mkdir()
-            export_onnx(module, example_inputs, source, input_names, output_names, opset=QNN_OPSET)
+            source = source_onnx(module, example_inputs, dict(options, input_names=input_names,
+                                                               output_names=output_names), opset=QNN_OPSET)
             try:
                 ort.InferenceSession(str(source), sess_options=self._session_options(ort, qnn, target, context))
             except Exception as exc:

@@ -55,7 +55,9 @@ class OnnxBackend:
     def prepare(self, module: Any, example_inputs: tuple = (), options: dict | None = None) -> Callable:
         import onnxruntime as ort
 
-        from movie_plugins.backends._onnx import DEFAULT_OPSET, OrtCallable, export_onnx, quiet_session_options
+        from movie_plugins.backends._onnx import (
+            DEFAULT_OPSET, OrtCallable, copy_onnx, quiet_session_options, source_onnx,
+        )
 
         options = options or {}
         folder = Path(options.get("artifact_dir") or tempfile.mkdtemp(prefix="movie-onnx-"))
@@ -64,8 +66,10 @@ class OnnxBackend:
         output_names = options.get("output_names") or ["output"]
         path = folder / "model.onnx"
         if not options.get("reuse"):
-            export_onnx(module, example_inputs, path, input_names, output_names,
-                        opset=options.get("opset", DEFAULT_OPSET), dynamic_batch=bool(options.get("dynamic_batch")))
+            names = dict(options, input_names=input_names, output_names=output_names)
+            source = source_onnx(module, example_inputs, names, opset=options.get("opset", DEFAULT_OPSET),
+                                 dynamic_batch=bool(options.get("dynamic_batch")))
+            copy_onnx(source, path)
         providers = ["CPUExecutionProvider"]
         on_cuda = bool(example_inputs) and example_inputs[0].device.type == "cuda"
         if on_cuda and "CUDAExecutionProvider" in ort.get_available_providers():

@@ -117,7 +117,7 @@ class TensorRTBackend:
     def prepare(self, module: Any, example_inputs: tuple = (), options: dict | None = None) -> Callable:
         import tensorrt as trt
 
-        from movie_plugins.backends._onnx import export_onnx
+        from movie_plugins.backends._onnx import source_onnx
 
         options = options or {}
         folder = Path(options.get("artifact_dir") or tempfile.mkdtemp(prefix="movie-tensorrt-"))
@@ -125,10 +125,9 @@ class TensorRTBackend:
         output_names = list(options.get("output_names") or ["output"])
         plan = folder / "engine.plan"
         if not options.get("reuse"):
-            source = folder / "source" / "model.onnx"
-            source.parent.mkdir()
-            export_onnx(module, example_inputs, source, input_names, output_names,
-                        dynamic_batch=bool(options.get("batch_profile")))
+            source = source_onnx(module, example_inputs, dict(options, input_names=input_names,
+                                                               output_names=output_names),
+                                 dynamic_batch=bool(options.get("batch_profile")))
             self._build(source, plan, example_inputs, input_names, options)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(plan.read_bytes())
