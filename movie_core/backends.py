@@ -7,7 +7,8 @@ A backend (registered through `movie_register_backends`) is a class with
 
 and optionally `exports = True` (it writes deployable artifacts into `options["artifact_dir"]`,
 which this module caches and `movie export` collects), `toolchain(options) -> dict` (the versions
-and target that make an artifact stale) and `precision(options, example_inputs) -> str`.
+and target that make an artifact stale), `precision(options, example_inputs) -> str` and
+`dynamic_batch(options) -> bool` (one artifact serves every batch size).
 
 A pipeline is cut into separately prepared components: `text_encoder`, `encoder`, `unet` and
 `decoder` (plus `unet_replay` when frames replay the anchor's self-attention keys and values).
@@ -237,18 +238,28 @@ def prepare_component(backend: Any, name: str, module: torch.nn.Module, inputs: 
     """Prepare one component for these inputs; artifacts of exporting backends go through the cache."""
     input_names, output_names = names
     opts = dict(options, name=name, input_names=input_names, output_names=output_names)
-    info: dict[str, Any] = {"component": name, "inputs": dict(zip(input_names, describe_inputs(inputs))),
+    described = describe_inputs(inputs)
+    if dynamic_batch(backend, opts):
+        for n, d in zip(input_names, described):
+            if not n.startswith("anchor_"):  # the anchor's K/V keep their batch (its guidance branches)
+                d["shape"][0] = "batch"
+    info: dict[str, Any] = {"component": name, "inputs": dict(zip(input_names, described)),
                             "outputs": list(output_names)}
     with active(module), torch.no_grad():
         if not getattr(backend, "exports", False):
             return Prepared(backend.prepare(module, inputs, opts), info)
-        precision = backend.precision(opts, inputs) if hasattr(backend, "precision") else describe_inputs(inputs)[0]["dtype"]
+        precision = backend.precision(opts, inputs) if hasattr(backend, "precision") else described[0]["dtype"]
         toolchain = backend.toolchain(opts) if hasattr(backend, "toolchain") else {}
-        key, record = cache_key(backend.name, model_hash(module), describe_inputs(inputs), precision, toolchain)
+        key, record = cache_key(backend.name, model_hash(module), described, precision, toolchain)
         fn, folder = cache.prepare(key, record, lambda d, reuse: backend.prepare(
             module, inputs, dict(opts, artifact_dir=d, reuse=reuse)))
     info.update(key=key, artifact_dir=str(folder), precision=precision, toolchain=toolchain)
     return Prepared(fn, info)
+
+
+def dynamic_batch(backend: Any, options: dict) -> bool:
+    """Whether the backend prepares one artifact for any batch size (dim 0) with these options."""
+    return bool(getattr(backend, "dynamic_batch", lambda options: False)(options))
 
 
 class Runner:
@@ -259,9 +270,10 @@ class Runner:
         self.backend, self.name, self.module, self.names = backend, name, module, names
         self.options, self.cache = options, cache
         self.prepared: dict[tuple, Prepared] = {}
+        self.any_batch = dynamic_batch(backend, options)
 
     def __call__(self, *inputs: torch.Tensor):
-        sig = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        sig = tuple((tuple(t.shape)[1 if self.any_batch else 0:], t.dtype) for t in inputs)
         prepared = self.prepared.get(sig)
         if prepared is None:
             prepared = prepare_component(self.backend, self.name, self.module, inputs, self.names, self.options,

@@ -222,6 +222,20 @@ def test_onnx_artifact_rebuilt_when_weights_change(tmp_path):
     assert not torch.allclose(first.fn(x), m(x), atol=1e-3)
 
 
+@needs_onnx
+def test_onnx_dynamic_batch_serves_every_batch_size(tmp_path):
+    from movie_plugins.backends.onnx import OnnxBackend
+
+    pipe = nano()
+    runner = backends.Runner(OnnxBackend(), "encoder", backends.EncodeGraph(pipe.encoder), (("images",), ("latents",)),
+                             {"dynamic_batch": True}, backends.ArtifactCache(tmp_path))
+    for n in (1, 3):
+        x = torch.rand(n, 3, 32, 32) * 2 - 1
+        torch.testing.assert_close(runner(x), pipe.encoder.encode(x), rtol=1e-4, atol=1e-5)
+    (info,) = [p.info for p in runner.prepared.values()]
+    assert info["inputs"]["images"]["shape"] == ["batch", 3, 32, 32]
+
+
 # --- onnx ------------------------------------------------------------------------------------------
 
 

@@ -26,13 +26,30 @@ def check_opset(opset: int) -> int:
     return int(opset)
 
 
+class _Positional(torch.nn.Module):
+    """forward(*args): one varargs signature, so dynamic shapes can be given per input."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module(*args)
+
+
 def export_onnx(module: torch.nn.Module, inputs: tuple, path: Path, input_names: Sequence[str],
                 output_names: Sequence[str], opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> Path:
     """torch.onnx.export (the torch.export-based exporter) to path; weights go to an external file past 2 GB."""
     dynamic_shapes = None
     if dynamic_batch:
+        # frame inputs get a symbolic batch; the anchor's K/V keep theirs. torch.export specializes a
+        # size-1 dim, so a batch of 1 is traced as 2 (the model still accepts 1).
         batch = torch.export.Dim("batch", min=1, max=1024)
-        dynamic_shapes = tuple({0: batch} for _ in inputs)
+        framewise = [not n.startswith("anchor_") for n in input_names]
+        inputs = tuple(t.expand(2, *t.shape[1:]).contiguous() if f and t.shape[0] == 1 else t
+                       for t, f in zip(inputs, framewise))
+        dynamic_shapes = {"args": tuple({0: batch} if f else None for f in framewise)}
+        module = _Positional(module)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)

@@ -6,8 +6,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
+
 from movie_core.hookspecs import hookimpl
 from movie_core.registry import ComponentSpec
+
+
+@attrs.frozen(kw_only=True)
+class OnnxConfig:
+    """Export options: the ONNX opset (>= 17) and a dynamic batch axis (one model for every batch size)."""
+
+    opset: int = attrs.field(default=18, validator=attrs.validators.ge(17))
+    dynamic_batch: bool = False
 
 
 @hookimpl
@@ -18,6 +28,7 @@ def movie_register_backends(registry):
             name="onnx",
             summary="ONNX (torch.onnx export, opset 18) run by onnxruntime on CPU (CUDA when onnxruntime-gpu has it)",
             factory="movie_plugins.backends.onnx:OnnxBackend",
+            config=OnnxConfig,
         )
     )
 
@@ -47,6 +58,9 @@ class OnnxBackend:
 
         return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                 "opset": int(options.get("opset", DEFAULT_OPSET))}
+
+    def dynamic_batch(self, options: dict) -> bool:
+        return bool(options.get("dynamic_batch"))
 
     def precision(self, options: dict, inputs: tuple) -> str:
         floats = [str(t.dtype).replace("torch.", "") for t in inputs if t.is_floating_point()]

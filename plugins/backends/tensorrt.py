@@ -75,6 +75,9 @@ class TensorRTBackend:
                 "batch_profile": list(options["batch_profile"]) if options.get("batch_profile") else None,
                 "opset": 18}
 
+    def dynamic_batch(self, options: dict) -> bool:
+        return bool(options.get("batch_profile"))
+
     def precision(self, options: dict, inputs: tuple) -> str:
         floats = [t.dtype for t in inputs if t.is_floating_point()]
         graph = str(floats[0]).replace("torch.", "") if floats else "float32"
@@ -107,7 +110,10 @@ class TensorRTBackend:
             profile = builder.create_optimization_profile()
             for name, t in zip(names, inputs):
                 rest = tuple(t.shape[1:])
-                profile.set_shape(name, *[(int(b), *rest) for b in profile_range])
+                if name.startswith("anchor_"):  # the anchor's K/V: fixed shape
+                    profile.set_shape(name, tuple(t.shape), tuple(t.shape), tuple(t.shape))
+                else:
+                    profile.set_shape(name, *[(int(b), *rest) for b in profile_range])
             config.add_optimization_profile(profile)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
