@@ -97,7 +97,10 @@ class UNetGraph(torch.nn.Module):
         self.layers = sorted(name for name in unet.attn_processors if name.endswith("attn1.processor"))
         self.controller = crossframe.AnchorController()
         self.controller.mode = {"none": "off", "record": "record", "replay": "replay"}[anchor]
-        self._processors = {name: crossframe.CrossFrameAttnProcessor(self.controller, name) for name in self.layers}
+        modules = dict(unet.named_modules())
+        # (attention module, this graph's processor) per self-attention layer; plain tuples, not submodules
+        self._attn1 = [(modules[name[: -len(".processor")]], crossframe.CrossFrameAttnProcessor(self.controller, name))
+                       for name in self.layers]
 
     def extra_repr(self) -> str:
         return f"embedded={self.embedded}, anchor={self.anchor}"
@@ -105,14 +108,16 @@ class UNetGraph(torch.nn.Module):
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Install this graph's attention processors and time-feature input on the UNet for the duration."""
-        previous = dict(self.unet.attn_processors)
-        self.unet.set_attn_processor({name: self._processors.get(name, proc) for name, proc in previous.items()})
+        previous = [attn.processor for attn, _ in self._attn1]
+        for attn, proc in self._attn1:  # set directly: set_attn_processor walks the whole UNet on every call
+            attn.processor = proc
         self.unet.get_time_embed = _features_as_time_embedding
         try:
             yield
         finally:
             del self.unet.get_time_embed
-            self.unet.set_attn_processor(dict(previous))
+            for (attn, _), proc in zip(self._attn1, previous):
+                attn.processor = proc
 
     def forward(self, sample, time_features, text_emb, *rest):
         guidance = rest[0] if self.embedded else None
@@ -279,6 +284,8 @@ class Runner:
             prepared = prepare_component(self.backend, self.name, self.module, inputs, self.names, self.options,
                                          self.cache)
             self.prepared[sig] = prepared
+        if getattr(self.backend, "exports", False):  # the artifact runs without the torch module
+            return prepared.fn(*inputs)
         with active(self.module):
             return prepared.fn(*inputs)
 

@@ -68,6 +68,7 @@ class OnnxBackend:
 
     def prepare(self, module: Any, example_inputs: tuple = (), options: dict | None = None) -> Callable:
         import onnxruntime as ort
+        import torch
 
         from movie_plugins.backends._onnx import (
             DEFAULT_OPSET, OrtCallable, copy_onnx, quiet_session_options, source_onnx,
@@ -89,7 +90,6 @@ class OnnxBackend:
         if on_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         so = quiet_session_options(ort)
-        if options.get("threads"):
-            so.intra_op_num_threads = int(options["threads"])
+        so.intra_op_num_threads = int(options.get("threads") or torch.get_num_threads())  # as many as eager uses
         session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         return OrtCallable(session, input_names, output_names)
