@@ -282,9 +282,10 @@ def test_export_hexagon_writes_context_binaries_that_match_eager(run_movie, tmp_
 
     out = tmp_path / "hx"
     result = run_movie("export", "--backend", "hexagon", "--preset", "movie", "--size", "nano", "--init", "random",
-                       "--height", str(SIZE[0]), "--width", str(SIZE[1]), "--out", str(out), timeout=600)
+                       "--height", str(SIZE[0]), "--width", str(SIZE[1]), "--out", str(out), "--json", timeout=600)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
+    assert json.loads(result.stdout) == manifest  # stdout is the manifest alone (QNN's load-time note kept off it)
     assert manifest["versions"]["onnxruntime_qnn"] and manifest["versions"]["target"]["htp_arch"] == "v75"
     assert manifest["versions"]["target"]["soc_model"] == "57"
     assert {"encoder", "unet", "unet_replay", "decoder", "text_encoder"} <= set(manifest["components"])

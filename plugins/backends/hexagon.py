@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +52,28 @@ def _qnn():
     if "QNNExecutionProvider" not in {d.ep_name for d in ort.get_ep_devices()}:
         ort.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())
     return ort, onnxruntime_qnn
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """QNN's HTP library prints a configuration note on the process's stdout when it loads: keep stdout clean."""
+    import ctypes
+
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _session(ort, path: Path, so):
+    with _quiet_stdout():
+        return ort.InferenceSession(str(path), sess_options=so)
 
 
 class HexagonBackend:
@@ -121,7 +146,7 @@ class HexagonBackend:
         so = self._session_options(ort, qnn, target, None)
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "0")
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
-        session = ort.InferenceSession(str(onnx_path), sess_options=so)
+        session = _session(ort, onnx_path, so)
         return [f"{n.op_type} ({n.name})" for sub in session.get_provider_graph_assignment_info()
                 if sub.ep_name != "QNNExecutionProvider" for n in sub.get_nodes()]
 
@@ -145,7 +170,7 @@ class HexagonBackend:
             source = source_onnx(module, example_inputs, dict(options, input_names=input_names,
                                                                output_names=output_names), opset=QNN_OPSET)
             try:
-                ort.InferenceSession(str(source), sess_options=self._session_options(ort, qnn, target, context))
+                _session(ort, source, self._session_options(ort, qnn, target, context))
             except Exception as exc:
                 try:
                     missing = self.unsupported_nodes(source, target)
@@ -158,5 +183,5 @@ class HexagonBackend:
                     ) from None
                 raise MovieError(f"hexagon: QNN could not compile component '{name}' for {target['htp_arch']}: "
                                  f"{str(exc).strip().splitlines()[0]}") from None
-        session = ort.InferenceSession(str(context), sess_options=self._session_options(ort, qnn, target, None))
+        session = _session(ort, context, self._session_options(ort, qnn, target, None))
         return OrtCallable(session, input_names, output_names)
