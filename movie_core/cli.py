@@ -282,7 +282,8 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
           as_json: bool, save: str | None, **kw: Any) -> None:
     """Per-component and per-frame latency, frames/s and peak memory of a recipe.
 
-    --backend A,B,C times the same recipe through each backend in one run (e.g. eager,onnx,compile).
+    --backend A,B,C times the same recipe through each backend in one run (e.g. eager,onnx,compile),
+    in three interleaved rounds; each backend reports its median round.
     """
     from movie_core import bench as bench_mod
     from movie_core.composer import compose as do_compose
@@ -292,6 +293,8 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
     if model is None and init != "random":
         raise UsageError("no weights: pass --model DIR or --init random")
     if len(backend_names) > 1:
+        if compare:
+            raise UsageError("--compare diffusers times one backend; pass a single --backend with it")
         result = bench_mod.compare_backends(recipe, backend_names, model, height=height, width=width, frames=frames,
                                             batch_size=batch_size, repeats=repeats)
         if save:
@@ -299,7 +302,9 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
         if as_json:
             _emit(result)
             return
-        click.echo(f"{height}x{width}, batch {batch_size}, {result['recipe']}:")
+        r = result["recipe"]
+        click.echo(f"{height}x{width}, batch {batch_size}, {r['denoiser']} + {r['encoder']}/{r['decoder']} ({r['size']}), "
+                   f"median of {result['rounds']} interleaved rounds:")
         for name, r in result["backends"].items():
             click.echo(f"  {name:9} {r['ms_per_frame']:8.1f} ms/frame  {r['frames_per_s']:7.2f} frames/s  "
                        f"x{r['speedup_vs_' + backend_names[0]]:.2f} vs {backend_names[0]}")
