@@ -159,16 +159,19 @@ def test_unet_record_then_replay_reproduces_crossframe_attention():
 def test_cache_key_covers_model_shapes_precision_and_toolchain():
     m = torch.nn.Linear(4, 2)
     x = (torch.zeros(3, 4),)
-    base = backends.cache_key("b", backends.model_hash(m), backends.describe_inputs(x), "float32", {"v": "1"})[0]
-    assert base == backends.cache_key("b", backends.model_hash(m), backends.describe_inputs(x), "float32", {"v": "1"})[0]
+    def key(module, inputs=x, precision="float32", toolchain=None):
+        return backends.cache_key("b", backends.model_hash(module), backends.describe_inputs(inputs), precision,
+                                  toolchain or {"v": "1"})[0]
+
+    base = key(m)
+    assert base == key(m)
+    same = torch.nn.Linear(4, 2)
+    same.load_state_dict(m.state_dict())
+    assert key(same) == base  # the key is the content, not the object
+    changed = [key(m, inputs=(torch.zeros(5, 4),)), key(m, precision="float16"), key(m, toolchain={"v": "2"})]
     with torch.no_grad():
         m.weight[0, 0] += 1e-3
-    changed = [
-        backends.cache_key("b", backends.model_hash(m), backends.describe_inputs(x), "float32", {"v": "1"})[0],
-        backends.cache_key("b", backends.model_hash(torch.nn.Linear(4, 2)), backends.describe_inputs((torch.zeros(5, 4),)), "float32", {"v": "1"})[0],
-        backends.cache_key("b", backends.model_hash(m), backends.describe_inputs(x), "float16", {"v": "1"})[0],
-        backends.cache_key("b", backends.model_hash(m), backends.describe_inputs(x), "float32", {"v": "2"})[0],
-    ]
+    changed.append(key(m))
     assert base not in changed and len(set(changed)) == 4
 
 
@@ -417,6 +420,9 @@ def test_aihub_export_compiles_profiles_and_runs_each_component(standin_hub, tmp
         assert record["device"] == "Samsung Galaxy S24 (Family)" and record["latency_ms"] == pytest.approx(1.234)
         assert (tmp_path / "hub" / name / f"{name}.bin").is_file()
         assert json.loads((tmp_path / "hub" / name / "profile.json").read_text())["execution_summary"]
+    latency = json.loads((tmp_path / "hub" / "latency.json").read_text())
+    assert latency["device"] == "Samsung Galaxy S24 (Family)"
+    assert latency["ms_per_call"] == {name: pytest.approx(1.234) for name in manifest["components"]}
     order = [c for c, _ in standin_hub.calls if c.startswith(("upload", "submit"))]
     assert order[:3] == ["upload_model", "submit_compile_job", "submit_profile_job"]
     assert order.count("submit_compile_job") == 4 and order.count("submit_inference_job") == 4

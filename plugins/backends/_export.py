@@ -80,6 +80,10 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
             "host": _host_contract(pipe, bound),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        latency = {n: c["device_latency_ms"] for n, c in components.items() if c.get("device_latency_ms") is not None}
+        if latency:
+            (tmp / "latency.json").write_text(json.dumps(
+                {"device": options.get("device"), "ms_per_call": latency}, indent=2) + "\n")
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -102,6 +106,9 @@ def _collect(infos: list[dict[str, Any]], dest: Path) -> dict[str, dict[str, Any
         files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
         components[name] = {k: info[k] for k in ("component", "inputs", "outputs", "precision", "toolchain", "key")}
         components[name]["files"] = files
+        hub = target / "aihub.json"
+        if hub.is_file():  # measured on the device by an AI Hub profile job
+            components[name]["device_latency_ms"] = json.loads(hub.read_text()).get("latency_ms")
     return components
 
 

@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import attrs
+
 from movie_core.hookspecs import hookimpl
 from movie_core.registry import ComponentSpec
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@attrs.frozen(kw_only=True)
+class CompileConfig:
+    """torch.compile options; None picks by device (GPU: reduce-overhead + channels_last; CPU: default, NCHW)."""
+
+    mode: str | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(MODES)))
+    channels_last: bool | None = None
 
 
 @hookimpl
@@ -16,6 +28,7 @@ def movie_register_backends(registry):
             name="compile",
             summary="torch.compile (inductor): CUDA graphs + channels_last on GPU, plain inductor on CPU",
             factory="movie_plugins.backends.compile:CompileBackend",
+            config=CompileConfig,
         )
     )
 
@@ -23,8 +36,8 @@ def movie_register_backends(registry):
 class CompileBackend:
     """torch.compile per component, in process: nothing to export, compiled on first call per shape.
 
-    Options: mode (inductor mode; default "reduce-overhead" = CUDA graphs on GPU, "default" on CPU),
-    channels_last (default: on GPU only; on CPU inductor's own layout choice measured as fast or faster).
+    Options: mode (inductor mode; default "reduce-overhead" = CUDA graphs on GPU, "default" on CPU) and
+    channels_last (default on GPU; off on CPU, where it can be switched on to try).
     """
 
     name = "compile"
@@ -45,7 +58,7 @@ class CompileBackend:
 
         options = options or {}
         cuda = bool(example_inputs) and example_inputs[0].device.type == "cuda"
-        channels_last = options.get("channels_last", cuda)
+        channels_last = cuda if options.get("channels_last") is None else options["channels_last"]
         mode = options.get("mode") or ("reduce-overhead" if cuda else "default")
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
