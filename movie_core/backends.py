@@ -284,10 +284,11 @@ class Runner:
             prepared = prepare_component(self.backend, self.name, self.module, inputs, self.names, self.options,
                                          self.cache)
             self.prepared[sig] = prepared
-        if getattr(self.backend, "exports", False):  # the artifact runs without the torch module
-            return prepared.fn(*inputs)
-        with active(self.module):
-            return prepared.fn(*inputs)
+        with torch.no_grad():
+            if getattr(self.backend, "exports", False):  # the artifact runs without the torch module
+                return prepared.fn(*inputs)
+            with active(self.module):
+                return prepared.fn(*inputs)
 
 
 def anchor_controller(unet: torch.nn.Module) -> crossframe.AnchorController | None:
