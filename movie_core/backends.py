@@ -374,12 +374,27 @@ def get_backend(name: str) -> Any:
     return cls()
 
 
+def resolve_options(name: str, options: dict | None = None) -> dict[str, Any]:
+    """A backend's options with its config class's defaults filled in; unknown keys are an error naming them."""
+    import attrs
+
+    from movie_core.plugins import get_registry
+
+    spec = get_registry().get("backend", name)
+    if spec.config is None:
+        if options:
+            raise UsageError(f"backend '{name}' takes no options, got: {', '.join(sorted(options))}")
+        return {}
+    return attrs.asdict(spec.make_config(**(options or {})))
+
+
 def bind(pipe, options: dict | None = None, cache: ArtifactCache | None = None) -> BoundPipeline | None:
     """Run the pipeline through its recipe's backend (None for eager, which runs the modules as they are)."""
     name = pipe.recipe.backend
     if name == "eager":
         return None
     backend = get_backend(name)
+    options = resolve_options(name, options)
     if getattr(backend, "needs_float32", False) and pipe.recipe.dtype != "float32":
         raise UsageError(f"backend '{name}' takes float32 graphs and sets its own precision; use --dtype float32")
     return BoundPipeline(pipe, backend, options, cache).install()

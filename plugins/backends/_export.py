@@ -22,7 +22,7 @@ def backend_options(spec, pairs: tuple[str, ...]) -> dict[str, Any]:
         if pairs:
             raise UsageError(f"backend '{spec.name}' takes no options, got: {', '.join(pairs)}")
         return {}
-    return attrs.asdict(_parse_options(pairs, spec))
+    return attrs.asdict(_parse_options(pairs, spec))  # -O values are TOML scalars, parsed like distill's
 
 
 def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: int, batch_size: int = 1,

@@ -15,7 +15,7 @@ import torch
 from movie_core.errors import MovieError
 
 DEFAULT_OPSET = 18
-MIN_OPSET = 17
+MIN_OPSET = 18  # see OnnxConfig
 
 
 def check_opset(opset: int) -> int:

@@ -14,10 +14,14 @@ from movie_core.registry import ComponentSpec
 
 @attrs.frozen(kw_only=True)
 class OnnxConfig:
-    """Export options: the ONNX opset (>= 17) and a dynamic batch axis (one model for every batch size)."""
+    """Export options: the ONNX opset and a dynamic batch axis (one model for every batch size).
 
-    opset: int = attrs.field(default=18, validator=attrs.validators.ge(17))
-    dynamic_batch: bool = False
+    Opset 18 and up: torch.onnx's exporter writes 18, and its conversion down to 17 left opset-18
+    attributes in Split nodes (an invalid model) with torch 2.13 / onnxscript 0.7.
+    """
+
+    opset: int = attrs.field(default=18, validator=attrs.validators.ge(18))
+    dynamic_batch: bool = True
 
 
 @hookimpl
