@@ -10,7 +10,7 @@ self-attention K/V replayed unless --anchor none; the text encoder runs once per
 counted, as in the paper's per-frame figures (Table 1: 0.11 s per frame on an A100 at 480x480).
 Times are CUDA-synchronised medians after warm-up calls (which include compiling or building).
 
-Each backend runs in its own process with what is left of --budget seconds (default 280), so a slow
+Each backend runs in its own process with what is left of --budget seconds (default 270), so a slow
 build, a crash or an out-of-memory is recorded in the JSON (status, error) and the others still
 run; the JSON is rewritten after every backend.
 """
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=10, help="Timed calls at batch 1 (half as many batched).")
     p.add_argument("--anchor", default="middle", choices=["middle", "none"],
                    help="middle: frames replay the anchor's self-attention K/V (as `movie edit` does).")
-    p.add_argument("--budget", type=float, default=280.0, help="Seconds for the whole run.")
+    p.add_argument("--budget", type=float, default=270.0, help="Seconds for the whole run.")
     p.add_argument("--device", default="cuda")
     p.add_argument("--size", default="full", choices=["full", "nano"], help="nano: a quick smoke run of the script.")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
@@ -70,7 +70,7 @@ def _env() -> dict:
     return env
 
 
-def run_backend(args: argparse.Namespace) -> dict:
+def run_backend(args: argparse.Namespace, result: dict, save) -> dict:
     import numpy as np
     import torch
 
@@ -85,8 +85,8 @@ def run_backend(args: argparse.Namespace) -> dict:
     h, w, batch = args.height, args.width, args.batch
     recipe = preset("movie").replace(size=args.size, device=args.device, dtype=args.dtype, anchor=args.anchor,
                                      backend=name)
-    result: dict = {"backend": name, "env": _env(), "recipe": recipe.components() | {
-        "size": recipe.size, "dtype": recipe.dtype, "anchor": recipe.anchor, "steps": 1}}
+    result.update({"backend": name, "status": "running", "env": _env(), "recipe": recipe.components() | {
+        "size": recipe.size, "dtype": recipe.dtype, "anchor": recipe.anchor, "steps": 1}})
     if name == "eager":
         try:
             from movie_core.flops import count
@@ -106,6 +106,7 @@ def run_backend(args: argparse.Namespace) -> dict:
 
     sync()
     result["build_s"] = time.perf_counter() - t0
+    save(result)
     # the prompt is encoded before binding: eager, once per video, not part of the per-frame time
     editor = FrameEditor(pipe, PROMPT, size=(h, w), padded=(h, w))
     options = {"batch_profile": (1, batch, batch)} if name == "tensorrt" else {}
@@ -151,6 +152,7 @@ def run_backend(args: argparse.Namespace) -> dict:
                 on_step=editor.controller.on_step if editor.anchored else None)) for _ in range(5)),
             "decoder": statistics.median(timed(pipe.decoder.decode, out) for _ in range(5)),
         }
+    save(result)  # batch-1 figures survive a timeout in the batched phase
     xb = frames(batch)
     many = measure(xb, max(3, args.repeats // 2))
     result[f"batch{batch}"] = many | {"ms_per_frame": many["ms_median"] / batch,
@@ -162,12 +164,20 @@ def run_backend(args: argparse.Namespace) -> dict:
 
 
 def child_main(args: argparse.Namespace) -> None:
+    out = Path(args.child_out)
+
+    def save(result: dict) -> None:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        tmp.replace(out)
+
+    result: dict = {"backend": args.child}
     try:
-        result = run_backend(args)
+        run_backend(args, result, save)
     except BaseException as exc:  # recorded for the parent, whatever it was (OOM, build failure, ...)
-        result = {"backend": args.child, "status": "error", "error": f"{type(exc).__name__}: {exc}".strip()[:2000],
-                  "traceback": traceback.format_exc()[-4000:]}
-    Path(args.child_out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        result.update(status="error", error=f"{type(exc).__name__}: {exc}".strip()[:2000],
+                      traceback=traceback.format_exc()[-4000:])
+    save(result)
 
 
 # --- the parent: one child per backend under the budget ------------------------------------------
@@ -215,11 +225,16 @@ def run_child(args: argparse.Namespace, name: str, timeout: float) -> dict:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return {"status": "timeout", "error": f"did not finish in the {timeout:.0f} s left of the budget "
-                                                  f"(raise --budget or run --backends {name} alone)"}
+            result = json.loads(child_out.read_text()) if child_out.is_file() else {}
+            result.update(status="timeout", error=f"did not finish in the {timeout:.0f} s left of the budget "
+                                                  f"(raise --budget or run --backends {name} alone); "
+                                                  "figures present were measured before the cut")
+            return result
         wall = time.perf_counter() - started
         if child_out.is_file():
             result = json.loads(child_out.read_text())
+            if result.get("status") == "error":
+                result["stderr_tail"] = proc.stderr[-3000:]
         else:
             result = {"status": "error", "error": f"the child process exited {proc.returncode} without a result",
                       "stderr_tail": proc.stderr[-3000:]}
@@ -228,11 +243,16 @@ def run_child(args: argparse.Namespace, name: str, timeout: float) -> dict:
 
 
 def summary_line(name: str, r: dict, batch: int) -> str:
+    parts = []
+    if "batch1" in r:
+        b1 = r["batch1"]
+        parts.append(f"batch 1: {b1['ms_per_frame']:.1f} ms/frame ({b1['frames_per_s']:.1f} frames/s), "
+                     f"first call {b1['first_call_s']:.1f} s")
+    if f"batch{batch}" in r:
+        parts.append(f"batch {batch}: {r[f'batch{batch}']['frames_per_s']:.1f} frames/s")
     if r.get("status") != "ok":
-        return f"{name:9} {r.get('status')}: {r.get('error') or r.get('reason')}"
-    b1, bn = r["batch1"], r[f"batch{batch}"]
-    return (f"{name:9} batch 1: {b1['ms_per_frame']:.1f} ms/frame ({b1['frames_per_s']:.1f} frames/s); "
-            f"batch {batch}: {bn['frames_per_s']:.1f} frames/s; first call {b1['first_call_s']:.1f} s")
+        parts.append(f"{r.get('status')}: {r.get('error') or r.get('reason')}")
+    return f"{name:9} " + "; ".join(parts)
 
 
 if __name__ == "__main__":
