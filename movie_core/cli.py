@@ -52,10 +52,13 @@ def recipe_options(fn: Callable) -> Callable:
     return fn
 
 
-def resolve_recipe(kw: dict[str, Any]):
-    """Recipe flags -> (Recipe, model folder or None). Pops the flags from kw."""
+def resolve_recipe(kw: dict[str, Any], builtin: bool = False):
+    """Recipe flags -> (Recipe, model folder or None, init). Pops the flags from kw.
+
+    builtin: with neither --model nor --init, run the recipe at nano size on the shipped nano weights of its
+    denoiser stage (the default model), and say so on stderr."""
     from movie_core import recipe as recipes
-    from movie_core.weights import read_manifest, resolve_model
+    from movie_core.weights import BUILTIN_PREFIX, builtin_model, read_manifest, resolve_model
 
     flags = {name: kw.pop(name, None) for name in RECIPE_FLAGS}
     if flags["preset"] and flags["recipe_file"]:
@@ -78,7 +81,18 @@ def resolve_recipe(kw: dict[str, Any]):
                     "image_guidance", "seed", "device", "dtype", "anchor", "vae")
         if flags[key] is not None
     }
-    return base.replace(**changes), model, flags["init"]
+    recipe = base.replace(**changes)
+    if builtin and model is None and not flags["init"]:
+        if recipe.size != "nano" and flags["size"]:
+            raise UsageError(f"no built-in {recipe.size}-size weights: pass --model DIR (or --init random)")
+        recipe = recipe.replace(size="nano")
+        model = builtin_model(recipe.denoiser)
+        if model is None:
+            raise UsageError(f"no weights: the built-in nano '{recipe.denoiser}' model is not installed; "
+                             "pass --model DIR (or --init random to run the recipe with random weights)")
+        click.echo(f"note: no --model given: using the built-in nano model {BUILTIN_PREFIX}{recipe.denoiser} "
+                   f"({recipe.encoder} encoder, {recipe.decoder} decoder, {recipe.steps or 'default'} steps)", err=True)
+    return recipe, model, flags["init"]
 
 
 def _emit(data: Any) -> None:
@@ -243,9 +257,7 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
         raise UsageError("the prompt is empty: say what the edit should do, e.g. -p 'make it sepia'")
     if max_side and (height or width):
         raise UsageError("--max-side and --height/--width are exclusive")
-    recipe, model, init = resolve_recipe(kw)
-    if model is None and init != "random":
-        raise UsageError("no weights: pass --model DIR (or --init random to run the recipe with random weights)")
+    recipe, model, _ = resolve_recipe(kw, builtin=True)
     comp = do_compose(recipe)
     with video.open_source(input_path, fps=Fraction(fps).limit_denominator(1001) if fps else None) as source:
         video.check_output(output, input_path, overwrite)
@@ -289,9 +301,7 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
     from movie_core.composer import compose as do_compose
 
     backend_names = [b.strip() for b in (kw.pop("backend", None) or "").split(",") if b.strip()]
-    recipe, model, init = resolve_recipe(kw)
-    if model is None and init != "random":
-        raise UsageError("no weights: pass --model DIR or --init random")
+    recipe, model, _ = resolve_recipe(kw, builtin=True)
     if len(backend_names) > 1:
         if compare:
             raise UsageError("--compare diffusers times one backend; pass a single --backend with it")

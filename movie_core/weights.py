@@ -78,9 +78,61 @@ def resolve_model(spec: str | Path) -> Path:
                 )
             raise UsageError(f"{path}: single-file pickle checkpoints are not supported; convert it to a model folder")
         raise UsageError(f"{path}: not a model folder or a .safetensors file")
+    if str(spec).startswith(BUILTIN_PREFIX):
+        stage = str(spec)[len(BUILTIN_PREFIX):]
+        found = builtin_model(stage)
+        if found is None:
+            have = ", ".join(BUILTIN_PREFIX + s for s in builtin_stages()) or "none installed"
+            raise UsageError(f"no built-in model '{spec}'; available: {have}")
+        return found
     if _REPO_ID.match(str(spec)):
         return _from_hf_cache(str(spec))
     raise UsageError(f"no such model: {spec}")
+
+
+BUILTIN_PREFIX = "nano:"
+BUILTIN_PACKAGE = "movie_plugins"
+BUILTIN_FOLDER = "nano"
+
+
+def builtin_root() -> Path:
+    """Where the shipped nano model family lives: movie_plugins/nano/<stage>/ plus shared autoencoders/."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return Path("/nonexistent")
+    return Path(next(iter(spec.submodule_search_locations))) / BUILTIN_FOLDER
+
+
+def builtin_stages() -> list[str]:
+    """The denoiser stages whose nano weights ship with the package."""
+    root = builtin_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file() and (p / "unet").is_dir())
+
+
+def builtin_model(stage: str) -> Path | None:
+    """The shipped nano model folder of a denoiser stage, or None."""
+    return builtin_root() / stage if stage in builtin_stages() else None
+
+
+def component_folder(root: Path, name: str) -> Path | None:
+    """root/name, or where the manifest's "components" map points it (a folder shared by several models).
+
+    Shared folders are resolved relative to the model folder and must stay inside its parent folder."""
+    folder = Path(root) / name
+    if folder.is_dir():
+        return folder
+    manifest = read_manifest(Path(root)) or {}
+    rel = (manifest.get("components") or {}).get(name)
+    if not rel:
+        return None
+    target = (Path(root) / rel).resolve()
+    if not target.is_relative_to(Path(root).resolve().parent):
+        raise MovieError(f"{root}/movie.json points '{name}' outside its parent folder: {rel}")
+    return target if target.is_dir() else None
 
 
 def _from_hf_cache(repo_id: str) -> Path:

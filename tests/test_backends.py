@@ -525,8 +525,8 @@ def test_export_refusals(run_movie, tmp_path):
     (tmp_path / "taken").mkdir()
     line = one_error_line(run_movie("export", "--backend", "onnx", *args, "--out", str(tmp_path / "taken")))
     assert "exists" in line and "--overwrite" in line
-    line = one_error_line(run_movie("export", "--backend", "onnx", "--size", "nano", "--out", str(tmp_path / "n")))
-    assert "no weights" in line
+    line = one_error_line(run_movie("export", "--backend", "onnx", "--size", "full", "--out", str(tmp_path / "n")))
+    assert "no built-in full-size weights" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 

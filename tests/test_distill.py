@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from movie_plugins.distillers import _metrics as metrics
 
 from movie_core.training.data import open_dataset, to_torch_batch
 from movie_core.training.distiller import Distiller
@@ -27,7 +28,6 @@ from movie_core.training.loop import TrainConfig, read_log, run
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 RES = 32
-GRID = [(s_i, s_t) for s_i in (1.0, 2.0, 3.0) for s_t in (2.0, 7.5, 14.0)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,27 +73,11 @@ def data(work) -> Path:
 
 
 def held_out(pipe, data: Path, n: int = 16):
-    """(source latents, edited latents, prompt embeddings) of the first n test-split triplets."""
-    ds = open_dataset(data, "test")
-    batch = to_torch_batch([ds[i] for i in range(min(n, len(ds)))], device="cpu")
-    with torch.no_grad():
-        return (pipe.encoder.encode(batch["source"]), pipe.encoder.encode(batch["edited"]),
-                pipe.denoiser.encode_prompt(batch["instruction"]))
+    return metrics.held_out(pipe, data, n)
 
 
 def noised_draws(pipe, x0: torch.Tensor, draws: int = 2, seed: int = 123):
-    """Fixed (t, x_t, alpha, sigma) draws of the VP forward process for evaluation."""
-    from movie_plugins.distillers._common import alphas_cumprod, vp_coefficients
-
-    acp = alphas_cumprod(pipe.denoiser, "cpu")
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(draws):
-        t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        alpha, sigma = vp_coefficients(acp, t)
-        out.append((t, noise, alpha * x0 + sigma * noise, alpha, sigma))
-    return out
+    return metrics.noised_draws(pipe, x0, draws, seed)
 
 
 @pytest.fixture(scope="module")
@@ -194,23 +178,10 @@ def test_pix2pix_finetune_lowers_held_out_loss(finetuned):
 
 
 def grid_distance(student_dir: Path | None, teacher_dir: Path, data: Path) -> float:
-    """Mean over the (s_I, s_T) grid and held-out draws of ||student - 3-pass CFG teacher||^2.
-
-    student_dir None: the zero-initialised student, which equals the teacher's conditional pass."""
+    """mmg's objective (see _metrics.grid_distance); student_dir None: the zero-initialised student."""
     teacher = load(teacher_dir)
-    student = load(student_dir).denoiser if student_dir else None
     src, x0, emb = held_out(teacher, data)
-    null = teacher.denoiser.encode_prompt([""])
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for t, _, x_t, _, _ in noised_draws(teacher, x0):
-            cond = teacher.denoiser.unet_forward(x_t, t, src, emb)
-            for s_i, s_t in GRID:
-                target = teacher.denoiser.predict(x_t, t, src, emb, s_i, s_t, null_emb=null)
-                pred = cond if student is None else student.predict(x_t, t, src, emb, s_i, s_t)
-                total += (pred - target).pow(2).mean().item()
-                count += 1
-    return total / count
+    return metrics.grid_distance(load(student_dir) if student_dir else None, teacher, src, x0, emb)
 
 
 def test_mmg_student_starts_as_the_teachers_conditional_pass(base_teacher, data):
@@ -253,32 +224,14 @@ def test_mmg_moves_the_student_towards_the_cfg_teacher(mmg):
 # --- vpred (Appendix B, Stage-4 preparation) -------------------------------------------------------------
 
 
-WELL_CONDITIONED_T = 600  # alpha_t >= 0.5: below, v = (eps_hat - sigma x_t) / alpha_t barely amplifies the teacher
+WELL_CONDITIONED_T = metrics.WELL_CONDITIONED_T
 
 
 def v_error(student_dir: Path | None, teacher_dir: Path, data: Path) -> dict[str, float]:
-    """Relative error ||v_student - v_target||^2 / ||v_target||^2 on held-out draws at random guidance scales,
-    over all t and over t < WELL_CONDITIONED_T. v_target = alpha eps_hat - sigma x0_hat from the epsilon teacher;
-    student None: the start (the same UNet, whose output is still epsilon)."""
-    from movie_plugins.distillers._vpred import v_target
-
+    """vpred's objective (see _metrics.v_error); student_dir None: the start."""
     teacher = load(teacher_dir)
-    student = load(student_dir).denoiser if student_dir else teacher.denoiser
     src, x0, emb = held_out(teacher, data)
-    g = torch.Generator().manual_seed(5)
-    err, ref, ts = [], [], []
-    with torch.no_grad():
-        for t, _, x_t, alpha, sigma in noised_draws(teacher, x0, draws=4):
-            s_i, s_t = 1 + 2 * torch.rand(x0.shape[0], generator=g), 2 + 12 * torch.rand(x0.shape[0], generator=g)
-            target = v_target(teacher.denoiser, x_t, t, src, emb, s_i, s_t, alpha, sigma)
-            pred = student.unet_forward(x_t, t, src, emb, s_i, s_t)
-            err.append((pred - target).pow(2).flatten(1).sum(1))
-            ref.append(target.pow(2).flatten(1).sum(1))
-            ts.append(t)
-    err, ref, ts = torch.cat(err), torch.cat(ref), torch.cat(ts)
-    low = ts < WELL_CONDITIONED_T
-    return {"all": (err.sum() / ref.sum()).item(), "low_t": (err[low].sum() / ref[low].sum()).item(),
-            "v2": (ref.mean() / x0[0].numel()).item()}
+    return metrics.v_error(load(student_dir) if student_dir else None, teacher, src, x0, emb)
 
 
 @pytest.fixture(scope="module")
@@ -347,25 +300,10 @@ def test_v_from_epsilon_is_the_standard_conversion():
 
 def one_step_vs_teacher(student_dir: Path, teacher_dir: Path, data: Path) -> tuple[float, float]:
     """MSE (latents) to the teacher's 5-step LCM output: (stage-3 model at 1 step, student at 1 step)."""
-    from movie_plugins.denoisers._pix2pix import make_scheduler
-    from movie_plugins.distillers._adversarial import teacher_samples
-
-    teacher = load(teacher_dir)
-    student = load(student_dir).denoiser
-    assert student.default_steps == 1 and student.scheduler_name == "lcm"
+    teacher, student = load(teacher_dir), load(student_dir)
+    assert student.denoiser.default_steps == 1 and student.denoiser.scheduler_name == "lcm"
     src, _, emb = held_out(teacher, data)
-    stage3 = student_err = 0.0
-    for s_i, s_t in ((1.5, 7.5), (1.0, 3.0), (2.5, 12.0)):
-        noise = torch.randn(src.shape, generator=torch.Generator().manual_seed(7))
-        ref = teacher_samples(teacher.denoiser, src, emb, s_i, s_t, 5, "lcm", latents=noise,
-                              generator=torch.Generator().manual_seed(8))
-        with torch.no_grad():
-            one = teacher.denoiser.sample(src, emb, steps=1, s_T=s_t, s_I=s_i, latents=noise,
-                                          scheduler=make_scheduler("lcm", "v_prediction"))
-            fast = student.sample(src, emb, s_T=s_t, s_I=s_i, latents=noise)  # its default: LCM, 1 step
-        stage3 += (one - ref).pow(2).mean().item() / 3
-        student_err += (fast - ref).pow(2).mean().item() / 3
-    return stage3, student_err
+    return metrics.one_step_vs_teacher(student, teacher, src, emb)
 
 
 @pytest.fixture(scope="module")

@@ -120,9 +120,15 @@ def test_parity_from_pixels(base, image, from_pixels, scheduler, record_property
     print(f"parity from pixels ({scheduler}): max abs diff {diff:.3g}, max |latent| {theirs.abs().max().item():.3g}")
     # Our latents are stored scaled (mode * 0.18215) and unscaled inside the denoiser (/ 0.18215):
     # that round trip moves the image condition by ~1 ulp, which 3 steps of CFG with sigma ~15 and
-    # s_T = 7.5 amplify to ~1e-4 on latents of magnitude ~50 (relative ~3e-6). With identical image
-    # latents (test_parity_same_image_latents) the results are bit-identical.
-    assert diff <= max(ATOL, 1e-5 * theirs.abs().max().item()), diff
+    # s_T = 7.5 amplify through a random-weight UNet (measured: ~1e-4 on latents of magnitude ~50 with
+    # 128-channel nano blocks, ~1.6e-2 with 64-channel ones, i.e. up to ~3e-4 relative). With identical
+    # image latents (test_parity_same_image_latents) the results are bit-identical.
+    assert diff <= pixel_tolerance(theirs), diff
+
+
+def pixel_tolerance(theirs: torch.Tensor) -> float:
+    """Allowed max abs difference from pixels: 1e-3 of the largest latent (see test_parity_from_pixels)."""
+    return max(ATOL, 1e-3 * theirs.abs().max().item())
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +168,7 @@ def test_image_latents_match_diffusers_vae_mode(base, image):
 
 @pytest.mark.parametrize("change", [{"s_T": 5.0}, {"s_I": 1.2}, {"seed": 1}])
 def test_parity_check_can_fail(base, image, from_pixels, change):
-    """The tolerance is meaningful: changing a guidance scale or the seed moves latents by >> 1e-4."""
+    """The tolerances are meaningful: changing a guidance scale or the seed moves latents far beyond them."""
     theirs = from_pixels("euler")
     ours = run_ours(base.denoiser, base.encoder.encode(image), "euler", **change)
-    assert (ours - theirs).abs().max().item() > 100 * ATOL
+    assert (ours - theirs).abs().max().item() > 10 * pixel_tolerance(theirs)

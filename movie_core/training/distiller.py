@@ -72,6 +72,7 @@ class Distiller:
         optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
         self.student.unet, optimizer = accelerator.prepare(self.student.unet, optimizer)
         self.optimizers = [optimizer]
+        self.latent_cache = {} if cfg.cache_latents else None
         self.setup_extra(accelerator, cfg)
 
     def setup_extra(self, accelerator, cfg) -> None:
@@ -91,10 +92,18 @@ class Distiller:
     def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(source latents, edited latents, prompt embeddings) with the teacher's frozen encoders."""
         enc = self.teacher.encoder
-        src = enc.encode(batch["source"])
-        tgt = enc.encode(batch["edited"])
         emb = self.teacher.denoiser.encode_prompt(batch["instruction"])
-        return src, tgt, emb
+        cache = getattr(self, "latent_cache", None)
+        if cache is None or "index" not in batch:
+            return enc.encode(batch["source"]), enc.encode(batch["edited"]), emb
+        index = batch["index"]
+        missing = [j for j, i in enumerate(index) if i not in cache]
+        if missing:
+            rows = torch.tensor(missing, device=batch["source"].device)
+            src, tgt = enc.encode(batch["source"][rows]), enc.encode(batch["edited"][rows])
+            for k, j in enumerate(missing):
+                cache[index[j]] = (src[k], tgt[k])
+        return (torch.stack([cache[i][0] for i in index]), torch.stack([cache[i][1] for i in index]), emb)
 
     def step_optimizer(self, loss: torch.Tensor, optimizer, module: torch.nn.Module) -> None:
         """Backward with accelerate, clip, step and zero the grads of one optimizer."""

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 
 from movie_core.components import Autoencoder, BuildContext
 from movie_core.errors import MovieError
-from movie_core.weights import check_folder, use_safetensors
+from movie_core.weights import check_folder, component_folder, use_safetensors
 
 SD_SCALING_FACTOR = 0.18215
 
@@ -76,8 +76,8 @@ class TAESD(Autoencoder):
 
 def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Path:
     for name in names:
-        folder = root / name
-        if folder.is_dir() and _config_class(folder) == class_name:
+        folder = component_folder(root, name)
+        if folder is not None and _config_class(folder) == class_name:
             check_folder(folder)
             return folder
     raise MovieError(f"{root} has no {what} weights ({' or '.join(n + '/' for n in names)} with a {class_name} config)")

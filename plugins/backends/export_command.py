@@ -29,12 +29,9 @@ def movie_register_commands(cli):
                as_json: bool, **kw: Any) -> None:
         """Export a recipe's text encoder, encoder, UNet and decoder as deployable artifacts for --backend."""
         from movie_core.cli import resolve_recipe
-        from movie_core.errors import UsageError
         from movie_plugins.backends._export import export_recipe
 
-        recipe, model, init = resolve_recipe(kw)
-        if model is None and init != "random":
-            raise UsageError("no weights: pass --model DIR (or --init random to export random weights)")
+        recipe, model, _ = resolve_recipe(kw, builtin=True)  # no --model/--init: the built-in nano weights
         manifest = export_recipe(recipe, model, Path(out), height=height, width=width, batch_size=batch_size,
                                  option_pairs=options, overwrite=overwrite)
         if as_json:

@@ -54,7 +54,7 @@ STAGES = {
 
 _UNET_SIZES = {
     "full": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8, sample_size=64),
-    "nano": dict(block_out_channels=(32, 64, 128, 128), layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, sample_size=32),
+    "nano": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, sample_size=32),
 }
 _TEXT_SIZES = {
     "full": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768),

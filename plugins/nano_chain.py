@@ -1,0 +1,261 @@
+"""`movie nano-train`: the whole nano model family from scratch, every stage of the MoViE recipe in order.
+
+data -> autoencoders (nano SD VAE, TAESD distilled into its latent space) -> text (BPE tokenizer + nano CLIP
+text tower) -> instruct-pix2pix (pix2pix-finetune from random init) -> mobile-pix2pix (top attention dropped,
+TAESD swapped in, finetuned) -> mobile-pix2pix-mmg (Algorithm 1) -> vpred -> mobile-pix2pix-1step
+(Algorithm 2) -> ship (the four stage folders plus the shared autoencoders, laid out as the package's
+built-in models). Each denoiser stage is `movie distill` from the previous stage's folder.
+
+Resumable: a finished stage (its output folder exists) is skipped; an interrupted distiller stage resumes
+from its last checkpoint. Per-stage wall times go to <out>/chain.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+
+from movie_core.errors import UsageError
+from movie_core.hookspecs import hookimpl
+
+SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-pix2pix-1step")
+SHARED_AUTOENCODERS = ("vae", "taesd")
+
+
+@attrs.frozen(kw_only=True)
+class ChainBudget:
+    """Sizes and lengths of every stage (sized so the chain fits in three hours on a 2-core CPU)."""
+
+    count: int = 8000
+    videos: int = 24
+    resolution: int = 64
+    batch_size: int = 32
+    vae_steps: int = 3000
+    taesd_steps: int = 3000
+    text_steps: int = 600
+    ip2p_steps: int = 6000
+    ip2p_lr: float = 5e-4
+    mobile_steps: int = 2000
+    mobile_lr: float = 2e-4
+    mmg_steps: int = 3000
+    mmg_lr: float = 3e-4
+    vpred_steps: int = 2000
+    vpred_lr: float = 2e-4
+    adversarial_steps: int = 1000
+    adversarial_lr: float = 5e-5
+    ema_decay: float = 0.999
+    seed: int = 0
+
+    def scaled(self, factor: float) -> ChainBudget:
+        """Every step count (and the dataset size) times `factor`, at least 2."""
+        keys = [f.name for f in attrs.fields(ChainBudget) if f.name.endswith("_steps") or f.name in ("count", "videos")]
+        return attrs.evolve(self, **{k: max(2, round(getattr(self, k) * factor)) for k in keys})
+
+
+def _train(strategy: str, teacher: Path, data: Path, out: Path, budget: ChainBudget, *, steps: int, lr: float,
+           progress: bool, ema: bool = True, **options: Any) -> None:
+    from movie_core.plugins import get_registry
+    from movie_core.training.loop import TrainConfig, run
+
+    spec = get_registry().get("distiller", strategy)
+    distiller = spec.load_factory()(spec.make_config(**options))
+    cfg = TrainConfig(steps=steps, batch_size=budget.batch_size, lr=lr, warmup_steps=min(100, steps // 10),
+                      resolution=budget.resolution, seed=budget.seed, log_every=max(1, min(50, steps // 20)),
+                      checkpoint_every=max(1, min(500, steps // 4)), ema_decay=budget.ema_decay if ema else None,
+                      cache_latents=True)
+    run(distiller, teacher, data, out, cfg, resume=(out.parent / f"{out.name}.train").exists(), progress=progress)
+
+
+def objective(stage: str, work: Path, data: Path) -> dict[str, float]:
+    """The stage's own objective on held-out data, at its start and after training (see distillers._metrics)."""
+    import torch
+    from movie_plugins.distillers import _metrics as m
+
+    from movie_core.training.distiller import Distiller
+
+    def load(name: str):
+        return Distiller().load_teacher(work / name, torch.device("cpu"))
+
+    if stage == "mobile-pix2pix-mmg":
+        teacher = load("mobile-pix2pix")
+        src, x0, emb = m.held_out(teacher, data)
+        before = m.grid_distance(None, teacher, src, x0, emb)
+        after = m.grid_distance(load(stage), teacher, src, x0, emb)
+        return {"grid_distance_start": before, "grid_distance": after, "ratio": after / before}
+    if stage == "vpred":
+        teacher = load("mobile-pix2pix-mmg")
+        src, x0, emb = m.held_out(teacher, data)
+        before, after = m.v_error(None, teacher, src, x0, emb), m.v_error(load(stage), teacher, src, x0, emb)
+        return {"v_rel_error_start": before["all"], "v_rel_error": after["all"],
+                "v_rel_error_low_t_start": before["low_t"], "v_rel_error_low_t": after["low_t"]}
+    if stage == "mobile-pix2pix-1step":
+        teacher = load("vpred")
+        src, _, emb = m.held_out(teacher, data)
+        stage3, student = m.one_step_vs_teacher(load(stage), teacher, src, emb)
+        return {"teacher_at_1_step_mse": stage3, "student_mse": student, "ratio": student / stage3}
+    raise ValueError(stage)
+
+
+def _initial_model(work: Path, out: Path, seed: int) -> None:
+    """A nano InstructPix2Pix with the trained autoencoders and text tower and a random UNet."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from movie_core.components import BuildContext
+    from movie_core.composer import build, compose
+    from movie_core.plugins import get_registry
+    from movie_core.recipe import preset
+
+    pipe = build(compose(preset("base").replace(size="nano", seed=seed)))
+    spec = get_registry().get("autoencoder", "sd-vae")
+    pipe.encoder = pipe.decoder = spec.load_factory()(BuildContext(size="nano", weights=work / "autoencoders"),
+                                                      spec.make_config())
+    den = pipe.denoiser
+    den.tokenizer = CLIPTokenizer.from_pretrained(work / "text" / "tokenizer")
+    den.text_encoder = CLIPTextModel.from_pretrained(work / "text" / "text_encoder").eval().requires_grad_(False)
+    pipe.save_pretrained(out)
+    shutil.copytree(work / "autoencoders" / "taesd", out / "taesd")
+
+
+def _with_taesd(src: Path, out: Path) -> None:
+    """The same weights with TAESD as encoder and decoder (both share the VAE's latent space): Mobile-Pix2Pix's swap."""
+    from movie_core.composer import build, compose
+    from movie_core.recipe import make_recipe
+    from movie_core.weights import read_manifest
+
+    recipe = make_recipe(read_manifest(src)["recipe"]).replace(encoder="taesd", decoder="taesd")
+    build(compose(recipe), model=src).save_pretrained(out)
+
+
+def ship(work: Path, dest: Path) -> None:
+    """Lay the trained family out as built-in models: dest/autoencoders/{vae,taesd}, dest/<stage>/ (no autoencoders,
+    which the manifest's "components" map points to the shared folder)."""
+    tmp = dest.with_name(f".{dest.name}.movie-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in SHARED_AUTOENCODERS:
+        shutil.copytree(work / "autoencoders" / name, tmp / "autoencoders" / name)
+    chain = json.loads((work / "chain.json").read_text()) if (work / "chain.json").is_file() else {}
+    for stage in SHIPPED_STAGES:
+        shutil.copytree(work / stage, tmp / stage, ignore=shutil.ignore_patterns(*SHARED_AUTOENCODERS, "*.train"))
+        manifest_path = tmp / stage / "movie.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["components"] = {name: f"../autoencoders/{name}" for name in SHARED_AUTOENCODERS}
+        manifest["builtin"] = {"family": "nano", "chain": chain.get("budget"), "device": chain.get("device")}
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (tmp / "chain.json").write_text(json.dumps(chain, indent=2) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def _then_measure(stage: str, work: Path, data: Path, train: Callable[[], Any]) -> dict[str, float]:
+    train()
+    return objective(stage, work, data)
+
+
+def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_to: Path | None = None,
+                progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) every stage into `work`; returns the per-stage record also saved as work/chain.json."""
+    import torch
+    from movie_plugins import nano_train
+
+    from movie_core.components import resolve_device
+    from movie_core.training.procedural import write_nano
+
+    work.mkdir(parents=True, exist_ok=True)
+    record_path = work / "chain.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if record.get("budget") and record["budget"] != attrs.asdict(budget):
+        raise UsageError(f"{work} was started with another budget; use a new folder or the same options")
+    dev = resolve_device(device)
+    record.update(budget=attrs.asdict(budget), device=dev if dev == "cpu" else torch.cuda.get_device_name(0),
+                  threads=torch.get_num_threads())
+    record.setdefault("seconds", {})
+    data = work / "data"
+
+    def stage(name: str, done: Path, fn: Callable[[], Any]) -> None:
+        if done.exists():
+            log(f"[{name}] done ({record['seconds'].get(name, '?')} s), skipped")
+            return
+        log(f"[{name}] ...")
+        start = time.perf_counter()
+        result = fn()
+        record["seconds"][name] = round(time.perf_counter() - start + record.get("partial", {}).pop(name, 0), 1)
+        if isinstance(result, dict):
+            record.setdefault("metrics", {})[name] = result
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        log(f"[{name}] {record['seconds'][name]} s")
+
+    b = budget
+    stage("data", data, lambda: write_nano(data, count=b.count, videos=b.videos, size=b.resolution, seed=b.seed,
+                                           test_fraction=0.1))
+    stage("autoencoders", work / "autoencoders" / "taesd", lambda: nano_train.train_autoencoders(
+        work / "autoencoders", vae_steps=b.vae_steps, taesd_steps=b.taesd_steps, batch_size=b.batch_size,
+        resolution=b.resolution, device=dev, seed=b.seed, log=log))
+    stage("text", work / "text" / "text_encoder", lambda: nano_train.train_text_encoder(
+        work / "text", steps=b.text_steps, device=dev, seed=b.seed, log=log))
+    stage("init", work / "init", lambda: _initial_model(work, work / "init", b.seed))
+    stage("instruct-pix2pix", work / "instruct-pix2pix", lambda: (
+        _train("pix2pix-finetune", work / "init", data, work / "instruct-pix2pix", b, steps=b.ip2p_steps,
+               lr=b.ip2p_lr, progress=progress),
+        shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")))
+    stage("taesd-swap", work / "instruct-pix2pix-taesd", lambda: _with_taesd(
+        work / "instruct-pix2pix", work / "instruct-pix2pix-taesd"))
+    stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
+        "pix2pix-finetune", work / "instruct-pix2pix-taesd", data, work / "mobile-pix2pix", b, steps=b.mobile_steps,
+        lr=b.mobile_lr, progress=progress, stage="mobile-pix2pix"))
+    stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure("mobile-pix2pix-mmg", work, data, lambda: _train(
+        "mmg", work / "mobile-pix2pix", data, work / "mobile-pix2pix-mmg", b, steps=b.mmg_steps, lr=b.mmg_lr,
+        progress=progress)))
+    stage("vpred", work / "vpred", lambda: _then_measure("vpred", work, data, lambda: _train(
+        "vpred", work / "mobile-pix2pix-mmg", data, work / "vpred", b, steps=b.vpred_steps, lr=b.vpred_lr,
+        progress=progress)))
+    stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure("mobile-pix2pix-1step", work, data, lambda: _train(
+        "adversarial", work / "vpred", data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
+        lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr)))
+    record["total_seconds"] = round(sum(record["seconds"].values()), 1)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    if ship_to is not None:
+        ship(work, ship_to)
+        log(f"[ship] {ship_to}")
+    return record
+
+
+@hookimpl
+def movie_register_commands(cli):
+    @cli.command("nano-train")
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="Work folder (every stage's output; resumable).")
+    @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+    @click.option("--scale", type=click.FloatRange(min=1e-4), default=1.0, show_default=True,
+                  help="Multiply every step count and the dataset size (e.g. 0.01 for a smoke run).")
+    @click.option("--ship", "ship_to", type=click.Path(file_okay=False),
+                  help="Also lay the result out as built-in models in this folder (the package's is plugins/nano).")
+    @click.option("--budget", "-B", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override one budget entry (e.g. -B ip2p_steps=3000 -B batch_size=64); see ChainBudget.")
+    @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+    def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
+                   progress: bool) -> None:
+        """Train the nano model family from scratch: autoencoders, text tower and the four denoiser stages."""
+        fields = {f.name: f.type for f in attrs.fields(ChainBudget)}
+        changes = {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or key not in fields:
+                raise UsageError(f"--budget expects KEY=VALUE with KEY one of {', '.join(fields)}; got '{item}'")
+            try:
+                changes[key] = (float if fields[key] in (float, "float") else int)(value)
+            except ValueError:
+                raise UsageError(f"--budget {key}: '{value}' is not a number") from None
+        budget = ChainBudget(**changes)
+        if scale != 1.0:
+            budget = budget.scaled(scale)
+        record = train_chain(Path(out), budget, device=device, ship_to=Path(ship_to) if ship_to else None,
+                             progress=progress, log=lambda m: click.echo(m, err=True))
+        click.echo(json.dumps(record["seconds"]))

@@ -1,0 +1,205 @@
+"""The nano trainers: autoencoders in one latent space (rescaled VAE, distilled TAESD), resumable; the BPE
+tokenizer in CLIPTokenizer format; the text encoder's pretraining; the outputs load through the project's loaders."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from movie_core.components import BuildContext
+from movie_core.errors import MovieError
+from movie_core.plugins import get_registry
+from movie_core.training import procedural
+from movie_plugins import nano_train
+
+RES = 16  # the smallest size the nano VAE takes (2x2 latents): fast enough for the default test run
+AE = {"vae_steps": 3, "taesd_steps": 8, "batch_size": 4, "resolution": RES, "pool_size": 16, "checkpoint_seconds": 0.0}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_at(prefix: str, logs: list[str]):
+    """A log function that records lines and raises when one starts with `prefix` (a simulated kill)."""
+
+    def log(line: str) -> None:
+        logs.append(line)
+        if line.startswith(prefix):
+            raise Interrupt(line)
+
+    return log
+
+
+@pytest.fixture
+def tiny_convs():
+    """oneDNN's per-shape setup costs more than these tiny convolutions: use PyTorch's own kernels."""
+    with torch.backends.mkldnn.flags(enabled=False):
+        yield
+
+
+@pytest.fixture(scope="module")
+def autoencoders(tmp_path_factory):
+    """One interrupted run and its resumption: (model folder, metrics, log lines of both calls)."""
+    out = tmp_path_factory.mktemp("ae") / "model"
+    first: list[str] = []
+    with torch.backends.mkldnn.flags(enabled=False):
+        with pytest.raises(Interrupt):
+            nano_train.train_autoencoders(out, **AE, log=stop_at("sd-vae: step 3/3", first))
+        with pytest.raises(MovieError, match="other settings"):
+            nano_train.train_autoencoders(out, **(AE | {"vae_steps": 5}), log=first.append)
+        second: list[str] = []
+        metrics = nano_train.train_autoencoders(out, **AE, log=second.append)
+    return out, metrics, first, second
+
+
+def load(name: str, folder):
+    spec = get_registry().get("autoencoder", name)
+    return spec.load_factory()(BuildContext(size="nano", weights=folder), spec.make_config())
+
+
+def test_autoencoder_run_resumes_and_cleans_up(autoencoders):
+    out, _, _, second = autoencoders
+    assert any(line.startswith("sd-vae: resuming at step 2/3") for line in second)
+    assert not (out.parent / f".{out.name}.ckpt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["taesd", "vae"]
+    for name in ("vae", "taesd"):
+        assert list((out / name).glob("*.safetensors"))
+
+
+def test_autoencoders_load_and_share_one_latent_space(autoencoders, tiny_convs):
+    out, metrics, _, _ = autoencoders
+    vae, tae = load("sd-vae", out), load("taesd", out)
+    images = nano_train.to_tensor(nano_train.make_pool(AE["pool_size"], RES, seed=0))
+    with torch.no_grad():
+        latents = vae.encode(images)
+        assert latents.shape == (len(images), 4, RES // 8, RES // 8)
+        assert tae.encode(images).shape == latents.shape
+        for encoder in (vae, tae):
+            for decoder in (vae, tae):
+                assert decoder.decode(encoder.encode(images)).shape == images.shape
+    # the rescaled VAE's scaled latents have unit std on the pool, seen through the project's own wrapper
+    assert latents.std().item() == pytest.approx(1.0, abs=0.02)
+    assert metrics["latent_std"] == pytest.approx(1.0, abs=0.02)
+    assert set(metrics["psnr"][f"procedural_{RES}"]) == {f"{e}+{d}" for e, d in nano_train.COMBOS}
+
+
+def test_taesd_distillation_loss_drops(autoencoders):
+    taesd = autoencoders[1]["taesd"]
+    assert taesd["distill_heldout"] < taesd["distill_heldout_init"]
+
+
+def test_rescale_vae_is_an_exact_reparametrisation(tiny_convs):
+    torch.manual_seed(0)
+    vae = nano_train.new_vae().eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        mode = vae.encode(x).latent_dist.mode().double()
+        before = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        mean, std = mode.mean(dim=(0, 2, 3)), mode.std(dim=(0, 2, 3))
+        nano_train.rescale_vae(vae, mean, std)
+        scaled = vae.encode(x).latent_dist.mode() * nano_train.SD_SCALING_FACTOR
+        after = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scaled.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(scaled.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-4, rtol=0)
+
+
+def test_pool_mixes_sources_and_is_deterministic():
+    pool = nano_train.make_pool(12, 32, seed=3)
+    assert pool.shape == (12, 32, 32, 3) and pool.dtype == np.uint8
+    assert np.array_equal(pool, nano_train.make_pool(12, 32, seed=3))
+    assert not np.array_equal(pool, nano_train.make_pool(12, 32, seed=4))
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import CLIPTokenizer
+
+    texts = [t for ts in nano_train.training_phrasings().values() for t in ts]
+    folder = nano_train.write_bpe_tokenizer(tmp_path_factory.mktemp("tok"), nano_train.learn_bpe(texts))
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def test_tokenizer_has_whole_word_tokens_for_the_instructions(tokenizer):
+    assert tokenizer.tokenize("make it sepia") == ["make</w>", "it</w>", "sepia</w>"]
+    assert tokenizer.tokenize("Make it SEPIA") == ["make</w>", "it</w>", "sepia</w>"]
+    assert tokenizer.model_max_length == 77
+    assert tokenizer.bos_token == "<|startoftext|>" and tokenizer.eos_token == "<|endoftext|>"
+    words = Counter(w for ts in nano_train.training_phrasings().values() for t in ts for w in t.split())
+    for word, count in words.items():  # a word seen twice is one token; one seen once is spelled in pieces
+        assert (len(tokenizer.tokenize(word)) == 1) == (count >= 2), word
+    assert tokenizer.tokenize("make it brighter") == ["make</w>", "it</w>", "bright", "er</w>"]
+
+
+@pytest.mark.parametrize("text", ["zxqv", "make it look like van Gogh's café ☕", "tint it #ff8800!", "x" * 200])
+def test_tokenizer_falls_back_to_bytes(tokenizer, text):
+    ids = tokenizer(text, truncation=True, max_length=77).input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.unk_token_id not in ids[1:-1]  # nothing lost to <unk>: every byte has a token
+    if len(ids) < 77:  # decoding gives the text back, up to case and spacing
+        assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == text.lower().replace(" ", "")
+
+
+def test_held_out_phrasing_is_not_learned():
+    texts = [t for ts in nano_train.training_phrasings().values() for t in ts]
+    assert procedural.EDITS["sepia"].held_out not in texts
+    assert "" in texts  # the empty prompt is its own class
+
+
+# ------------------------------------------------------------------------------------------ text encoder
+
+
+@pytest.fixture(scope="module")
+def text_encoder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("te") / "model"
+    metrics = nano_train.train_text_encoder(out, steps=30, batch_size=8, log=lambda line: None)
+    return out, metrics
+
+
+def test_text_encoder_loss_drops_and_accuracy_is_reported(text_encoder):
+    _, metrics = text_encoder
+    assert metrics["train"]["loss_last"] < metrics["train"]["loss_first"]
+    assert set(metrics["heldout_predictions"]) == {e.held_out for e in procedural.EDITS.values()}
+    assert 0 <= metrics["heldout_accuracy"]["pooled"] <= 1
+
+
+def test_text_encoder_folders_are_standard(text_encoder):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    out, metrics = text_encoder
+    assert {p.name for p in (out / "tokenizer").iterdir()} >= {"vocab.json", "merges.txt", "tokenizer_config.json"}
+    tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    assert len(tok) == metrics["tokens"]
+    model = CLIPTextModel.from_pretrained(out / "text_encoder", use_safetensors=True)
+    ids = tok(["make it sepia"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert model(ids).last_hidden_state.shape == (1, 77, 64)
+
+
+def test_trained_parts_build_the_mobile_pipeline(autoencoders, text_encoder, tmp_path, tiny_convs):
+    from movie_core.composer import build, compose
+    from movie_core.recipe import preset
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for sub in ("vae", "taesd"):
+        shutil.copytree(autoencoders[0] / sub, model / sub)
+    for sub in ("tokenizer", "text_encoder"):
+        shutil.copytree(text_encoder[0] / sub, model / sub)
+    spec = get_registry().get("denoiser", "mobile-pix2pix")
+    random = spec.load_factory()(BuildContext(size="nano"), spec.make_config())
+    random.unet.save_pretrained(model / "unet", safe_serialization=True)
+
+    recipe = preset("mobile").replace(size="nano", steps=1)
+    pipe = build(compose(recipe), model=model)
+    assert len(pipe.denoiser.tokenizer) == text_encoder[1]["tokens"]
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    out = pipe.edit_images(images, "make it sepia", generator=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and torch.isfinite(out).all()
