@@ -117,6 +117,35 @@ def bench_pipeline(pipe, *, height: int, width: int, frames: int = 8, batch_size
     }
 
 
+def compare_backends(recipe, names: list[str], model: Path | None, rounds: int = 3, **kw: Any) -> dict[str, Any]:
+    """The same recipe through each named backend, timed in interleaved rounds (load drifts); the first is the reference.
+
+    Each backend gets its own pipeline, built and bound once; every round times each of them in turn,
+    and a backend's figures are those of its median round.
+    """
+    from movie_core.backends import bind
+
+    pipes = {}
+    for name in names:
+        pipes[name] = build(compose(recipe.replace(backend=name)), model=model)
+        bind(pipes[name])
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name, pipe in pipes.items():
+            runs[name].append(bench_pipeline(pipe, **kw))
+    results = {}
+    for name, rs in runs.items():
+        median_round = sorted(rs, key=lambda r: r["ms_per_frame"])[len(rs) // 2]
+        results[name] = median_round | {"rounds_ms_per_frame": [r["ms_per_frame"] for r in rs]}
+    ref = results[names[0]]["ms_per_frame"]
+    for r in results.values():
+        r[f"speedup_vs_{names[0]}"] = ref / r["ms_per_frame"]
+    first = results[names[0]]
+    return {"recipe": recipe.components() | {"size": recipe.size}, "height": first["height"], "width": first["width"],
+            "frames": first["frames"], "batch_size": first["batch_size"], "repeats": first["repeats"],
+            "rounds": rounds, "threads": first["threads"], "backends": results}
+
+
 def bench_diffusers(pipe_base, *, height: int, width: int, repeats: int, steps: int = 10,
                     prompt: str = "make it look like a watercolor painting") -> float:
     """Median ms of one call (one frame) of diffusers' StableDiffusionInstructPix2PixPipeline on the base modules."""
@@ -146,7 +175,10 @@ def bench_diffusers(pipe_base, *, height: int, width: int, repeats: int, steps: 
 def run(composition: Composition, model: Path | None, *, height: int, width: int, frames: int, batch_size: int,
         repeats: int, compare: str | None = None) -> dict[str, Any]:
     """Benchmark a composed recipe, optionally against diffusers' InstructPix2Pix pipeline in the same run."""
+    from movie_core.backends import bind
+
     pipe = build(composition, model=model)
+    bind(pipe)
     result = bench_pipeline(pipe, height=height, width=width, frames=frames, batch_size=batch_size, repeats=repeats)
     if compare == "diffusers":
         r = composition.recipe

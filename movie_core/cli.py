@@ -249,6 +249,7 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
     from fractions import Fraction
 
     from movie_core import video
+    from movie_core.backends import bind as bind_backend
     from movie_core.composer import build, compose as do_compose
     from movie_core.edit import SizePolicy, edit_video
 
@@ -263,6 +264,7 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
         if preview:
             video.check_output(preview, input_path, overwrite=True)
         pipe = build(comp, model=model)
+        bind_backend(pipe)
         for note in pipe.notes:
             click.echo(f"note: {note}", err=True)
         if pipe.denoiser.tokenize([prompt])[1][0]:
@@ -290,11 +292,35 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
 @click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON result to this file.")
 def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, compare: str | None,
           as_json: bool, save: str | None, **kw: Any) -> None:
-    """Per-component and per-frame latency, frames/s and peak memory of a recipe."""
+    """Per-component and per-frame latency, frames/s and peak memory of a recipe.
+
+    --backend A,B,C times the same recipe through each backend in one run (e.g. eager,onnx,compile),
+    in three interleaved rounds; each backend reports its median round.
+    """
     from movie_core import bench as bench_mod
     from movie_core.composer import compose as do_compose
 
+    backend_names = [b.strip() for b in (kw.pop("backend", None) or "").split(",") if b.strip()]
     recipe, model, _ = resolve_recipe(kw, builtin=True)
+    if len(backend_names) > 1:
+        if compare:
+            raise UsageError("--compare diffusers times one backend; pass a single --backend with it")
+        result = bench_mod.compare_backends(recipe, backend_names, model, height=height, width=width, frames=frames,
+                                            batch_size=batch_size, repeats=repeats)
+        if save:
+            Path(save).write_text(json.dumps(result, indent=2) + "\n")
+        if as_json:
+            _emit(result)
+            return
+        r = result["recipe"]
+        click.echo(f"{height}x{width}, batch {batch_size}, {r['denoiser']} + {r['encoder']}/{r['decoder']} ({r['size']}), "
+                   f"median of {result['rounds']} interleaved rounds:")
+        for name, r in result["backends"].items():
+            click.echo(f"  {name:9} {r['ms_per_frame']:8.1f} ms/frame  {r['frames_per_s']:7.2f} frames/s  "
+                       f"x{r['speedup_vs_' + backend_names[0]]:.2f} vs {backend_names[0]}")
+        return
+    if backend_names:
+        recipe = recipe.replace(backend=backend_names[0])
     result = bench_mod.run(do_compose(recipe), model, height=height, width=width, frames=frames,
                            batch_size=batch_size, repeats=repeats, compare=compare)
     if save:

@@ -83,6 +83,13 @@ class Denoiser(torch.nn.Module):
     def predict(self, x_t, t, image_latents, text_emb, s_I: float, s_T: float) -> torch.Tensor:
         raise NotImplementedError
 
+    def unet_graph_inputs(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> list[torch.Tensor]:
+        """One UNet pass's inputs for a static graph (time and guidance sinusoids computed on the host).
+
+        Needed by the graph backends (onnx, hexagon, tensorrt, aihub); see movie_core.backends.UNetGraph.
+        """
+        raise NotImplementedError
+
     def make_scheduler(self):
         raise NotImplementedError
 

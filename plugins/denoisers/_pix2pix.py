@@ -172,6 +172,19 @@ class Pix2PixDenoiser(Denoiser):
         labels = self.guidance_labels(s_I, s_T, x.shape[0], x) if self.stage_info.embedded else None
         return self.unet(torch.cat([x, cond], dim=1), t, encoder_hidden_states=text_emb, class_labels=labels).sample
 
+    def unet_graph_inputs(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> list[torch.Tensor]:
+        """unet_forward's inputs for a static graph: the time and guidance sinusoids computed here, on the host.
+
+        [sample (x and the unscaled image latents), time_features, text_emb] + [guidance_features] when embedded.
+        """
+        batch = x.shape[0]
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(batch)
+        time_features = self.unet.time_proj(t).to(x.dtype)
+        inputs = [torch.cat([x, image_latents / SD_SCALING_FACTOR], dim=1), time_features, text_emb]
+        if self.stage_info.embedded:
+            inputs.append(self.guidance_labels(s_I, s_T, batch, x))
+        return inputs
+
     def predict(self, x_t, t, image_latents, text_emb, s_I, s_T, null_emb=None) -> torch.Tensor:
         """The guided model output for one step: Eq. 1 with three passes, or one embedded pass."""
         batch = x_t.shape[0]
