@@ -626,6 +626,10 @@ def _intro(result: dict[str, Any]) -> list[str]:
             f"distilled from the previous one. Data: {b.get('count', '?')} procedural image triplets and "
             f"{b.get('videos', '?')} videos (dataset seed {b.get('seed', '?')}, 12 global edits with closed-form "
             f"ground truth) at {b.get('resolution', '?')}x{b.get('resolution', '?')}, batch {b.get('batch_size', '?')}.")
+        for part, dev in (chain.get("trained_on") or {}).items():
+            if dev != device:
+                out[-1] += (f" Exception: the {part} stage ran on {dev}"
+                            f"{' (batch 64)' if part == 'autoencoders' else ''}; its time below is that run's.")
         out += ["", "| stage | what | steps | seconds |", "| --- | --- | ---: | ---: |"]
         what = {
             "data": ("`movie data nano`", "count"), "autoencoders": ("SD VAE + TAESD distilled to its latents", "vae_steps"),
