@@ -486,6 +486,18 @@ def train_autoencoders(
     return metrics
 
 
+def _finish_part(ckpt: Path, name: str, model, part_metrics: dict[str, Any], final: Path,
+                 leftovers: tuple[str, ...]) -> None:
+    """Save a finished part into the checkpoint folder (temp folder renamed), with its metrics; drop its work files."""
+    tmp = ckpt / f"{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    (ckpt / f"{name}_metrics.json").write_text(json.dumps(part_metrics, indent=2) + "\n")
+    tmp.replace(final)
+    for leftover in leftovers:
+        (ckpt / leftover).unlink()
+
+
 def _train_vae(ckpt: Path, pool: torch.Tensor, config: dict[str, Any], device: str, checkpoint_seconds: float,
                log: Log, metrics: dict[str, Any]) -> AutoencoderKL:
     """Train (or resume, or reload when finished) the VAE, then rescale it; saved as ckpt/vae."""
@@ -508,12 +520,7 @@ def _train_vae(ckpt: Path, pool: torch.Tensor, config: dict[str, Any], device: s
                    checkpoint_seconds=checkpoint_seconds, log=log)
     vae_metrics = _rescale(vae, pool, device, log)
     vae_metrics["vae"] = _part_summary(state, "rec")
-    tmp = ckpt / "vae.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp, safe_serialization=True)
-    (ckpt / "vae_metrics.json").write_text(json.dumps(vae_metrics, indent=2) + "\n")
-    tmp.replace(final)
-    (ckpt / "vae_state.pt").unlink()
+    _finish_part(ckpt, "vae", vae, vae_metrics, final, leftovers=("vae_state.pt",))
     metrics.update(vae_metrics)
     return vae
 
@@ -579,13 +586,7 @@ def _train_taesd(ckpt: Path, pool: torch.Tensor, vae: AutoencoderKL, config: dic
         distill = F.mse_loss(tae.encoder(probe), probe_target).item()
     taesd_metrics = {"taesd": _part_summary(state, "distill") | {"distill_heldout_init": round(distill_init, 5),
                                                                  "distill_heldout": round(distill, 5)}}
-    tmp = ckpt / "taesd.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tae.save_pretrained(tmp, safe_serialization=True)
-    (ckpt / "taesd_metrics.json").write_text(json.dumps(taesd_metrics, indent=2) + "\n")
-    tmp.replace(final)
-    (ckpt / "taesd_state.pt").unlink()
-    (ckpt / "taesd_targets.pt").unlink()
+    _finish_part(ckpt, "taesd", tae, taesd_metrics, final, leftovers=("taesd_state.pt", "taesd_targets.pt"))
     metrics.update(taesd_metrics)
     return tae
 

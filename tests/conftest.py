@@ -12,6 +12,18 @@ import pytest
 PLUGIN_ENV = ("MOVIE_DISABLE_PLUGIN_AUTOLOAD", "MOVIE_BLOCK_PLUGINS")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (use with pytest.mark.usefixtures): the CI machine's cores are shared, and
+    OpenMP spin-waits stall when they are busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def clean_plugins(monkeypatch):
     """No plugin env vars from the caller's shell, and plugins reloaded before and after the test."""

@@ -30,15 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 RES = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the CI machine's cores are shared, and OpenMP spin-waits stall when they are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def distiller(name: str, **options):
     from movie_core.plugins import get_registry
 
