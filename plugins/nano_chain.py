@@ -25,8 +25,9 @@ import click
 from movie_core.errors import UsageError
 from movie_core.hookspecs import hookimpl
 
-SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-pix2pix-1step")
+SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step")
 SHARED_AUTOENCODERS = ("vae", "taesd")
+SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, where all stages have the same
 
 
 @attrs.frozen(kw_only=True)
@@ -134,20 +135,32 @@ def _with_taesd(src: Path, out: Path) -> None:
     build(compose(recipe), model=src).save_pretrained(out)
 
 
+def _same_folder(a: Path, b: Path) -> bool:
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and all(
+        (a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
 def ship(work: Path, dest: Path) -> None:
-    """Lay the trained family out as built-in models: dest/autoencoders/{vae,taesd}, dest/<stage>/ (no autoencoders,
-    which the manifest's "components" map points to the shared folder)."""
+    """Lay the trained family out as built-in models: dest/autoencoders/{vae,taesd}, dest/text/{text_encoder,
+    tokenizer} and dest/<stage>/ (the UNet and manifest; the manifest's "components" map points to the shared
+    folders). The vpred stage ships too: it is the adversarial stage's teacher and start (`nano:vpred`)."""
     tmp = dest.with_name(f".{dest.name}.movie-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in SHARED_AUTOENCODERS:
         shutil.copytree(work / "autoencoders" / name, tmp / "autoencoders" / name)
+    for name in SHARED_TEXT:
+        shutil.copytree(work / SHIPPED_STAGES[0] / name, tmp / "text" / name)
     chain = json.loads((work / "chain.json").read_text()) if (work / "chain.json").is_file() else {}
     for stage in SHIPPED_STAGES:
-        shutil.copytree(work / stage, tmp / stage, ignore=shutil.ignore_patterns(*SHARED_AUTOENCODERS, "*.train"))
+        shared = [n for n in SHARED_TEXT if _same_folder(work / stage / n, tmp / "text" / n)]
+        shutil.copytree(work / stage, tmp / stage,
+                        ignore=shutil.ignore_patterns(*SHARED_AUTOENCODERS, *shared, "*.train"))
         manifest_path = tmp / stage / "movie.json"
         manifest = json.loads(manifest_path.read_text())
-        manifest["components"] = {name: f"../autoencoders/{name}" for name in SHARED_AUTOENCODERS}
+        manifest["components"] = {**{name: f"../autoencoders/{name}" for name in SHARED_AUTOENCODERS},
+                                  **{name: f"../text/{name}" for name in shared}}
         manifest["builtin"] = {"family": "nano", "chain": chain.get("budget"), "device": chain.get("device")}
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (tmp / "chain.json").write_text(json.dumps(chain, indent=2) + "\n")

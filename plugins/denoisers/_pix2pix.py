@@ -25,7 +25,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from movie_core.components import BuildContext, Denoiser
 from movie_core.errors import MovieError
-from movie_core.weights import check_folder, read_manifest, use_safetensors
+from movie_core.weights import check_folder, component_folder, read_manifest, use_safetensors
 from movie_plugins.denoisers._tokenizer import CLIP_VOCAB_SIZE, byte_tokenizer
 
 SD_SCALING_FACTOR = 0.18215
@@ -262,12 +262,15 @@ def build(stage_name: str, ctx: BuildContext, config) -> Pix2PixDenoiser:
 
 
 def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
-    """Load a diffusers-format folder (unet/, text_encoder/, tokenizer/), checking the architecture."""
-    for sub in ("unet", "text_encoder", "tokenizer"):
-        if not (root / sub).is_dir():
+    """Load a diffusers-format folder (unet/, text_encoder/, tokenizer/), checking the architecture.
+
+    text_encoder/ and tokenizer/ may live in a folder shared by several models (the manifest's "components" map)."""
+    folders = {sub: component_folder(root, sub) for sub in ("unet", "text_encoder", "tokenizer")}
+    for sub, folder in folders.items():
+        if folder is None or (sub == "unet" and folder != root / sub):
             raise MovieError(f"{root} has no {sub}/ folder: not a diffusers-format model for '{stage.name}'")
     check_folder(root / "unet")
-    check_folder(root / "text_encoder")
+    check_folder(folders["text_encoder"])
     unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=use_safetensors())
     expected = unet_config("nano", stage)
     have_top = unet.config.down_block_types[0]
@@ -284,8 +287,8 @@ def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
         raise MovieError(
             f"{root} predicts {manifest['prediction_type']}, but '{stage.name}' expects {stage.prediction_type}"
         )
-    text = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=use_safetensors())
-    tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+    text = CLIPTextModel.from_pretrained(folders["text_encoder"], use_safetensors=use_safetensors())
+    tokenizer = CLIPTokenizer.from_pretrained(folders["tokenizer"])
     standin = bool(manifest and manifest.get("standin_tokenizer"))  # saved from a full-size random init
     return Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin)
 

@@ -144,7 +144,11 @@ class GuidedRegressionDistiller(BuiltinDistiller):
         with torch.no_grad():
             target = self.target(x_t, t, src, emb, s_i, s_t, alpha, sigma)
         pred = self.student.unet_forward(x_t, t, src, emb, s_i, s_t)
-        loss = self.options.loss_weight * F.mse_loss(pred.float(), target.float())
+        if getattr(self.options, "weighting", "uniform") == "relative":
+            err = (pred.float() - target.float()).pow(2).flatten(1).sum(1)
+            loss = self.options.loss_weight * (err / target.float().pow(2).flatten(1).sum(1).clamp_min(1e-6)).mean()
+        else:
+            loss = self.options.loss_weight * F.mse_loss(pred.float(), target.float())
         self.step_optimizer(loss, self.optimizers[0], self.student.unet)
         return {"loss": loss.item()}
 
