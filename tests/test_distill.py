@@ -131,6 +131,29 @@ def test_finetune_options_are_validated():
         spec.make_config(stage="mobile-pix2pix-1step")
 
 
+def test_vpred_weighting_option():
+    """'relative' scores each example by its relative error, so scaling one example's target and prediction by k
+    leaves it unchanged, where 'uniform' (the plain MSE) scales that example's share by k^2."""
+    from movie_plugins.distillers._common import regression_loss
+
+    from movie_core.errors import UsageError
+    from movie_core.plugins import get_registry
+
+    g = torch.Generator().manual_seed(0)
+    target, pred = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    scale = torch.tensor([1.0, 10.0]).view(2, 1, 1, 1)
+    rel = regression_loss(pred, target, "relative")
+    torch.testing.assert_close(regression_loss(pred * scale, target * scale, "relative"), rel)
+    by_hand = ((pred - target).pow(2).flatten(1).sum(1) / target.pow(2).flatten(1).sum(1)).mean()
+    torch.testing.assert_close(rel, by_hand)
+    uniform = regression_loss(pred * scale, target * scale, "uniform")
+    assert uniform > 20 * regression_loss(pred, target, "uniform")
+    spec = get_registry().get("distiller", "vpred")
+    assert spec.make_config().weighting == "uniform"
+    with pytest.raises(UsageError, match="weighting"):
+        spec.make_config(weighting="snr")
+
+
 def finetune_loss(folder: Path, data: Path) -> float:
     """Held-out denoising loss (the training objective, no dropout) over fixed (t, noise) draws."""
     from movie_plugins.distillers._common import alphas_cumprod

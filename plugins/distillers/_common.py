@@ -127,6 +127,17 @@ class BuiltinDistiller(Distiller):
         return alpha * x0 + sigma * noise, alpha, sigma
 
 
+def regression_loss(pred: torch.Tensor, target: torch.Tensor, weighting: str = "uniform") -> torch.Tensor:
+    """'uniform': mean squared error; 'relative': per example ||pred - target||^2 / ||target||^2, averaged."""
+    import torch.nn.functional as F
+
+    pred, target = pred.float(), target.float()
+    if weighting == "uniform":
+        return F.mse_loss(pred, target)
+    err = (pred - target).pow(2).flatten(1).sum(1)
+    return (err / target.pow(2).flatten(1).sum(1).clamp_min(1e-6)).mean()
+
+
 class GuidedRegressionDistiller(BuiltinDistiller):
     """mmg and vpred: regress the student's one pass onto a teacher-derived target at random (s_I, s_T)."""
 
@@ -134,8 +145,6 @@ class GuidedRegressionDistiller(BuiltinDistiller):
         raise NotImplementedError
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
-        import torch.nn.functional as F
-
         src, x0, emb = self.encode_batch(batch)
         n = x0.shape[0]
         t = sample_timesteps(n, x0.device)
@@ -144,11 +153,7 @@ class GuidedRegressionDistiller(BuiltinDistiller):
         with torch.no_grad():
             target = self.target(x_t, t, src, emb, s_i, s_t, alpha, sigma)
         pred = self.student.unet_forward(x_t, t, src, emb, s_i, s_t)
-        if getattr(self.options, "weighting", "uniform") == "relative":
-            err = (pred.float() - target.float()).pow(2).flatten(1).sum(1)
-            loss = self.options.loss_weight * (err / target.float().pow(2).flatten(1).sum(1).clamp_min(1e-6)).mean()
-        else:
-            loss = self.options.loss_weight * F.mse_loss(pred.float(), target.float())
+        loss = self.options.loss_weight * regression_loss(pred, target, getattr(self.options, "weighting", "uniform"))
         self.step_optimizer(loss, self.optimizers[0], self.student.unet)
         return {"loss": loss.item()}
 
