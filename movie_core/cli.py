@@ -14,7 +14,7 @@ from movie_core.errors import MovieError, UsageError
 
 RECIPE_FLAGS = (
     "preset", "recipe_file", "vae", "encoder", "decoder", "denoiser", "backend", "size", "init", "model",
-    "steps", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor",
+    "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor",
 )
 
 
@@ -40,6 +40,7 @@ def recipe_options(fn: Callable) -> Callable:
         click.option("--init", type=click.Choice(["random"]), help="Build with random weights (no --model needed)."),
         click.option("--model", help="Model folder, single .safetensors file, or a repo id in the local HF cache."),
         click.option("--steps", type=click.IntRange(min=1), help="Sampling steps (default: the denoiser's)."),
+        click.option("--scheduler", help="Sampler: ddim, euler, euler-ancestral or lcm (default: the denoiser's)."),
         click.option("--text-guidance", type=float, callback=_guidance, help="Text guidance scale s_T."),
         click.option("--image-guidance", type=float, callback=_guidance, help="Image guidance scale s_I."),
         click.option("--seed", type=int, help="Random seed (weights at --init random, and noise)."),
@@ -77,7 +78,7 @@ def resolve_recipe(kw: dict[str, Any], builtin: bool = False):
         base = recipes.make_recipe(manifest["recipe"]) if manifest and "recipe" in manifest else recipes.preset("movie")
     changes = {
         key: flags[key]
-        for key in ("encoder", "decoder", "denoiser", "backend", "size", "steps", "text_guidance",
+        for key in ("encoder", "decoder", "denoiser", "backend", "size", "steps", "scheduler", "text_guidance",
                     "image_guidance", "seed", "device", "dtype", "anchor", "vae")
         if flags[key] is not None
     }

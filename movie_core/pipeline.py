@@ -36,7 +36,9 @@ class Pipeline:
             spec = specs[slot]
             key = (spec.family, spec.name)
             if key not in built:
-                built[key] = spec.load_factory()(ctx, spec.make_config())
+                # the recipe's sampler goes to the denoiser's config (a denoiser without that option says so)
+                values = {"scheduler": recipe.scheduler} if slot == "denoiser" and recipe.scheduler else {}
+                built[key] = spec.load_factory()(ctx, spec.make_config(**values))
         backend = specs["backend"].load_factory()()
         return cls(
             composition,

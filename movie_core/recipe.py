@@ -24,6 +24,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 _RESOLUTION = re.compile(r"^(keep|max-side:\d+|\d+x\d+)$")
 _ANCHOR = re.compile(r"^(middle|first|none|\d+)$")
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+_SCHEDULER = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # which names exist is the denoiser's to say
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -53,6 +54,7 @@ class Recipe:
     denoiser: str = "mobile-pix2pix-1step"
     backend: str = "eager"
     steps: int | None = attrs.field(default=None, validator=_positive)
+    scheduler: str | None = attrs.field(default=None, validator=attrs.validators.optional(_matches(_SCHEDULER, "a sampler name such as ddim, euler, euler-ancestral or lcm")))
     text_guidance: float = attrs.field(default=7.5, converter=float, validator=_non_negative)
     image_guidance: float = attrs.field(default=1.5, converter=float, validator=_non_negative)
     seed: int = attrs.field(default=0, converter=int)

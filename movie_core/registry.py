@@ -56,7 +56,9 @@ class ComponentSpec:
         try:
             return self.config(**values)
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"bad option for {self.family} '{self.name}': {exc}") from exc
+            # attrs' built-in validators raise with (message, attribute, ...): keep the message only
+            message = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else exc
+            raise UsageError(f"bad option for {self.family} '{self.name}': {message}") from exc
 
 
 class UnknownComponentError(UsageError):

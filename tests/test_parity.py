@@ -25,7 +25,7 @@ PROMPT = "make it snowy"
 STEPS = 3
 S_T, S_I = 7.5, 1.5
 ATOL = 1e-4
-SCHEDULERS = ("euler-ancestral", "euler")
+SCHEDULERS = ("euler-ancestral", "euler", "ddim")
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +122,9 @@ def test_parity_from_pixels(base, image, from_pixels, scheduler, record_property
     # that round trip moves the image condition by ~1 ulp, which 3 steps of CFG with sigma ~15 and
     # s_T = 7.5 amplify through a random-weight UNet (measured: ~1e-4 on latents of magnitude ~50 with
     # 128-channel nano blocks, ~1.6e-2 with 64-channel ones, i.e. up to ~3e-4 relative). With identical
-    # image latents (test_parity_same_image_latents) the results are bit-identical.
-    assert diff <= pixel_tolerance(theirs), diff
+    # image latents (test_parity_same_image_latents) the results are bit-identical. DDIM's first step divides
+    # the epsilon difference by sqrt(alpha_bar_901) ~ 0.1 (measured 1.2e-3 relative here), hence twice the room.
+    assert diff <= pixel_tolerance(theirs) * (2 if scheduler == "ddim" else 1), diff
 
 
 def pixel_tolerance(theirs: torch.Tensor) -> float:

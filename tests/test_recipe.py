@@ -17,7 +17,7 @@ TABLE_1 = {
 
 CUSTOM = Recipe(encoder="sd-vae", decoder="taesd", denoiser="mobile-pix2pix", backend="eager", steps=3,
                 text_guidance=5.5, image_guidance=1.25, seed=42, size="nano", resolution="max-side:512",
-                anchor="0", device="cuda:1", dtype="float16")
+                anchor="0", device="cuda:1", dtype="float16", scheduler="euler-ancestral")
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -84,6 +84,7 @@ def test_unknown_key_in_flat_values():
         ('resolution = "big"', "resolution"),
         ('device = "tpu"', "device"),
         ('dtype = "float8"', "dtype"),
+        ('scheduler = "DDIM sampler"', "scheduler"),
     ],
 )
 def test_bad_values_are_usage_errors(options, field):
@@ -120,3 +121,21 @@ def test_replace_vae_sets_both_and_leaves_original():
     assert (r.encoder, r.decoder) == ("sd-vae", "sd-vae")
     assert hybrid.replace(encoder="sd-vae") == attrs.evolve(hybrid, encoder="sd-vae")
     assert hybrid.denoiser == "instruct-pix2pix" and hybrid.steps == 10
+
+
+@pytest.mark.parametrize("scheduler, expected", [(None, "ddim"), ("euler-ancestral", "euler-ancestral"), ("euler", "euler")])
+def test_recipe_scheduler_reaches_the_denoiser(scheduler, expected):
+    """The multi-step stages default to DDIM; the recipe's `scheduler` picks another sampler."""
+    from movie_core.composer import build, compose
+
+    pipe = build(compose(preset("base").replace(size="nano", scheduler=scheduler)), meta=True)
+    assert pipe.denoiser.scheduler_name == expected
+    assert type(pipe.denoiser.make_scheduler()).__name__.lower().startswith(expected.replace("-", ""))
+
+
+def test_unknown_scheduler_is_one_line_from_the_denoiser():
+    from movie_core.composer import build, compose
+
+    with pytest.raises(UsageError, match=r"^bad option for denoiser 'mobile-pix2pix': 'scheduler' must be in") as info:
+        build(compose(preset("mobile").replace(size="nano", scheduler="heun")), meta=True)
+    assert "\n" not in str(info.value) and "Attribute(" not in str(info.value)

@@ -1,9 +1,17 @@
 """InstructPix2Pix and its MoViE descendants: one UNet family, four stages (paper Sec. 3).
 
-instruct-pix2pix      SD-1.5 UNet with 8 input channels, 3-pass CFG (Eq. 1), epsilon, Euler ancestral, 10 steps
+instruct-pix2pix      SD-1.5 UNet with 8 input channels, 3-pass CFG (Eq. 1), epsilon, DDIM, 10 steps
 mobile-pix2pix        the same without self-/cross-attention at the highest UNet resolution
 mobile-pix2pix-mmg    + guidance-scale embeddings (s_I, s_T) added to the time embedding, one pass per step
 mobile-pix2pix-1step  + v-prediction, LCM scheduler, 1 step, guidance embeddings kept
+
+The multi-step stages sample with deterministic DDIM (eta 0) by default; the paper does not name its sampler, and
+InstructPix2Pix's own scripts use Euler ancestral. Measured on the nano family (held-out procedural edits, 10
+steps, s_T 7.5, s_I 1.5, PSNR against the ground truth): DDIM 14.8 dB vs Euler ancestral 11.2 dB for the base
+model, and 11.9 vs 7.7 (mobile) and 13.5 vs 7.6 (mmg) for an earlier, shorter-trained family: with few steps the
+ancestral sampler's fresh noise at each step is more than a small model corrects. Every frame of a video also gets
+the same trajectory without per-step noise. `--denoiser-option scheduler=euler-ancestral` (the DenoiserConfig
+option) brings the ancestral sampler back.
 """
 
 from __future__ import annotations
@@ -45,9 +53,9 @@ class Stage:
 STAGES = {
     s.name: s
     for s in (
-        Stage("instruct-pix2pix", mobile=False, embedded=False, prediction_type="epsilon", scheduler="euler-ancestral", steps=10),
-        Stage("mobile-pix2pix", mobile=True, embedded=False, prediction_type="epsilon", scheduler="euler-ancestral", steps=10),
-        Stage("mobile-pix2pix-mmg", mobile=True, embedded=True, prediction_type="epsilon", scheduler="euler-ancestral", steps=10),
+        Stage("instruct-pix2pix", mobile=False, embedded=False, prediction_type="epsilon", scheduler="ddim", steps=10),
+        Stage("mobile-pix2pix", mobile=True, embedded=False, prediction_type="epsilon", scheduler="ddim", steps=10),
+        Stage("mobile-pix2pix-mmg", mobile=True, embedded=True, prediction_type="epsilon", scheduler="ddim", steps=10),
         Stage("mobile-pix2pix-1step", mobile=True, embedded=True, prediction_type="v_prediction", scheduler="lcm", steps=1),
     )
 }
