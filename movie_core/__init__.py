@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = ("load_plugins", "preset", "load_recipe", "Recipe", "compose", "run_flops", "run_bench", "run_eval", "ablate",
-        "run_grid", "SkipCell", "make_data", "distill", "objective")
+        "run_grid", "SkipCell", "fingerprint", "make_data", "distill", "objective")
 
 __all__ = ["__version__", *_API]
 

@@ -279,9 +279,9 @@ def chart_cost_quality(rows, factors, costs: Sequence[str], quality: str, path: 
             ax.scatter(x, y, color=f"C{k % 10}", s=40)
             ax.annotate(_label(r["settings"], factors), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
-        ax.tick_params(axis="x", which="minor", labelsize=6)
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set(xlabel=f"{cost} (log)", ylabel=quality, title=f"{quality} vs {cost}")
         ax.margins(x=0.3, y=0.15)
     fig.suptitle(title, fontsize=10)
@@ -453,6 +453,12 @@ def _fingerprint(paths: Sequence[Path], cap: int = 256 * 2**20) -> str:
             st = p.stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def data_fingerprint(data: Path, split: str | None = None) -> str:
+    """A hash of a dataset's files (only the split's folder when it has one: other splits may change freely)."""
+    data = Path(data)
+    return _fingerprint([data / split if split and (data / split).is_dir() else data])
 
 
 def model_fingerprint(folder: Path) -> str:
@@ -636,7 +642,7 @@ def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None =
         if not data.exists():
             raise UsageError(f"no such dataset: {data}")
         nano_hw = _data_resolution(data, split)
-        data_id = _fingerprint([data])
+        data_id = data_fingerprint(data, split)
     needs_weights = bool({"bench", "eval"} & set(measures))
     target = _check_out(out)
     opts = {"height": height, "width": width, "nano_hw": nano_hw, "bench_size": bench_size,
@@ -683,7 +689,8 @@ def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None =
     evals = [r["details"]["eval"] for r in rows if r["status"] == "ok" and "eval" in r["details"]]
     if evals:
         ident = evals[0]["identity"]
-        notes.append(f"eval: {evals[0]['count']} samples of split '{split}' of {data}; the source left unchanged "
+        notes.append(f"eval: {evals[0]['count']} samples of the '{split}' split of dataset {Path(data).name}/ (files hash "
+                     f"{data_id}); the source left unchanged "
                      f"scores PSNR {ident['psnr']:.2f} dB, SSIM {ident['ssim']:.3f}")
     if needs_weights:
         notes.append("weights: " + (str(model) if model is not None else

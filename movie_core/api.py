@@ -18,7 +18,7 @@ from movie_core.recipe import PRESETS, Recipe, preset
 
 __all__ = [
     "load_plugins", "preset", "load_recipe", "Recipe", "compose", "run_flops", "run_bench", "run_eval", "ablate",
-    "run_grid", "SkipCell", "make_data", "distill", "objective",
+    "run_grid", "SkipCell", "fingerprint", "make_data", "distill", "objective",
 ]
 
 RecipeLike = Recipe | str | Path
@@ -162,6 +162,18 @@ def ablate(base: RecipeLike, vary: Mapping[str, Sequence[Any]] | None = None, *,
                            model=model, split=split, limit=limit, batch_size=batch_size, height=height, width=width,
                            bench_size=bench_size, bench_frames=bench_frames, bench_repeats=bench_repeats, title=title,
                            log=log)
+
+
+def fingerprint(target: str | Path) -> str:
+    """A short content hash of a model (folder, .safetensors file, `nano:<stage>`) or a dataset folder; put it in a
+    run_grid config so that cells are measured again when the weights or the data change."""
+    from movie_core.ablation import data_fingerprint, model_fingerprint
+    from movie_core.weights import MANIFEST, resolve_model
+
+    path = Path(target)
+    if path.is_dir() and not (path / MANIFEST).is_file():
+        return data_fingerprint(path)
+    return model_fingerprint(resolve_model(target))
 
 
 def make_data(out: str | Path, *, count: int = 2000, videos: int = 0, size: int = 64, seed: int = 0,
