@@ -6,6 +6,8 @@ FLOPs are the full-size architecture's at 480x480. Writes docs/results/ablations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -31,5 +33,7 @@ with tempfile.TemporaryDirectory() as tmp:
 if result["run"]["computed"]:  # the wall time of a run that measured something, for the results page
     (args.out / "run.json").write_text(json.dumps({
         "command": " ".join(["python", "examples/fig7_autoencoders.py", *sys.argv[1:]]),
-        "wall_seconds": round(time.perf_counter() - started, 1), **result["run"]}, indent=2) + "\n")
+        "wall_seconds": round(time.perf_counter() - started, 1), **result["run"],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+                   f"load average {os.getloadavg()[0]:.1f} at the end"}, indent=2) + "\n")
 print(open(result["files"]["markdown"]).read())

@@ -7,6 +7,8 @@ PSNR/SSIM on held-out procedural edits. Writes docs/results/ablations/table1_lad
 
 import argparse
 import json
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -33,5 +35,7 @@ with tempfile.TemporaryDirectory() as tmp:
 if result["run"]["computed"]:
     (args.out / "run.json").write_text(json.dumps({
         "command": " ".join(["python", "examples/table1_ladder.py", *sys.argv[1:]]),
-        "wall_seconds": round(time.perf_counter() - started, 1), **result["run"]}, indent=2) + "\n")
+        "wall_seconds": round(time.perf_counter() - started, 1), **result["run"],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+                   f"load average {os.getloadavg()[0]:.1f} at the end"}, indent=2) + "\n")
 print(open(result["files"]["markdown"]).read())

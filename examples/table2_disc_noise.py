@@ -10,6 +10,7 @@ and PSNR/SSIM of the 1-step student's edits. Writes docs/results/ablations/table
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -66,5 +67,7 @@ result = movie.run_grid([{"disc_noise_mean": m, "disc_noise_std": s} for m, s in
 if result["run"]["computed"]:
     (args.out / "run.json").write_text(json.dumps({
         "command": " ".join(["python", "examples/table2_disc_noise.py", *sys.argv[1:]]),
-        "wall_seconds": round(time.perf_counter() - started, 1), **result["run"]}, indent=2) + "\n")
+        "wall_seconds": round(time.perf_counter() - started, 1), **result["run"],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+                   f"load average {os.getloadavg()[0]:.1f} at the end"}, indent=2) + "\n")
 print(open(result["files"]["markdown"]).read())

@@ -150,6 +150,10 @@ def _load_cell(path: Path) -> dict[str, Any] | None:
         return None  # unreadable: measured again
 
 
+def _skipped(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    return row | {"status": "skipped", "reason": reason, "metrics": {}, "details": {}, "seconds": 0.0, "reused": False}
+
+
 def execute(plan: Sequence[Planned], out: Path | None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run the planned cells in order, reusing finished ones from out/cells; returns one row per cell."""
     say = log or (lambda message: None)
@@ -163,8 +167,7 @@ def execute(plan: Sequence[Planned], out: Path | None, log: Callable[[str], None
         row: dict[str, Any] = {"key": key, "settings": _jsonable(cell.settings)}
         if cell.skip is not None:
             say(f"{head}: skipped: {cell.skip}")
-            rows.append(row | {"status": "skipped", "reason": cell.skip, "metrics": {}, "details": {},
-                               "seconds": 0.0, "reused": False})
+            rows.append(_skipped(row, cell.skip))
             continue
         config = _jsonable(cell.config)
         path = folder / f"{_file_name(key)}.json" if folder is not None else None
@@ -181,8 +184,7 @@ def execute(plan: Sequence[Planned], out: Path | None, log: Callable[[str], None
             result = cell.measure()
         except SkipCell as exc:
             say(f"{head}: skipped: {exc}")
-            rows.append(row | {"status": "skipped", "reason": str(exc), "metrics": {}, "details": {},
-                               "seconds": 0.0, "reused": False})
+            rows.append(_skipped(row, str(exc)))
             continue
         seconds = time.perf_counter() - started
         metrics, details = _split(result)
@@ -343,18 +345,19 @@ def chart_bars(rows, factors, metrics: Sequence[str], path: Path, title: str, pl
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def write_outputs(rows, factors, out: Path, *, title: str, notes: Sequence[str] = (), cost: Sequence[str] = (),
-                  quality: str | None = None, bars: Sequence[str] | None = None, help: Mapping[str, str] | None = None,
-                  meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """OUT/ablation.csv, .json, .md and the charts (when matplotlib is importable); returns the JSON content."""
+def write_outputs(rows, factors, out: Path | None, *, title: str, notes: Sequence[str] = (),
+                  cost: Sequence[str] = (), quality: str | None = None, bars: Sequence[str] | None = None,
+                  help: Mapping[str, str] | None = None, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The table as plain data; with `out`, also OUT/ablation.csv, .json, .md and the charts (when matplotlib
+    is importable)."""
     cols = columns(rows, factors)
     flat = flat_rows(rows, cols)
     notes = list(notes)
     charts: list[str] = []
-    plt = _pyplot()
-    if plt is None:
+    plt = _pyplot() if out is not None else None
+    if out is not None and plt is None:
         notes.append("charts skipped: matplotlib is not installed (pip install 'movie[plot]')")
-    else:
+    elif out is not None:
         if quality and chart_cost_quality(rows, factors, cost, quality, out / "cost_vs_quality.png", title, plt):
             charts.append("cost_vs_quality.png")
         metric_cols = [c for c in cols if c not in factors and c not in ("status", "reason")]
@@ -377,6 +380,8 @@ def write_outputs(rows, factors, out: Path, *, title: str, notes: Sequence[str] 
                 "cell_seconds": sum(r["seconds"] for r in ok)},
     } | dict(meta or {})
     result = _jsonable(result)
+    if out is None:
+        return result
     md = [f"# {title}", "", markdown_table(flat, cols), ""]
     if result["column_help"]:
         md += [f"- `{c}`: {h}" for c, h in result["column_help"].items()] + [""]
@@ -421,13 +426,8 @@ def run_grid(cells: Sequence[Mapping[str, Any]], measure: Callable[[dict[str, An
     target = _check_out(out)
     plan = [Planned(s, {"config": dict(config or {})}, measure=lambda s=s: measure(dict(s))) for s in settings]
     rows = execute(plan, target, log)
-    result_meta = {"config": _jsonable(dict(config or {}))}
-    if target is None:
-        cols = columns(rows, factors)
-        return {"format": FORMAT, "title": title, "factors": factors, "columns": cols, "rows": flat_rows(rows, cols),
-                "cells": rows, "notes": list(notes)} | result_meta
     return write_outputs(rows, factors, target, title=title, notes=notes, cost=[cost] if isinstance(cost, str) else cost,
-                         quality=quality, bars=bars, meta=result_meta)
+                         quality=quality, bars=bars, meta={"config": dict(config or {})})
 
 
 # -------------------------------------------------------------------------------------- recipe ablations
@@ -442,7 +442,7 @@ def _fingerprint(paths: Sequence[Path], cap: int = 256 * 2**20) -> str:
             files.append((root.name, root))
         elif root.is_dir():
             files += [(f"{root.name}/{p.relative_to(root).as_posix()}", p) for p in sorted(root.rglob("*"))
-                      if p.is_file() and ".train" not in p.parts[-2]]
+                      if p.is_file()]
     total = sum(p.stat().st_size for _, p in files)
     h = hashlib.sha256()
     for name, p in sorted(files):
@@ -605,59 +605,21 @@ def _data_resolution(data: Path, split: str) -> tuple[int, int]:
     return int(first.shape[-3]), int(first.shape[-2])
 
 
-def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None = None, *,
-           one_at_a_time: bool = False, measure: Sequence[str] | str = ("flops",), data: str | Path | None = None,
-           out: str | Path | None = None, size: str | None = None, model: str | Path | None = None,
-           split: str = "test", limit: int | None = None, batch_size: int = 8, height: int = 480, width: int = 480,
-           bench_size: int = 128, bench_frames: int = 4, bench_repeats: int = 2, title: str | None = None,
-           log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Vary recipe slots/options of `base` (a preset name, recipe TOML or Recipe) and measure every cell.
+def _measures(measure: Sequence[str] | str) -> list[str]:
+    names = [m.strip() for m in measure.split(",")] if isinstance(measure, str) else list(measure)
+    unknown = [m for m in names if m not in MEASURES]
+    if not names or unknown:
+        raise UsageError(f"--measure: unknown measure '{unknown[0] if unknown else ''}'; choose from {', '.join(MEASURES)}")
+    return [m for m in MEASURES if m in names]
 
-    The docstring of movie_core.api.ablate is the reference; this is the implementation behind it.
-    """
+
+def _plan(cells, start: Recipe, name: str, size: str | None, model, measures: list[str], depends: dict[str, Any],
+          opts: dict[str, Any]) -> list[Planned]:
+    """Compose every cell; one that does not compose (or has no weights) is planned as skipped, with the reason."""
+    from movie_core.api import resolve_weights
     from movie_core.composer import compose
 
-    measures = [m.strip() for m in measure.split(",")] if isinstance(measure, str) else list(measure)
-    unknown = [m for m in measures if m not in MEASURES]
-    if not measures or unknown:
-        raise UsageError(f"--measure: unknown measure '{unknown[0] if unknown else ''}'; choose from {', '.join(MEASURES)}")
-    measures = [m for m in MEASURES if m in measures]
-    if size is not None and size not in ("full", "nano"):
-        raise UsageError(f"size must be full or nano, got {size!r}")
-    start, name = _start(base)
-    checked = _check_vary(vary or {}, start, name, size)
-    if one_at_a_time and not checked:
-        raise UsageError("--one-at-a-time needs at least one --vary")
-    factors = list(checked)
-    if one_at_a_time:
-        cells = one_at_a_time_cells(checked, _base_values(start, name, factors))
-    else:
-        cells = grid_cells(checked) if checked else [{}]
-    nano_hw = (bench_size, bench_size)
-    data_id = None
-    if "eval" in measures:
-        if data is None:
-            raise UsageError("--measure eval needs --data DIR (a dataset with ground truth, e.g. `movie data nano`)")
-        data = Path(data)
-        if not data.exists():
-            raise UsageError(f"no such dataset: {data}")
-        nano_hw = _data_resolution(data, split)
-        data_id = data_fingerprint(data, split)
     needs_weights = bool({"bench", "eval"} & set(measures))
-    target = _check_out(out)
-    opts = {"height": height, "width": width, "nano_hw": nano_hw, "bench_size": bench_size,
-            "bench_frames": bench_frames, "bench_repeats": bench_repeats, "data": data, "split": split,
-            "limit": limit, "batch_size": batch_size}
-    depends = {"measure": measures, "height": height, "width": width}
-    if "bench" in measures:
-        depends |= {"bench_size": bench_size, "bench_frames": bench_frames, "bench_repeats": bench_repeats}
-    if "eval" in measures:
-        depends |= {"data": data_id, "split": split, "limit": limit}
-    if "flops" in measures:
-        depends |= {"nano_hw": list(nano_hw)}
-
-    from movie_core.api import resolve_weights
-
     fingerprints: dict[Path, str] = {}
     plan = []
     for settings in cells:
@@ -670,44 +632,86 @@ def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None =
             continue
         if weights is not None and weights not in fingerprints:
             fingerprints[weights] = model_fingerprint(weights)
+        model_id = fingerprints[weights] if weights is not None else ("random" if needs_weights else None)
         cell = _Cell(comp, weights)
-        config = depends | {"recipe": attrs.asdict(recipe),
-                            "model": fingerprints.get(weights) if weights is not None else ("random" if needs_weights else None)}
 
-        def run(cell=cell) -> dict[str, Any]:
+        def run(cell: _Cell = cell) -> dict[str, Any]:
             result: dict[str, Any] = {}
             for m in measures:
                 result |= MEASURE_FUNCTIONS[m](cell, opts)
             return result
 
-        plan.append(Planned(settings, config, measure=run))
-    if target is not None:
-        target.mkdir(exist_ok=True)
-    rows = execute(plan, target, log)
-    title = title or f"Ablation of {name}" + (f": {', '.join(factors)}" if factors else "")
+        plan.append(Planned(settings, depends | {"recipe": attrs.asdict(recipe), "model": model_id}, measure=run))
+    return plan
+
+
+def _notes(rows, opts: dict[str, Any], data_id: str | None, model, measures: list[str]) -> list[str]:
     notes = []
     evals = [r["details"]["eval"] for r in rows if r["status"] == "ok" and "eval" in r["details"]]
     if evals:
         ident = evals[0]["identity"]
-        notes.append(f"eval: {evals[0]['count']} samples of the '{split}' split of dataset {Path(data).name}/ (files hash "
-                     f"{data_id}); the source left unchanged "
-                     f"scores PSNR {ident['psnr']:.2f} dB, SSIM {ident['ssim']:.3f}")
-    if needs_weights:
+        notes.append(f"eval: {evals[0]['count']} samples of the '{opts['split']}' split of dataset "
+                     f"{Path(opts['data']).name}/ (files hash {data_id}); the source left unchanged scores PSNR "
+                     f"{ident['psnr']:.2f} dB, SSIM {ident['ssim']:.3f}")
+    if {"bench", "eval"} & set(measures):
         notes.append("weights: " + (str(model) if model is not None else
                                     "the built-in nano model of each cell's denoiser stage (`nano:<stage>`)"))
-    help_ = {c: h.format(height=height, width=width, nano=f"{nano_hw[0]}x{nano_hw[1]}", bench=(
-        f"{bench_size}x{bench_size}, {bench_frames} frames per batch, median of {bench_repeats} repeats after a warm-up"))
-        for c, h in COLUMN_HELP.items()}
+    return notes
+
+
+def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None = None, *,
+           one_at_a_time: bool = False, measure: Sequence[str] | str = ("flops",), data: str | Path | None = None,
+           out: str | Path | None = None, size: str | None = None, model: str | Path | None = None,
+           split: str = "test", limit: int | None = None, batch_size: int = 8, height: int = 480, width: int = 480,
+           bench_size: int = 128, bench_frames: int = 4, bench_repeats: int = 2, title: str | None = None,
+           log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Vary recipe slots/options of `base` (a preset name, recipe TOML or Recipe) and measure every cell.
+
+    movie_core.api.ablate documents the arguments; everything is checked before anything is measured or written.
+    """
+    measures = _measures(measure)
+    if size is not None and size not in ("full", "nano"):
+        raise UsageError(f"size must be full or nano, got {size!r}")
+    start, name = _start(base)
+    checked = _check_vary(vary or {}, start, name, size)
+    if one_at_a_time and not checked:
+        raise UsageError("--one-at-a-time needs at least one --vary")
+    factors = list(checked)
+    if one_at_a_time:
+        cells = one_at_a_time_cells(checked, _base_values(start, name, factors))
+    else:
+        cells = grid_cells(checked) if checked else [{}]
+    nano_hw, data_id = (bench_size, bench_size), None
+    if "eval" in measures:
+        if data is None:
+            raise UsageError("--measure eval needs --data DIR (a dataset with ground truth, e.g. `movie data nano`)")
+        data = Path(data)
+        if not data.exists():
+            raise UsageError(f"no such dataset: {data}")
+        nano_hw, data_id = _data_resolution(data, split), data_fingerprint(data, split)
+    target = _check_out(out)
+    opts = {"height": height, "width": width, "nano_hw": nano_hw, "bench_size": bench_size,
+            "bench_frames": bench_frames, "bench_repeats": bench_repeats, "data": data, "split": split,
+            "limit": limit, "batch_size": batch_size}
+    depends: dict[str, Any] = {"measure": measures, "height": height, "width": width}
+    if "flops" in measures:
+        depends |= {"nano_hw": list(nano_hw)}
+    if "bench" in measures:
+        depends |= {"bench_size": bench_size, "bench_frames": bench_frames, "bench_repeats": bench_repeats}
+    if "eval" in measures:
+        depends |= {"data": data_id, "split": split, "limit": limit}
+    plan = _plan(cells, start, name, size, model, measures, depends, opts)
+    if target is not None:
+        target.mkdir(exist_ok=True)
+    rows = execute(plan, target, log)
+    bench = f"{bench_size}x{bench_size}, {bench_frames} frames per batch, median of {bench_repeats} repeats after a warm-up"
+    help_ = {c: h.format(height=height, width=width, nano=f"{nano_hw[0]}x{nano_hw[1]}", bench=bench)
+             for c, h in COLUMN_HELP.items()}
     meta = {"base": name, "base_recipe": attrs.asdict(start), "measure": measures,
-            "mode": "one-at-a-time" if one_at_a_time else "grid", "config": _jsonable(depends),
+            "mode": "one-at-a-time" if one_at_a_time else "grid", "config": depends,
             "data": str(data) if data is not None else None}
-    cost = [c for c in ("tflops_full", "ms_per_frame") if (c == "tflops_full" and "flops" in measures)
-            or (c == "ms_per_frame" and "bench" in measures)]
-    quality = "psnr" if "eval" in measures else None
-    bars = ["tflops_full", "tflops_nano", "ms_per_frame", "psnr", "ssim"]
-    if target is None:
-        cols = columns(rows, factors)
-        return {"format": FORMAT, "title": title, "factors": factors, "columns": cols, "rows": flat_rows(rows, cols),
-                "cells": rows, "notes": notes, "column_help": {c: h for c, h in help_.items() if c in cols}} | meta
-    return write_outputs(rows, factors, target, title=title, notes=notes, cost=cost, quality=quality, bars=bars,
-                         help=help_, meta=meta)
+    cost = (["tflops_full"] if "flops" in measures else []) + (["ms_per_frame"] if "bench" in measures else [])
+    return write_outputs(rows, factors, target, title=title or f"Ablation of {name}: {', '.join(factors) or 'base'}",
+                         notes=_notes(rows, opts, data_id, model, measures), cost=cost,
+                         quality="psnr" if "eval" in measures else None,
+                         bars=["tflops_full", "tflops_nano", "ms_per_frame", "psnr", "ssim"], help=help_, meta=meta)
