@@ -154,7 +154,8 @@ def _skipped(row: dict[str, Any], reason: str) -> dict[str, Any]:
     return row | {"status": "skipped", "reason": reason, "metrics": {}, "details": {}, "seconds": 0.0, "reused": False}
 
 
-def execute(plan: Sequence[Planned], out: Path | None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def execute(plan: Sequence[Planned], out: Path | None,
+            log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Run the planned cells in order, reusing finished ones from out/cells; returns one row per cell."""
     say = log or (lambda message: None)
     folder = out / CELLS if out is not None else None
@@ -241,7 +242,7 @@ def _csv(flat: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------------------------- charts
 
 
-def _pyplot():
+def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
@@ -256,7 +257,7 @@ def _label(settings: Mapping[str, Any], factors: Sequence[str]) -> str:
     return ", ".join(f"{k}={_text(settings[k])}" for k in factors) or "base"
 
 
-def _save(fig, path: Path, plt, top: float = 1.0) -> None:
+def _save(fig: Any, path: Path, plt: Any, top: float = 1.0) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(tmp, format="png")
@@ -264,7 +265,8 @@ def _save(fig, path: Path, plt, top: float = 1.0) -> None:
     os.replace(tmp, path)
 
 
-def chart_cost_quality(rows, factors, costs: Sequence[str], quality: str, path: Path, title: str, plt) -> bool:
+def chart_cost_quality(rows: Sequence[Mapping[str, Any]], factors: Sequence[str], costs: Sequence[str],
+                       quality: str, path: Path, title: str, plt: Any) -> bool:
     """One scatter per cost column: cost (log x) against quality, each point labelled by its settings."""
     ok = [r for r in rows if r["status"] == "ok" and r["metrics"].get(quality) is not None]
     costs = [c for c in costs if any(r["metrics"].get(c) for r in ok)]
@@ -291,7 +293,8 @@ def chart_cost_quality(rows, factors, costs: Sequence[str], quality: str, path: 
     return True
 
 
-def chart_bars(rows, factors, metrics: Sequence[str], path: Path, title: str, plt) -> bool:
+def chart_bars(rows: Sequence[Mapping[str, Any]], factors: Sequence[str], metrics: Sequence[str], path: Path,
+               title: str, plt: Any) -> bool:
     """One panel per metric. A full grid of two or more factors groups the bars by the first factor;
     otherwise one bar per cell."""
     import numpy as np
@@ -345,9 +348,10 @@ def chart_bars(rows, factors, metrics: Sequence[str], path: Path, title: str, pl
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def write_outputs(rows, factors, out: Path | None, *, title: str, notes: Sequence[str] = (),
-                  cost: Sequence[str] = (), quality: str | None = None, bars: Sequence[str] | None = None,
-                  help: Mapping[str, str] | None = None, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def write_outputs(rows: Sequence[Mapping[str, Any]], factors: Sequence[str], out: Path | None, *, title: str,
+                  notes: Sequence[str] = (), cost: Sequence[str] = (), quality: str | None = None,
+                  bars: Sequence[str] | None = None, help: Mapping[str, str] | None = None,
+                  meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The table as plain data; with `out`, also OUT/ablation.csv, .json, .md and the charts (when matplotlib
     is importable)."""
     cols = columns(rows, factors)
@@ -572,9 +576,10 @@ def _check_vary(vary: Mapping[str, Sequence[Any]], start: Recipe, name: str, siz
         if len(set(texts)) != len(texts):
             raise UsageError(f"--vary {key}: a value is listed twice ({', '.join(texts)})")
         if key == "preset":
-            unknown = [v for v in values if v not in PRESETS]
+            unknown = [v for v in values if v not in PRESETS and v != name]
             if unknown:
-                raise UsageError(f"--vary preset: unknown preset '{unknown[0]}'; presets: {', '.join(PRESETS)}")
+                raise UsageError(f"--vary preset: unknown preset '{unknown[0]}'; presets: {', '.join(PRESETS)} "
+                                 f"(and '{name}', the base)")
         for v in values:
             try:
                 _cell_recipe(start, name, {key: v}, size)
@@ -613,8 +618,8 @@ def _measures(measure: Sequence[str] | str) -> list[str]:
     return [m for m in MEASURES if m in names]
 
 
-def _plan(cells, start: Recipe, name: str, size: str | None, model, measures: list[str], depends: dict[str, Any],
-          opts: dict[str, Any]) -> list[Planned]:
+def _plan(cells: Sequence[dict[str, Any]], start: Recipe, name: str, size: str | None, model: str | Path | None,
+          measures: list[str], depends: dict[str, Any], opts: dict[str, Any]) -> list[Planned]:
     """Compose every cell; one that does not compose (or has no weights) is planned as skipped, with the reason."""
     from movie_core.api import resolve_weights
     from movie_core.composer import compose
@@ -645,7 +650,8 @@ def _plan(cells, start: Recipe, name: str, size: str | None, model, measures: li
     return plan
 
 
-def _notes(rows, opts: dict[str, Any], data_id: str | None, model, measures: list[str]) -> list[str]:
+def _notes(rows: Sequence[Mapping[str, Any]], opts: dict[str, Any], data_id: str | None, model: str | Path | None,
+           measures: list[str]) -> list[str]:
     notes = []
     evals = [r["details"]["eval"] for r in rows if r["status"] == "ok" and "eval" in r["details"]]
     if evals:

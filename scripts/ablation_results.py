@@ -48,7 +48,7 @@ def _fig7(table: dict[str, Any]) -> list[str]:
         "result when the budget goes to the decoder. At nano scale the held-out PSNR of the four pairs spans "
         f"{max(r['psnr'] for r in rows.values()) - min(r['psnr'] for r in rows.values()):.2f} dB "
         f"(best: {best['encoder']} encoder, {best['decoder']} decoder); the nano TAESD was distilled into the nano "
-        "VAE's latent space, so the pairs are closer than the real autoencoders are.",
+        "VAE's latent space ([nano.md](nano.md)).",
     ]
 
 
