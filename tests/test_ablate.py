@@ -247,3 +247,12 @@ def test_run_grid_measures_any_function_skips_and_resumes(tmp_path):
     calls.clear()
     movie_core.run_grid(cells, measure, out=tmp_path / "g", config={"version": 2})
     assert len(calls) == 3
+
+
+def test_without_matplotlib_the_tables_are_written_and_the_charts_skipped_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablation, "_pyplot", lambda: None)
+    result = movie_core.run_grid([{"x": 1}, {"x": 2}], lambda cell: {"y": cell["x"] / 2}, out=tmp_path / "t",
+                                 quality="y", cost="x")
+    assert result["charts"] == [] and any("matplotlib is not installed" in n for n in result["notes"])
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["ablation.csv", "ablation.json", "ablation.md", "cells"]
+    assert "matplotlib is not installed" in (tmp_path / "t" / "ablation.md").read_text()
