@@ -330,8 +330,9 @@ def chart_bars(rows: Sequence[Mapping[str, Any]], factors: Sequence[str], metric
             values = [r["metrics"].get(metric) or 0.0 for r in ok]
             bars = ax.bar(np.arange(len(ok)), values, color=[f"C{k % 10}" for k in range(len(ok))])
             ax.bar_label(bars, fmt="%.3g", fontsize=6)
-            ax.set_xticks(np.arange(len(ok)), [_label(r["settings"], factors).replace(", ", "\n") for r in ok],
-                          fontsize=7)
+            ticks = ["\n".join(_text(r["settings"][f]) for f in factors) or "base" for r in ok]
+            ax.set_xticks(np.arange(len(ok)), ticks, fontsize=7)
+            ax.set_xlabel(" / ".join(factors), fontsize=8)
         ax.set(ylabel=metric, title=metric)
         ax.margins(y=0.12)
     fig.suptitle(title, fontsize=10)
@@ -679,6 +680,9 @@ def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None =
     if size is not None and size not in ("full", "nano"):
         raise UsageError(f"size must be full or nano, got {size!r}")
     start, name = _start(base)
+    if {"bench", "eval"} & set(measures) and model is None and (size or start.size) != "nano":
+        raise UsageError("bench and eval need weights: there are no built-in full-size ones; pass --size nano "
+                         "(the built-in nano models), --model DIR or --model random")
     checked = _check_vary(vary or {}, start, name, size)
     if one_at_a_time and not checked:
         raise UsageError("--one-at-a-time needs at least one --vary")

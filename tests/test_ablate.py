@@ -202,6 +202,7 @@ def test_invalid_combinations_are_skipped_rows_with_the_reason(tmp_path):
     (["--vary", "vae=taesd", "--vary", "decoder=taesd"], "vary either vae or encoder/decoder"),
     (["--measure", "flops,speed"], "unknown measure 'speed'"),
     (["--measure", "eval"], "needs --data"),
+    (["--measure", "bench", "--size", "full"], "no built-in full-size"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_output(args, needle, tmp_path, capsys):
     out = tmp_path / "never"
