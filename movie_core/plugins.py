@@ -37,6 +37,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.data_command",
     "movie_plugins.nano_chain",
     "movie_plugins.eval_command",
+    "movie_plugins.ablate_command",
 )
 
 REGISTER_HOOKS = {f"movie_register_{family}s": family for family in FAMILIES}

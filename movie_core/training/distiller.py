@@ -54,6 +54,17 @@ class Distiller:
             m.eval().requires_grad_(False)
         return pipe
 
+    @classmethod
+    def objective(cls, student: Path, teacher: Path, data: Path) -> dict[str, float] | None:
+        """This stage's own objective on the test split of `data`: the trained student folder against its teacher
+        folder, at the student's start and after training where that makes sense. None: the strategy defines none."""
+        return None
+
+    @classmethod
+    def load_frozen(cls, folder: Path):
+        """A model folder as a frozen CPU pipeline (for objectives)."""
+        return cls().load_teacher(folder, torch.device("cpu"))
+
     def make_student(self, teacher) -> torch.nn.Module:
         """The student denoiser, initialised from the teacher (a deep copy, converted if needed)."""
         return copy.deepcopy(teacher.denoiser)

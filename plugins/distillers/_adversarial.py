@@ -82,6 +82,16 @@ class AdversarialDistiller(BuiltinDistiller):
     defaults: ClassVar[dict[str, float]] = {"lr": 1e-5}  # paper Appendix B, Stage-4 adversarial
     note = "adversarially distilled one-step model (LCM, 1 step); guidance scales s_I, s_T stay inputs"
 
+    @classmethod
+    def objective(cls, student, teacher, data) -> dict[str, float]:
+        """MSE (latents) to the teacher's 5-step LCM output: the teacher run for 1 step, and the student at 1 step."""
+        from movie_plugins.distillers import _metrics as m
+
+        t = cls.load_frozen(teacher)
+        src, _, emb = m.held_out(t, data)
+        stage3, one_step = m.one_step_vs_teacher(cls.load_frozen(student), t, src, emb)
+        return {"teacher_at_1_step_mse": stage3, "student_mse": one_step, "ratio": one_step / stage3}
+
     def make_student(self, teacher) -> torch.nn.Module:
         den = pix2pix_denoiser(teacher.denoiser, self.name)
         if den.guidance != "embedded" or den.prediction_type != "v_prediction":

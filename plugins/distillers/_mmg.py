@@ -44,3 +44,14 @@ class MMGDistiller(GuidedRegressionDistiller):
 
     def target(self, x_t, t, src, emb, s_i, s_t, alpha, sigma) -> torch.Tensor:
         return cfg_target(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, self.null_emb)
+
+    @classmethod
+    def objective(cls, student, teacher, data) -> dict[str, float]:
+        """Distance to the teacher's 3-pass guidance over the (s_I, s_T) grid, at the start and for the student."""
+        from movie_plugins.distillers import _metrics as m
+
+        t = cls.load_frozen(teacher)
+        src, x0, emb = m.held_out(t, data)
+        before = m.grid_distance(None, t, src, x0, emb)
+        after = m.grid_distance(cls.load_frozen(student), t, src, x0, emb)
+        return {"grid_distance_start": before, "grid_distance": after, "ratio": after / before}

@@ -52,3 +52,14 @@ class VPredDistiller(GuidedRegressionDistiller):
 
     def target(self, x_t, t, src, emb, s_i, s_t, alpha, sigma) -> torch.Tensor:
         return v_target(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, alpha, sigma)
+
+    @classmethod
+    def objective(cls, student, teacher, data) -> dict[str, float]:
+        """Relative error to the v derived from the epsilon teacher, over all t and t < 600, start and student."""
+        from movie_plugins.distillers import _metrics as m
+
+        t = cls.load_frozen(teacher)
+        src, x0, emb = m.held_out(t, data)
+        before, after = m.v_error(None, t, src, x0, emb), m.v_error(cls.load_frozen(student), t, src, x0, emb)
+        return {"v_rel_error_start": before["all"], "v_rel_error": after["all"],
+                "v_rel_error_low_t_start": before["low_t"], "v_rel_error_low_t": after["low_t"]}
