@@ -104,9 +104,10 @@ def test_anchor_frame_replays_to_its_recorded_edit(pipe, latents) -> None:
     # float noise only (batched and single-frame kernels round differently; measured up to 3e-5 on [-1, 1] pixels)
     assert (alone - recorded).abs().max().item() < 1e-4
     assert (mixed[1:2] - recorded).abs().max().item() < 1e-4
-    # latents too, up to float noise (cfg3 amplifies it by the guidance scales); a live anchor moves them > 1e-2
-    assert rel_max_diff(latents[1], recorded_z).max().item() < 1e-4
-    assert rel_max_diff(latents[2][1:2], recorded_z).max().item() < 1e-4
+    # latents too, up to float noise (cfg3 amplifies it by the guidance scales, DDIM's first step by a further
+    # 1/sqrt(alpha_bar_901) ~ 10: measured up to 1.2e-4); a live anchor moves them > 1e-2
+    assert rel_max_diff(latents[1], recorded_z).max().item() < 5e-4
+    assert rel_max_diff(latents[2][1:2], recorded_z).max().item() < 5e-4
 
 
 def test_replay_changes_the_other_frames(pipe, latents) -> None:
