@@ -41,6 +41,7 @@ class ChainBudget:
     ae_pool: int = 4096
     vae_steps: int = 3000
     taesd_steps: int = 3000
+    taesd_decoder_steps: int = 600
     text_steps: int = 600
     ip2p_steps: int = 6000
     ip2p_lr: float = 5e-4
@@ -169,6 +170,21 @@ def ship(work: Path, dest: Path) -> None:
     tmp.rename(dest)
 
 
+TAESD_DECODER_DONE = "taesd_decoder.json"
+
+
+def _taesd_decoder(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Robustness finetune of the TAESD decoder on off-manifold latents (see nano_train.finetune_taesd_decoder)."""
+    from movie_plugins import nano_train
+
+    metrics = nano_train.finetune_taesd_decoder(work / "autoencoders", steps=b.taesd_decoder_steps,
+                                                batch_size=b.batch_size, resolution=b.resolution, device=device,
+                                                pool_size=max(2, b.ae_pool // 4),  # fresh images, a quarter as many
+                                                seed=b.seed, log=log)
+    (work / "autoencoders" / TAESD_DECODER_DONE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
 def _then_measure(stage: str, work: Path, data: Path, train: Callable[[], Any]) -> dict[str, float]:
     train()
     return objective(stage, work, data)
@@ -213,6 +229,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     stage("autoencoders", work / "autoencoders" / "taesd", lambda: nano_train.train_autoencoders(
         work / "autoencoders", vae_steps=b.vae_steps, taesd_steps=b.taesd_steps, batch_size=b.batch_size,
         resolution=b.resolution, pool_size=b.ae_pool, device=dev, seed=b.seed, log=log))
+    stage("taesd-decoder", work / "autoencoders" / TAESD_DECODER_DONE, lambda: _taesd_decoder(work, b, dev, log))
     stage("text", work / "text" / "text_encoder", lambda: nano_train.train_text_encoder(
         work / "text", steps=b.text_steps, device=dev, seed=b.seed, log=log))
     stage("init", work / "init", lambda: _initial_model(work, work / "init", b.seed))

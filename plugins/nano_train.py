@@ -591,6 +591,69 @@ def _train_taesd(ckpt: Path, pool: torch.Tensor, vae: AutoencoderKL, config: dic
     return tae
 
 
+def finetune_taesd_decoder(folder: Path, *, steps: int, batch_size: int = 32, resolution: int = 64,
+                           pool_size: int = 1024, max_noise: float = 0.6, lr: float = 2e-4, device: str = "cpu",
+                           seed: int = 0, log: Log = print) -> dict[str, Any]:
+    """Make the TAESD decoder in folder/taesd robust to latents a denoiser writes, off the encoders' manifold.
+
+    The first training taught it to decode clean VAE latents. A denoiser's output latents sit a little off that
+    manifold, where the nano TAESD decoder was measured 2.4 dB worse than the SD VAE decoder on the same
+    Mobile-Pix2Pix latents. Here, per example: half the time the clean latents z of a pool image with the image
+    as target (as before); otherwise z + sigma * noise, sigma ~ U(0, max_noise), with the SD VAE decoder's output
+    as target (distillation, as TAESD itself was made). The encoder is untouched, so every model trained on its
+    latents stays valid. Writes folder/taesd in place (atomically) and returns the metrics.
+    """
+    folder = Path(folder)
+    vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True).to(device).eval().requires_grad_(False)
+    tae = AutoencoderTiny.from_pretrained(folder / "taesd", use_safetensors=True).to(device)
+    teacher = SDVAE(vae).eval().requires_grad_(False)
+    tae.encoder.requires_grad_(False)
+    torch.manual_seed(seed + 7)
+    pool = to_tensor(make_pool(pool_size, resolution, seed + 3))
+    with torch.no_grad():
+        latents = torch.cat([teacher.encode(chunk.to(device)).cpu() for chunk in pool.split(64)])
+    probe = to_tensor(heldout_scenes(16, resolution, seed)).to(device)
+
+    def probe_gap() -> float:
+        """MSE between TAESD's and the VAE's decodings of perturbed held-out latents (sigma = max_noise / 2)."""
+        with torch.no_grad():
+            z = teacher.encode(probe)
+            z = z + 0.5 * max_noise * torch.randn(z.shape, generator=torch.Generator().manual_seed(1)).to(z)
+            return F.mse_loss(tae.decoder(z).clamp(-1, 1), teacher.decode(z)).item()
+
+    before = probe_gap()
+    opt = torch.optim.AdamW(tae.decoder.parameters(), lr=lr)
+    start, losses = time.perf_counter(), []
+    for step in range(steps):
+        g = torch.Generator().manual_seed(seed * 7919 + step)
+        index = torch.randint(0, pool_size, (batch_size,), generator=g)
+        x, z = pool[index].to(device), latents[index].to(device)
+        noisy = torch.rand(batch_size, generator=g) < 0.5
+        sigma = torch.rand(batch_size, generator=g) * max_noise * noisy
+        z = z + sigma.view(-1, 1, 1, 1).to(z) * torch.randn(z.shape, generator=g).to(z)
+        with torch.no_grad():
+            target = torch.where(noisy.view(-1, 1, 1, 1).to(device), teacher.decode(z), x)
+        loss = _reconstruction(tae.decoder(z), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % max(1, steps // 10) == 0:
+            log(f"taesd decoder: step {step + 1}/{steps} loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
+    after = probe_gap()
+    tae.eval()
+    tmp = folder / ".taesd.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tae.save_pretrained(tmp, safe_serialization=True)
+    replace_folder(tmp, folder / "taesd")
+    metrics = {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "loss_first": round(losses[0], 5),
+               "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5), "vae_gap_perturbed_start": round(before, 5),
+               "vae_gap_perturbed": round(after, 5),
+               "psnr": evaluate_autoencoders(vae, tae, resolution, device, seed)}
+    log(f"taesd decoder: gap to the VAE decoder on perturbed latents {before:.4f} -> {after:.4f}")
+    return metrics
+
+
 # ------------------------------------------------------------------------------------------ tokenizer
 
 _WORD = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")  # CLIP's pre-tokenizer split

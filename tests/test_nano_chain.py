@@ -46,7 +46,7 @@ def chain(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_chain_writes_every_stage_and_records_times(chain):
     record = json.loads((chain["work"] / "chain.json").read_text())
-    for stage in ("data", "autoencoders", "text", "init", *STAGES):
+    for stage in ("data", "autoencoders", "taesd-decoder", "text", "init", *STAGES):
         assert record["seconds"][stage] >= 0
     assert record["budget"]["ip2p_steps"] == 3 and record["device"] == "cpu"
     # each distiller's objective is measured after its stage
@@ -65,7 +65,7 @@ def test_chain_resumes_by_skipping_finished_stages(chain):
     before = (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     result = run("nano-train", "--out", str(chain["work"]), "--scale", "0.0005", "--no-progress")
     assert result.exit_code == 0
-    assert result.output.count("skipped") == 10  # data, autoencoders, text, init and the six training stages
+    assert result.output.count("skipped") == 11  # data, autoencoders, taesd-decoder, text, init, six training stages
     assert (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
