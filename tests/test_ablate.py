@@ -15,6 +15,7 @@ import pytest
 import movie_core
 from movie_core import ablation
 from movie_core.errors import UsageError
+from cli_helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_plugins")
 
@@ -27,19 +28,6 @@ def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ablate") / "data"
     movie_core.make_data(out, count=8, size=64, seed=1, test_fraction=0.5)
     return out
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`movie ARGS` in this process: (exit status, stdout, stderr)."""
-    from movie_core.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def plain(value) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from movie_core import evaluate as ev
 from movie_core.errors import MovieError, UsageError
+from cli_helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +31,6 @@ def random_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evalmodel") / "movie-nano"
     build(compose(preset("movie").replace(size="nano"))).save_pretrained(folder)
     return folder
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`movie ARGS` in this process (fast); returns (exit status, stdout, stderr)."""
-    from movie_core.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _image(seed: int, shape=(40, 48, 3)) -> np.ndarray:
