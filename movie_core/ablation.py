@@ -468,11 +468,11 @@ def data_fingerprint(data: Path, split: str | None = None) -> str:
 
 def model_fingerprint(folder: Path) -> str:
     """A hash of a model folder's files and the shared component folders its movie.json points to."""
-    from movie_core.weights import read_manifest
+    from movie_core.weights import component_folder, read_manifest
 
-    manifest = read_manifest(folder) or {}
-    shared = [(folder / rel).resolve() for rel in (manifest.get("components") or {}).values()]
-    return _fingerprint([folder, *[p for p in shared if p.is_dir()]])
+    names = (read_manifest(folder) or {}).get("components") or {}
+    shared = [component_folder(folder, name) for name in names if not (folder / name).is_dir()]
+    return _fingerprint([folder, *[p for p in shared if p is not None]])
 
 
 @attrs.define

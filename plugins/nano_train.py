@@ -639,7 +639,7 @@ def finetune_taesd_decoder(folder: Path, *, steps: int, batch_size: int = 32, re
         opt.step()
         losses.append(loss.item())
         if (step + 1) % max(1, steps // 10) == 0:
-            log(f"taesd decoder: step {step + 1}/{steps} loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
+            log(f"taesd decoder: step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f}")
     after = probe_gap()
     tae.eval()
     tmp = folder / ".taesd.tmp"
@@ -647,7 +647,7 @@ def finetune_taesd_decoder(folder: Path, *, steps: int, batch_size: int = 32, re
     tae.save_pretrained(tmp, safe_serialization=True)
     replace_folder(tmp, folder / "taesd")
     metrics = {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "loss_first": round(losses[0], 5),
-               "loss_last": round(sum(losses[-20:]) / len(losses[-20:]), 5), "vae_gap_perturbed_start": round(before, 5),
+               "loss_last": round(float(np.mean(losses[-20:])), 5), "vae_gap_perturbed_start": round(before, 5),
                "vae_gap_perturbed": round(after, 5),
                "psnr": evaluate_autoencoders(vae, tae, resolution, device, seed)}
     log(f"taesd decoder: gap to the VAE decoder on perturbed latents {before:.4f} -> {after:.4f}")

@@ -411,13 +411,11 @@ def _mean_or_none(values: list[float | None]) -> float | None:
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("error: the charts need matplotlib: pip install matplotlib") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from movie_core.ablation import _pyplot as pyplot_or_none
 
+    plt = pyplot_or_none()
+    if plt is None:
+        raise SystemExit("error: the charts need matplotlib: pip install matplotlib")
     return plt
 
 
