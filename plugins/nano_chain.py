@@ -76,34 +76,20 @@ def _train(strategy: str, teacher: Path, data: Path, out: Path, budget: ChainBud
     run(distiller, teacher, data, out, cfg, resume=(out.parent / f"{out.name}.train").exists(), progress=progress)
 
 
+OBJECTIVES = {  # chain stage -> (its distiller, the work folder of its teacher)
+    "mobile-pix2pix-mmg": ("mmg", "mobile-pix2pix"),
+    "vpred": ("vpred", "mobile-pix2pix-mmg"),
+    "mobile-pix2pix-1step": ("adversarial", "vpred"),
+}
+
+
 def objective(stage: str, work: Path, data: Path) -> dict[str, float]:
-    """The stage's own objective on held-out data, at its start and after training (see distillers._metrics)."""
-    import torch
-    from movie_plugins.distillers import _metrics as m
+    """The stage's own objective on held-out data, at its start and after training: its distiller's `objective`."""
+    from movie_core.plugins import get_registry
 
-    from movie_core.training.distiller import Distiller
-
-    def load(name: str):
-        return Distiller().load_teacher(work / name, torch.device("cpu"))
-
-    if stage == "mobile-pix2pix-mmg":
-        teacher = load("mobile-pix2pix")
-        src, x0, emb = m.held_out(teacher, data)
-        before = m.grid_distance(None, teacher, src, x0, emb)
-        after = m.grid_distance(load(stage), teacher, src, x0, emb)
-        return {"grid_distance_start": before, "grid_distance": after, "ratio": after / before}
-    if stage == "vpred":
-        teacher = load("mobile-pix2pix-mmg")
-        src, x0, emb = m.held_out(teacher, data)
-        before, after = m.v_error(None, teacher, src, x0, emb), m.v_error(load(stage), teacher, src, x0, emb)
-        return {"v_rel_error_start": before["all"], "v_rel_error": after["all"],
-                "v_rel_error_low_t_start": before["low_t"], "v_rel_error_low_t": after["low_t"]}
-    if stage == "mobile-pix2pix-1step":
-        teacher = load("vpred")
-        src, _, emb = m.held_out(teacher, data)
-        stage3, student = m.one_step_vs_teacher(load(stage), teacher, src, emb)
-        return {"teacher_at_1_step_mse": stage3, "student_mse": student, "ratio": student / stage3}
-    raise ValueError(stage)
+    strategy, teacher = OBJECTIVES[stage]
+    distiller = get_registry().get("distiller", strategy).load_factory()
+    return distiller.objective(work / stage, work / teacher, data)
 
 
 def _initial_model(work: Path, out: Path, seed: int) -> None:
