@@ -155,14 +155,23 @@ _SOURCES = (  # (weight, generator): about half procedural, half photographic-li
 )
 
 
+EDITED_FRACTION = 0.3  # pool images shown after a random procedural edit: what the decoders must write
+
+
 def make_pool(count: int, resolution: int, seed: int = 0) -> np.ndarray:
-    """`count` training images, uint8 (N, H, W, 3): procedural scenes and photographic-like synthetic images."""
+    """`count` training images, uint8 (N, H, W, 3): procedural scenes and photographic-like synthetic images, a
+    fraction of them after a random edit (grey, sepia, tinted, inverted, night...): a denoiser's output is an edited
+    image, so the autoencoders must represent global colour changes, not only the colours of unedited scenes."""
     rng = np.random.default_rng([seed, resolution])
     weights = np.array([w for w, _ in _SOURCES])
     kinds = rng.choice(len(_SOURCES), size=count, p=weights / weights.sum())
     pool = np.empty((count, resolution, resolution, 3), dtype=np.uint8)
     for i, kind in enumerate(kinds):
-        pool[i] = _sensor(_SOURCES[kind][1](rng, resolution), rng)
+        image = _SOURCES[kind][1](rng, resolution)
+        if rng.random() < EDITED_FRACTION:
+            edit = procedural.EDIT_NAMES[int(rng.integers(len(procedural.EDIT_NAMES)))]
+            image = procedural.apply_edit(edit, procedural.quantize(image)).astype(np.float64) / 255.0
+        pool[i] = _sensor(image, rng)
     return pool
 
 
@@ -379,6 +388,56 @@ def _psnr(encoder, decoder, images: np.ndarray, device: str) -> float:
     return round(float(np.mean(values)), 3)
 
 
+COLOUR_SHIFT = 0.3  # a global shift of one channel, in [0, 1] units: what a tint edit asks the decoder to write
+
+
+def _saturation(x: torch.Tensor) -> float:
+    """Mean HSV saturation (max - min) / max of [-1, 1] NCHW images (0 where max is 0)."""
+    x = (x + 1) / 2
+    hi, lo = x.amax(dim=1), x.amin(dim=1)
+    return float(torch.where(hi > 0, (hi - lo) / hi.clamp_min(1e-12), torch.zeros_like(hi)).mean())
+
+
+@torch.no_grad()
+def colour_fidelity(encoder, decoder, images: np.ndarray, device: str) -> dict[str, float]:
+    """How much of a global colour change survives decoder(encoder(x)): the ceiling of every colour edit.
+
+    For each channel c: the images with c raised by COLOUR_SHIFT (clipped) and as they are go through the round
+    trip; the realised tint (mean change of c minus the mean change of the other two, output vs output) is
+    divided by the input's own (1: carried exactly; 0: lost; < 0: turned into the opposite tint). `grey_saturation`
+    is the mean saturation of the round trip of the images' BT.601 grey version (0: grey stays grey)."""
+    x = to_tensor(images)
+    trip = lambda t: decoder.decode(encoder.encode(t.to(device))).clamp(-1, 1).cpu()  # noqa: E731
+    base = trip(x)
+    out: dict[str, float] = {}
+    for c, name in enumerate(("red", "green", "blue")):
+        shifted = x.clone()
+        shifted[:, c] = (shifted[:, c] + 2 * COLOUR_SHIFT).clamp(-1, 1)
+        others = [o for o in range(3) if o != c]
+
+        def tint(after: torch.Tensor, before: torch.Tensor) -> float:
+            delta = (after - before).mean(dim=(0, 2, 3))
+            return float(delta[c] - delta[others].mean())
+
+        out[name] = round(tint(trip(shifted), base) / tint(shifted, x), 3)
+    grey = torch.from_numpy(procedural.LUMA).float().view(1, 3, 1, 1)
+    grey = (x * grey).sum(dim=1, keepdim=True).expand_as(x).contiguous()
+    out["grey_saturation"] = round(_saturation(trip(grey)), 3)
+    return out
+
+
+def autoencoder_colour(vae: AutoencoderKL, tae: AutoencoderTiny, resolution: int, device: str, seed: int = 0,
+                       count: int = 64) -> dict[str, dict[str, dict[str, float]]]:
+    """colour_fidelity of the two same-kind pairings on held-out procedural scenes and (if present) photos."""
+    wrappers = {"sd-vae": SDVAE(vae).eval(), "taesd": TAESD(tae).eval()}
+    sets = {f"procedural_{resolution}": heldout_scenes(count, resolution, seed)}
+    real = photos(resolution)
+    if real is not None:
+        sets[f"photos_{resolution}"] = real
+    return {name: {f"{k}+{k}": colour_fidelity(w, w, images, device) for k, w in wrappers.items()}
+            for name, images in sets.items()}
+
+
 def evaluate_autoencoders(vae: AutoencoderKL, tae: AutoencoderTiny, resolution: int, device: str, seed: int = 0,
                           count: int = 64) -> dict[str, dict[str, float]]:
     """PSNR of every encoder/decoder pairing on held-out procedural scenes and scikit-image photos (1x, 2x size)."""
@@ -476,6 +535,9 @@ def train_autoencoders(
     metrics["psnr"] = evaluate_autoencoders(vae, tae, resolution, device, seed)
     for name, values in metrics["psnr"].items():
         log(f"PSNR {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    metrics["colour"] = autoencoder_colour(vae, tae, resolution, device, seed)
+    for name, values in metrics["colour"].items():
+        log(f"colour {name}: " + "; ".join(f"{k} {v}" for k, v in values.items()))
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("vae", "taesd"):  # copies: until both are in place, a rerun finds both parts finished
         tmp = out / f".{sub}.tmp"

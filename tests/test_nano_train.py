@@ -88,6 +88,56 @@ def test_autoencoders_load_and_share_one_latent_space(autoencoders, tiny_convs):
     assert set(metrics["psnr"][f"procedural_{RES}"]) == {f"{e}+{d}" for e, d in nano_train.COMBOS}
 
 
+class _Identity:
+    """An autoencoder that changes nothing: every colour change survives it."""
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        return z
+
+
+class _LumaOnly(_Identity):
+    """An autoencoder that keeps BT.601 luma only: every tint is lost, grey stays grey."""
+
+    def encode(self, x):
+        return (x * torch.from_numpy(procedural.LUMA).float().view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+
+    def decode(self, z):
+        return z.expand(-1, 3, -1, -1)
+
+
+class _SwapRedBlue(_Identity):
+    def decode(self, z):
+        return z.flip(1)
+
+
+def test_colour_fidelity_tells_faithful_colour_blind_and_wrong_autoencoders_apart():
+    images = nano_train.make_pool(8, 16, seed=1)
+    same = nano_train.colour_fidelity(_Identity(), _Identity(), images, "cpu")
+    assert same == {"red": 1.0, "green": 1.0, "blue": 1.0, "grey_saturation": 0.0}
+    blind = nano_train.colour_fidelity(_LumaOnly(), _LumaOnly(), images, "cpu")
+    assert all(abs(blind[c]) < 1e-3 for c in ("red", "green", "blue")) and blind["grey_saturation"] == 0.0
+    swapped = nano_train.colour_fidelity(_Identity(), _SwapRedBlue(), images, "cpu")
+    assert swapped["green"] == 1.0 and swapped["red"] < -0.4 and swapped["blue"] < -0.4  # red came out blue
+
+
+def test_nano_vae_groups_leave_room_for_a_global_colour():
+    """One channel per GroupNorm group removes every channel's image-wide mean: the nano VAE trained so lost tints."""
+    sizes = nano_train.VAE_SIZES["nano"]
+    assert min(sizes["block_out_channels"]) // sizes["norm_num_groups"] >= 4
+    assert nano_train.new_vae().config.norm_num_groups == sizes["norm_num_groups"]
+
+
+def test_autoencoder_run_reports_colour_fidelity(autoencoders):
+    colour = autoencoders[1]["colour"]
+    assert f"procedural_{RES}" in colour
+    for values in colour.values():
+        assert set(values) == {"sd-vae+sd-vae", "taesd+taesd"}
+        assert all(set(v) == {"red", "green", "blue", "grey_saturation"} for v in values.values())
+
+
 def test_taesd_distillation_loss_drops(autoencoders):
     taesd = autoencoders[1]["taesd"]
     assert taesd["distill_heldout"] < taesd["distill_heldout_init"]
