@@ -173,6 +173,45 @@ def _taesd_decoder(work: Path, b: ChainBudget, device: str, log: Callable[[str],
     return metrics
 
 
+CLOCK_BEAT = 30.0  # seconds between writes of a running stage's clock
+
+
+def _timed(work: Path, name: str, fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """fn(), and the stage's wall time summed over every invocation that worked on it: (result, total, earlier).
+
+    A run that is killed mid-stage cannot write chain.json; its time so far survives in work/.<name>.seconds,
+    rewritten every CLOCK_BEAT seconds (and when fn raises), and the run that finishes the stage adds it in."""
+    import threading
+
+    clock = work / f".{name}.seconds"
+    earlier = float(clock.read_text()) if clock.is_file() else 0.0
+    start = time.perf_counter()
+    stop = threading.Event()
+
+    def write() -> None:
+        tmp = clock.with_suffix(".tmp")
+        tmp.write_text(f"{earlier + time.perf_counter() - start:.1f}\n")
+        tmp.replace(clock)
+
+    def beat() -> None:
+        while not stop.wait(CLOCK_BEAT):
+            write()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        result = fn()
+    except BaseException:
+        write()
+        raise
+    finally:
+        stop.set()
+        thread.join()
+    total = earlier + time.perf_counter() - start
+    clock.unlink(missing_ok=True)
+    return result, total, earlier
+
+
 def _then_measure(stage: str, work: Path, data: Path, train: Callable[[], Any]) -> dict[str, float]:
     train()
     return objective(stage, work, data)
@@ -203,9 +242,10 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
             log(f"[{name}] done ({record['seconds'].get(name, '?')} s), skipped")
             return
         log(f"[{name}] ...")
-        start = time.perf_counter()
-        result = fn()
-        record["seconds"][name] = round(time.perf_counter() - start, 1)
+        result, seconds, earlier = _timed(work, name, fn)
+        record["seconds"][name] = round(seconds, 1)
+        if earlier:
+            record.setdefault("resumed", {})[name] = round(earlier, 1)  # of which: runs interrupted in this stage
         if isinstance(result, dict):
             record.setdefault("metrics", {})[name] = result
         record_path.write_text(json.dumps(record, indent=2) + "\n")

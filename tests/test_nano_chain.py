@@ -241,3 +241,22 @@ def test_shipped_vpred_student_matches_the_teacher(held_out_data):
           f"all t {before['all']:.3f} -> {after['all']:.3f}")
     assert after["low_t"] <= 0.1 and after["low_t"] < before["low_t"]
     assert after["all"] <= before["all"] / 3
+
+
+def test_a_stage_time_adds_up_the_runs_that_worked_on_it(tmp_path):
+    """An interrupted stage's time so far is kept beside the work folder and added by the run that finishes it."""
+    from movie_plugins.nano_chain import _timed
+
+    def killed():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _timed(tmp_path, "stage", killed)
+    clock = tmp_path / ".stage.seconds"
+    assert clock.is_file() and float(clock.read_text()) >= 0
+    clock.write_text("100.0\n")  # as if the killed run had worked 100 s
+    result, total, earlier = _timed(tmp_path, "stage", lambda: "done")
+    assert result == "done" and earlier == 100.0 and 100.0 <= total < 110.0
+    assert not clock.exists()
+    assert _timed(tmp_path, "stage", lambda: None)[2] == 0.0  # a fresh stage starts from zero
+
