@@ -324,6 +324,13 @@ def saturation(image: np.ndarray) -> float:
     return float(np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-12), 0.0).mean())
 
 
+def chroma(image: np.ndarray) -> float:
+    """Mean max - min over the channels in [0, 1]: HSV saturation without the division by max, which makes a
+    near-black pixel with a little colour noise count as strongly coloured."""
+    x = _float(image)
+    return float((x.max(axis=-1) - x.min(axis=-1)).mean())
+
+
 def luma(image: np.ndarray) -> float:
     """Mean BT.601 luma in [0, 1]."""
     from movie_core.training.procedural import LUMA
@@ -357,7 +364,8 @@ def photo_measures(name: str, source: np.ndarray, edited: np.ndarray, reference:
     }
     if name == "grayscale":
         row |= {"saturation": saturation(edited), "source_saturation": saturation(source),
-                "reference_saturation": saturation(reference)}
+                "reference_saturation": saturation(reference), "chroma": chroma(edited),
+                "source_chroma": chroma(source)}
         row["right"] = row["saturation"] < row["source_saturation"]
     elif name in ("brighter", "darker"):
         row |= {"luma_change": luma(edited) - luma(source), "reference_luma_change": luma(reference) - luma(source)}
@@ -811,7 +819,7 @@ def _photos_section(result: dict[str, Any]) -> list[str]:
            ("Measurements (mean over the photos): PSNR/SSIM of the model's edit against the closed form; identity PSNR "
            "= the source against the closed form (doing nothing); change correlation = Pearson correlation of the "
            "model's per-pixel change with the closed form's (1 = same direction everywhere); then the edit's own "
-           "check: mean HSV saturation for grayscale (0 is right), mean BT.601 luma change for brighter/darker, mean "
+           "check: mean HSV saturation and chroma (max - min) for grayscale (0 is right), mean BT.601 luma change for brighter/darker, mean "
            "shift of the tinted channel over the other two for tints (closed-form values in brackets). `right` counts "
            "photos where that check has the right sign (grayscale: less saturated than the source; sepia, invert: "
            "positive change correlation)."), "",
@@ -835,8 +843,11 @@ def _photos_section(result: dict[str, Any]) -> list[str]:
 def _photo_check(edit: str, r: dict[str, Any]) -> str:
     """The edit's own closed-form check, closed-form value in brackets."""
     if edit == "grayscale":
-        return (f"saturation {_f(r['saturation'], 3)} (source {_f(r['source_saturation'], 3)}, closed form "
+        text = (f"saturation {_f(r['saturation'], 3)} (source {_f(r['source_saturation'], 3)}, closed form "
                 f"{_f(r['reference_saturation'], 3)})")
+        if r.get("chroma") is not None:
+            text += f"; chroma {_f(r['chroma'], 3)} (source {_f(r['source_chroma'], 3)}, closed form 0)"
+        return text
     if edit in ("brighter", "darker"):
         return f"luma change {r['luma_change']:+.3f} ({r['reference_luma_change']:+.3f})"
     if edit in TINT_CHANNEL:

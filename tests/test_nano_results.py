@@ -122,6 +122,10 @@ def test_controllability_and_photo_sections(quick_run):
         assert row["psnr"] > 0 and row["identity_psnr"] > 0, name
         assert 0 <= row["right"] <= row["photos"] == script.QUICK.photos
     assert photos["per_edit"]["grayscale"]["reference_saturation"] == pytest.approx(0.0, abs=1e-3)
+    for name, row in photos["per_edit"].items():  # the ceiling: the closed form through the model's autoencoders
+        ceiling = row["autoencoder"]
+        assert ceiling["psnr"] > 0 and 0 <= ceiling["right"] <= row["photos"], name
+        assert ceiling["identity_psnr"] == pytest.approx(row["identity_psnr"]), name
     assert photos["per_edit"]["brighter"]["reference_luma_change"] > 0 > photos["per_edit"]["darker"]["reference_luma_change"]
     for tint in ("red_tint", "green_tint", "blue_tint"):
         assert photos["per_edit"][tint]["reference_channel_shift"] > 0
@@ -156,7 +160,9 @@ def test_photo_measures_known_cases():
     row = script.photo_measures("red_tint", photo, apply_edit("blue_tint", photo), apply_edit("red_tint", photo))
     assert not row["right"]
     row = script.photo_measures("grayscale", photo, photo, apply_edit("grayscale", photo))
-    assert not row["right"] and row["saturation"] == row["source_saturation"]
+    assert not row["right"] and row["saturation"] == row["source_saturation"] and row["chroma"] == row["source_chroma"] > 0
+    grey = apply_edit("grayscale", photo)
+    assert script.chroma(grey) == 0.0 and script.chroma(__import__("numpy").array([[[255, 0, 0]]], "uint8")) == 1.0
 
 
 def test_sweep_direction():
