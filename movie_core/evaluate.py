@@ -269,6 +269,18 @@ class PipelinePredictor:
                                  steps=self.steps, seed=self.seed, name=self.name)
 
     def __call__(self, sources: list[np.ndarray], instructions: list[str], targets=None) -> list[np.ndarray]:
+        return self._map(sources, lambda x, idx: edit_at_scales(
+            self.pipe, x, [instructions[i] for i in idx], s_T=self.s_T, s_I=self.s_I, steps=self.steps, seed=self.seed))
+
+    def round_trip(self, sources: list[np.ndarray]) -> list[np.ndarray]:
+        """decoder(encoder(x)) of each frame, no denoiser: what the pipeline's autoencoders alone make of it."""
+        import torch
+
+        with torch.no_grad():
+            return self._map(sources, lambda x, idx: self.pipe.decoder.decode(self.pipe.encoder.encode(x)))
+
+    def _map(self, sources: list[np.ndarray], fn) -> list[np.ndarray]:
+        """fn(batch, indices) over same-sized groups of frames, sized, padded and restored as `movie edit` does."""
         from movie_core.edit import to_frames, to_tensor
 
         out: list[np.ndarray | None] = [None] * len(sources)
@@ -280,9 +292,7 @@ class PipelinePredictor:
             size = self.policy.target(h, w)
             padded = self.policy.padded(*size)
             x = to_tensor([np.asarray(sources[i]) for i in idx], size, padded, self.device, self.dtype)
-            y = edit_at_scales(self.pipe, x, [instructions[i] for i in idx], s_T=self.s_T, s_I=self.s_I,
-                               steps=self.steps, seed=self.seed)
-            for i, frame in zip(idx, to_frames(y, size, (h, w))):
+            for i, frame in zip(idx, to_frames(fn(x, idx), size, (h, w))):
                 out[i] = frame
         return out  # type: ignore[return-value]
 

@@ -398,6 +398,12 @@ def _saturation(x: torch.Tensor) -> float:
     return float(torch.where(hi > 0, (hi - lo) / hi.clamp_min(1e-12), torch.zeros_like(hi)).mean())
 
 
+def _tint(after: torch.Tensor, before: torch.Tensor, c: int) -> float:
+    """Mean change of channel c minus the mean change of the other two (NCHW)."""
+    delta = (after - before).mean(dim=(0, 2, 3))
+    return float(delta[c] - delta[[o for o in range(3) if o != c]].mean())
+
+
 @torch.no_grad()
 def colour_fidelity(encoder, decoder, images: np.ndarray, device: str) -> dict[str, float]:
     """How much of a global colour change survives decoder(encoder(x)): the ceiling of every colour edit.
@@ -406,51 +412,52 @@ def colour_fidelity(encoder, decoder, images: np.ndarray, device: str) -> dict[s
     trip; the realised tint (mean change of c minus the mean change of the other two, output vs output) is
     divided by the input's own (1: carried exactly; 0: lost; < 0: turned into the opposite tint). `grey_saturation`
     is the mean saturation of the round trip of the images' BT.601 grey version (0: grey stays grey)."""
+    def trip(t: torch.Tensor) -> torch.Tensor:
+        return decoder.decode(encoder.encode(t.to(device))).clamp(-1, 1).cpu()
+
     x = to_tensor(images)
-    trip = lambda t: decoder.decode(encoder.encode(t.to(device))).clamp(-1, 1).cpu()  # noqa: E731
     base = trip(x)
     out: dict[str, float] = {}
     for c, name in enumerate(("red", "green", "blue")):
         shifted = x.clone()
         shifted[:, c] = (shifted[:, c] + 2 * COLOUR_SHIFT).clamp(-1, 1)
-        others = [o for o in range(3) if o != c]
-
-        def tint(after: torch.Tensor, before: torch.Tensor) -> float:
-            delta = (after - before).mean(dim=(0, 2, 3))
-            return float(delta[c] - delta[others].mean())
-
-        out[name] = round(tint(trip(shifted), base) / tint(shifted, x), 3)
+        out[name] = round(_tint(trip(shifted), base, c) / _tint(shifted, x, c), 3)
     grey = torch.from_numpy(procedural.LUMA).float().view(1, 3, 1, 1)
     grey = (x * grey).sum(dim=1, keepdim=True).expand_as(x).contiguous()
     out["grey_saturation"] = round(_saturation(trip(grey)), 3)
     return out
 
 
-def autoencoder_colour(vae: AutoencoderKL, tae: AutoencoderTiny, resolution: int, device: str, seed: int = 0,
-                       count: int = 64) -> dict[str, dict[str, dict[str, float]]]:
-    """colour_fidelity of the two same-kind pairings on held-out procedural scenes and (if present) photos."""
-    wrappers = {"sd-vae": SDVAE(vae).eval(), "taesd": TAESD(tae).eval()}
+def _evaluation_sets(resolution: int, seed: int, count: int, photo_sizes: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Held-out procedural scenes at `resolution`, and scikit-image photos at each of `photo_sizes` (if installed)."""
     sets = {f"procedural_{resolution}": heldout_scenes(count, resolution, seed)}
-    real = photos(resolution)
-    if real is not None:
-        sets[f"photos_{resolution}"] = real
-    return {name: {f"{k}+{k}": colour_fidelity(w, w, images, device) for k, w in wrappers.items()}
-            for name, images in sets.items()}
+    for size in photo_sizes:
+        real = photos(size)
+        if real is not None:
+            sets[f"photos_{size}"] = real
+    return sets
+
+
+def _wrappers(vae: AutoencoderKL, tae: AutoencoderTiny) -> dict[str, Any]:
+    return {"sd-vae": SDVAE(vae).eval(), "taesd": TAESD(tae).eval()}
 
 
 def evaluate_autoencoders(vae: AutoencoderKL, tae: AutoencoderTiny, resolution: int, device: str, seed: int = 0,
                           count: int = 64) -> dict[str, dict[str, float]]:
     """PSNR of every encoder/decoder pairing on held-out procedural scenes and scikit-image photos (1x, 2x size)."""
-    wrappers = {"sd-vae": SDVAE(vae).eval(), "taesd": TAESD(tae).eval()}
-    sets = {f"procedural_{resolution}": heldout_scenes(count, resolution, seed)}
-    for size in (resolution, 2 * resolution):
-        real = photos(size)
-        if real is not None:
-            sets[f"photos_{size}"] = real
+    wrappers = _wrappers(vae, tae)
     return {
         name: {f"{enc}+{dec}": _psnr(wrappers[enc], wrappers[dec], images, device) for enc, dec in COMBOS}
-        for name, images in sets.items()
+        for name, images in _evaluation_sets(resolution, seed, count, (resolution, 2 * resolution)).items()
     }
+
+
+def autoencoder_colour(vae: AutoencoderKL, tae: AutoencoderTiny, resolution: int, device: str, seed: int = 0,
+                       count: int = 64) -> dict[str, dict[str, dict[str, float]]]:
+    """colour_fidelity of the two same-kind pairings on held-out procedural scenes and (if present) photos."""
+    wrappers = _wrappers(vae, tae)
+    return {name: {f"{k}+{k}": colour_fidelity(w, w, images, device) for k, w in wrappers.items()}
+            for name, images in _evaluation_sets(resolution, seed, count, (resolution,)).items()}
 
 
 def _check_config(ckpt: Path, config: dict[str, Any]) -> None:

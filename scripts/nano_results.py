@@ -380,24 +380,6 @@ def photo_measures(name: str, source: np.ndarray, edited: np.ndarray, reference:
     return row
 
 
-def autoencoder_round_trip(pipe, images: list[np.ndarray]) -> list[np.ndarray]:
-    """decoder(encoder(x)) of each image through the pipeline's own autoencoders, sized as the predictor sizes it."""
-    import torch
-
-    from movie_core.edit import SizePolicy, to_frames, to_tensor
-
-    policy = SizePolicy()
-    param = next(pipe.denoiser.unet.parameters())
-    out = []
-    for image in images:
-        h, w = image.shape[:2]
-        size = policy.target(h, w)
-        x = to_tensor([image], size, policy.padded(*size), param.device, param.dtype)
-        with torch.no_grad():
-            out += to_frames(pipe.decoder.decode(pipe.encoder.encode(x)), size, (h, w))
-    return out
-
-
 def photos_section(pipe, sizes: Sizes) -> dict[str, Any]:
     """The 1-step model's edits of real photographs, each measured against the closed-form edit."""
     from movie_core import evaluate as ev
@@ -414,7 +396,7 @@ def photos_section(pipe, sizes: Sizes) -> dict[str, Any]:
         instruction = EDITS[edit].phrasings[0]
         edited[edit] = predictor(sources, [instruction] * len(sources))
         reference[edit] = [apply_edit(edit, s) for s in sources]
-        ceiling = autoencoder_round_trip(pipe, reference[edit])  # the closed form through the model's autoencoders
+        ceiling = predictor.round_trip(reference[edit])  # the closed form through the model's autoencoders
         for n, s, e, ref, c in zip(names, sources, edited[edit], reference[edit], ceiling):
             per_photo[n][edit] = photo_measures(edit, s, e, ref)
             per_photo[n][edit]["autoencoder"] = photo_measures(edit, s, c, ref)
