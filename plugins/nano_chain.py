@@ -1,6 +1,7 @@
 """`movie nano-train`: the whole nano model family from scratch, every stage of the MoViE recipe in order.
 
-data -> autoencoders (nano SD VAE, TAESD distilled into its latent space) -> text (BPE tokenizer + nano CLIP
+data -> autoencoders (nano SD VAE, TAESD distilled into its latent space) -> taesd-decoder (robust to
+off-manifold latents) -> taesd-decoder-colour (the colours of the TAESD encoder's latents, grey included) -> text (BPE tokenizer + nano CLIP
 text tower) -> instruct-pix2pix (pix2pix-finetune from random init) -> mobile-pix2pix (top attention dropped,
 TAESD swapped in, finetuned) -> mobile-pix2pix-mmg (Algorithm 1) -> vpred -> mobile-pix2pix-1step
 (Algorithm 2) -> ship (the four stage folders plus the shared autoencoders, laid out as the package's
@@ -24,6 +25,7 @@ import click
 
 from movie_core.errors import UsageError
 from movie_core.hookspecs import hookimpl
+from movie_core.weights import replace_folder
 
 SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step")
 SHARED_AUTOENCODERS = ("vae", "taesd")
@@ -75,7 +77,11 @@ def _train(strategy: str, teacher: Path, data: Path, out: Path, budget: ChainBud
                       resolution=budget.resolution, seed=budget.seed, log_every=max(1, min(50, steps // 20)),
                       checkpoint_every=max(1, min(500, steps // 4)), ema_decay=budget.ema_decay if ema else None,
                       cache_latents=True)
-    run(distiller, teacher, data, out, cfg, resume=(out.parent / f"{out.name}.train").exists(), progress=progress)
+    work = out.parent / f"{out.name}.train"
+    # killed before its first checkpoint, a stage's work folder holds nothing to resume: it starts over
+    started = any((work / "checkpoints").glob("step-*"))
+    run(distiller, teacher, data, out, cfg, resume=started, overwrite=work.exists() and not started,
+        progress=progress)
 
 
 OBJECTIVES = {  # chain stage -> (its distiller, the work folder of its teacher)
@@ -173,6 +179,32 @@ def _taesd_decoder(work: Path, b: ChainBudget, device: str, log: Callable[[str],
     return metrics
 
 
+TAESD_COLOUR_DONE = "taesd_decoder_colour.json"
+
+
+def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The TAESD decoder learns the colours of the TAESD encoder's latents (nano_train.finetune_taesd_decoder_colour).
+
+    Encoders untouched: the denoisers' training is unaffected, so a work folder whose denoiser stages were
+    trained before this stage existed stays valid; their copies of the decoder are replaced by the new one."""
+    from movie_plugins import nano_train
+
+    metrics = nano_train.finetune_taesd_decoder_colour(work / "autoencoders", steps=b.taesd_decoder_steps,
+                                                       batch_size=b.batch_size, resolution=b.resolution,
+                                                       device=device, pool_size=max(2, b.ae_pool // 4),
+                                                       seed=b.seed, log=log)
+    new = work / "autoencoders" / "taesd"
+    for old in sorted(work.glob("*/taesd")):
+        if old != new and (old.parent / "movie.json").is_file():
+            tmp = old.with_name(".taesd.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(new, tmp)
+            replace_folder(tmp, old)
+            metrics.setdefault("replaced_in", []).append(old.parent.name)
+    (work / "autoencoders" / TAESD_COLOUR_DONE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
 CLOCK_BEAT = 30.0  # seconds between writes of a running stage's clock
 
 
@@ -259,6 +291,8 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         resolution=b.resolution, crop=min(b.ae_crop, b.resolution), pool_size=b.ae_pool, device=dev, seed=b.seed,
         log=log))
     stage("taesd-decoder", work / "autoencoders" / TAESD_DECODER_DONE, lambda: _taesd_decoder(work, b, dev, log))
+    stage("taesd-decoder-colour", work / "autoencoders" / TAESD_COLOUR_DONE,
+          lambda: _taesd_decoder_colour(work, b, dev, log))
     stage("text", work / "text" / "text_encoder", lambda: nano_train.train_text_encoder(
         work / "text", steps=b.text_steps, device=dev, seed=b.seed, log=log))
     stage("init", work / "init", lambda: _initial_model(work, work / "init", b.seed))

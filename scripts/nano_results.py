@@ -644,6 +644,8 @@ def _intro(result: dict[str, Any]) -> list[str]:
         what = {
             "data": ("`movie data nano`", "count"), "autoencoders": ("SD VAE + TAESD distilled to its latents", "vae_steps"),
             "taesd-decoder": ("TAESD decoder finetuned on off-manifold latents", "taesd_decoder_steps"),
+            "taesd-decoder-colour": ("TAESD decoder taught the TAESD encoder's colours, grey included",
+                                     "taesd_decoder_steps"),
             "text": ("tokenizer + text tower", "text_steps"), "init": ("random nano InstructPix2Pix UNet", None),
             "instruct-pix2pix": ("pix2pix-finetune", "ip2p_steps"), "taesd-swap": ("TAESD in, weights kept", None),
             "mobile-pix2pix": ("top attention dropped, finetuned", "mobile_steps"),

@@ -46,7 +46,7 @@ def chain(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_chain_writes_every_stage_and_records_times(chain):
     record = json.loads((chain["work"] / "chain.json").read_text())
-    for stage in ("data", "autoencoders", "taesd-decoder", "text", "init", *STAGES):
+    for stage in ("data", "autoencoders", "taesd-decoder", "taesd-decoder-colour", "text", "init", *STAGES):
         assert record["seconds"][stage] >= 0
     assert record["budget"]["ip2p_steps"] == 3 and record["device"] == "cpu"
     # each distiller's objective is measured after its stage
@@ -65,8 +65,48 @@ def test_chain_resumes_by_skipping_finished_stages(chain):
     before = (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     result = run("nano-train", "--out", str(chain["work"]), "--scale", "0.0005", "--no-progress")
     assert result.exit_code == 0
-    assert result.output.count("skipped") == 11  # data, autoencoders, taesd-decoder, text, init, six training stages
+    assert result.output.count("skipped") == 12  # data, 3 autoencoder stages, text, init, six training stages
     assert (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_stage_killed_before_its_first_checkpoint_starts_over(chain, tmp_path):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(chain["work"], work)
+    last = "mobile-pix2pix-1step"
+    shutil.rmtree(work / last)
+    train = work / f"{last}.train"
+    shutil.rmtree(train, ignore_errors=True)
+    (train / "checkpoints").mkdir(parents=True)  # what a run killed before step checkpoint_every leaves
+    (train / "config.json").write_text("{}")
+    result = invoke("nano-train", "--out", str(work), "--scale", "0.0005", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (work / last / "movie.json").is_file()
+    assert any((train / "checkpoints").glob("step-*"))
+
+
+@pytest.mark.slow
+def test_colour_stage_added_to_a_trained_folder_updates_every_stage_decoder(chain, tmp_path):
+    """A work folder whose denoisers were trained before the stage existed: the encoders are untouched, so
+    the stages stay valid and get the new decoder."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(chain["work"], work)
+    (work / "autoencoders" / "taesd_decoder_colour.json").unlink()
+    weights = "taesd/diffusion_pytorch_model.safetensors"
+    before = (work / "autoencoders" / weights).read_bytes()
+    result = invoke("nano-train", "--out", str(work), "--scale", "0.0005", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("skipped") == 11
+    new = (work / "autoencoders" / weights).read_bytes()
+    assert new != before
+    record = json.loads((work / "chain.json").read_text())
+    replaced = record["metrics"]["taesd-decoder-colour"]["replaced_in"]
+    assert set(STAGES) <= set(replaced)
+    assert all((work / stage / weights).read_bytes() == new for stage in replaced)
 
 
 @pytest.mark.slow

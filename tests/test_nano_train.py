@@ -108,6 +108,13 @@ class _LumaOnly(_Identity):
         return z.expand(-1, 3, -1, -1)
 
 
+class _RedCast(_Identity):
+    """Decodes with a +0.05 red cast (in [0, 1] units): grey comes back reddish."""
+
+    def decode(self, z):
+        return z + torch.tensor([0.1, 0.0, 0.0]).view(1, 3, 1, 1)
+
+
 class _SwapRedBlue(_Identity):
     def decode(self, z):
         return z.flip(1)
@@ -116,9 +123,11 @@ class _SwapRedBlue(_Identity):
 def test_colour_fidelity_tells_faithful_colour_blind_and_wrong_autoencoders_apart():
     images = nano_train.make_pool(8, 16, seed=1)
     same = nano_train.colour_fidelity(_Identity(), _Identity(), images, "cpu")
-    assert same == {"red": 1.0, "green": 1.0, "blue": 1.0, "grey_saturation": 0.0}
+    assert same == {"red": 1.0, "green": 1.0, "blue": 1.0, "grey_saturation": 0.0, "grey_chroma": 0.0}
     blind = nano_train.colour_fidelity(_LumaOnly(), _LumaOnly(), images, "cpu")
     assert all(abs(blind[c]) < 1e-3 for c in ("red", "green", "blue")) and blind["grey_saturation"] == 0.0
+    cast = nano_train.colour_fidelity(_Identity(), _RedCast(), images, "cpu")
+    assert 0.04 <= cast["grey_chroma"] <= 0.05 and cast["grey_saturation"] > 0.05  # +0.05 red, clipped near white
     swapped = nano_train.colour_fidelity(_Identity(), _SwapRedBlue(), images, "cpu")
     assert swapped["green"] == 1.0 and swapped["red"] < -0.4 and swapped["blue"] < -0.4  # red came out blue
 
@@ -135,7 +144,42 @@ def test_autoencoder_run_reports_colour_fidelity(autoencoders):
     assert f"procedural_{RES}" in colour
     for values in colour.values():
         assert set(values) == {"sd-vae+sd-vae", "taesd+taesd"}
-        assert all(set(v) == {"red", "green", "blue", "grey_saturation"} for v in values.values())
+        assert all(set(v) == {"red", "green", "blue", "grey_saturation", "grey_chroma"} for v in values.values())
+
+
+def test_chroma_error_ignores_luma_and_sees_a_tint():
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert nano_train.chroma_error(x + 0.2, x).item() < 1e-10  # the same change on every channel: luma only
+    tinted = x.clone()
+    tinted[:, 0] += 0.2
+    assert nano_train.chroma_error(tinted, x).item() > 1e-3
+
+
+def test_multiscale_pool_mixes_two_scales_deterministically():
+    pool = nano_train.multiscale_pool(6, 16, seed=2)
+    assert pool.shape == (6, 16, 16, 3) and pool.dtype == np.uint8
+    assert np.array_equal(pool, nano_train.multiscale_pool(6, 16, seed=2))
+    assert np.array_equal(pool[:3], nano_train.make_pool(3, 16, seed=2))  # the rest: crops of 32-pixel renders
+
+
+def test_colour_finetune_trains_the_taesd_decoder_only(autoencoders, tmp_path, tiny_convs):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(autoencoders[0], folder)
+    before = load_file(folder / "taesd" / "diffusion_pytorch_model.safetensors")
+    vae_before = (folder / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    metrics = nano_train.finetune_taesd_decoder_colour(folder, steps=3, batch_size=4, resolution=RES, pool_size=6,
+                                                       log=lambda _: None)
+    after = load_file(folder / "taesd" / "diffusion_pytorch_model.safetensors")
+    assert set(before) == set(after)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert (folder / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == vae_before
+    assert metrics["steps"] == 3 and 0 <= metrics["grey_chroma"] <= 1 and "grey_chroma_start" in metrics
+    assert "taesd+taesd" in metrics["colour"][f"procedural_{RES}"]
 
 
 def test_taesd_distillation_loss_drops(autoencoders):
