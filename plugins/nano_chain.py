@@ -51,9 +51,9 @@ class ChainBudget:
     ip2p_lr: float = 5e-4
     mobile_steps: int = 2000
     mobile_lr: float = 2e-4
-    mmg_steps: int = 3000
+    mmg_steps: int = 4000  # with the colour-fixed autoencoders 3000 left the held-out distance at x0.54 (4000: x0.49)
     mmg_lr: float = 3e-4
-    vpred_steps: int = 2000
+    vpred_steps: int = 3500  # 2000 left the t < 600 error at 0.148 held out (3500: 0.128; still > 0.1)
     vpred_lr: float = 2e-4
     adversarial_steps: int = 1000
     adversarial_lr: float = 1e-4  # 5e-5 left the 1-step model below mmg; 1e-4 students beat it (examples/table2)

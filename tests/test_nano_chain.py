@@ -299,4 +299,3 @@ def test_a_stage_time_adds_up_the_runs_that_worked_on_it(tmp_path):
     assert result == "done" and earlier == 100.0 and 100.0 <= total < 110.0
     assert not clock.exists()
     assert _timed(tmp_path, "stage", lambda: None)[2] == 0.0  # a fresh stage starts from zero
-
