@@ -677,6 +677,31 @@ def _train_taesd(ckpt: Path, pool: torch.Tensor, vae: AutoencoderKL, config: dic
     return tae
 
 
+def _finetune_decoder(tae: AutoencoderTiny, steps: int, lr: float, loss_at: Callable[[int], torch.Tensor],
+                      what: str, log: Log) -> list[float]:
+    """AdamW on the TAESD decoder's parameters, `steps` steps of loss_at(step); leaves it in eval mode."""
+    opt = torch.optim.AdamW(tae.decoder.parameters(), lr=lr)
+    losses: list[float] = []
+    for step in range(steps):
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % max(1, steps // 10) == 0:
+            log(f"{what}: step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f}")
+    tae.eval()
+    return losses
+
+
+def _write_taesd(tae: AutoencoderTiny, folder: Path) -> None:
+    """Replace folder/taesd with `tae`, atomically."""
+    tmp = folder / ".taesd.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tae.save_pretrained(tmp, safe_serialization=True)
+    replace_folder(tmp, folder / "taesd")
+
+
 def finetune_taesd_decoder(folder: Path, *, steps: int, batch_size: int = 32, resolution: int = 64,
                            pool_size: int = 1024, max_noise: float = 0.6, lr: float = 2e-4, device: str = "cpu",
                            seed: int = 0, log: Log = print) -> dict[str, Any]:
@@ -708,9 +733,8 @@ def finetune_taesd_decoder(folder: Path, *, steps: int, batch_size: int = 32, re
             return F.mse_loss(tae.decoder(z).clamp(-1, 1), teacher.decode(z)).item()
 
     before = probe_gap()
-    opt = torch.optim.AdamW(tae.decoder.parameters(), lr=lr)
-    start, losses = time.perf_counter(), []
-    for step in range(steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed * 7919 + step)
         index = torch.randint(0, pool_size, (batch_size,), generator=g)
         x, z = pool[index].to(device), latents[index].to(device)
@@ -719,19 +743,12 @@ def finetune_taesd_decoder(folder: Path, *, steps: int, batch_size: int = 32, re
         z = z + sigma.view(-1, 1, 1, 1).to(z) * torch.randn(z.shape, generator=g).to(z)
         with torch.no_grad():
             target = torch.where(noisy.view(-1, 1, 1, 1).to(device), teacher.decode(z), x)
-        loss = _reconstruction(tae.decoder(z), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if (step + 1) % max(1, steps // 10) == 0:
-            log(f"taesd decoder: step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f}")
+        return _reconstruction(tae.decoder(z), target)
+
+    start = time.perf_counter()
+    losses = _finetune_decoder(tae, steps, lr, loss_at, "taesd decoder", log)
     after = probe_gap()
-    tae.eval()
-    tmp = folder / ".taesd.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tae.save_pretrained(tmp, safe_serialization=True)
-    replace_folder(tmp, folder / "taesd")
+    _write_taesd(tae, folder)
     metrics = {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "loss_first": round(losses[0], 5),
                "loss_last": round(float(np.mean(losses[-20:])), 5), "vae_gap_perturbed_start": round(before, 5),
                "vae_gap_perturbed": round(after, 5),
@@ -787,9 +804,8 @@ def finetune_taesd_decoder_colour(folder: Path, *, steps: int, batch_size: int =
         return colour_fidelity(wrappers["taesd"], wrappers["taesd"], probe, device)["grey_chroma"]
 
     before = grey_chroma()
-    opt = torch.optim.AdamW(tae.decoder.parameters(), lr=lr)
-    start, losses = time.perf_counter(), []
-    for step in range(steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed * 7919 + step)
         index = torch.randint(0, len(pool), (batch_size,), generator=g)
         as_grey = (torch.rand(batch_size, generator=g) < GREY_FRACTION).view(-1, 1, 1, 1)
@@ -797,23 +813,16 @@ def finetune_taesd_decoder_colour(folder: Path, *, steps: int, batch_size: int =
         x = torch.where(as_grey, grey[index], pool[index]).to(device)
         z = torch.where(as_grey, mono[index], colour[index]).to(device)
         y = tae.decoder(z)
-        loss = _reconstruction(y, x) + CHROMA_WEIGHT * chroma_error(y, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if (step + 1) % max(1, steps // 10) == 0:
-            log(f"taesd decoder colour: step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f}")
-    tae.eval()
+        return _reconstruction(y, x) + CHROMA_WEIGHT * chroma_error(y, x)
+
+    start = time.perf_counter()
+    losses = _finetune_decoder(tae, steps, lr, loss_at, "taesd decoder colour", log)
     after = grey_chroma()
-    tmp = folder / ".taesd.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tae.save_pretrained(tmp, safe_serialization=True)
-    replace_folder(tmp, folder / "taesd")
+    _write_taesd(tae, folder)
     log(f"taesd decoder colour: grey round-trip chroma {before:.3f} -> {after:.3f}")
     return {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "loss_first": round(losses[0], 5),
             "loss_last": round(float(np.mean(losses[-20:])), 5),
-            "probe": "photos_%d" % (2 * resolution) if real is not None else f"procedural_{resolution}",
+            "probe": f"photos_{2 * resolution}" if real is not None else f"procedural_{resolution}",
             "grey_chroma_start": before, "grey_chroma": after,
             "psnr": evaluate_autoencoders(vae, tae, resolution, device, seed),
             "colour": autoencoder_colour(vae, tae, resolution, device, seed)}
