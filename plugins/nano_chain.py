@@ -69,7 +69,7 @@ class ChainBudget:
 def _train(strategy: str, teacher: Path, data: Path, out: Path, budget: ChainBudget, *, steps: int, lr: float,
            progress: bool, ema: bool = True, **options: Any) -> None:
     from movie_core.plugins import get_registry
-    from movie_core.training.loop import TrainConfig, run
+    from movie_core.training.loop import TrainConfig, can_resume, run
 
     spec = get_registry().get("distiller", strategy)
     distiller = spec.load_factory()(spec.make_config(**options))
@@ -77,11 +77,10 @@ def _train(strategy: str, teacher: Path, data: Path, out: Path, budget: ChainBud
                       resolution=budget.resolution, seed=budget.seed, log_every=max(1, min(50, steps // 20)),
                       checkpoint_every=max(1, min(500, steps // 4)), ema_decay=budget.ema_decay if ema else None,
                       cache_latents=True)
-    work = out.parent / f"{out.name}.train"
-    # killed before its first checkpoint, a stage's work folder holds nothing to resume: it starts over
-    started = any((work / "checkpoints").glob("step-*"))
-    run(distiller, teacher, data, out, cfg, resume=started, overwrite=work.exists() and not started,
-        progress=progress)
+    # a stage killed before its first checkpoint left nothing to resume: it starts over (`out` itself does not
+    # exist here: a stage whose output exists is skipped)
+    started = can_resume(out)
+    run(distiller, teacher, data, out, cfg, resume=started, overwrite=not started, progress=progress)
 
 
 OBJECTIVES = {  # chain stage -> (its distiller, the work folder of its teacher)

@@ -427,7 +427,8 @@ def colour_fidelity(encoder, decoder, images: np.ndarray, device: str) -> dict[s
     For each channel c: the images with c raised by COLOUR_SHIFT (clipped) and as they are go through the round
     trip; the realised tint (mean change of c minus the mean change of the other two, output vs output) is
     divided by the input's own (1: carried exactly; 0: lost; < 0: turned into the opposite tint). `grey_saturation`
-    is the mean saturation of the round trip of the images' BT.601 grey version (0: grey stays grey)."""
+    and `grey_chroma` are the mean HSV saturation and chroma (max - min) of the round trip of the images' BT.601
+    grey version (0: grey stays grey)."""
     def trip(t: torch.Tensor) -> torch.Tensor:
         return decoder.decode(encoder.encode(t.to(device))).clamp(-1, 1).cpu()
 
@@ -790,13 +791,11 @@ def finetune_taesd_decoder_colour(folder: Path, *, steps: int, batch_size: int =
     tae = AutoencoderTiny.from_pretrained(folder / "taesd", use_safetensors=True).to(device)
     tae.encoder.requires_grad_(False)
     wrappers = _wrappers(vae, tae)
-    torch.manual_seed(seed + 11)
     pool = to_tensor(multiscale_pool(pool_size, resolution, seed + 5))
     grey = _luma(pool).expand_as(pool).contiguous()
-    with torch.no_grad():
+    with torch.no_grad():  # (colour, grey) latents of the pool from each encoder
         latents = {name: [torch.cat([w.encode(chunk.to(device)).cpu() for chunk in images.split(64)])
-                          for images in (pool, grey)] for name, w in (("taesd", wrappers["taesd"]),
-                                                                      ("sd-vae", wrappers["sd-vae"]))}
+                          for images in (pool, grey)] for name, w in wrappers.items()}
     real = photos(2 * resolution)
     probe = heldout_scenes(32, resolution, seed) if real is None else real
 

@@ -112,6 +112,11 @@ def _checkpoints(work: Path) -> list[Path]:
     return sorted((work / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
 
 
+def can_resume(out: Path) -> bool:
+    """Whether the run that writes `out` left a checkpoint (what run(..., resume=True) continues from)."""
+    return bool(_checkpoints(_work_dir(Path(out))))
+
+
 def _lr_lambda(warmup: int):
     return lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
 
