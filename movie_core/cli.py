@@ -368,6 +368,9 @@ def _parse_options(pairs: tuple[str, ...], spec) -> Any:
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
 @click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="EMA decay (off by default).")
 @click.option("--resolution", type=click.IntRange(min=8), default=64, show_default=True)
+@click.option("--extra-resolution", "extra_resolutions", type=click.IntRange(min=8), multiple=True,
+              help="Also train at this size (repeatable): steps cycle through the sizes, a step at a larger size "
+                   "draws proportionally fewer samples.")
 @click.option("--cache-latents", is_flag=True,
               help="Encode each sample once with the frozen teacher encoder (much faster on CPU; a resumed run "
                    "then matches an uninterrupted one up to float rounding, not bit for bit).")
@@ -381,8 +384,8 @@ def _parse_options(pairs: tuple[str, ...], spec) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def distill(strategy: str, teacher: str, data: str, out: str, steps: int, batch_size: int, lr: float | None,
             warmup_steps: int | None, grad_accum: int, mixed_precision: str, ema_decay: float | None,
-            resolution: int, cache_latents: bool, checkpoint_every: int, log_every: int, seed: int,
-            options: tuple[str, ...],
+            resolution: int, extra_resolutions: tuple[int, ...], cache_latents: bool, checkpoint_every: int,
+            log_every: int, seed: int, options: tuple[str, ...],
             resume: bool, overwrite: bool, progress: bool, as_json: bool) -> None:
     """Run one training stage (a distiller) from a teacher model on a dataset; writes the student model."""
     from movie_core.plugins import get_registry
@@ -396,7 +399,7 @@ def distill(strategy: str, teacher: str, data: str, out: str, steps: int, batch_
         steps=steps, batch_size=batch_size, lr=lr or defaults.get("lr", 1e-5),
         warmup_steps=warmup_steps if warmup_steps is not None else defaults.get("warmup_steps", 0),
         grad_accum=grad_accum, mixed_precision=mixed_precision, ema_decay=ema_decay, resolution=resolution,
-        checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, cache_latents=cache_latents,
+        extra_resolutions=extra_resolutions, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, cache_latents=cache_latents,
     )
     summary = run(distiller, Path(teacher), Path(data), Path(out), cfg, resume=resume, overwrite=overwrite,
                   progress=progress)

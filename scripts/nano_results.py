@@ -76,10 +76,10 @@ class Sizes:
     """How many samples each measurement uses."""
 
     images: int = 48  # per image split
-    videos: int = 6
+    videos: int = 24
     frames: int = 16
     data_size: int = 64  # generated held-out data, pixels (square)
-    control_samples: int = 12
+    control_samples: int = 48
     photos: int = len(PHOTOS)
     photo_size: int = 128  # short side
     bench_size: int = 128  # CPU frames/s of every stage at this square size
@@ -653,6 +653,13 @@ def _intro(result: dict[str, Any]) -> list[str]:
             "vpred": ("v-prediction conversion", "vpred_steps"),
             "mobile-pix2pix-1step": ("adversarial distillation (Alg. 2)", "adversarial_steps"),
         }
+        if b.get("vpred_weighting"):
+            what["vpred"] = (f"v-prediction conversion ({b['vpred_weighting']} weighting over t)", "vpred_steps")
+        if b.get("adversarial_data_weight"):
+            sizes = ", ".join(f"{r} px" for r in (b.get("resolution"), b.get("adversarial_extra_resolution")) if r)
+            what["mobile-pix2pix-1step"] = (
+                f"adversarial distillation (Alg. 2), real samples anchored to the ground truth "
+                f"(data_weight {b['adversarial_data_weight']:g}; {sizes})", "adversarial_steps")
         for name, secs in seconds.items():
             desc, key = what.get(name, ("", None))
             steps = b.get(key, "") if key else ""

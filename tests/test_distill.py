@@ -392,3 +392,34 @@ def test_logit_normal_discriminator_timesteps():
     assert t.min() >= 0 and t.max() <= 999
     # median of sigmoid(N(-1, 1)) is sigmoid(-1) = 0.269
     assert abs(t.float().median().item() - 268.9) < 5
+
+
+class _NoisyTeacher:
+    """A stand-in multi-step teacher: output = source * s_I + s_T + noise drawn from the sampler's generator."""
+
+    prediction_type = "v_prediction"
+
+    def sample(self, src, emb, *, steps, s_T, s_I, null_emb=None, latents=None, generator=None, scheduler=None):
+        noise = torch.randn(src.shape, generator=generator)
+        return src * s_I.view(-1, 1, 1, 1) + s_T.view(-1, 1, 1, 1) + noise
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_adversarial_ground_truth_anchoring_keeps_the_teachers_guidance_response(weight):
+    """-O data_weight=w: real samples x0 + w (z_edit - x0_ref), x0_ref from the same noise at the anchor scales.
+
+    With the stand-in teacher T(s) = src s_I + s_T + n: x0 = src s_I + s_T + w (z_edit - 1.5 src - 7.5) + (1 - w) n,
+    so the noise left is (1 - w) n (none at w = 1: the two teacher runs drew the same noise) and at the anchor
+    (1.5, 7.5) with w = 1 the target is the ground truth itself."""
+    d = distiller("adversarial", data_weight=weight)
+    d.sampler, d.sampler_null_emb = _NoisyTeacher(), None
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    s_i, s_t = torch.tensor([1.5, 1.0, 3.0]), torch.tensor([7.5, 2.0, 14.0])
+    torch.manual_seed(1)
+    x0 = d.real_samples(src, tgt, None, s_i, s_t)
+    teacher_mean = src * s_i.view(-1, 1, 1, 1) + s_t.view(-1, 1, 1, 1)
+    left = x0 - teacher_mean - weight * (tgt - 1.5 * src - 7.5)
+    assert abs(left.std().item() - (1 - weight)) < 0.1
+    if weight == 1:
+        torch.testing.assert_close(x0[0], tgt[0])

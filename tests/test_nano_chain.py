@@ -58,6 +58,9 @@ def test_chain_writes_every_stage_and_records_times(chain):
     assert manifests["instruct-pix2pix"]["recipe"]["encoder"] == "sd-vae"
     assert manifests["mobile-pix2pix"]["recipe"]["encoder"] == "taesd"  # Mobile-Pix2Pix swaps in TAESD
     assert manifests["mobile-pix2pix-1step"]["training"]["strategy"] == "adversarial"
+    vpred = json.loads((chain["work"] / "vpred" / "movie.json").read_text())
+    assert vpred["training"]["options"]["weighting"] == record["budget"]["vpred_weighting"] == "relative"
+    assert manifests["mobile-pix2pix-1step"]["training"]["options"]["data_weight"] == record["budget"]["adversarial_data_weight"]
 
 
 @pytest.mark.slow
@@ -114,6 +117,13 @@ def test_chain_refuses_another_budget_in_the_same_folder(chain):
     result = invoke("nano-train", "--out", str(chain["work"]), "--scale", "0.0005", "-B", "ip2p_lr=0.1",
                     "--no-progress")
     assert result.exit_code != 0 and "another budget" in str(result.exception)
+
+
+def test_chain_budget_refuses_an_unknown_vpred_weighting(tmp_path):
+    result = invoke("nano-train", "--out", str(tmp_path / "work"), "-B", "vpred_weighting=cubic", "--no-progress")
+    message = str(result.exception)
+    assert result.exit_code != 0 and message == "--budget: 'vpred_weighting' must be in ('uniform', 'relative') (got 'cubic')"
+    assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.slow

@@ -245,3 +245,24 @@ def test_latent_cache_encodes_each_sample_once_and_matches_direct_encoding(work,
               "--batch-size", "2", "--resolution", str(RES), "--cache-latents", "--no-progress", "--json"])
     capsys.readouterr()
     assert json.loads((out / "movie.json").read_text())["training"]["train"]["cache_latents"] is True
+
+
+def test_extra_resolutions_cycle_per_step_with_the_pixel_count_kept(work, data, teacher, capsys):
+    """--extra-resolution: step k trains at (resolution, *extra)[k % n]; a step at 2x the size draws 1/4 the samples,
+    and the latent cache keys a sample by (index, size) there, so a sample's 32-px latents never stand in at 64."""
+    from movie_core.training.data import open_dataset
+    from movie_core.training.loop import BatchSource
+
+    source = BatchSource(open_dataset(data, "train"), 8, (RES, 2 * RES), seed=0, rank=0)
+    first, second, third = (source(k, torch.device("cpu")) for k in range(3))
+    assert first["source"].shape == (8, 3, RES, RES) and third["source"].shape == (8, 3, RES, RES)
+    assert second["source"].shape == (2, 3, 2 * RES, 2 * RES) and second["edited"].shape == second["source"].shape
+    assert all(isinstance(i, int) for i in first["index"])
+    assert all(isinstance(i, tuple) and i[1] == 2 * RES for i in second["index"])
+    out = work / "cli-multires"
+    cli.main(["distill", "mmg", "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--steps", "2",
+              "--batch-size", "4", "--resolution", str(RES), "--extra-resolution", str(2 * RES), "--cache-latents",
+              "--no-progress", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert math.isfinite(summary["final_losses"]["loss"])
+    assert json.loads((out / "movie.json").read_text())["training"]["train"]["extra_resolutions"] == [2 * RES]

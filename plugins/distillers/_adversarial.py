@@ -20,6 +20,10 @@ One training step (Algorithm 2; D update, then G update):
      (The paper writes the hinge with D's sign flipped, max(0, 1 + D(real)) + max(0, 1 - D(fake)) and
      + lambda_gen E[D(fake)] for G; the conventions are equivalent.)
   6. With fresh t', eps' (Algorithm 2 line 14): L_G = lambda_mse ||x0_hat - x0||^2 + lambda_gen (-E[D(fake)]).
+  Ground-truth anchoring (ours, `-O data_weight=w`, default 0 = the above): the real samples x0 of steps 2-6 become
+  x0 + w (z_edit - x0_ref), x0_ref = M at the anchor scales (`data_image_guidance`, `data_text_guidance`: the
+  movie preset's 1.5, 7.5) from the same noise, z_edit the ground-truth edit's latents. The teacher's response to
+  the scales is kept; at the anchor the target is the ground truth, so the student can end better than its teacher.
   x0_hat is computed once per step (the student does not change during the D update) and detached for L_D.
 """
 
@@ -124,6 +128,23 @@ class AdversarialDistiller(BuiltinDistiller):
     def _disc_module(self) -> Discriminator:
         return getattr(self.disc, "module", self.disc)
 
+    def real_samples(self, src, tgt, emb_m, s_i, s_t) -> torch.Tensor:
+        """x0 = M(eps, C) (Algorithm 2); with data_weight w > 0, x0 + w (z_edit - x0_ref), x0_ref = M(eps, C) at
+        the anchor scales with the same noise: the teacher's guidance response is kept, its error at the anchor
+        (the preset's s_I, s_T) is replaced by the ground truth's edit."""
+        o = self.options
+        if o.data_weight <= 0:
+            return teacher_samples(self.sampler, src, emb_m, s_i, s_t, o.teacher_steps, o.teacher_scheduler,
+                                   self.sampler_null_emb)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        runs = []
+        for si, st in ((s_i, s_t), (torch.full_like(s_i, o.data_image_guidance),
+                                    torch.full_like(s_t, o.data_text_guidance))):
+            gen = torch.Generator(device=src.device).manual_seed(seed)
+            runs.append(teacher_samples(self.sampler, src, emb_m, si, st, o.teacher_steps, o.teacher_scheduler,
+                                        self.sampler_null_emb, generator=gen))
+        return runs[0] + o.data_weight * (tgt - runs[1])
+
     def student_x0(self, src, emb, x0, s_i, s_t):
         """x_t at one of the Euler timesteps (c_in applied) and the student's x0_hat from its v output."""
         n = x0.shape[0]
@@ -146,14 +167,13 @@ class AdversarialDistiller(BuiltinDistiller):
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         o = self.options
-        src, _, emb = self.encode_batch(batch)
+        src, tgt, emb = self.encode_batch(batch)
         # the multi-step teacher and the discriminator (its encoder arm) read prompts with their own text tower
         emb_m = emb if self.sampler is self.teacher.denoiser else self.sampler.encode_prompt(batch["instruction"])
         n = src.shape[0]
         dev = src.device
         s_i, s_t = sample_guidance(o, n, dev)
-        x0 = teacher_samples(self.sampler, src, emb_m, s_i, s_t, o.teacher_steps, o.teacher_scheduler,
-                             self.sampler_null_emb)
+        x0 = self.real_samples(src, tgt, emb_m, s_i, s_t)
         x0_hat = self.student_x0(src, emb, x0, s_i, s_t)
         cond = src / SD_SCALING_FACTOR
 

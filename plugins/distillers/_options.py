@@ -71,7 +71,13 @@ class VPredOptions(GuidanceRanges):
 
 @attrs.frozen(kw_only=True)
 class AdversarialOptions(GuidanceRanges):
-    """Algorithm 2 (after LADD). The paper gives lr 1e-5 and the noise (-1, 1); the loss weights are ours."""
+    """Algorithm 2 (after LADD). The paper gives lr 1e-5 and the noise (-1, 1); the loss weights are ours.
+
+    data_weight (ours, 0 = the paper): the real samples become x0 + w (z_edit - x0_ref), x0_ref the teacher's
+    sample at (data_image_guidance, data_text_guidance) from the same noise, z_edit the ground-truth edit; the
+    student keeps the teacher's response to s_I and s_T and learns the ground truth at the anchor. Measured on
+    the nano family (1000 steps, held-out PSNR of the 1-step model): 15.96 dB at w = 0, 17.46 at 0.5, 17.31 at 1
+    (its teacher, the v-prediction model at 5 LCM steps, 14.27)."""
 
     teacher_sampler_model: str | None = None  # multi-step teacher folder; default: the --teacher folder
     teacher_steps: int = attrs.field(default=5, converter=int, validator=attrs.validators.ge(1))
@@ -84,3 +90,8 @@ class AdversarialOptions(GuidanceRanges):
     disc_noise_mean: float = _float(default=-1.0)
     disc_noise_std: float = _float(default=1.0, validator=_pos)
     head_channels: int = attrs.field(default=128, converter=int, validator=attrs.validators.ge(1))
+    # Ground-truth anchoring (ours; 0 = the paper's Algorithm 2): the real samples become
+    # x0 + data_weight * (z_edit - x0_ref), x0_ref = the teacher at the preset's scales with the same noise.
+    data_weight: float = _float(default=0.0, validator=_prob)
+    data_image_guidance: float = _float(default=1.5, validator=_ge0)
+    data_text_guidance: float = _float(default=7.5, validator=_ge0)
