@@ -399,7 +399,8 @@ def distill(strategy: str, teacher: str, data: str, out: str, steps: int, batch_
         steps=steps, batch_size=batch_size, lr=lr or defaults.get("lr", 1e-5),
         warmup_steps=warmup_steps if warmup_steps is not None else defaults.get("warmup_steps", 0),
         grad_accum=grad_accum, mixed_precision=mixed_precision, ema_decay=ema_decay, resolution=resolution,
-        extra_resolutions=extra_resolutions, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, cache_latents=cache_latents,
+        extra_resolutions=extra_resolutions, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
+        cache_latents=cache_latents,
     )
     summary = run(distiller, Path(teacher), Path(data), Path(out), cfg, resume=resume, overwrite=overwrite,
                   progress=progress)

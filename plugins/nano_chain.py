@@ -86,7 +86,8 @@ def _train(strategy: str, teacher: Path, data: Path, out: Path, budget: ChainBud
     spec = get_registry().get("distiller", strategy)
     distiller = spec.load_factory()(spec.make_config(**options))
     cfg = TrainConfig(steps=steps, batch_size=budget.batch_size, lr=lr, warmup_steps=min(100, steps // 10),
-                      resolution=budget.resolution, extra_resolutions=extra_resolutions, seed=budget.seed, log_every=max(1, min(50, steps // 20)),
+                      resolution=budget.resolution, extra_resolutions=extra_resolutions, seed=budget.seed,
+                      log_every=max(1, min(50, steps // 20)),
                       checkpoint_every=max(1, min(500, steps // 4)), ema_decay=budget.ema_decay if ema else None,
                       cache_latents=True)
     # a stage killed before its first checkpoint left nothing to resume: it starts over (`out` itself does not
@@ -324,7 +325,8 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         progress=progress, weighting=b.vpred_weighting)))
     stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure("mobile-pix2pix-1step", work, data, lambda: _train(
         "adversarial", work / "vpred", data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
-        lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr, data_weight=b.adversarial_data_weight,
+        lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
+        data_weight=b.adversarial_data_weight,
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ())))
     record["total_seconds"] = round(sum(record["seconds"].values()), 1)
     record_path.write_text(json.dumps(record, indent=2) + "\n")

@@ -656,10 +656,10 @@ def _intro(result: dict[str, Any]) -> list[str]:
         if b.get("vpred_weighting"):
             what["vpred"] = (f"v-prediction conversion ({b['vpred_weighting']} weighting over t)", "vpred_steps")
         if b.get("adversarial_data_weight"):
-            sizes = ", ".join(f"{r} px" for r in (b.get("resolution"), b.get("adversarial_extra_resolution")) if r)
+            px = ", ".join(f"{r} px" for r in (b.get("resolution"), b.get("adversarial_extra_resolution")) if r)
             what["mobile-pix2pix-1step"] = (
                 (f"adversarial distillation (Alg. 2), real samples anchored to the ground truth "
-                 f"(data_weight {b['adversarial_data_weight']:g}; {sizes})"), "adversarial_steps")
+                 f"(data_weight {b['adversarial_data_weight']:g}; {px})"), "adversarial_steps")
         for name, secs in seconds.items():
             desc, key = what.get(name, ("", None))
             steps = b.get(key, "") if key else ""

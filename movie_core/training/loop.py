@@ -91,17 +91,16 @@ class BatchSource:
     (at least 1). `index` names each sample for the latent cache: the dataset index at the first resolution,
     (index, r) at another."""
 
-    def __init__(self, dataset, batch_size: int, resolution: int | Sequence[int], seed: int, rank: int) -> None:
+    def __init__(self, dataset, batch_size: int, resolutions: Sequence[int], seed: int, rank: int) -> None:
         if len(dataset) == 0:
             raise UsageError("the training split is empty")
-        self.resolutions = (resolution,) if isinstance(resolution, int) else tuple(resolution)
-        self.dataset, self.batch_size, self.resolution = dataset, batch_size, self.resolutions[0]
+        self.dataset, self.batch_size, self.resolutions = dataset, batch_size, tuple(resolutions)
         self.seed, self.rank = seed, rank
 
     def size_at(self, step: int) -> tuple[int, int]:
         """(resolution, batch size) of a step."""
         r = self.resolutions[step % len(self.resolutions)]
-        return r, max(1, round(self.batch_size * self.resolution**2 / r**2))
+        return r, max(1, round(self.batch_size * self.resolutions[0] ** 2 / r**2))
 
     def __call__(self, step: int, device: torch.device) -> dict[str, Any]:
         from PIL import Image
@@ -109,17 +108,20 @@ class BatchSource:
         from movie_core.training.data import to_torch_batch
 
         res, batch = self.size_at(step)
+
+        def at_size(image: np.ndarray) -> np.ndarray:
+            if image.shape[:2] == (res, res):
+                return image
+            return np.asarray(Image.fromarray(image).resize((res, res), Image.BICUBIC))
+
         rng = np.random.default_rng([self.seed, step, self.rank])
         idx = rng.integers(0, len(self.dataset), batch)
         samples = []
         for i in idx:
             s = self.dataset[int(i)]
-            samples.append({
-                k: (np.asarray(Image.fromarray(s[k]).resize((res,) * 2, Image.BICUBIC))
-                    if s[k].shape[:2] != (res,) * 2 else s[k]) if k != "instruction" else s[k]
-                for k in ("source", "edited", "instruction")
-            })
-        index = [int(i) if res == self.resolution else (int(i), res) for i in idx]
+            samples.append({"source": at_size(s["source"]), "edited": at_size(s["edited"]),
+                            "instruction": s["instruction"]})
+        index = [int(i) if res == self.resolutions[0] else (int(i), res) for i in idx]
         return to_torch_batch(samples, device=device) | {"index": index}
 
 

@@ -90,8 +90,7 @@ class AdversarialOptions(GuidanceRanges):
     disc_noise_mean: float = _float(default=-1.0)
     disc_noise_std: float = _float(default=1.0, validator=_pos)
     head_channels: int = attrs.field(default=128, converter=int, validator=attrs.validators.ge(1))
-    # Ground-truth anchoring (ours; 0 = the paper's Algorithm 2): the real samples become
-    # x0 + data_weight * (z_edit - x0_ref), x0_ref = the teacher at the preset's scales with the same noise.
+    # ground-truth anchoring: see the class docstring
     data_weight: float = _float(default=0.0, validator=_prob)
     data_image_guidance: float = _float(default=1.5, validator=_ge0)
     data_text_guidance: float = _float(default=7.5, validator=_ge0)
