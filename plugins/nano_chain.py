@@ -2,6 +2,7 @@
 
 data -> autoencoders (nano SD VAE, TAESD distilled into its latent space) -> taesd-decoder (robust to
 off-manifold latents) -> taesd-decoder-colour (the colours of the TAESD encoder's latents, grey included)
+-> taesd-decoder-grey (the same at 128 px, grey-heavy: grey stays grey, also from latents off the manifold)
 -> text (BPE tokenizer + nano CLIP text tower) -> instruct-pix2pix (pix2pix-finetune from random init)
 -> mobile-pix2pix (top attention dropped, TAESD swapped in, finetuned) -> mobile-pix2pix-mmg (Algorithm 1)
 -> vpred -> mobile-pix2pix-1step (Algorithm 2) -> ship (the four stage folders plus the shared autoencoders,
@@ -34,8 +35,9 @@ SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, 
 
 @attrs.frozen(kw_only=True)
 class ChainBudget:
-    """Sizes and lengths of every stage, sized for about three hours on a 2-core CPU (the shipped family: 179.5 min
-    on the stage clocks, about 3 h 13 min of real time with one thread; README, "Training your own stages")."""
+    """Sizes and lengths of every stage, sized for under three hours on a 2-core CPU with both threads: step times
+    measured there project about 2 h 55 min at most, not yet timed as one uninterrupted run (the shipped family was
+    trained in pieces, 197.6 min on the stage clocks; README, "Training your own stages")."""
 
     count: int = 8000
     videos: int = 24
@@ -47,6 +49,11 @@ class ChainBudget:
     vae_steps: int = 3000
     taesd_steps: int = 3000
     taesd_decoder_steps: int = 600
+    # the TAESD decoder again at this size, grey-heavy (nano_train.finetune_taesd_decoder_grey): at 128 px an
+    # exactly grey photo came back with HSV saturation 0.153 (chroma 0.045) and the 1-step model's grayscale edit
+    # of photos kept 0.158; after 600 steps 0.022 and 0.079
+    taesd_grey_steps: int = 600
+    taesd_grey_resolution: int = 128
     text_steps: int = 600
     ip2p_steps: int = 6000
     ip2p_lr: float = 5e-4
@@ -192,19 +199,28 @@ def _taesd_decoder(work: Path, b: ChainBudget, device: str, log: Callable[[str],
 
 
 TAESD_COLOUR_DONE = "taesd_decoder_colour.json"
+TAESD_GREY_DONE = "taesd_decoder_grey.json"
 
 
-def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """The TAESD decoder learns the colours of the TAESD encoder's latents (nano_train.finetune_taesd_decoder_colour).
+def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable[[str], None], *,
+                          grey: bool = False) -> dict[str, Any]:
+    """The TAESD decoder learns the colours of the TAESD encoder's latents (nano_train.finetune_taesd_decoder_colour),
+    or with `grey` its grey-heavy pass at b.taesd_grey_resolution (nano_train.finetune_taesd_decoder_grey).
 
     Encoders untouched: the denoisers' training is unaffected, so a work folder whose denoiser stages were
     trained before this stage existed stays valid; their copies of the decoder are replaced by the new one."""
     from movie_plugins import nano_train
 
-    metrics = nano_train.finetune_taesd_decoder_colour(work / "autoencoders", steps=b.taesd_decoder_steps,
-                                                       batch_size=b.batch_size, resolution=b.resolution,
-                                                       device=device, pool_size=max(2, b.ae_pool // 4),
-                                                       seed=b.seed, log=log)
+    if grey:
+        scale = (b.resolution / b.taesd_grey_resolution) ** 2  # the same pixels per batch
+        metrics = nano_train.finetune_taesd_decoder_grey(
+            work / "autoencoders", steps=b.taesd_grey_steps, batch_size=max(1, round(b.batch_size * scale)),
+            resolution=b.taesd_grey_resolution, device=device, pool_size=max(2, b.ae_pool // 4), seed=b.seed, log=log)
+    else:
+        metrics = nano_train.finetune_taesd_decoder_colour(work / "autoencoders", steps=b.taesd_decoder_steps,
+                                                           batch_size=b.batch_size, resolution=b.resolution,
+                                                           device=device, pool_size=max(2, b.ae_pool // 4),
+                                                           seed=b.seed, log=log)
     new = work / "autoencoders" / "taesd"
     for old in sorted(work.glob("*/taesd")):
         if old != new and (old.parent / "movie.json").is_file():
@@ -213,7 +229,8 @@ def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable
             shutil.copytree(new, tmp)
             replace_folder(tmp, old)
             metrics.setdefault("replaced_in", []).append(old.parent.name)
-    (work / "autoencoders" / TAESD_COLOUR_DONE).write_text(json.dumps(metrics, indent=2) + "\n")
+    (work / "autoencoders" / (TAESD_GREY_DONE if grey else TAESD_COLOUR_DONE)).write_text(
+        json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -305,6 +322,9 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     stage("taesd-decoder", work / "autoencoders" / TAESD_DECODER_DONE, lambda: _taesd_decoder(work, b, dev, log))
     stage("taesd-decoder-colour", work / "autoencoders" / TAESD_COLOUR_DONE,
           lambda: _taesd_decoder_colour(work, b, dev, log))
+    if b.taesd_grey_steps:
+        stage("taesd-decoder-grey", work / "autoencoders" / TAESD_GREY_DONE,
+              lambda: _taesd_decoder_colour(work, b, dev, log, grey=True))
     stage("text", work / "text" / "text_encoder", lambda: nano_train.train_text_encoder(
         work / "text", steps=b.text_steps, device=dev, seed=b.seed, log=log))
     stage("init", work / "init", lambda: _initial_model(work, work / "init", b.seed))

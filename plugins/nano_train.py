@@ -398,6 +398,14 @@ def _saturation(x: torch.Tensor) -> float:
     return float(torch.where(hi > 0, (hi - lo) / hi.clamp_min(1e-12), torch.zeros_like(hi)).mean())
 
 
+def saturation_map(y: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
+    """Per-pixel HSV-like saturation (max - min) / (max + floor) of [-1, 1] NCHW images, differentiable; `floor`
+    keeps near-black pixels from dividing by ~0 while still weighting their colour far above a bright pixel's."""
+    x = ((y + 1) / 2).clamp(0, 1)
+    hi, lo = x.amax(dim=1), x.amin(dim=1)
+    return (hi - lo) / (hi + floor)
+
+
 def _chroma(x: torch.Tensor) -> float:
     """Mean chroma max - min, in [0, 1] units, of [-1, 1] NCHW images (0 for grey; unlike HSV saturation, not
     inflated by a little colour noise on a near-black pixel)."""
@@ -775,6 +783,9 @@ def multiscale_pool(count: int, resolution: int, seed: int = 0) -> np.ndarray:
 
 def finetune_taesd_decoder_colour(folder: Path, *, steps: int, batch_size: int = 32, resolution: int = 64,
                                   pool_size: int = 1024, lr: float = 2e-4, device: str = "cpu", seed: int = 0,
+                                  grey_fraction: float = GREY_FRACTION, grey_noise: float = 0.0,
+                                  saturation_weight: float = 0.0, tint_fraction: float = 0.0,
+                                  probe_size: int | None = None,
                                   log: Log = print) -> dict[str, Any]:
     """Teach the TAESD decoder the colours of the latents the TAESD encoder writes, grey included.
 
@@ -796,35 +807,83 @@ def finetune_taesd_decoder_colour(folder: Path, *, steps: int, batch_size: int =
     with torch.no_grad():  # (colour, grey) latents of the pool from each encoder
         latents = {name: [torch.cat([w.encode(chunk.to(device)).cpu() for chunk in images.split(64)])
                           for images in (pool, grey)] for name, w in wrappers.items()}
-    real = photos(2 * resolution)
+    probe_size = probe_size or 2 * resolution
+    real = photos(probe_size)
     probe = heldout_scenes(32, resolution, seed) if real is None else real
 
-    def grey_chroma() -> float:
-        return colour_fidelity(wrappers["taesd"], wrappers["taesd"], probe, device)["grey_chroma"]
+    def grey_chroma() -> dict[str, float]:
+        fidelity = colour_fidelity(wrappers["taesd"], wrappers["taesd"], probe, device)
+        return {k: fidelity[k] for k in ("grey_chroma", "grey_saturation")}
 
     before = grey_chroma()
 
     def loss_at(step: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed * 7919 + step)
         index = torch.randint(0, len(pool), (batch_size,), generator=g)
-        as_grey = (torch.rand(batch_size, generator=g) < GREY_FRACTION).view(-1, 1, 1, 1)
-        colour, mono = latents["taesd" if step % 2 == 0 else "sd-vae"]
+        as_grey = (torch.rand(batch_size, generator=g) < grey_fraction).view(-1, 1, 1, 1)
+        encoder = "taesd" if step % 2 == 0 else "sd-vae"
+        colour, mono = latents[encoder]
         x = torch.where(as_grey, grey[index], pool[index]).to(device)
         z = torch.where(as_grey, mono[index], colour[index]).to(device)
+        if tint_fraction > 0:  # colour examples shifted along one channel, as a tint edit shifts them
+            tinted = ~as_grey.flatten() & (torch.rand(batch_size, generator=g) < tint_fraction)
+            if tinted.any():
+                channel = torch.randint(0, 3, (batch_size,), generator=g)
+                amount = 2 * COLOUR_SHIFT * torch.rand(batch_size, generator=g) * tinted
+                shift = F.one_hot(channel, 3).float().mul(amount.view(-1, 1)).view(-1, 3, 1, 1).to(x)
+                x = (x + shift).clamp(-1, 1)
+                with torch.no_grad():
+                    z = torch.where(tinted.view(-1, 1, 1, 1).to(device), wrappers[encoder].encode(x), z)
+        # grey examples whose latents are pushed off the manifold (as a denoiser's are): only their colour is
+        # asked for (none), not their detail
+        noisy = as_grey.flatten() & (torch.rand(batch_size, generator=g) < 0.5) if grey_noise > 0 else None
+        if noisy is not None:
+            sigma = torch.rand(batch_size, generator=g) * grey_noise * noisy
+            z = z + sigma.view(-1, 1, 1, 1).to(z) * torch.randn(z.shape, generator=g).to(z)
         y = tae.decoder(z)
-        return _reconstruction(y, x) + CHROMA_WEIGHT * chroma_error(y, x)
+        clean = torch.ones(batch_size, dtype=torch.bool) if noisy is None else ~noisy
+        loss = CHROMA_WEIGHT * chroma_error(y, x)
+        if clean.any():
+            loss = loss + _reconstruction(y[clean.to(device)], x[clean.to(device)])
+        if saturation_weight > 0 and as_grey.any():
+            loss = loss + saturation_weight * saturation_map(y[as_grey.flatten().to(device)]).mean()
+        return loss
 
     start = time.perf_counter()
     losses = _finetune_decoder(tae, steps, lr, loss_at, "taesd decoder colour", log)
     after = grey_chroma()
     _write_taesd(tae, folder)
-    log(f"taesd decoder colour: grey round-trip chroma {before:.3f} -> {after:.3f}")
+    log(f"taesd decoder colour: grey round trip chroma {before['grey_chroma']:.3f} -> {after['grey_chroma']:.3f},"
+        f" saturation {before['grey_saturation']:.3f} -> {after['grey_saturation']:.3f}")
     return {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "loss_first": round(losses[0], 5),
             "loss_last": round(float(np.mean(losses[-20:])), 5),
-            "probe": f"photos_{2 * resolution}" if real is not None else f"procedural_{resolution}",
-            "grey_chroma_start": before, "grey_chroma": after,
+            "probe": f"photos_{probe_size}" if real is not None else f"procedural_{resolution}",
+            "grey_chroma_start": before["grey_chroma"], "grey_chroma": after["grey_chroma"],
+            "grey_saturation_start": before["grey_saturation"], "grey_saturation": after["grey_saturation"],
             "psnr": evaluate_autoencoders(vae, tae, resolution, device, seed),
             "colour": autoencoder_colour(vae, tae, resolution, device, seed)}
+
+
+GREY_PASS = {"grey_fraction": 0.4, "grey_noise": 0.5, "saturation_weight": 1.0, "tint_fraction": 0.3}
+
+
+def finetune_taesd_decoder_grey(folder: Path, *, steps: int, batch_size: int = 8, resolution: int = 128,
+                                pool_size: int = 1024, lr: float = 2e-4, device: str = "cpu", seed: int = 0,
+                                log: Log = print) -> dict[str, Any]:
+    """finetune_taesd_decoder_colour again at `resolution` (frames larger than the 64-px training crops), grey-heavy
+    (GREY_PASS): 40% of the examples grey, half of those with their latents perturbed (sigma ~ U(0, 0.5)) and asked
+    only to stay grey, plus the grey examples' saturation (saturation_map) as a loss; 30% of the colour examples
+    shifted along one channel (re-encoded), so tints are kept while grey is learnt.
+
+    Measured on the shipped family at 128 px (600 steps, batch 8; the scikit-image photos): an exactly grey photo's
+    round trip went from HSV saturation 0.153 / chroma 0.045 to 0.028 / 0.007, and the 1-step model's grayscale
+    edit of the photos from 0.158 / 0.068 to 0.060 / 0.027. Variants, same measure (1-step edit): no perturbed
+    latents 0.131 / 0.061 (the denoiser's latents are off the manifold); no tint examples and half grey
+    0.079 / 0.037; sigma up to 1.0 0.082 / 0.035 with the red tint edit down from +0.145 to +0.112."""
+    metrics = finetune_taesd_decoder_colour(folder, steps=steps, batch_size=batch_size, resolution=resolution,
+                                            pool_size=pool_size, lr=lr, device=device, seed=seed,
+                                            probe_size=resolution, log=log, **GREY_PASS)
+    return metrics | {"resolution": resolution, "batch_size": batch_size, **GREY_PASS}
 
 
 # ------------------------------------------------------------------------------------------ tokenizer

@@ -636,6 +636,8 @@ def _intro(result: dict[str, Any]) -> list[str]:
             f"distilled from the previous one. Data: {b.get('count', '?')} procedural image triplets and "
             f"{b.get('videos', '?')} videos (dataset seed {b.get('seed', '?')}, 12 global edits with closed-form "
             f"ground truth) at {b.get('resolution', '?')}x{b.get('resolution', '?')}, batch {b.get('batch_size', '?')}.")
+        if chain.get("note"):  # a family put together from runs of the stages, not one uninterrupted run
+            out[-1] += f" How this family was put together: {chain['note'].rstrip('.')}."
         for part, dev in (chain.get("trained_on") or {}).items():
             if dev != device:
                 out[-1] += (f" Exception: the {part} stage ran on {dev}"
@@ -646,6 +648,8 @@ def _intro(result: dict[str, Any]) -> list[str]:
             "taesd-decoder": ("TAESD decoder finetuned on off-manifold latents", "taesd_decoder_steps"),
             "taesd-decoder-colour": ("TAESD decoder taught the TAESD encoder's colours, grey included",
                                      "taesd_decoder_steps"),
+            "taesd-decoder-grey": ("the same at 128 px, grey-heavy (grey stays grey off the manifold too)",
+                                   "taesd_grey_steps"),
             "text": ("tokenizer + text tower", "text_steps"), "init": ("random nano InstructPix2Pix UNet", None),
             "instruct-pix2pix": ("pix2pix-finetune", "ip2p_steps"), "taesd-swap": ("TAESD in, weights kept", None),
             "mobile-pix2pix": ("top attention dropped, finetuned", "mobile_steps"),
@@ -885,8 +889,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="Where nano.md, nano.json and nano/ go (default: docs/results).")
     p.add_argument("--quick", action="store_true", help="A handful of samples per measurement (development, tests).")
     p.add_argument("--images", type=int, help="Images per split (default 48; quick 4).")
-    p.add_argument("--videos", type=int, help="Test videos (default 6; quick 1).")
-    p.add_argument("--control-samples", type=int, help="Images for the controllability curves (default 12; quick 1).")
+    p.add_argument("--videos", type=int, help="Test videos (default 24; quick 1).")
+    p.add_argument("--control-samples", type=int, help="Images for the controllability curves (default 48; quick 1).")
     p.add_argument("--threads", type=int, help="Torch CPU threads (default: torch's, one per core). On a busy machine "
                    "1 thread can be many times faster; frames/s are then per thread.")
     return p.parse_args(argv)

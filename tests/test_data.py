@@ -147,6 +147,18 @@ def test_scenes_are_varied():
     assert edits == set(EDITS), "every edit should turn up in 200 samples"
 
 
+def test_scene_exposure_reaches_night_photo_darkness(monkeypatch):
+    """Dark sources must be in the data, or "make it darker" is learnt as a target brightness (generator v2)."""
+    def lumas() -> np.ndarray:
+        return np.array([(make_scene(np.random.default_rng(seed), 32) / 255.0 @ procedural.LUMA).mean()
+                         for seed in range(150)])
+
+    dark = (lumas() < 0.2).mean()  # a night photo's mean luma is about 0.24: scenes should go below
+    monkeypatch.setattr(procedural, "EXPOSED_FRACTION", 0.0)
+    unexposed = (lumas() < 0.2).mean()
+    assert dark >= 0.08 and unexposed <= 0.04, (dark, unexposed)
+
+
 def test_videos_move_and_are_edited_per_frame():
     for seed in range(4):
         video = make_video(seed, 8, 48)

@@ -46,7 +46,8 @@ def chain(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_chain_writes_every_stage_and_records_times(chain):
     record = json.loads((chain["work"] / "chain.json").read_text())
-    for stage in ("data", "autoencoders", "taesd-decoder", "taesd-decoder-colour", "text", "init", *STAGES):
+    for stage in ("data", "autoencoders", "taesd-decoder", "taesd-decoder-colour", "taesd-decoder-grey", "text", "init",
+                  *STAGES):
         assert record["seconds"][stage] >= 0
     assert record["budget"]["ip2p_steps"] == 3 and record["device"] == "cpu"
     # each distiller's objective is measured after its stage
@@ -70,7 +71,7 @@ def test_chain_resumes_by_skipping_finished_stages(chain):
     before = (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     result = run("nano-train", "--out", str(chain["work"]), "--scale", "0.0005", "--no-progress")
     assert result.exit_code == 0
-    assert result.output.count("skipped") == 12  # data, 3 autoencoder stages, text, init, six training stages
+    assert result.output.count("skipped") == 13  # data, 4 autoencoder stages, text, init, six training stages
     assert (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
@@ -105,7 +106,7 @@ def test_colour_stage_added_to_a_trained_folder_updates_every_stage_decoder(chai
     before = (work / "autoencoders" / weights).read_bytes()
     result = invoke("nano-train", "--out", str(work), "--scale", "0.0005", "--no-progress")
     assert result.exit_code == 0, result.output
-    assert result.output.count("skipped") == 11
+    assert result.output.count("skipped") == 12
     new = (work / "autoencoders" / weights).read_bytes()
     assert new != before
     record = json.loads((work / "chain.json").read_text())
@@ -282,7 +283,7 @@ def test_shipped_vpred_student_matches_the_teacher(held_out_data):
     conditioned (t < 600, alpha_t >= 0.5). Over all t it must fall to under a third of its start (the UNet still
     outputting epsilon); near t = 999 the target v = (eps_hat - sigma x_t) / alpha_t magnifies the teacher's own
     epsilon error up to 15x, which a nano UNet follows only roughly (measured on the shipped pair, held-out seed 1:
-    all t 0.687 -> 0.199, t < 600 0.197 -> 0.084)."""
+    all t 0.663 -> 0.202, t < 600 0.183 -> 0.095, the vpred stage retrained on generator-v2 scenes)."""
     from movie_plugins.distillers import _metrics as m
 
     teacher, student = _load("mobile-pix2pix-mmg"), _load("vpred")
@@ -317,12 +318,14 @@ def test_a_stage_time_adds_up_the_runs_that_worked_on_it(tmp_path):
 @needs_builtin
 def test_shipped_taesd_pair_carries_tints_and_keeps_grey_grey():
     """Issue 5's photo edits need the default model's autoencoders to write them: a global tint survives the
-    TAESD round trip and an exactly grey photo comes back nearly grey (the ceiling of every colour edit)."""
+    TAESD round trip and an exactly grey photo comes back grey (the ceiling of every colour edit), at 128 px,
+    the results page's photo size. Before the grey pass (taesd-decoder-grey) grey came back with saturation
+    0.153 / chroma 0.045; the pass traded a little of the green tint's carry for it (0.68 -> 0.65)."""
     from movie_plugins import nano_train
 
     from movie_core.weights import builtin_root
 
-    real = nano_train.photos(64)
+    real = nano_train.photos(128)
     if real is None:
         pytest.skip("scikit-image (its sample photographs) is not installed")
     from diffusers import AutoencoderTiny
@@ -330,6 +333,6 @@ def test_shipped_taesd_pair_carries_tints_and_keeps_grey_grey():
 
     tae = TAESD(AutoencoderTiny.from_pretrained(builtin_root() / "autoencoders" / "taesd")).eval()
     colour = nano_train.colour_fidelity(tae, tae, real, "cpu")
-    print(f"shipped TAESD pair on the photos at 64 px: {colour}")
-    assert min(colour["red"], colour["green"], colour["blue"]) >= 0.8
-    assert colour["grey_chroma"] <= 0.04  # the colour photos themselves: 0.21
+    print(f"shipped TAESD pair on the photos at 128 px: {colour}")
+    assert min(colour["red"], colour["green"], colour["blue"]) >= 0.6
+    assert colour["grey_saturation"] <= 0.05 and colour["grey_chroma"] <= 0.015  # the photos themselves: 0.49, 0.25

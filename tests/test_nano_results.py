@@ -46,6 +46,7 @@ def tiny_family(root: Path, stages) -> Path:
     (root / "chain.json").write_text(json.dumps({
         "budget": {"count": 16, "videos": 2, "resolution": 64, "batch_size": 4, "seed": 0},
         "device": "cpu", "threads": 2, "seconds": {"data": 1.0, "instruct-pix2pix": 2.0}, "total_seconds": 3.0,
+        "note": "the instruct-pix2pix stage retrained by hand.",
     }))
     return root
 
@@ -143,6 +144,7 @@ def test_markdown_links_files_that_exist(quick_run):
         assert heading in page
     assert "scripts/nano_results.py" in page and "movie eval" in page and "movie bench" in page
     assert "Quick run" in page
+    assert "How this family was put together: the instruct-pix2pix stage retrained by hand." in page  # chain note
 
 
 def test_photo_measures_known_cases():

@@ -182,6 +182,34 @@ def test_colour_finetune_trains_the_taesd_decoder_only(autoencoders, tmp_path, t
     assert "taesd+taesd" in metrics["colour"][f"procedural_{RES}"]
 
 
+def test_saturation_map_is_zero_for_grey_and_weights_dark_colour_more():
+    grey = torch.full((1, 3, 4, 4), 0.2)
+    assert nano_train.saturation_map(grey).abs().max().item() == 0
+    dark, bright = torch.tensor([-0.8, -0.9, -0.9]), torch.tensor([0.8, 0.7, 0.7])  # the same chroma, 0.05
+    pair = torch.stack([dark, bright]).view(2, 3, 1, 1).requires_grad_(True)
+    sat = nano_train.saturation_map(pair).flatten()
+    assert sat[0] > 3 * sat[1] > 0
+    sat.sum().backward()
+    assert torch.isfinite(pair.grad).all()
+
+
+def test_grey_pass_trains_the_decoder_towards_grey(autoencoders, tmp_path, tiny_convs):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(autoencoders[0], folder)
+    before = load_file(folder / "taesd" / "diffusion_pytorch_model.safetensors")
+    metrics = nano_train.finetune_taesd_decoder_grey(folder, steps=40, batch_size=4, resolution=RES, pool_size=8,
+                                                     lr=2e-3, log=lambda _: None)
+    after = load_file(folder / "taesd" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert metrics["resolution"] == RES and metrics["grey_noise"] == nano_train.GREY_PASS["grey_noise"] > 0
+    # an exactly grey image must come back greyer than before (the probe is held out of the pool)
+    assert metrics["grey_saturation"] < 0.7 * metrics["grey_saturation_start"], metrics
+
+
 def test_taesd_distillation_loss_drops(autoencoders):
     taesd = autoencoders[1]["taesd"]
     assert taesd["distill_heldout"] < taesd["distill_heldout_init"]

@@ -35,8 +35,13 @@ import numpy as np
 
 from movie_core.errors import MovieError, UsageError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: scene exposure (EXPOSED_FRACTION, EXPOSURE_RANGE)
 FPS = 8
+# A fraction of the scenes is exposed darker or brighter than the rest, a log-uniform gain over EXPOSURE_RANGE
+# (1 = as rendered). Without it the scenes' mean luma never went below 0.26 and a "make it darker" model learnt a
+# target brightness instead of a change: on a night photo (luma 0.24) it brightened the image.
+EXPOSED_FRACTION = 0.35
+EXPOSURE_RANGE = (0.3, 1.3)
 SUPERSAMPLE = 2
 SEED_STRIDE = 10_000_000  # dataset seed s uses sample seeds [s * SEED_STRIDE, (s + 1) * SEED_STRIDE)
 TEST_SEED_OFFSET = 5_000_000  # test samples: s * SEED_STRIDE + TEST_SEED_OFFSET + i; train: s * SEED_STRIDE + i
@@ -343,6 +348,7 @@ class _Scene:
     light: tuple[float, float, float]  # (strength, direction cos, direction sin)
     vignette: float
     shadow_offset: np.ndarray
+    exposure: float = 1.0  # a gain on the rendered light (clipped at white)
 
 
 def _size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -395,6 +401,7 @@ def _random_scene(rng: np.random.Generator, height: int, width: int, frames: int
         light=(rng.uniform(0.0, 0.5), math.cos(light_angle), math.sin(light_angle)),
         vignette=rng.uniform(0.0, 0.8) if rng.random() < 0.6 else 0.0,
         shadow_offset=0.04 * small * np.array([-math.cos(light_angle), -math.sin(light_angle)]),
+        exposure=(math.exp(rng.uniform(*np.log(EXPOSURE_RANGE))) if rng.random() < EXPOSED_FRACTION else 1.0),
     )
 
 
@@ -481,7 +488,7 @@ def _render(scene: _Scene, t: float = 0.0) -> np.ndarray:
     nx, ny = nx.astype(np.float32), ny.astype(np.float32)
     nx, ny = nx[None, :], ny[:, None]
     shade = 1.0 + strength * (nx * lc + ny * ls) - scene.vignette * (nx * nx + ny * ny)
-    image = image * shade[..., None]
+    image = image * (scene.exposure * shade)[..., None]
     image = sum(image[i::ss, j::ss] for i in range(ss) for j in range(ss)) * (1.0 / (ss * ss))  # box filter
     return quantize(image)
 
