@@ -51,7 +51,7 @@ class ChainBudget:
     taesd_decoder_steps: int = 600
     # the TAESD decoder again at this size, grey-heavy (nano_train.finetune_taesd_decoder_grey): at 128 px an
     # exactly grey photo came back with HSV saturation 0.153 (chroma 0.045) and the 1-step model's grayscale edit
-    # of photos kept 0.158; after 600 steps 0.022 and 0.079
+    # of photos kept 0.158; after 600 steps 0.028 and 0.060
     taesd_grey_steps: int = 600
     taesd_grey_resolution: int = 128
     text_steps: int = 600
@@ -202,25 +202,34 @@ TAESD_COLOUR_DONE = "taesd_decoder_colour.json"
 TAESD_GREY_DONE = "taesd_decoder_grey.json"
 
 
-def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable[[str], None], *,
-                          grey: bool = False) -> dict[str, Any]:
-    """The TAESD decoder learns the colours of the TAESD encoder's latents (nano_train.finetune_taesd_decoder_colour),
-    or with `grey` its grey-heavy pass at b.taesd_grey_resolution (nano_train.finetune_taesd_decoder_grey).
-
-    Encoders untouched: the denoisers' training is unaffected, so a work folder whose denoiser stages were
-    trained before this stage existed stays valid; their copies of the decoder are replaced by the new one."""
+def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The TAESD decoder learns the colours of the TAESD encoder's latents (nano_train.finetune_taesd_decoder_colour)."""
     from movie_plugins import nano_train
 
-    if grey:
-        scale = (b.resolution / b.taesd_grey_resolution) ** 2  # the same pixels per batch
-        metrics = nano_train.finetune_taesd_decoder_grey(
-            work / "autoencoders", steps=b.taesd_grey_steps, batch_size=max(1, round(b.batch_size * scale)),
-            resolution=b.taesd_grey_resolution, device=device, pool_size=max(2, b.ae_pool // 4), seed=b.seed, log=log)
-    else:
-        metrics = nano_train.finetune_taesd_decoder_colour(work / "autoencoders", steps=b.taesd_decoder_steps,
-                                                           batch_size=b.batch_size, resolution=b.resolution,
-                                                           device=device, pool_size=max(2, b.ae_pool // 4),
-                                                           seed=b.seed, log=log)
+    metrics = nano_train.finetune_taesd_decoder_colour(work / "autoencoders", steps=b.taesd_decoder_steps,
+                                                       batch_size=b.batch_size, resolution=b.resolution,
+                                                       device=device, pool_size=max(2, b.ae_pool // 4),
+                                                       seed=b.seed, log=log)
+    return _new_decoder_everywhere(work, metrics, TAESD_COLOUR_DONE)
+
+
+def _taesd_decoder_grey(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The grey-heavy pass at b.taesd_grey_resolution (nano_train.finetune_taesd_decoder_grey), with the same pixels
+    per batch as the 64-px stages."""
+    from movie_plugins import nano_train
+
+    scale = (b.resolution / b.taesd_grey_resolution) ** 2
+    metrics = nano_train.finetune_taesd_decoder_grey(
+        work / "autoencoders", steps=b.taesd_grey_steps, batch_size=max(1, round(b.batch_size * scale)),
+        resolution=b.taesd_grey_resolution, device=device, pool_size=max(2, b.ae_pool // 4), seed=b.seed, log=log)
+    return _new_decoder_everywhere(work, metrics, TAESD_GREY_DONE)
+
+
+def _new_decoder_everywhere(work: Path, metrics: dict[str, Any], done: str) -> dict[str, Any]:
+    """Copy the finetuned work/autoencoders/taesd over every stage folder's copy, then mark the stage `done`.
+
+    Encoders untouched: the denoisers' training is unaffected, so a work folder whose denoiser stages were
+    trained before a decoder stage existed stays valid; their copies of the decoder are replaced by the new one."""
     new = work / "autoencoders" / "taesd"
     for old in sorted(work.glob("*/taesd")):
         if old != new and (old.parent / "movie.json").is_file():
@@ -229,8 +238,7 @@ def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable
             shutil.copytree(new, tmp)
             replace_folder(tmp, old)
             metrics.setdefault("replaced_in", []).append(old.parent.name)
-    (work / "autoencoders" / (TAESD_GREY_DONE if grey else TAESD_COLOUR_DONE)).write_text(
-        json.dumps(metrics, indent=2) + "\n")
+    (work / "autoencoders" / done).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -324,7 +332,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
           lambda: _taesd_decoder_colour(work, b, dev, log))
     if b.taesd_grey_steps:
         stage("taesd-decoder-grey", work / "autoencoders" / TAESD_GREY_DONE,
-              lambda: _taesd_decoder_colour(work, b, dev, log, grey=True))
+              lambda: _taesd_decoder_grey(work, b, dev, log))
     stage("text", work / "text" / "text_encoder", lambda: nano_train.train_text_encoder(
         work / "text", steps=b.text_steps, device=dev, seed=b.seed, log=log))
     stage("init", work / "init", lambda: _initial_model(work, work / "init", b.seed))

@@ -393,17 +393,16 @@ COLOUR_SHIFT = 0.3  # a global shift of one channel, in [0, 1] units: what a tin
 
 def _saturation(x: torch.Tensor) -> float:
     """Mean HSV saturation (max - min) / max of [-1, 1] NCHW images (0 where max is 0)."""
-    x = (x + 1) / 2
-    hi, lo = x.amax(dim=1), x.amin(dim=1)
-    return float(torch.where(hi > 0, (hi - lo) / hi.clamp_min(1e-12), torch.zeros_like(hi)).mean())
+    return float(saturation_map(x, floor=0.0).mean())
 
 
 def saturation_map(y: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
-    """Per-pixel HSV-like saturation (max - min) / (max + floor) of [-1, 1] NCHW images, differentiable; `floor`
-    keeps near-black pixels from dividing by ~0 while still weighting their colour far above a bright pixel's."""
+    """Per-pixel HSV-like saturation (max - min) / (max + floor) of [-1, 1] NCHW images (0 where that is 0 / 0),
+    differentiable; `floor` keeps near-black pixels from dividing by ~0 while still weighting their colour far above
+    a bright pixel's (0: HSV saturation itself)."""
     x = ((y + 1) / 2).clamp(0, 1)
     hi, lo = x.amax(dim=1), x.amin(dim=1)
-    return (hi - lo) / (hi + floor)
+    return torch.where(hi + floor > 0, (hi - lo) / (hi + floor).clamp_min(1e-12), torch.zeros_like(hi))
 
 
 def _chroma(x: torch.Tensor) -> float:
@@ -836,17 +835,18 @@ def finetune_taesd_decoder_colour(folder: Path, *, steps: int, batch_size: int =
                     z = torch.where(tinted.view(-1, 1, 1, 1).to(device), wrappers[encoder].encode(x), z)
         # grey examples whose latents are pushed off the manifold (as a denoiser's are): only their colour is
         # asked for (none), not their detail
-        noisy = as_grey.flatten() & (torch.rand(batch_size, generator=g) < 0.5) if grey_noise > 0 else None
-        if noisy is not None:
+        noisy = torch.zeros(batch_size, dtype=torch.bool)
+        if grey_noise > 0:
+            noisy = as_grey.flatten() & (torch.rand(batch_size, generator=g) < 0.5)
             sigma = torch.rand(batch_size, generator=g) * grey_noise * noisy
             z = z + sigma.view(-1, 1, 1, 1).to(z) * torch.randn(z.shape, generator=g).to(z)
         y = tae.decoder(z)
-        clean = torch.ones(batch_size, dtype=torch.bool) if noisy is None else ~noisy
+        clean, grey_rows = (~noisy).to(device), as_grey.flatten().to(device)
         loss = CHROMA_WEIGHT * chroma_error(y, x)
         if clean.any():
-            loss = loss + _reconstruction(y[clean.to(device)], x[clean.to(device)])
-        if saturation_weight > 0 and as_grey.any():
-            loss = loss + saturation_weight * saturation_map(y[as_grey.flatten().to(device)]).mean()
+            loss = loss + _reconstruction(y[clean], x[clean])
+        if saturation_weight > 0 and grey_rows.any():
+            loss = loss + saturation_weight * saturation_map(y[grey_rows]).mean()
         return loss
 
     start = time.perf_counter()
