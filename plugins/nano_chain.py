@@ -35,9 +35,11 @@ SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, 
 
 @attrs.frozen(kw_only=True)
 class ChainBudget:
-    """Sizes and lengths of every stage, sized for under three hours on a 2-core CPU with both threads: step times
-    measured there project about 2 h 55 min at most, not yet timed as one uninterrupted run (the shipped family was
-    trained in pieces, 197.6 min on the stage clocks; README, "Training your own stages")."""
+    """Sizes and lengths of every stage: the budget the shipped family was trained with, projected at 2 h 46 min on a
+    2-core CPU with both threads from the stage clocks of one uninterrupted run (README, "Training your own stages").
+    That run, with VAE 1500, TAESD 2000, instruct-pix2pix 4000 and mobile-pix2pix 1000 steps, took 2 h 07 min end to
+    end, but its weaker autoencoders cost mobile-pix2pix and mmg their ratio to the base model
+    (docs/results/nano-timed/)."""
 
     count: int = 8000
     videos: int = 24

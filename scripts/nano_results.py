@@ -628,7 +628,8 @@ def _intro(result: dict[str, Any]) -> list[str]:
         b = chain.get("budget", {})
         seconds = chain.get("seconds", {})
         device = chain.get("device", "?")
-        where = f"{device} ({chain.get('threads', '?')} threads)" if device == "cpu" else device
+        threads = chain.get("threads", "?")
+        where = f"{device} ({threads} thread{'' if threads == 1 else 's'})" if device == "cpu" else device
         out.append(
             f"**What was trained.** `movie nano-train` trained the whole family from scratch on {where} in "
             f"{chain.get('total_seconds', sum(seconds.values())) / 60:.1f} min: nano autoencoders (SD VAE and TAESD "
