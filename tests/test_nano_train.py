@@ -215,6 +215,32 @@ def test_taesd_distillation_loss_drops(autoencoders):
     assert taesd["distill_heldout"] < taesd["distill_heldout_init"]
 
 
+def test_vae_sees_whole_images_every_few_steps_at_the_same_pixel_count(tmp_path, monkeypatch, tiny_convs):
+    """Crops alone teach the VAE's mid-block attention one token count; every `whole_every`-th step it gets whole
+    images instead, as many as hold the crops' pixels, so that step costs what a crop step costs."""
+    seen: list[tuple[int, ...]] = []
+    real = nano_train._vae_loss
+
+    def spy(vae, x, g):
+        seen.append(tuple(x.shape))
+        return real(vae, x, g)
+
+    monkeypatch.setattr(nano_train, "_vae_loss", spy)
+    for scoring in ("evaluate_autoencoders", "autoencoder_colour"):  # the batches are under test, not the scores
+        monkeypatch.setattr(nano_train, scoring, lambda *args, **kw: {})
+    settings = AE | {"vae_steps": 6, "taesd_steps": 0, "batch_size": 8, "crop": RES // 2, "whole_every": 3}
+    metrics = nano_train.train_autoencoders(tmp_path / "model", **settings, log=lambda line: None)
+    crop, whole = (8, 3, RES // 2, RES // 2), (2, 3, RES, RES)
+    assert seen == [crop, crop, whole, crop, crop, whole]
+    assert metrics["config"]["whole_every"] == 3
+    assert nano_train.whole_batch(64, 32, 64) == 16 and nano_train.whole_batch(2, 8, 64) == 1
+    seen.clear()
+    nano_train.train_autoencoders(tmp_path / "crops", **(settings | {"whole_every": 0}), log=lambda line: None)
+    assert seen == [crop] * 6
+    with pytest.raises(MovieError, match="whole_every"):
+        nano_train.train_autoencoders(tmp_path / "bad", **(settings | {"whole_every": -1}), log=lambda line: None)
+
+
 def test_rescale_vae_is_an_exact_reparametrisation(tiny_convs):
     torch.manual_seed(0)
     vae = nano_train.new_vae().eval()
