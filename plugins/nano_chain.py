@@ -35,12 +35,13 @@ SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, 
 
 @attrs.frozen(kw_only=True)
 class ChainBudget:
-    """Sizes and lengths of every stage: the budget the shipped family was trained with, projected at 2 h 46 min on a
-    2-core CPU with both threads from the stage clocks of one uninterrupted run (README, "Training your own stages").
-    That run, with VAE 1500, TAESD 2000, instruct-pix2pix 4000 and mobile-pix2pix 1000 steps, took 2 h 07 min end to
-    end, but its weaker autoencoders cost mobile-pix2pix and mmg their ratio to the base model
-    (docs/results/nano-timed/). A run at this budget was stopped after the autoencoders (3045 s): its VAE, trained on
-    crops only, failed on whole frames, hence ae_whole_every (docs/results/nano_vae_whole_frames.json)."""
+    """Sizes and lengths of every stage: the budget the shipped family was trained with. On a 2-core CPU with both
+    threads its stage clocks add up to 2 h 49 min (plugins/nano/chain.json; README, "Training your own stages"): the
+    family was made at this budget in three pieces, the VAE by scripts/vae_whole_frames.py, then data to text, then
+    instruct-pix2pix to the ship in a resumed run of 1 h 33 min. A run at this budget before ae_whole_every had a VAE
+    trained on crops only that failed on whole frames (docs/results/nano_vae_whole_frames.json). A cut budget (VAE
+    1500, TAESD 2000, instruct-pix2pix 4000, mobile-pix2pix 1000 steps) took 2 h 07 min end to end, but its weaker
+    autoencoders cost mobile-pix2pix and mmg their ratio to the base model (docs/results/nano-timed/)."""
 
     count: int = 8000
     videos: int = 24

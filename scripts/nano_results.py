@@ -630,9 +630,12 @@ def _intro(result: dict[str, Any]) -> list[str]:
         device = chain.get("device", "?")
         threads = chain.get("threads", "?")
         where = f"{device} ({threads} thread{'' if threads == 1 else 's'})" if device == "cpu" else device
+        minutes = chain.get("total_seconds", sum(seconds.values())) / 60
+        # A noted family was put together from several runs: its recorded times need not be the whole chain's.
+        took = f" (stage times recorded in its chain.json: {minutes:.1f} min)" if chain.get("note") else f" in {minutes:.1f} min"
         out.append(
-            f"**What was trained.** `movie nano-train` trained the whole family from scratch on {where} in "
-            f"{chain.get('total_seconds', sum(seconds.values())) / 60:.1f} min: nano autoencoders (SD VAE and TAESD "
+            f"**What was trained.** `movie nano-train` trained the whole family from scratch on {where}{took}: "
+            f"nano autoencoders (SD VAE and TAESD "
             f"in one latent space), a nano CLIP text tower and BPE tokenizer, then the four denoiser stages, each "
             f"distilled from the previous one. Data: {b.get('count', '?')} procedural image triplets and "
             f"{b.get('videos', '?')} videos (dataset seed {b.get('seed', '?')}, 12 global edits with closed-form "
