@@ -557,9 +557,9 @@ def train_autoencoders(
     crop = crop or resolution
     if resolution % 8 or crop % 8 or crop > resolution:
         raise MovieError(f"resolution ({resolution}) and crop ({crop}) must be multiples of 8, crop <= resolution")
-    ckpt = out.parent / f".{out.name}.ckpt"
     if whole_every < 0:
         raise MovieError(f"whole_every must be >= 0 (0: crops only), not {whole_every}")
+    ckpt = out.parent / f".{out.name}.ckpt"
     config = {"vae_steps": vae_steps, "taesd_steps": taesd_steps, "batch_size": batch_size,
               "resolution": resolution, "crop": crop, "pool_size": pool_size, "seed": seed}
     if crop < resolution and whole_every:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from movie_plugins import nano_train
+from movie_plugins.nano_chain import ChainBudget
 
 
 def crop_and_whole_psnr(vae, count: int = 64, size: int = 64, crop: int = 32, seed: int = 0) -> dict[str, float]:
@@ -34,13 +35,15 @@ def crop_and_whole_psnr(vae, count: int = 64, size: int = 64, crop: int = 32, se
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--whole-every", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=3000)
+    b = ChainBudget()  # the chain's autoencoder settings, so the VAE is the one `movie nano-train` would train
+    parser.add_argument("--whole-every", type=int, default=b.ae_whole_every)
+    parser.add_argument("--steps", type=int, default=b.vae_steps)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     started = time.perf_counter()
-    metrics = nano_train.train_autoencoders(args.out, vae_steps=args.steps, taesd_steps=0, batch_size=64,
-                                            resolution=64, crop=32, whole_every=args.whole_every, pool_size=4096)
+    metrics = nano_train.train_autoencoders(
+        args.out, vae_steps=args.steps, taesd_steps=0, batch_size=b.ae_batch_size, resolution=b.resolution,
+        crop=min(b.ae_crop, b.resolution), whole_every=args.whole_every, pool_size=b.ae_pool, seed=b.seed)
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(args.out / "vae", use_safetensors=True).eval()
