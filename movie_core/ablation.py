@@ -489,7 +489,7 @@ class _Cell:
 
     def pipeline(self):
         if self._pipe is None:
-            from movie_core.api import load_pipeline
+            from movie_core.loading import load_pipeline
 
             self._pipe = load_pipeline(self.composition, self.model)
         return self._pipe
@@ -512,11 +512,9 @@ def _measure_flops(cell: _Cell, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure_bench(cell: _Cell, opts: dict[str, Any]) -> dict[str, Any]:
-    from movie_core.backends import bind
     from movie_core.bench import bench_pipeline
 
     pipe = cell.pipeline()
-    bind(pipe)
     size = opts["bench_size"]
     r = bench_pipeline(pipe, height=size, width=size, frames=opts["bench_frames"], batch_size=opts["bench_frames"],
                        repeats=opts["bench_repeats"])
@@ -538,17 +536,13 @@ MEASURE_FUNCTIONS: dict[str, Callable[[_Cell, dict[str, Any]], dict[str, Any]]] 
 
 
 def _start(base: str | Path | Recipe) -> tuple[Recipe, str]:
-    from movie_core.recipe import load, preset
+    """The starting recipe and the name its cells call it by (a preset's name, a file's stem, or 'base')."""
+    from movie_core.recipe import load_recipe
 
+    recipe = load_recipe(base)
     if isinstance(base, Recipe):
-        return base, "base"
-    text = str(base)
-    if text in PRESETS:
-        return preset(text), text
-    path = Path(text)
-    if path.suffix == ".toml" or path.exists():
-        return load(path), path.stem
-    return preset(text), text  # an unknown preset: the error lists the presets
+        return recipe, "base"
+    return recipe, str(base) if str(base) in PRESETS else Path(str(base)).stem
 
 
 def _cell_recipe(start: Recipe, name: str, settings: Mapping[str, Any], size: str | None) -> Recipe:
@@ -622,8 +616,8 @@ def _measures(measure: Sequence[str] | str) -> list[str]:
 def _plan(cells: Sequence[dict[str, Any]], start: Recipe, name: str, size: str | None, model: str | Path | None,
           measures: list[str], depends: dict[str, Any], opts: dict[str, Any]) -> list[Planned]:
     """Compose every cell; one that does not compose (or has no weights) is planned as skipped, with the reason."""
-    from movie_core.api import resolve_weights
     from movie_core.composer import compose
+    from movie_core.loading import resolve_weights
 
     needs_weights = bool({"bench", "eval"} & set(measures))
     fingerprints: dict[Path, str] = {}

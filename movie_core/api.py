@@ -14,7 +14,8 @@ from typing import Any
 
 from movie_core.ablation import SkipCell, run_grid
 from movie_core.errors import MovieError, UsageError
-from movie_core.recipe import PRESETS, Recipe, preset
+from movie_core.loading import load_pipeline, resolve_weights
+from movie_core.recipe import Recipe, load_recipe, preset
 
 __all__ = [
     "load_plugins", "preset", "load_recipe", "Recipe", "compose", "run_flops", "run_bench", "run_eval", "ablate",
@@ -34,19 +35,6 @@ def load_plugins() -> dict[str, Any]:
             "components": {family: registry.names(family) for family in FAMILIES}}
 
 
-def load_recipe(spec: RecipeLike) -> Recipe:
-    """A Recipe from a preset name (base, mobile, mmg, movie), a recipe TOML file, or a Recipe (returned as is)."""
-    from movie_core.recipe import load
-
-    if isinstance(spec, Recipe):
-        return spec
-    if str(spec) in PRESETS:
-        return preset(str(spec))
-    if Path(spec).suffix == ".toml" or Path(spec).exists():
-        return load(spec)
-    return preset(str(spec))  # not a file either: the error names the presets
-
-
 def compose(recipe: RecipeLike) -> dict[str, Any]:
     """Validate a recipe (every slot resolves, autoencoders share a latent space); returns its description:
     each slot's component, plugin and version, the latent space, the options, and whether the backend runs here."""
@@ -55,46 +43,6 @@ def compose(recipe: RecipeLike) -> dict[str, Any]:
     comp = do_compose(load_recipe(recipe))
     ok, reason = comp.backend_available()
     return comp.describe() | {"backend_available": {"ok": ok, "reason": reason}}
-
-
-def resolve_weights(recipe: Recipe, model: str | Path | None) -> Path | None:
-    """The model folder a recipe runs with: `model` (a folder, .safetensors file, `nano:<stage>`, a cached repo id),
-    None for `model="random"`, and without a model the built-in nano weights of the recipe's denoiser stage
-    (nano size only). A nano model folder serves both autoencoders, so hybrids need nothing else."""
-    from movie_core.weights import builtin_model, read_manifest, resolve_model
-
-    if model is not None and str(model) == "random":
-        return None
-    if model is None:
-        if recipe.size != "nano":
-            raise UsageError(f"no built-in weights at {recipe.size} size: pass model=DIR, model='random', "
-                             "or run the recipe at size='nano' (the built-in nano models)")
-        folder = builtin_model(recipe.denoiser)
-        if folder is None:
-            raise UsageError(f"no built-in nano model for denoiser '{recipe.denoiser}'; pass model=DIR")
-        return folder
-    folder = resolve_model(model)
-    size = ((read_manifest(folder) or {}).get("recipe") or {}).get("size")
-    if size and size != recipe.size:
-        raise UsageError(f"model {model} is {size}-size but the recipe is {recipe.size}: use recipe.replace(size='{size}')")
-    return folder
-
-
-def load_pipeline(recipe_or_composition: Any, weights: Path | None):
-    """Build the torch pipeline of a recipe (or composition) on a model folder (None: random init)."""
-    from movie_core.composer import Composition, build
-    from movie_core.composer import compose as do_compose
-
-    comp = recipe_or_composition
-    if not isinstance(comp, Composition):
-        comp = do_compose(load_recipe(comp))
-    try:
-        return build(comp, model=weights)
-    except MovieError:
-        raise
-    except Exception as exc:  # a folder that does not fit the recipe: diffusers/transformers raise many kinds
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise MovieError(f"cannot load model {weights} for this recipe: {type(exc).__name__}: {reason}") from None
 
 
 def run_flops(recipe: RecipeLike, *, height: int = 480, width: int = 480, size: str | None = None) -> dict[str, Any]:
@@ -112,12 +60,10 @@ def run_bench(recipe: RecipeLike, *, model: str | Path | None = None, height: in
               frames: int = 4, batch_size: int = 4, repeats: int = 3) -> dict[str, Any]:
     """Latency per frame and per component, frames/s and peak memory, as `movie bench --json`
     (median of `repeats` after a warm-up; the recipe's backend, device and dtype)."""
-    from movie_core.backends import bind
     from movie_core.bench import bench_pipeline
 
     r = load_recipe(recipe)
     pipe = load_pipeline(r, resolve_weights(r, model))
-    bind(pipe)
     return bench_pipeline(pipe, height=height, width=width, frames=frames, batch_size=batch_size, repeats=repeats)
 
 
@@ -195,16 +141,14 @@ def distill(strategy: str, *, teacher: str | Path, data: str | Path, out: str | 
     teacher: a model folder or `nano:<stage>`. options: the strategy's options (`movie list distiller`).
     resume: continue from the run's last checkpoint when there is one (else start). Returns the run summary."""
     from movie_core.plugins import get_registry
-    from movie_core.training.loop import TrainConfig, run
+    from movie_core.training.loop import run, train_config
     from movie_core.weights import resolve_model
 
     spec = get_registry().get("distiller", strategy)
     cls = spec.load_factory()
-    defaults = getattr(cls, "defaults", {})
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr or defaults.get("lr", 1e-5),
-                      warmup_steps=warmup_steps if warmup_steps is not None else defaults.get("warmup_steps", 0),
-                      resolution=resolution, seed=seed, ema_decay=ema_decay, cache_latents=cache_latents,
-                      checkpoint_every=checkpoint_every, log_every=max(1, min(50, steps // 10)))
+    cfg = train_config(cls, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                       resolution=resolution, seed=seed, ema_decay=ema_decay, cache_latents=cache_latents,
+                       checkpoint_every=checkpoint_every, log_every=max(1, min(50, steps // 10)))
     out = Path(out)
     work = out.parent / f"{out.name}.train"
     can_resume = resume and any((work / "checkpoints").glob("step-*"))

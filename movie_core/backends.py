@@ -5,15 +5,16 @@ A backend (registered through `movie_register_backends`) is a class with
     available() -> (ok, reason)                         can it run here, and why (not)
     prepare(module, example_inputs, options) -> fn       fn(*inputs) computes what module(*inputs) does
 
-and optionally `exports = True` (it writes deployable artifacts into `options["artifact_dir"]`,
-which this module caches and `movie export` collects), `toolchain(options) -> dict` (the versions
-and target that make an artifact stale), `precision(options, example_inputs) -> str` and
-`dynamic_batch(options) -> bool` (one artifact serves every batch size).
+and optionally `passthrough = True` (it runs torch modules as they are: nothing is routed),
+`exports = True` (it writes deployable artifacts into `options["artifact_dir"]`, which this module
+caches and `movie export` collects), `toolchain(options) -> dict` (the versions and target that
+make an artifact stale), `precision(options, example_inputs) -> str`, `dynamic_batch(options) ->
+bool` (one artifact serves every batch size) and `report() -> dict` (how it ran, e.g. providers).
 
-A pipeline is cut into separately prepared components: `text_encoder`, `encoder`, `unet` and
-`decoder` (plus `unet_replay` when frames replay the anchor's self-attention keys and values).
-The UNet graph takes the sinusoidal time and guidance features as inputs: they are computed on
-the host (`Denoiser.unet_graph_inputs`), so the graph itself is static.
+A pipeline is cut into separately prepared components: `text_encoder` and `unet` (the denoiser's
+networks, `Denoiser.networks()`), `encoder` and `decoder` (plus `unet_replay` when frames replay
+the anchor's self-attention keys and values). The denoiser computes each network's inputs on the
+host (`Denoiser.graph_inputs`), so every graph is static.
 """
 
 from __future__ import annotations
@@ -41,112 +42,95 @@ class BackendUnavailableError(MovieError):
 # --- graphs: the components as modules with tensor-only signatures -------------------------
 
 
-class TextEncoderGraph(torch.nn.Module):
-    """Token ids (1, 77) -> the text encoder's last hidden state."""
-
-    def __init__(self, text_encoder: torch.nn.Module):
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids)[0]
-
-
 class EncodeGraph(torch.nn.Module):
     """Images in [-1, 1] -> latents (the autoencoder's encode)."""
 
-    def __init__(self, autoencoder: torch.nn.Module):
+    def __init__(self, autoencoder: Any):
         super().__init__()
         self.autoencoder = autoencoder
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return type(self.autoencoder).encode(self.autoencoder, images)
+        return self.autoencoder.encode(images)
 
 
 class DecodeGraph(torch.nn.Module):
     """Latents -> images in [-1, 1] (the autoencoder's decode)."""
 
-    def __init__(self, autoencoder: torch.nn.Module):
+    def __init__(self, autoencoder: Any):
         super().__init__()
         self.autoencoder = autoencoder
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return type(self.autoencoder).decode(self.autoencoder, latents)
+        return self.autoencoder.decode(latents)
 
 
-def _features_as_time_embedding(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    # installed as the UNet's get_time_embed: the "timestep" argument already holds the host's sinusoids
-    return timestep.to(sample.dtype)
+class AnchoredNetwork(torch.nn.Module):
+    """A denoiser's 'unet' network with anchor attention as graph inputs/outputs (through its KV hook).
 
-
-class UNetGraph(torch.nn.Module):
-    """One UNet pass on host-computed features; anchor attention as graph inputs/outputs.
-
-    anchor="none":   (sample, time_features, text_emb[, guidance_features]) -> noise
-    anchor="record": the same inputs -> (noise, k_0, v_0, k_1, v_1, ...): each self-attention's K/V
-    anchor="replay": the same inputs + (k_0, v_0, ...) -> noise, self-attention reading the anchor's K/V
+    anchor="none":   the network's inputs -> noise
+    anchor="record": the same inputs -> (noise, k_0, v_0, k_1, v_1, ...): each anchor layer's K/V
+    anchor="replay": the same inputs + (k_0, v_0, ...) -> noise, every anchor layer attending to those K/V
     """
 
-    def __init__(self, unet: torch.nn.Module, embedded: bool, anchor: str = "none"):
+    def __init__(self, denoiser: Any, anchor: str = "none"):
         super().__init__()
         if anchor not in ("none", "record", "replay"):
             raise ValueError(f"anchor must be none, record or replay, got {anchor!r}")
-        self.unet = unet
-        self.embedded = embedded
+        network = denoiser.networks()["unet"]
+        self.net = network.module
+        self.input_names = tuple(network.inputs)
         self.anchor = anchor
-        self.layers = sorted(name for name in unet.attn_processors if name.endswith("attn1.processor"))
-        self.controller = crossframe.AnchorController()
-        self.controller.mode = {"none": "off", "record": "record", "replay": "replay"}[anchor]
-        modules = dict(unet.named_modules())
-        # (attention module, this graph's processor) per self-attention layer; plain tuples, not submodules
-        self._attn1 = [(modules[name[: -len(".processor")]], crossframe.CrossFrameAttnProcessor(self.controller, name))
-                       for name in self.layers]
+        self.layers = list(denoiser.anchor_layers()) if anchor != "none" else []
+        self._set_hook = denoiser.set_kv_hook  # a bound method, not a submodule: the hash covers the network only
+        self._kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def extra_repr(self) -> str:
-        return f"embedded={self.embedded}, anchor={self.anchor}"
+        return f"anchor={self.anchor}, layers={len(self.layers)}"
+
+    def io_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        kv = tuple(f"anchor_{kind}_{i}" for i in range(len(self.layers)) for kind in ("k", "v"))
+        if self.anchor == "replay":
+            return self.input_names + kv, ("noise",)
+        if self.anchor == "record":
+            return self.input_names, ("noise",) + kv
+        return self.input_names, ("noise",)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        """Install this graph's attention processors and time-feature input on the UNet for the duration."""
-        previous = [attn.processor for attn, _ in self._attn1]
-        for attn, proc in self._attn1:  # set directly: set_attn_processor walks the whole UNet on every call
-            attn.processor = proc
-        self.unet.get_time_embed = _features_as_time_embedding
-        try:
-            yield
-        finally:
-            del self.unet.get_time_embed
-            for (attn, _), proc in zip(self._attn1, previous):
-                attn.processor = proc
+        """The network's own context, and this graph's KV hook on the anchor layers, for the duration."""
+        with active(self.net):
+            if self.anchor == "none":
+                yield
+                return
+            previous = self._set_hook(self._hook)
+            try:
+                yield
+            finally:
+                self._set_hook(previous)
 
-    def forward(self, sample, time_features, text_emb, *rest):
-        guidance = rest[0] if self.embedded else None
-        kv = rest[1:] if self.embedded else rest
-        ctrl = self.controller
+    def _hook(self, name: str, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.anchor == "record":
+            self._kv[name] = (key, value)
+            return key, value
+        return crossframe.expand_to_batch(*self._kv[name], key.shape[0])
+
+    def forward(self, *inputs: torch.Tensor):
+        n = len(self.input_names)
         if self.anchor == "replay":
-            ctrl.store = {(0, name): (kv[2 * i], kv[2 * i + 1]) for i, name in enumerate(self.layers)}
-        elif self.anchor == "record":
-            ctrl.store = {}
-        out = self.unet(sample, time_features, encoder_hidden_states=text_emb, class_labels=guidance).sample
+            kv = inputs[n:]
+            self._kv = {name: (kv[2 * i], kv[2 * i + 1]) for i, name in enumerate(self.layers)}
+        else:
+            self._kv = {}
+        out = self.net(*inputs[:n])
         if self.anchor != "record":
             return out
-        return (out, *[t for name in self.layers for t in ctrl.store[(0, name)]])
+        return (out, *[t for name in self.layers for t in self._kv[name]])
 
 
-def active(module: torch.nn.Module):
-    """The context a graph runs in (UNetGraph installs its processors); a no-op for the others."""
-    return module.active() if isinstance(module, UNetGraph) else contextlib.nullcontext()
-
-
-def unet_io_names(graph: UNetGraph) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """ONNX-style input and output names of a UNet graph."""
-    inputs = ["sample", "time_features", "text_emb"] + (["guidance_features"] if graph.embedded else [])
-    kv = [f"anchor_{kind}_{i}" for i in range(len(graph.layers)) for kind in ("k", "v")]
-    if graph.anchor == "replay":
-        return tuple(inputs + kv), ("noise",)
-    if graph.anchor == "record":
-        return tuple(inputs), tuple(["noise"] + kv)
-    return tuple(inputs), ("noise",)
+def active(module: Any):
+    """The context a graph runs in (its own `active()` when it has one); a no-op for the others."""
+    enter = getattr(module, "active", None)
+    return enter() if callable(enter) else contextlib.nullcontext()
 
 
 # --- keys and the artifact cache -----------------------------------------------------------
@@ -291,76 +275,71 @@ class Runner:
                 return prepared.fn(*inputs)
 
 
-def anchor_controller(unet: torch.nn.Module) -> crossframe.AnchorController | None:
-    """The controller of the cross-frame processors installed on a UNet (by FrameEditor), if any."""
-    for proc in unet.attn_processors.values():
-        if isinstance(proc, crossframe.CrossFrameAttnProcessor):
-            return proc.controller
-    return None
+class Runtime:
+    """The components of a pipeline running through a backend; the torch modules stay as the reference.
 
+    Prepares 'text_encoder', 'encoder', 'unet' (and 'unet_replay' when the recipe has an anchor) and
+    'decoder' on first use per input shape, and routes the denoiser's networks through them."""
 
-class BoundPipeline:
-    """A pipeline whose components run through a backend; the torch modules stay as the reference."""
-
-    def __init__(self, pipe, backend: Any, options: dict | None = None, cache: ArtifactCache | None = None):
-        self.pipe, self.backend = pipe, backend
+    def __init__(self, pipe: Any, backend: Any, options: dict | None = None, cache: ArtifactCache | None = None):
+        self.backend = backend
         self.options = dict(options or {})
         self.cache = cache or ArtifactCache()
-        den = pipe.denoiser
-        embedded = den.guidance == "embedded"
+        den = self.denoiser = pipe.denoiser
+        text = den.networks()["text_encoder"]
         anchored = pipe.recipe.anchor != "none"
-        unet = UNetGraph(den.unet, embedded, "record" if anchored else "none")
-        graphs: dict[str, torch.nn.Module] = {
-            "text_encoder": TextEncoderGraph(den.text_encoder),
-            "encoder": EncodeGraph(pipe.encoder),
-            "unet": unet,
-            "decoder": DecodeGraph(pipe.decoder),
+        graphs: dict[str, tuple[torch.nn.Module, tuple]] = {
+            "text_encoder": (text.module, (tuple(text.inputs), tuple(text.outputs))),
+            "encoder": (EncodeGraph(pipe.encoder), (("images",), ("latents",))),
+            "decoder": (DecodeGraph(pipe.decoder), (("latents",), ("images",))),
         }
+        unet = AnchoredNetwork(den, "record" if anchored else "none")
+        graphs["unet"] = (unet, unet.io_names())
         if anchored:
-            graphs["unet_replay"] = UNetGraph(den.unet, embedded, "replay")
-        self.graphs = graphs
-        self.runners = {name: Runner(backend, name, g, self._names(name, g), self.options, self.cache)
-                        for name, g in graphs.items()}
+            replay = AnchoredNetwork(den, "replay")
+            graphs["unet_replay"] = (replay, replay.io_names())
+        self.graphs = {name: g for name, (g, _) in graphs.items()}
+        self.runners = {name: Runner(backend, name, g, names, self.options, self.cache)
+                        for name, (g, names) in graphs.items()}
+        den.set_runner("text_encoder", self.runners["text_encoder"])
+        den.set_runner("unet", self.unet_runner(None))
 
-    @staticmethod
-    def _names(name: str, graph: torch.nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        if isinstance(graph, UNetGraph):
-            return unet_io_names(graph)
-        return {"text_encoder": (("input_ids",), ("text_emb",)), "encoder": (("images",), ("latents",)),
-                "decoder": (("latents",), ("images",))}[name]
+    def unet_runner(self, anchor: crossframe.AnchorController | None) -> Callable[..., torch.Tensor]:
+        """The 'unet' runner for one anchor state: record graph on the anchor, replay graph on the others."""
+        runners = self.runners
 
-    def install(self) -> "BoundPipeline":
-        """Route encode, decode, encode_prompt and the UNet pass of the pipeline through the runners."""
-        pipe, den, runners = self.pipe, self.pipe.denoiser, self.runners
-        pipe.encoder.encode = runners["encoder"]
-        pipe.decoder.decode = runners["decoder"]
-
-        def encode_prompt(prompts: list[str]) -> torch.Tensor:
-            ids, _ = den.tokenize(prompts)
-            return runners["text_encoder"](ids.to(next(den.text_encoder.parameters()).device))
-
-        def unet_forward(x, t, image_latents, text_emb, s_I=None, s_T=None) -> torch.Tensor:
-            inputs = den.unet_graph_inputs(x, t, image_latents, text_emb, s_I, s_T)
-            ctrl = anchor_controller(den.unet)
+        def run(*inputs: torch.Tensor) -> torch.Tensor:
             if "unet_replay" not in runners:
                 return runners["unet"](*inputs)
-            if ctrl is None or ctrl.mode in ("off", "record"):
+            if anchor is None or anchor.mode in ("off", "record"):
                 out, *kv = runners["unet"](*inputs)
-                if ctrl is not None and ctrl.mode == "record":
-                    layers = self.graphs["unet"].layers
-                    for i, name in enumerate(layers):
-                        ctrl.store[(ctrl.step, name)] = (kv[2 * i], kv[2 * i + 1])
+                if anchor is not None and anchor.mode == "record":
+                    for i, name in enumerate(self.graphs["unet"].layers):
+                        anchor.store[(anchor.step, name)] = (kv[2 * i], kv[2 * i + 1])
                 return out
-            kv = [t for name in self.graphs["unet_replay"].layers for t in ctrl.store[(ctrl.step, name)]]
-            return runners["unet_replay"](*inputs, *kv)
+            return runners["unet_replay"](*inputs, *anchor.recorded(self.graphs["unet_replay"].layers))
 
-        den.encode_prompt = encode_prompt
-        den.unet_forward = unet_forward
-        return self
+        return run
+
+    @contextlib.contextmanager
+    def anchored(self, anchor: crossframe.AnchorController | None) -> Iterator[None]:
+        """Route the denoiser's 'unet' through the runner for this anchor state for the duration."""
+        self.denoiser.set_runner("unet", self.unet_runner(anchor))
+        try:
+            yield
+        finally:
+            self.denoiser.set_runner("unet", self.unet_runner(None))
 
     def artifacts(self) -> list[dict[str, Any]]:
         """What was prepared so far: one record per component and input shapes."""
         return [p.info for r in self.runners.values() for p in r.prepared.values()]
+
+    def describe(self) -> dict[str, Any]:
+        """What the backend reports about how it ran (e.g. onnxruntime's providers), and what it prepared."""
+        report = getattr(self.backend, "report", None)
+        info: dict[str, Any] = dict(report()) if callable(report) else {}
+        info["prepared"] = sorted({p["component"] for p in self.artifacts()})
+        return info
 
 
 def get_backend(name: str) -> Any:
@@ -388,13 +367,14 @@ def resolve_options(name: str, options: dict | None = None) -> dict[str, Any]:
     return attrs.asdict(spec.make_config(**(options or {})))
 
 
-def bind(pipe, options: dict | None = None, cache: ArtifactCache | None = None) -> BoundPipeline | None:
-    """Run the pipeline through its recipe's backend (None for eager, which runs the modules as they are)."""
+def bind(pipe: Any, options: dict | None = None, cache: ArtifactCache | None = None) -> Runtime | None:
+    """Run the pipeline's components through its recipe's backend. None for a backend that declares
+    `passthrough = True` (it runs the torch modules as they are, so nothing needs routing)."""
     name = pipe.recipe.backend
-    if name == "eager":
-        return None
     backend = get_backend(name)
     options = resolve_options(name, options)
+    if getattr(backend, "passthrough", False):
+        return None
     if getattr(backend, "needs_float32", False) and pipe.recipe.dtype != "float32":
         raise UsageError(f"backend '{name}' takes float32 graphs and sets its own precision; use --dtype float32")
-    return BoundPipeline(pipe, backend, options, cache).install()
+    return Runtime(pipe, backend, options, cache)

@@ -10,8 +10,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from movie_core.composer import Composition, build, compose
-from movie_core.edit import FrameEditor, SizePolicy
+from movie_core.composer import Composition, compose
+from movie_core.edit import FrameEditor, SizePolicy, batched
+from movie_core.errors import UsageError
+from movie_core.loading import build
 
 
 def _sync(device: torch.device) -> None:
@@ -64,41 +66,31 @@ def bench_pipeline(pipe, *, height: int, width: int, frames: int = 8, batch_size
     policy = SizePolicy(height=height, width=width)
     size = (height, width)
     padded = policy.padded(height, width)
-    device = next(pipe.denoiser.unet.parameters()).device
+    device = pipe.device
     _reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     editor, text_ms = _timed(lambda: FrameEditor(pipe, prompt, size=size, padded=padded), device)
     src = synthetic_frames(frames, height, width)
-    from movie_core.edit import batched, to_tensor
-
-    batches = list(batched(iter(src), batch_size))
+    batches = [editor.tensor(b) for b in batched(iter(src), batch_size)]
     try:
         if pipe.recipe.anchor != "none":
             editor.record_anchor(src[len(src) // 2])
         per: dict[str, list[float]] = {"encoder": [], "denoiser": [], "decoder": [], "total": []}
-        den, r = pipe.denoiser, pipe.recipe
         for rep in range(repeats + 1):
-            sums = dict.fromkeys(per, 0.0)
-            for batch in batches:
-                x = to_tensor(batch, size, padded, device, editor.dtype)
-                with torch.no_grad():
-                    lat, t_enc = _timed(lambda: pipe.encoder.encode(x), device)
-                    out, t_den = _timed(lambda: den.sample(
-                        lat, editor.text_emb, steps=editor.steps, s_T=r.text_guidance, s_I=r.image_guidance,
-                        null_emb=editor.null_emb, generator=editor._generators(x.shape[0]),
-                        on_step=editor.controller.on_step if editor.anchored else None), device)
-                    _, t_dec = _timed(lambda: pipe.decoder.decode(out), device)
-                for k, v in (("encoder", t_enc), ("denoiser", t_den), ("decoder", t_dec), ("total", t_enc + t_den + t_dec)):
-                    sums[k] += v
+            sums: dict[str, float] = {}
+            for x in batches:
+                editor.edit_tensor(x, timings=sums)
             if rep == 0:
                 continue  # warm-up
+            sums["total"] = sums["encoder"] + sums["denoiser"] + sums["decoder"]
             for k in per:
                 per[k].append(sums[k] / frames)
     finally:
         editor.close()
     ms = statistics.median(per["total"])
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb()
+    r = pipe.recipe
     return {
         "ms_per_frame": ms,
         "frames_per_s": 1000.0 / ms,
@@ -111,9 +103,9 @@ def bench_pipeline(pipe, *, height: int, width: int, frames: int = 8, batch_size
             "text_encoder_ms_per_video": text_ms,
         },
         "height": height, "width": width, "frames": frames, "batch_size": batch_size, "repeats": repeats,
-        "steps": editor.steps, "unet_passes_per_step": 3 if den.guidance == "cfg3" else 1,
+        "steps": pipe.steps, "unet_passes_per_step": 3 if pipe.denoiser.guidance == "cfg3" else 1,
         "device": str(device), "dtype": r.dtype, "threads": torch.get_num_threads(),
-        "recipe": r.components() | {"size": r.size},
+        "recipe": r.components() | {"size": r.size}, "backend": pipe.backend_info(),
     }
 
 
@@ -123,12 +115,7 @@ def compare_backends(recipe, names: list[str], model: Path | None, rounds: int =
     Each backend gets its own pipeline, built and bound once; every round times each of them in turn,
     and a backend's figures are those of its median round.
     """
-    from movie_core.backends import bind
-
-    pipes = {}
-    for name in names:
-        pipes[name] = build(compose(recipe.replace(backend=name)), model=model)
-        bind(pipes[name])
+    pipes = {name: build(compose(recipe.replace(backend=name)), model=model) for name in names}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(rounds):
         for name, pipe in pipes.items():
@@ -146,39 +133,28 @@ def compare_backends(recipe, names: list[str], model: Path | None, rounds: int =
             "rounds": rounds, "threads": first["threads"], "backends": results}
 
 
-def bench_diffusers(pipe_base, *, height: int, width: int, repeats: int, steps: int = 10,
-                    prompt: str = "make it look like a watercolor painting") -> float:
-    """Median ms of one call (one frame) of diffusers' StableDiffusionInstructPix2PixPipeline on the base modules."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
-    den, r = pipe_base.denoiser, pipe_base.recipe
-    ref = StableDiffusionInstructPix2PixPipeline(
-        vae=pipe_base.encoder.vae, text_encoder=den.text_encoder, tokenizer=den.tokenizer, unet=den.unet,
-        scheduler=den.make_scheduler(), safety_checker=None, feature_extractor=None, image_encoder=None,
-        requires_safety_checker=False,
-    )
-    ref.set_progress_bar_config(disable=True)
-    device = next(den.unet.parameters()).device
+def bench_reference(pipe_base, *, height: int, width: int, repeats: int, steps: int = 10,
+                    prompt: str = "make it look like a watercolor painting") -> tuple[float, str]:
+    """Median ms of one call (one frame) of the upstream pipeline the denoiser reproduces, on the same modules."""
+    reference = getattr(pipe_base.denoiser, "reference_pipeline", None)  # optional contract method
+    if reference is None:
+        raise UsageError(f"denoiser '{pipe_base.recipe.denoiser}' names no reference pipeline to compare with")
+    call, name = reference(pipe_base.encoder)
+    device, r = pipe_base.device, pipe_base.recipe
     frame = synthetic_frames(1, height, width)[0]
-    image = torch.from_numpy(frame).permute(2, 0, 1)[None].float().div(255).to(device)
     times = []
     for rep in range(repeats + 1):
-        _, ms = _timed(lambda: ref(
-            prompt, image=image, num_inference_steps=steps, guidance_scale=r.text_guidance,
-            image_guidance_scale=r.image_guidance, generator=torch.Generator(device).manual_seed(r.seed),
-            output_type="np"), device)
+        _, ms = _timed(lambda: call(frame, prompt, steps=steps, s_T=r.text_guidance, s_I=r.image_guidance,
+                                    seed=r.seed), device)
         if rep:
             times.append(ms)
-    return statistics.median(times)
+    return statistics.median(times), name
 
 
 def run(composition: Composition, model: Path | None, *, height: int, width: int, frames: int, batch_size: int,
         repeats: int, compare: str | None = None) -> dict[str, Any]:
     """Benchmark a composed recipe, optionally against diffusers' InstructPix2Pix pipeline in the same run."""
-    from movie_core.backends import bind
-
     pipe = build(composition, model=model)
-    bind(pipe)
     result = bench_pipeline(pipe, height=height, width=width, frames=frames, batch_size=batch_size, repeats=repeats)
     if compare == "diffusers":
         r = composition.recipe
@@ -190,11 +166,11 @@ def run(composition: Composition, model: Path | None, *, height: int, width: int
             base_recipe = preset("base").replace(size=r.size, seed=r.seed, device=r.device, dtype=r.dtype,
                                                  text_guidance=r.text_guidance, image_guidance=r.image_guidance)
             base = build(compose(base_recipe), model=model if _has_base_weights(model) else None)
-        ref_ms = bench_diffusers(base, height=height, width=width, repeats=repeats)
+        ref_ms, ref_name = bench_reference(base, height=height, width=width, repeats=repeats)
         result["compare"] = {
             "diffusers_ms_per_frame": ref_ms,
             "speedup": ref_ms / result["ms_per_frame"],
-            "diffusers_pipeline": "StableDiffusionInstructPix2PixPipeline, 10 steps, SD VAE, one frame per call (median of repeats after a warm-up)",
+            "diffusers_pipeline": f"{ref_name}, 10 steps, SD VAE, one frame per call (median of repeats after a warm-up)",
         }
     return result
 

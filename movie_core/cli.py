@@ -12,12 +12,6 @@ import click
 from movie_core import __version__
 from movie_core.errors import MovieError, UsageError
 
-RECIPE_FLAGS = (
-    "preset", "recipe_file", "vae", "encoder", "decoder", "denoiser", "backend", "size", "init", "model",
-    "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor",
-)
-
-
 def _guidance(ctx, param, value):
     if value is None:
         return None
@@ -47,6 +41,9 @@ def recipe_options(fn: Callable) -> Callable:
         click.option("--device", help="cpu, cuda, cuda:N, mps or auto."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Compute precision."),
         click.option("--anchor", help="Cross-frame attention anchor: middle, first, none or a frame index."),
+        click.option("-O", "--option", "options", multiple=True, metavar="SLOT.KEY=VALUE",
+                     help="A component's option, e.g. -O backend.dynamic_batch=false, -O denoiser.scheduler=ddim "
+                          "(a bare KEY=VALUE is the backend's; see `movie list FAMILY`)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -54,46 +51,14 @@ def recipe_options(fn: Callable) -> Callable:
 
 
 def resolve_recipe(kw: dict[str, Any], builtin: bool = False):
-    """Recipe flags -> (Recipe, model folder or None, init). Pops the flags from kw.
-
-    builtin: with neither --model nor --init, run the recipe at nano size on the shipped nano weights of its
-    denoiser stage (the default model), and say so on stderr."""
-    from movie_core import recipe as recipes
-    from movie_core.weights import BUILTIN_PREFIX, builtin_model, read_manifest, resolve_model
+    """Recipe flags -> (Recipe, model folder or None, init), popping the flags from kw (see movie_core.loading)."""
+    from movie_core.loading import RECIPE_FLAGS, resolve_recipe as resolve
 
     flags = {name: kw.pop(name, None) for name in RECIPE_FLAGS}
-    if flags["preset"] and flags["recipe_file"]:
-        raise UsageError("--preset and --recipe are exclusive: pick one starting point")
-    if flags["vae"] and (flags["encoder"] or flags["decoder"]):
-        raise UsageError("--vae sets both encoder and decoder; use either --vae or --encoder/--decoder")
-    if flags["init"] and flags["model"]:
-        raise UsageError("--init random and --model are exclusive: random weights or loaded ones")
-    model = resolve_model(flags["model"]) if flags["model"] else None
-    if flags["preset"]:
-        base = recipes.preset(flags["preset"])
-    elif flags["recipe_file"]:
-        base = recipes.load(flags["recipe_file"])
-    else:
-        manifest = read_manifest(model) if model else None
-        base = recipes.make_recipe(manifest["recipe"]) if manifest and "recipe" in manifest else recipes.preset("movie")
-    changes = {
-        key: flags[key]
-        for key in ("encoder", "decoder", "denoiser", "backend", "size", "steps", "scheduler", "text_guidance",
-                    "image_guidance", "seed", "device", "dtype", "anchor", "vae")
-        if flags[key] is not None
-    }
-    recipe = base.replace(**changes)
-    if builtin and model is None and not flags["init"]:
-        if recipe.size != "nano" and flags["size"]:
-            raise UsageError(f"no built-in {recipe.size}-size weights: pass --model DIR (or --init random)")
-        recipe = recipe.replace(size="nano")
-        model = builtin_model(recipe.denoiser)
-        if model is None:
-            raise UsageError(f"no weights: the built-in nano '{recipe.denoiser}' model is not installed; "
-                             "pass --model DIR (or --init random to run the recipe with random weights)")
-        click.echo(f"note: no --model given: using the built-in nano model {BUILTIN_PREFIX}{recipe.denoiser} "
-                   f"({recipe.encoder} encoder, {recipe.decoder} decoder, {recipe.steps or 'default'} steps)", err=True)
-    return recipe, model, flags["init"]
+    return resolve(flags, builtin=builtin, note=lambda text: click.echo(f"note: {text}", err=True))
+
+
+_SLOT_OF = {"autoencoder": "vae", "denoiser": "denoiser", "backend": "backend", "distiller": "distiller"}
 
 
 def _emit(data: Any) -> None:
@@ -137,7 +102,7 @@ def list_(family: str | None, as_json: bool) -> None:
     if as_json:
         _emit([
             {"family": s.family, "name": s.name, "summary": s.summary, "plugin": s.plugin, "version": s.version,
-             "latent_space": s.latent_space}
+             "latent_space": s.latent_space, "base": s.base, "defaults": s.defaults, "options": s.options()}
             for s in specs
         ])
         return
@@ -146,7 +111,12 @@ def list_(family: str | None, as_json: bool) -> None:
         if s.family != current:
             current = s.family
             click.echo(f"{current}s:")
-        click.echo(f"  {s.name:24} {s.summary}  [{s.plugin}]")
+        derived = f" (derived from {s.base})" if s.base else ""
+        click.echo(f"  {s.name:24} {s.summary}{derived}  [{s.plugin}]")
+        if family is not None:
+            for opt in s.options():
+                click.echo(f"      -O {_SLOT_OF.get(s.family, s.family)}.{opt['name']}={opt['default']!r}"
+                           f"  ({opt['type']})")
 
 
 @cli.command()
@@ -184,14 +154,14 @@ def compose(output: str | None, as_json: bool, save_model: str | None, **kw: Any
 
 
 def _save_model(comp, model: Path | None, init: str | None, dest: Path) -> list[str]:
-    from movie_core.composer import build
+    from movie_core.loading import build
     from movie_core.weights import save_single_file
 
     if model is None and init != "random":
         raise UsageError("--save-model needs weights: pass --model DIR or --init random")
     if dest.exists() and not dest.is_dir() and dest.suffix != ".safetensors":
         raise UsageError(f"{dest} exists and is not a model folder")
-    pipe = build(comp, model=model)
+    pipe = build(comp, model=model, meta=False)
     if dest.suffix == ".safetensors":
         import tempfile
 
@@ -250,9 +220,9 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
     from fractions import Fraction
 
     from movie_core import video
-    from movie_core.backends import bind as bind_backend
-    from movie_core.composer import build, compose as do_compose
+    from movie_core.composer import compose as do_compose
     from movie_core.edit import SizePolicy, edit_video
+    from movie_core.loading import load_pipeline
 
     if not prompt.strip():
         raise UsageError("the prompt is empty: say what the edit should do, e.g. -p 'make it sepia'")
@@ -264,12 +234,12 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
         video.check_output(output, input_path, overwrite)
         if preview:
             video.check_output(preview, input_path, overwrite=True)
-        pipe = build(comp, model=model)
-        bind_backend(pipe)
+        pipe = load_pipeline(comp, model)
         for note in pipe.notes:
             click.echo(f"note: {note}", err=True)
-        if pipe.denoiser.tokenize([prompt])[1][0]:
-            click.echo(f"warning: prompt truncated to the text encoder's {pipe.denoiser.max_prompt_tokens} tokens", err=True)
+        ids, truncated = pipe.denoiser.tokenize([prompt])
+        if truncated[0]:
+            click.echo(f"warning: prompt truncated to the text encoder's {ids.shape[-1]} tokens", err=True)
         with video.open_sink(output, source, crf=crf, overwrite=overwrite) as sink:
             summary = edit_video(
                 pipe, source, sink, prompt, policy=SizePolicy(height=height, width=width, max_side=max_side),
@@ -339,22 +309,6 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
         click.echo(f"  diffusers InstructPix2Pix: {cmp_['diffusers_ms_per_frame']:.1f} ms/frame; speedup {cmp_['speedup']:.2f}x")
 
 
-def _parse_options(pairs: tuple[str, ...], spec) -> Any:
-    """-O key=value pairs -> the distiller's attrs options (values parsed as TOML scalars)."""
-    from movie_core.recipe import tomllib
-
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"-O takes key=value, got {pair!r}")
-        try:
-            values[key.replace("-", "_")] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key.replace("-", "_")] = raw
-    return spec.make_config(**values)
-
-
 @cli.command()
 @click.argument("strategy")
 @click.option("--teacher", required=True, type=click.Path(), help="Teacher model folder (written by compose --save-model, convert or distill).")
@@ -388,17 +342,16 @@ def distill(strategy: str, teacher: str, data: str, out: str, steps: int, batch_
             log_every: int, seed: int, options: tuple[str, ...],
             resume: bool, overwrite: bool, progress: bool, as_json: bool) -> None:
     """Run one training stage (a distiller) from a teacher model on a dataset; writes the student model."""
+    from movie_core.loading import parse_options
     from movie_core.plugins import get_registry
-    from movie_core.training.loop import TrainConfig, run
+    from movie_core.training.loop import run, train_config
 
     spec = get_registry().get("distiller", strategy)
     cls = spec.load_factory()
-    distiller = cls(_parse_options(options, spec))
-    defaults = getattr(cls, "defaults", {})
-    cfg = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=lr or defaults.get("lr", 1e-5),
-        warmup_steps=warmup_steps if warmup_steps is not None else defaults.get("warmup_steps", 0),
-        grad_accum=grad_accum, mixed_precision=mixed_precision, ema_decay=ema_decay, resolution=resolution,
+    distiller = cls(spec.make_config(**parse_options(options)))
+    cfg = train_config(
+        cls, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, grad_accum=grad_accum,
+        mixed_precision=mixed_precision, ema_decay=ema_decay, resolution=resolution,
         extra_resolutions=extra_resolutions, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
         cache_latents=cache_latents,
     )

@@ -1,14 +1,27 @@
-"""The torch-side contracts every component plugin implements (imported only when building)."""
+"""The contracts every component implements: exactly what the core calls, nothing else.
+
+The core (pipeline, edit, bench, eval, flops, export, ablate) reaches a built component only through
+the methods and attributes listed here; `tests/test_contracts.py` fails when core code touches
+anything else, and checks every signature below against docs/plugin_hooks.md.
+
+A component may subclass `Autoencoder` or `Denoiser` (torch modules with these methods) or be any
+object that satisfies the matching Protocol (`AutoencoderContract`, `DenoiserContract`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import attrs
 import torch
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# hook(layer_name, key, value) -> (key, value): what a self-attention layer attends to.
+KVHook = Callable[[str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# on_step(index, timestep): the sampler says which step the next network passes belong to.
+StepCallback = Callable[[int, Any], None]
 
 
 @attrs.frozen
@@ -42,8 +55,118 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+@attrs.frozen
+class Network:
+    """One network a backend may prepare: a module with a tensor-only forward, and its tensor names.
+
+    `module(*inputs)` returns one tensor (the output named `outputs[0]`). The module may define an
+    `active()` context manager, entered while the network is prepared and run (to install what a
+    static graph needs, for example host-computed time features)."""
+
+    module: torch.nn.Module
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@runtime_checkable
+class AutoencoderContract(Protocol):
+    """Images in [-1, 1] (NCHW) <-> latents in the autoencoder's latent space."""
+
+    latent_space: str
+    downscale: int
+    latent_channels: int
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) in [-1, 1] -> latents (N, latent_channels, H / downscale, W / downscale)."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents -> images (N, 3, H, W) in [-1, 1]."""
+        ...
+
+    def save_pretrained(self, root: str | Path) -> None:
+        """Write this autoencoder's weights under root (diffusers layout: root/<its subfolder>)."""
+        ...
+
+
+@runtime_checkable
+class DenoiserContract(Protocol):
+    """Text encoder, denoising network and sampler of one editing model.
+
+    guidance: 'cfg3' (three network passes per step, MoViE Eq. 1; `sample` needs `null_emb`) or
+    'embedded' (one pass; the scales enter the network). default_steps: steps when the recipe sets none.
+    """
+
+    guidance: str
+    prediction_type: str
+    default_steps: int
+    stage: str
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
+        """Token ids (B, L) for the text network, and per prompt whether it was truncated."""
+        ...
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings (B, L, D) for `sample` (runs the 'text_encoder' network)."""
+        ...
+
+    def sample(self, image_latents: torch.Tensor, text_emb: torch.Tensor, *, steps: int | None = None,
+               s_T: float = 7.5, s_I: float = 1.5, null_emb: torch.Tensor | None = None,
+               generator: Any = None, latents: torch.Tensor | None = None,
+               on_step: StepCallback | None = None) -> torch.Tensor:
+        """Edited latents from the source latents: the whole sampler loop; calls on_step(i, t) before step i."""
+        ...
+
+    def networks(self) -> dict[str, Network]:
+        """The networks a backend may prepare: 'text_encoder' (token ids -> embeddings) and 'unet'
+        (one denoising pass on `graph_inputs`, returning the model output)."""
+        ...
+
+    def graph_inputs(self, x: torch.Tensor, t: Any, image_latents: torch.Tensor, text_emb: torch.Tensor,
+                     s_I: Any = None, s_T: Any = None) -> list[torch.Tensor]:
+        """The 'unet' network's inputs for one pass (everything static-graph unfriendly done here)."""
+        ...
+
+    def set_runner(self, name: str, runner: Callable[..., torch.Tensor] | None) -> None:
+        """Route the named network through `runner(*inputs)` (a backend's prepared callable); None: own module."""
+        ...
+
+    def anchor_layers(self) -> list[str]:
+        """Names of the self-attention layers whose keys/values an anchor frame records (cross-frame attention)."""
+        ...
+
+    def set_kv_hook(self, hook: KVHook | None) -> KVHook | None:
+        """Every anchor layer passes its keys and values through hook(name, k, v) (B, tokens, dim) and attends
+        to what it returns; None removes it. Returns the previous hook."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts for manifests and exports (scheduler, steps, prediction type, guidance, notes)."""
+        ...
+
+    def save_pretrained(self, root: str | Path) -> None:
+        """Write this denoiser's weights and configs under root (diffusers layout)."""
+        ...
+
+
+@runtime_checkable
+class BackendContract(Protocol):
+    """An execution backend: can it run here, and prepare(module, inputs, options) -> a callable."""
+
+    @staticmethod
+    def available() -> tuple[bool, str]:
+        ...
+
+    def prepare(self, module: torch.nn.Module, example_inputs: tuple = (), options: dict | None = None) -> Callable:
+        ...
+
+
+CONTRACTS: dict[str, type] = {"autoencoder": AutoencoderContract, "denoiser": DenoiserContract,
+                              "backend": BackendContract}
+
+
 class Autoencoder(torch.nn.Module):
-    """Images in [-1, 1] (NCHW) <-> latents in SD's scaled latent space."""
+    """Base class of the built-in autoencoders (a torch module implementing AutoencoderContract)."""
 
     latent_space: str = "sd1"
     subfolder: str = ""
@@ -60,38 +183,73 @@ class Autoencoder(torch.nn.Module):
         """Write this autoencoder's weights to root/<subfolder> in diffusers format."""
         raise NotImplementedError
 
-    def flops_modules(self) -> dict[str, tuple[Any, Any]]:
-        """Sub-modules whose cost is counted per frame: {'encode': (fn, ...)}; see movie_core.flops."""
-        raise NotImplementedError
-
 
 class Denoiser(torch.nn.Module):
-    """Tokenizer + text encoder + UNet + sampling defaults.
+    """Base class of denoisers that are torch modules: runner routing and the KV-hook slot done once.
 
-    guidance: 'cfg3' (three UNet passes per step, paper Eq. 1) or 'embedded' (one pass; the
-    scales enter the UNet as embeddings, paper Sec. 3.3).
-    """
+    Subclasses implement tokenize, sample, networks, graph_inputs, anchor_layers, describe, save_pretrained
+    and call `self.run_network(name, *inputs)` for every pass of a network so backends can route it."""
 
     guidance: str = "cfg3"
     prediction_type: str = "epsilon"
     default_steps: int = 10
     stage: str = ""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._runners: dict[str, Callable[..., torch.Tensor]] = {}
+        self._kv_hook: KVHook | None = None
+
+    def set_runner(self, name: str, runner: Callable[..., torch.Tensor] | None) -> None:
+        if runner is None:
+            self._runners.pop(name, None)
+        else:
+            self._runners[name] = runner
+
+    def runner(self, name: str) -> Callable[..., torch.Tensor] | None:
+        """The backend runner routed for a network, if any."""
+        return self._runners.get(name)
+
+    def run_network(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
+        """One pass of a network: through its routed runner, else its own module."""
+        runner = self._runners.get(name)
+        if runner is not None:
+            return runner(*inputs)
+        return self.networks()[name].module(*inputs)
+
+    def set_kv_hook(self, hook: KVHook | None) -> KVHook | None:
+        previous, self._kv_hook = self._kv_hook, hook
+        return previous
+
+    @property
+    def kv_hook(self) -> KVHook | None:
+        return self._kv_hook
+
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        ids, _ = self.tokenize(prompts)
+        device = next(self.networks()["text_encoder"].module.parameters()).device
+        with torch.no_grad():
+            return self.run_network("text_encoder", ids.to(device))
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
         raise NotImplementedError
 
-    def predict(self, x_t, t, image_latents, text_emb, s_I: float, s_T: float) -> torch.Tensor:
+    def sample(self, image_latents, text_emb, *, steps=None, s_T=7.5, s_I=1.5, null_emb=None, generator=None,
+               latents=None, on_step=None) -> torch.Tensor:
         raise NotImplementedError
 
-    def unet_graph_inputs(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> list[torch.Tensor]:
-        """One UNet pass's inputs for a static graph (time and guidance sinusoids computed on the host).
-
-        Needed by the graph backends (onnx, hexagon, tensorrt, aihub); see movie_core.backends.UNetGraph.
-        """
+    def networks(self) -> dict[str, Network]:
         raise NotImplementedError
 
-    def make_scheduler(self):
+    def graph_inputs(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def anchor_layers(self) -> list[str]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": self.stage, "prediction_type": self.prediction_type, "guidance": self.guidance,
+                "default_steps": self.default_steps}
 
     def save_pretrained(self, root: str | Path) -> None:
         raise NotImplementedError

@@ -1,8 +1,9 @@
-"""Recipe -> Composition (validated specs with provenance) -> Pipeline (built torch modules)."""
+"""Recipe -> Composition: every slot resolved to a component spec, with provenance and the checks that span slots.
+
+Building the torch pipeline from a composition is movie_core.loading's (Pipeline.build)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -32,6 +33,19 @@ class Composition:
         out["options"] = self.recipe.options()
         return out
 
+    def component_options(self, slot: str) -> dict[str, Any]:
+        """The options a slot's component is built with: the recipe's sampler (denoiser) and its
+        component_options for the slot (the spec's own defaults are applied by make_config)."""
+        values: dict[str, Any] = {}
+        if slot == "denoiser" and self.recipe.scheduler:
+            values["scheduler"] = self.recipe.scheduler
+        return values | dict(self.recipe.component_options.get(slot, {}))
+
+    def check_factories(self) -> None:
+        """Import every slot's factory now, so a broken plugin fails at compose time with one line."""
+        for spec in self.specs.values():
+            spec.load_factory()
+
     def backend_available(self) -> tuple[bool, str]:
         """Whether the backend can run here, and why not."""
         backend_cls = self.specs["backend"].load_factory()
@@ -55,10 +69,3 @@ def compose(recipe: Recipe, registry: Registry | None = None) -> Composition:
             f"denoiser '{den.name}' works in latent space {wanted}, but autoencoder '{enc.name}' uses {enc.latent_space}"
         )
     return Composition(recipe=recipe, specs=specs)
-
-
-def build(composition: Composition, model: str | Path | None = None, meta: bool = False):
-    """Build the torch pipeline: random weights, weights from a model folder, or on the meta device."""
-    from movie_core.pipeline import Pipeline
-
-    return Pipeline.build(composition, model=Path(model) if model else None, meta=meta)

@@ -84,50 +84,32 @@ class FrameEditor:
     """Edits frames batch by batch with one prompt, the same initial noise, and anchor K/V replay."""
 
     def __init__(self, pipe: Pipeline, prompt: str, *, size: tuple[int, int], padded: tuple[int, int]):
-        r = pipe.recipe
         self.pipe, self.size, self.padded = pipe, size, padded
-        den = pipe.denoiser
-        self.device = next(den.unet.parameters()).device
-        self.dtype = next(den.unet.parameters()).dtype
-        self.steps = r.steps or den.default_steps
-        self.text_emb = den.encode_prompt([prompt])
-        self.null_emb = den.encode_prompt([""]) if den.guidance == "cfg3" else None
-        self.controller = crossframe.AnchorController()
-        self.anchored = False
+        self.prompt = pipe.prompt(prompt)
+        self.anchor: crossframe.AnchorController | None = None
 
-    def _generators(self, n: int) -> list[torch.Generator]:
-        # one generator per frame, all seeded alike: every frame gets the same initial and per-step noise
-        return [torch.Generator(device=self.device).manual_seed(self.pipe.recipe.seed) for _ in range(n)]
-
-    @torch.no_grad()
-    def _edit(self, x: torch.Tensor) -> torch.Tensor:
-        r, den = self.pipe.recipe, self.pipe.denoiser
-        latents = self.pipe.encoder.encode(x)
-        out = den.sample(
-            latents, self.text_emb, steps=self.steps, s_T=r.text_guidance, s_I=r.image_guidance,
-            null_emb=self.null_emb, generator=self._generators(x.shape[0]),
-            on_step=self.controller.on_step if self.anchored else None,
-        )
-        return self.pipe.decoder.decode(out)
+    def tensor(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """uint8 frames -> the pipeline's input batch at this editor's size."""
+        return to_tensor(frames, self.size, self.padded, self.pipe.device, self.pipe.dtype)
 
     def record_anchor(self, frame: np.ndarray) -> None:
         """Sample the anchor frame once, storing its self-attention K/V for every step."""
-        self._previous = crossframe.install(self.pipe.denoiser.unet, self.controller)
-        self.anchored = True
-        self.controller.record()
-        self._edit(to_tensor([frame], self.size, self.padded, self.device, self.dtype))
-        self.controller.replay()
+        self.anchor = crossframe.AnchorController()
+        self.anchor.record()
+        self.edit_tensor(self.tensor([frame]))
+        self.anchor.replay()
+
+    def edit_tensor(self, x: torch.Tensor, timings: dict[str, float] | None = None) -> torch.Tensor:
+        return self.pipe.edit_batch(x, self.prompt, anchor=self.anchor, timings=timings)
 
     def edit(self, frames: list[np.ndarray], out_size: tuple[int, int]) -> list[np.ndarray]:
         """Edit a batch of uint8 frames; returns uint8 frames at out_size."""
-        x = to_tensor(frames, self.size, self.padded, self.device, self.dtype)
-        return to_frames(self._edit(x), self.size, out_size)
+        return to_frames(self.edit_tensor(self.tensor(frames)), self.size, out_size)
 
     def close(self) -> None:
-        if self.anchored:
-            crossframe.uninstall(self.pipe.denoiser.unet, self._previous)
-            self.controller.clear()
-            self.anchored = False
+        if self.anchor is not None:
+            self.anchor.clear()
+            self.anchor = None
 
 
 def batched(it: Iterator[Any], n: int) -> Iterator[list[Any]]:

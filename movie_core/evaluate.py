@@ -218,35 +218,15 @@ def builtin_predictor(name: str):
     raise UsageError(f"unknown predictor {name!r}: use {', '.join(BUILTIN_PREDICTORS)} or a model")
 
 
-def _generators(n: int, seed: int, device) -> list:
-    import torch
-
-    return [torch.Generator(device=device).manual_seed(seed) for _ in range(n)]
-
-
 def edit_at_scales(pipe, x, prompts: list[str], *, s_T: float | None = None, s_I: float | None = None,
                    steps: int | None = None, seed: int | None = None):
     """Edit NCHW images in [-1, 1] with one prompt per image at the given guidance scales; returns [-1, 1].
 
     Scales, steps and seed default to the pipeline's recipe. Each image gets its own generator seeded
-    alike, so an image's edit does not depend on the batch it is in.
-    """
-    import torch
-
-    r, den = pipe.recipe, pipe.denoiser
+    alike, so an image's edit does not depend on the batch it is in."""
     if len(prompts) not in (1, x.shape[0]):
         raise UsageError(f"{len(prompts)} prompts for {x.shape[0]} images")
-    device = next(den.unet.parameters()).device
-    with torch.no_grad():
-        latents = pipe.encoder.encode(x)
-        text_emb = den.encode_prompt(list(prompts))
-        null_emb = den.encode_prompt([""]) if den.guidance == "cfg3" else None
-        out = den.sample(
-            latents, text_emb, steps=steps or r.steps or den.default_steps,
-            s_T=r.text_guidance if s_T is None else s_T, s_I=r.image_guidance if s_I is None else s_I,
-            null_emb=null_emb, generator=_generators(x.shape[0], r.seed if seed is None else seed, device),
-        )
-        return pipe.decoder.decode(out)
+    return pipe.edit_batch(x, list(prompts), s_T=s_T, s_I=s_I, steps=steps, seed=seed)
 
 
 class PipelinePredictor:
@@ -260,8 +240,7 @@ class PipelinePredictor:
 
         self.pipe, self.s_T, self.s_I, self.steps, self.seed, self.name = pipe, s_T, s_I, steps, seed, name
         self.policy = SizePolicy()
-        param = next(pipe.denoiser.unet.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device, self.dtype = pipe.device, pipe.dtype
 
     def at(self, *, s_T: float | None = None, s_I: float | None = None) -> PipelinePredictor:
         """The same pipeline at other guidance scales."""
@@ -274,10 +253,7 @@ class PipelinePredictor:
 
     def round_trip(self, sources: list[np.ndarray]) -> list[np.ndarray]:
         """decoder(encoder(x)) of each frame, no denoiser: what the pipeline's autoencoders alone make of it."""
-        import torch
-
-        with torch.no_grad():
-            return self._map(sources, lambda x, idx: self.pipe.decoder.decode(self.pipe.encoder.encode(x)))
+        return self._map(sources, lambda x, idx: self.pipe.round_trip(x))
 
     def _map(self, sources: list[np.ndarray], fn) -> list[np.ndarray]:
         """fn(batch, indices) over same-sized groups of frames, sized, padded and restored as `movie edit` does."""

@@ -12,8 +12,10 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from movie_core.composer import Composition, build, compose
+from movie_core.backends import active
+from movie_core.composer import Composition, compose
 from movie_core.errors import UsageError
+from movie_core.loading import build
 
 def _paper_flops(module: torch.nn.Module, output: Any) -> int:
     """2 FLOPs per multiply-add of a convolution or linear layer (bias adds not counted)."""
@@ -54,19 +56,26 @@ def count(composition: Composition, height: int = 480, width: int = 480) -> dict
     if height % down or width % down:
         raise UsageError(f"height and width must be multiples of {down} (the autoencoder's downscale), got {height}x{width}")
     dev = torch.device("meta")
-    steps = composition.recipe.steps or den.default_steps
+    steps = pipe.steps
     passes = 3 if den.guidance == "cfg3" else 1
     image = torch.empty(1, 3, height, width, device=dev)
     latents = torch.empty(1, enc.latent_channels, height // down, width // down, device=dev)
-    text_emb = torch.empty(1, den.tokenizer.model_max_length, den.text_encoder.config.hidden_size, device=dev)
-    ids = torch.zeros(1, den.tokenizer.model_max_length, dtype=torch.long, device=dev)
+    nets = den.networks()
+    ids = den.tokenize([""])[0].to(dev)
+    with torch.no_grad():
+        text_emb = nets["text_encoder"].module(ids)
     t = torch.tensor([999], device=dev)
+    unet_inputs = den.graph_inputs(latents, t, latents, text_emb, 1.5, 7.5)
+
+    def unet_pass() -> Any:
+        with active(nets["unet"].module):
+            return nets["unet"].module(*unet_inputs)
 
     parts = {
         "encoder": (lambda: enc.encode(image), 1, False),
-        "unet": (lambda: den.unet_forward(latents, t, latents, text_emb, 1.5, 7.5), steps * passes, False),
+        "unet": (unet_pass, steps * passes, False),
         "decoder": (lambda: dec.decode(latents), 1, False),
-        "text_encoder": (lambda: den.text_encoder(ids), 1, True),
+        "text_encoder": (lambda: nets["text_encoder"].module(ids), 1, True),
     }
     components: dict[str, Any] = {}
     total_paper = total_all = 0

@@ -45,6 +45,14 @@ def _matches(pattern: re.Pattern, what: str):
     return check
 
 
+def _component_options(instance: Any, attribute: attrs.Attribute, value: dict) -> None:
+    for slot, opts in value.items():
+        if slot not in SLOTS:
+            raise ValueError(f"component_options: unknown slot '{slot}'; slots are {', '.join(SLOTS)}")
+        if not isinstance(opts, dict):
+            raise ValueError(f"component_options.{slot} must be a table of key = value")
+
+
 @attrs.frozen(kw_only=True)
 class Recipe:
     """A pipeline configuration: component names per slot and the options they run with."""
@@ -63,6 +71,8 @@ class Recipe:
     anchor: str = attrs.field(default="middle", converter=str, validator=_matches(_ANCHOR, "middle, first, none or a frame index"))
     device: str = attrs.field(default="cpu", validator=_matches(_DEVICE, "cpu, auto, mps, cuda or cuda:N"))
     dtype: str = attrs.field(default="float32", validator=attrs.validators.in_(DTYPES))
+    # per slot, the component's own options: {"backend": {"dynamic_batch": False}, "denoiser": {...}}
+    component_options: dict = attrs.field(factory=dict, converter=dict, validator=_component_options)
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with some fields changed; `vae=X` sets encoder and decoder together."""
@@ -86,9 +96,13 @@ class Recipe:
         lines += [f'{slot} = "{name}"' for slot, name in self.components().items()]
         lines += ["", "[options]"]
         for key, value in self.options().items():
-            if value is None:
+            if value is None or key == "component_options":
                 continue
             lines.append(f"{key} = {_toml_value(value)}")
+        for slot, opts in self.component_options.items():
+            if opts:
+                lines += ["", f"[component_options.{slot}]"]
+                lines += [f"{key} = {_toml_value(value)}" for key, value in opts.items()]
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -123,6 +137,8 @@ def from_toml(text: str, source: str = "recipe") -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{source}: not valid TOML: {exc}") from None
     flat: dict[str, Any] = {}
+    if "component_options" in data:
+        flat["component_options"] = data.pop("component_options")
     for table, allowed in (("components", set(SLOTS)), ("options", None)):
         section = data.pop(table, {})
         if not isinstance(section, dict):
@@ -159,3 +175,14 @@ def preset(name: str) -> Recipe:
         raise UnknownComponentError("preset", name, list(PRESETS))
     text = resources.files("movie_core").joinpath("presets", f"{name}.toml").read_text()
     return from_toml(text, source=f"preset {name}")
+
+
+def load_recipe(spec: "Recipe | str | Path") -> Recipe:
+    """A Recipe from a preset name (base, mobile, mmg, movie), a recipe TOML file, or a Recipe (returned as is)."""
+    if isinstance(spec, Recipe):
+        return spec
+    if str(spec) in PRESETS:
+        return preset(str(spec))
+    if Path(spec).suffix == ".toml" or Path(spec).exists():
+        return load(spec)
+    return preset(str(spec))  # not a file either: the error names the presets

@@ -14,24 +14,66 @@ FAMILIES = ("autoencoder", "denoiser", "distiller", "backend")
 
 
 def _check_factory(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not value and instance.base:
+        return  # a derived component takes its base's factory
     module, _, attr = value.partition(":")
     if not module or not attr:
         raise ValueError(f"factory must be 'module:attr', got {value!r}")
 
+# defaults a derived component may set that are sampling options of the recipe, not config fields
+SAMPLING_DEFAULTS = ("steps", "text_guidance", "image_guidance")
+
 
 @attrs.frozen
 class ComponentSpec:
-    """What a plugin registers: a named component, built lazily from a 'module:attr' factory."""
+    """What a plugin registers: a named component, built lazily from a 'module:attr' factory.
+
+    A derived component names `base` (another component of the same family) and leaves out what it
+    shares: factory, config, latent space and extra (built-in weights included) come from the base;
+    `defaults` are merged over the base's (config fields, and `steps` / `text_guidance` /
+    `image_guidance`, used when the recipe leaves them unset)."""
 
     family: str = attrs.field(validator=attrs.validators.in_(FAMILIES))
     name: str = attrs.field(validator=attrs.validators.matches_re(r"^[a-z0-9][a-z0-9._-]*$"))
     summary: str
-    factory: str = attrs.field(validator=_check_factory)
+    factory: str = attrs.field(default="", validator=_check_factory)
     config: type | None = None
     latent_space: str | None = None
     plugin: str = ""
     version: str = ""
     extra: dict = attrs.field(factory=dict, converter=dict)
+    base: str | None = None
+    defaults: dict = attrs.field(factory=dict, converter=dict)
+
+    def derive(self, base: "ComponentSpec") -> "ComponentSpec":
+        """This derived spec with everything it leaves out taken from its (resolved) base."""
+        return attrs.evolve(
+            self,
+            factory=self.factory or base.factory,
+            config=self.config or base.config,
+            latent_space=self.latent_space or base.latent_space,
+            extra=base.extra | self.extra,
+            defaults=base.defaults | self.defaults,
+        )
+
+    def config_defaults(self) -> dict[str, Any]:
+        """The defaults that are config fields (not the recipe's sampling options)."""
+        return {k: v for k, v in self.defaults.items() if k not in SAMPLING_DEFAULTS}
+
+    def options(self) -> list[dict[str, Any]]:
+        """The options this component takes: name, default and type, from its config class."""
+        if self.config is None:
+            return []
+        rows = []
+        for field in attrs.fields(self.config):
+            default = field.default
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = default.factory()
+            if field.alias in self.defaults:
+                default = self.defaults[field.alias]
+            rows.append({"name": field.alias, "default": default,
+                         "type": getattr(field.type, "__name__", None) or str(field.type or "")})
+        return rows
 
     def load_factory(self) -> Any:
         """Import and return the factory object (this is where torch gets imported)."""
@@ -42,7 +84,8 @@ class ComponentSpec:
         return obj
 
     def make_config(self, **values: Any) -> Any:
-        """Build this component's config object, rejecting unknown keys by name."""
+        """Build this component's config object (over its defaults), rejecting unknown keys by name."""
+        values = self.config_defaults() | values
         if self.config is None:
             if values:
                 raise UsageError(f"{self.family} '{self.name}' takes no options, got: {', '.join(sorted(values))}")
@@ -100,13 +143,24 @@ class Registry:
         return PluginRegistry(self, plugin, version)
 
     def get(self, family: str, name: str) -> ComponentSpec:
-        """The spec for a name, or UnknownComponentError naming what exists."""
+        """The spec for a name (a derived one resolved through its base), or UnknownComponentError naming what exists."""
         if family not in self._specs:
             raise UsageError(f"unknown family '{family}'; available: {', '.join(FAMILIES)}")
+        return self._resolve(family, name, ())
+
+    def _resolve(self, family: str, name: str, seen: tuple[str, ...]) -> ComponentSpec:
         try:
-            return self._specs[family][name]
+            spec = self._specs[family][name]
         except KeyError:
+            if seen:
+                raise UsageError(f"{family} '{seen[-1]}' derives from '{name}', which no plugin registered; "
+                                 f"available: {', '.join(self.names(family))}") from None
             raise UnknownComponentError(family, name, self.names(family)) from None
+        if spec.base is None:
+            return spec
+        if spec.base in seen or spec.base == name:
+            raise UsageError(f"{family} '{name}' derives from itself through: {' -> '.join(seen + (name, spec.base))}")
+        return spec.derive(self._resolve(family, spec.base, seen + (name,)))
 
     def names(self, family: str) -> list[str]:
         """Registered names of one family, sorted."""
@@ -116,7 +170,7 @@ class Registry:
         """All specs, or those of one family, in family then name order."""
         for fam in (family,) if family else FAMILIES:
             for name in self.names(fam):
-                yield self._specs[fam][name]
+                yield self.get(fam, name)
 
 
 class PluginRegistry:

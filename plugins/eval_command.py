@@ -19,9 +19,10 @@ MODEL_HELP = (
 def _load(model_arg: str, kw: dict[str, Any]):
     """MODEL + recipe flags -> (predictor, model label, recipe dict or None)."""
     from movie_core import evaluate as ev
-    from movie_core.cli import resolve_recipe
-    from movie_core.composer import build, compose
-    from movie_core.errors import MovieError, UsageError
+    from movie_core.errors import UsageError
+    from movie_core.loading import RECIPE_FLAGS, load_pipeline, resolve_recipe
+
+    kw = {name: kw.pop(name, None) for name in RECIPE_FLAGS}
 
     if model_arg in ev.BUILTIN_PREDICTORS:
         resolve_recipe(kw)  # validates and drops the recipe flags; the references have no recipe
@@ -36,14 +37,7 @@ def _load(model_arg: str, kw: dict[str, Any]):
             raise UsageError(f"--init random and MODEL {model_arg} are exclusive: use MODEL `random` for random weights")
         kw["model"] = model_arg
     recipe, model, init = resolve_recipe(kw)
-    comp = compose(recipe)
-    try:
-        pipe = build(comp, model=model)
-    except MovieError:
-        raise
-    except Exception as exc:  # a folder that is not a model: diffusers/transformers raise many kinds
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise MovieError(f"cannot load model {model_arg}: {type(exc).__name__}: {reason}") from None
+    pipe = load_pipeline(recipe, model)
     label = "random" if model is None else str(model)
     return ev.PipelinePredictor(pipe, name=label), label, recipe.components() | recipe.options()
 
@@ -95,6 +89,8 @@ def movie_register_commands(cli):
             controllability_samples=control_samples if controllability else None, videos=videos,
             progress=progress, model=label, recipe=recipe,
         )
+        if isinstance(predictor, ev.PipelinePredictor):
+            result["backend"] = predictor.pipe.backend_info()
         if out:
             Path(out).write_text(json.dumps(result, indent=2) + "\n")
         if as_json:

@@ -131,7 +131,8 @@ def _initial_model(work: Path, out: Path, seed: int) -> None:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from movie_core.components import BuildContext
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.plugins import get_registry
     from movie_core.recipe import preset
 
@@ -148,7 +149,8 @@ def _initial_model(work: Path, out: Path, seed: int) -> None:
 
 def _with_taesd(src: Path, out: Path) -> None:
     """The same weights with TAESD as encoder and decoder (both share the VAE's latent space): Mobile-Pix2Pix's swap."""
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.recipe import make_recipe
     from movie_core.weights import read_manifest
 

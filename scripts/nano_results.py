@@ -147,7 +147,8 @@ def image_splits(data: dict[str, Any], training_seed: int) -> dict[str, str]:
 
 def load_stage(family: Path, preset_name: str, stage: str):
     """The preset at nano size on the stage's weights."""
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.recipe import preset
 
     return build(compose(preset(preset_name).replace(size="nano")), model=family / stage)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from movie_core import backends
-from movie_core.composer import build, compose
+from movie_core.composer import compose
+from movie_core.loading import build
 from movie_core.edit import FrameEditor, SizePolicy, to_tensor
 from movie_core.errors import MovieError, UsageError
 from movie_core.recipe import preset
@@ -67,7 +68,7 @@ def edit_floats(pipe, batch: list[np.ndarray]) -> torch.Tensor:
     editor = FrameEditor(pipe, PROMPT, size=SIZE, padded=SizePolicy(*SIZE).padded(*SIZE))
     try:
         editor.record_anchor(batch[len(batch) // 2])
-        return editor._edit(to_tensor(batch, SIZE, editor.padded, editor.device, editor.dtype))
+        return editor.edit_tensor(editor.tensor(batch))
     finally:
         editor.close()
 
@@ -114,8 +115,8 @@ def test_unet_graph_with_host_features_matches_unet_forward(stage):
     text = den.encode_prompt([PROMPT]).expand(2, -1, -1)
     t = torch.tensor(700)
     expected = den.unet_forward(x, t, img, text, 1.5, 7.5)
-    graph = backends.UNetGraph(den.unet, den.guidance == "embedded", "none")
-    inputs = den.unet_graph_inputs(x, t, img, text, 1.5, 7.5)
+    graph = backends.AnchoredNetwork(den, "none")
+    inputs = den.graph_inputs(x, t, img, text, 1.5, 7.5)
     assert len(inputs) == (4 if den.guidance == "embedded" else 3)
     with backends.active(graph), torch.no_grad():
         got = graph(*inputs)
@@ -135,21 +136,21 @@ def test_unet_record_then_replay_reproduces_crossframe_attention():
     text = den.encode_prompt([PROMPT])
     t = torch.tensor(999)
     ctrl = crossframe.AnchorController()
-    prev = crossframe.install(den.unet, ctrl)
+    prev = den.set_kv_hook(ctrl.kv)
     ctrl.record()
     ref_anchor = den.unet_forward(anchor, t, img, text, 1.5, 7.5)
     ctrl.replay()
     ref_others = den.unet_forward(others, t, img.expand(2, -1, -1, -1), text.expand(2, -1, -1), 1.5, 7.5)
-    crossframe.uninstall(den.unet, prev)
+    den.set_kv_hook(prev)
 
-    record = backends.UNetGraph(den.unet, True, "record")
-    replay = backends.UNetGraph(den.unet, True, "replay")
+    record = backends.AnchoredNetwork(den, "record")
+    replay = backends.AnchoredNetwork(den, "replay")
     with torch.no_grad():
         with backends.active(record):
-            out, *kv = record(*den.unet_graph_inputs(anchor, t, img, text, 1.5, 7.5))
+            out, *kv = record(*den.graph_inputs(anchor, t, img, text, 1.5, 7.5))
         with backends.active(replay):
-            got = replay(*den.unet_graph_inputs(others, t, img.expand(2, -1, -1, -1), text.expand(2, -1, -1),
-                                                1.5, 7.5), *kv)
+            got = replay(*den.graph_inputs(others, t, img.expand(2, -1, -1, -1), text.expand(2, -1, -1),
+                                           1.5, 7.5), *kv)
     assert len(kv) == 2 * len(record.layers) > 0
     torch.testing.assert_close(out, ref_anchor, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, ref_others, rtol=1e-5, atol=1e-5)
@@ -251,7 +252,7 @@ def test_onnx_backend_matches_eager_end_to_end():
     batch = frames(3)
     expected = edit_floats(nano(), batch)
     pipe = nano("onnx")
-    bound = backends.bind(pipe)
+    bound = pipe.runtime  # built already running through onnxruntime
     got = edit_floats(pipe, batch)
     assert rel_err(got, expected) < 1e-4, rel_err(got, expected)
     prepared = {info["component"] for info in bound.artifacts()}
@@ -304,11 +305,11 @@ def test_export_hexagon_writes_context_binaries_that_match_eager(run_movie, tmp_
     x = to_tensor(synthetic_frames(1, *HEX_SIZE), HEX_SIZE, HEX_SIZE, "cpu", torch.float32)
     latents = pipe.encoder.encode(x)
     text = den.encode_prompt([PROMPT])
-    unet_in = den.unet_graph_inputs(torch.randn_like(latents), torch.tensor(999), latents, text, 1.5, 7.5)
-    unet_graph = backends.UNetGraph(den.unet, True, "record")
+    unet_in = den.graph_inputs(torch.randn_like(latents), torch.tensor(999), latents, text, 1.5, 7.5)
+    unet_graph = backends.AnchoredNetwork(den, "record")
     with backends.active(unet_graph), torch.no_grad():
         noise, *kv = unet_graph(*unet_in)
-    replay_graph = backends.UNetGraph(den.unet, True, "replay")
+    replay_graph = backends.AnchoredNetwork(den, "replay")
     with backends.active(replay_graph), torch.no_grad():
         replayed = replay_graph(*unet_in, *kv)
     checks = {

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from movie_core import crossframe
-from movie_core.composer import build, compose
+from movie_core.composer import compose
+from movie_core.loading import build
 from movie_core.edit import FrameEditor, SizePolicy, edit_video, to_tensor
 from movie_core.recipe import preset
+from movie_plugins.denoisers._pix2pix import KVHookAttnProcessor
 
 H, W = 48, 64
 SIZE = PADDED = (H, W)
@@ -49,14 +51,14 @@ def recording_editor(pipe) -> tuple[FrameEditor, list[torch.Tensor]]:
     """A FrameEditor whose every sampled batch (decoded, [-1, 1]) is also kept in a list."""
     editor = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED)
     outputs: list[torch.Tensor] = []
-    sample = editor._edit
+    sample = editor.edit_tensor
 
     def keep(x: torch.Tensor) -> torch.Tensor:
         out = sample(x)
         outputs.append(out.clone())
         return out
 
-    editor._edit = keep
+    editor.edit_tensor = keep
     return editor, outputs
 
 
@@ -81,9 +83,7 @@ def rel_max_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def batch(frames: list[np.ndarray], pipe) -> torch.Tensor:
-    den = pipe.denoiser
-    p = next(den.unet.parameters())
-    return to_tensor(frames, SIZE, PADDED, p.device, p.dtype)
+    return to_tensor(frames, SIZE, PADDED, pipe.device, pipe.dtype)
 
 
 def attn1_names(unet) -> list[str]:
@@ -95,10 +95,10 @@ def test_anchor_frame_replays_to_its_recorded_edit(pipe, latents) -> None:
     try:
         editor.record_anchor(FRAMES[ANCHOR])
         recorded, recorded_z = outputs[0], latents[0]
-        assert editor.controller.mode == "replay"
+        assert editor.anchor.mode == "replay"
         # alone, and in the middle of a batch of other frames (replay repeats K/V per guidance branch)
-        alone = editor._edit(batch([FRAMES[ANCHOR]], pipe))
-        mixed = editor._edit(batch([FRAMES[0], FRAMES[ANCHOR], FRAMES[5]], pipe))
+        alone = editor.edit_tensor(batch([FRAMES[ANCHOR]], pipe))
+        mixed = editor.edit_tensor(batch([FRAMES[0], FRAMES[ANCHOR], FRAMES[5]], pipe))
     finally:
         editor.close()
     # float noise only (batched and single-frame kernels round differently; measured up to 3e-5 on [-1, 1] pixels)
@@ -113,51 +113,60 @@ def test_anchor_frame_replays_to_its_recorded_edit(pipe, latents) -> None:
 def test_replay_changes_the_other_frames(pipe, latents) -> None:
     """The mechanism is live: other frames' outputs move when they attend to the anchor's K/V."""
     x = batch([FRAMES[0], FRAMES[5]], pipe)
-    without = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED)._edit(x)
+    without = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED).edit_tensor(x)
     editor = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED)
     try:
         editor.record_anchor(FRAMES[ANCHOR])
-        with_anchor = editor._edit(x)
+        with_anchor = editor.edit_tensor(x)
     finally:
         editor.close()
     z_without, z_with = latents[0], latents[2]
     assert rel_max_diff(z_with, z_without).min().item() > 1e-2  # both frames moved, by well over float noise
     assert (with_anchor - without).abs().flatten(1).amax(1).min().item() > 1e-4  # and so did their pixels
     # after close() the same settings give the no-anchor result again
-    again = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED)._edit(x)
+    again = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED).edit_tensor(x)
     assert (again - without).abs().max().item() < 1e-6
 
 
 def test_processor_off_matches_the_stock_attention(pipe) -> None:
     """With the controller off (and in record mode) the cross-frame processor is plain self-attention."""
     x = batch([FRAMES[1], FRAMES[2]], pipe)
-    stock = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED)._edit(x)
-    unet = pipe.denoiser.unet
-    controller = crossframe.AnchorController()
-    previous = crossframe.install(unet, controller)
+    stock = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED).edit_tensor(x)
+    controller = crossframe.AnchorController()  # mode off: the hook returns the layer's own K/V
+    previous = pipe.denoiser.set_kv_hook(controller.kv)
     try:
-        ours = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED)._edit(x)
+        ours = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED).edit_tensor(x)
     finally:
-        crossframe.uninstall(unet, previous)
+        pipe.denoiser.set_kv_hook(previous)
     assert (ours - stock).abs().max().item() < 1e-5
 
 
 def test_processors_are_restored_after_close(pipe) -> None:
     unet = pipe.denoiser.unet
     before = dict(unet.attn_processors)
+    seen: dict[str, type] = {}
     editor = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED)
     editor.record_anchor(FRAMES[ANCHOR])
-    during = unet.attn_processors
-    for name, proc in during.items():
+    replay = editor.anchor.kv
+
+    def hook(name, key, value):  # what is installed while a frame is sampled
+        seen.update({k: type(v) for k, v in unet.attn_processors.items()})
+        return replay(name, key, value)
+
+    editor.anchor.kv = hook
+    editor.edit_tensor(batch([FRAMES[0]], pipe))
+    assert seen
+    for name, proc in seen.items():
         if name.endswith("attn1.processor"):
-            assert isinstance(proc, crossframe.CrossFrameAttnProcessor)
+            assert proc is KVHookAttnProcessor
         else:
-            assert proc is before[name]  # cross-attention (attn2) is left alone
+            assert proc is type(before[name])  # cross-attention (attn2) is left alone
+    anchor = editor.anchor
     editor.close()
     after = unet.attn_processors
     assert {k: type(v) for k, v in after.items()} == {k: type(v) for k, v in before.items()}
     assert all(after[k] is before[k] for k in before)
-    assert editor.controller.store == {} and editor.controller.mode == "off"
+    assert anchor.store == {} and anchor.mode == "off" and editor.anchor is None
     editor.close()  # a second close is harmless
 
 
@@ -191,8 +200,8 @@ def test_store_holds_one_entry_per_step_and_attn1_layer(pipe) -> None:
     editor = FrameEditor(pipe, PROMPT, size=SIZE, padded=PADDED)
     try:
         editor.record_anchor(FRAMES[ANCHOR])
-        store = editor.controller.store
-        assert editor.steps == STEPS
+        store = editor.anchor.store
+        assert pipe.steps == STEPS
         assert len(store) == STEPS * len(names)
         assert set(store) == {(step, name) for step in range(STEPS) for name in names}
         branches = 3 if pipe.denoiser.guidance == "cfg3" else 1
@@ -209,13 +218,13 @@ def test_frames_in_a_batch_get_identical_noise(pipe, anchored: bool) -> None:
     try:
         if anchored:
             editor.record_anchor(FRAMES[ANCHOR])
-        out = editor._edit(batch([FRAMES[2]] * 3, pipe))
+        out = editor.edit_tensor(batch([FRAMES[2]] * 3, pipe))
         frames = editor.edit([FRAMES[2]] * 3, (H, W))
     finally:
         editor.close()
     # equal up to float noise from batching (a different noise draw would move them by ~0.1 or more)
     assert (out[1:] - out[0]).abs().max().item() < 1e-5
     assert all(np.abs(f.astype(int) - frames[0].astype(int)).max() <= 1 for f in frames[1:])
-    gens = editor._generators(3)
+    gens = pipe.generators(3)
     draws = [torch.randn(4, generator=g) for g in gens]
     assert all(torch.equal(draws[0], d) for d in draws[1:])

@@ -78,7 +78,8 @@ def noised_draws(pipe, x0: torch.Tensor, draws: int = 2, seed: int = 123):
 @pytest.fixture(scope="module")
 def base_teacher(work, data) -> Path:
     """A random nano Mobile-Pix2Pix (TAESD) whose encoder gives unit-variance latents on the dataset."""
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.recipe import preset
 
     pipe = build(compose(preset("mobile").replace(size="nano", seed=0)))

@@ -25,7 +25,8 @@ def nano_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
     """A saved random-init `movie` nano model folder."""
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.recipe import preset
 
     folder = tmp_path_factory.mktemp("evalmodel") / "movie-nano"
@@ -171,7 +172,8 @@ def test_clip_scores(nano_data, tiny_clip, capsys):
 
 
 def test_controllability_grid(nano_data):
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.recipe import preset
     from movie_core.training.data import open_dataset
 

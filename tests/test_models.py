@@ -207,7 +207,8 @@ def test_unet_passes_per_step(spec, builtin):
 @pytest.mark.parametrize("preset_name", ["movie", "base"])
 def test_nano_frame_time_is_recorded(preset_name, record_property):
     """A 64x64 frame through a nano preset pipeline at its default steps, on one thread. Recorded only."""
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.recipe import preset
 
     pipe = build(compose(preset(preset_name).replace(size="nano")))

@@ -27,7 +27,8 @@ def _script():
 
 def tiny_family(root: Path, stages) -> Path:
     """Random-init nano pipelines of the four stages, autoencoders shared through the manifest's components map."""
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.recipe import preset
 
     shared = root / "autoencoders"

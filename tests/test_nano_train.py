@@ -332,7 +332,8 @@ def test_text_encoder_folders_are_standard(text_encoder):
 
 
 def test_trained_parts_build_the_mobile_pipeline(autoencoders, text_encoder, tmp_path, tiny_convs):
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.recipe import preset
 
     model = tmp_path / "model"

@@ -13,7 +13,8 @@ import warnings
 import pytest
 import torch
 
-from movie_core.composer import build, compose
+from movie_core.composer import compose
+from movie_core.loading import build
 from movie_core.recipe import preset
 
 diffusers = pytest.importorskip("diffusers")

@@ -41,7 +41,8 @@ def data(work) -> Path:
 @pytest.fixture(scope="module")
 def teacher(work) -> Path:
     """A random nano Mobile-Pix2Pix model folder (the mmg teacher; pix2pix-finetune finetunes it)."""
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
+    from movie_core.loading import build
     from movie_core.recipe import preset
 
     out = work / "mobile"

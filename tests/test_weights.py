@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from movie_core.cli import main, resolve_recipe
-from movie_core.composer import build, compose
+from movie_core.composer import compose
+from movie_core.loading import build
 from movie_core.recipe import PRESETS, preset
 from movie_core.weights import MANIFEST, PickleRefused, read_manifest, resolve_model
 

@@ -39,7 +39,8 @@ class Distiller:
 
     def load_teacher(self, teacher_dir: Path, device: torch.device):
         """The frozen teacher pipeline (autoencoders + denoiser) from a model folder."""
-        from movie_core.composer import build, compose
+        from movie_core.composer import compose
+        from movie_core.loading import build
         from movie_core.recipe import make_recipe, preset
         from movie_core.weights import read_manifest, resolve_model
 
@@ -146,5 +147,6 @@ class Distiller:
         # the student's own default steps (1 for the one-step stage), not the teacher's
         steps = getattr(student, "default_steps", None) or self.teacher.recipe.steps
         recipe = self.teacher.recipe.replace(denoiser=self.produces, steps=steps)
-        pipe = Pipeline(compose(recipe), self.teacher.encoder, self.teacher.decoder, student, self.teacher.backend, None)
+        pipe = Pipeline(compose(recipe), self.teacher.encoder, self.teacher.decoder, student,
+                        device=self.teacher.device, dtype=self.teacher.dtype)
         return pipe.save_pretrained(out, extra=extra | self.manifest_fields())

@@ -57,6 +57,15 @@ class TrainConfig:
     cache_latents: bool = False
 
 
+def train_config(distiller_cls: Any, *, lr: float | None = None, warmup_steps: int | None = None,
+                 **fields: Any) -> TrainConfig:
+    """The loop's options for a distiller: lr and warm-up default to the strategy's own (`defaults`)."""
+    defaults = getattr(distiller_cls, "defaults", {})
+    return TrainConfig(lr=lr or defaults.get("lr", 1e-5),
+                       warmup_steps=warmup_steps if warmup_steps is not None else defaults.get("warmup_steps", 0),
+                       **fields)
+
+
 class EMA:
     """Exponential moving average of parameters; checkpointed with the run."""
 

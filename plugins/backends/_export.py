@@ -7,22 +7,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import attrs
 
 from movie_core.errors import UsageError
 
 PROMPT = "make it look like a watercolor painting"
-
-
-def backend_options(spec, pairs: tuple[str, ...]) -> dict[str, Any]:
-    """-O key=value pairs -> the backend's options (its config class rejects unknown keys by name)."""
-    from movie_core.cli import _parse_options
-
-    if spec.config is None:
-        if pairs:
-            raise UsageError(f"backend '{spec.name}' takes no options, got: {', '.join(pairs)}")
-        return {}
-    return attrs.asdict(_parse_options(pairs, spec))  # -O values are TOML scalars, parsed like distill's
 
 
 def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: int, batch_size: int = 1,
@@ -30,16 +18,21 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
     """Prepare every component for `recipe.backend` at these shapes; write them and manifest.json to `out` atomically."""
     from movie_core import __version__, backends
     from movie_core.bench import synthetic_frames
-    from movie_core.composer import build, compose
+    from movie_core.composer import compose
     from movie_core.edit import FrameEditor, SizePolicy
+    from movie_core.loading import component_options, load_pipeline
     from movie_core.weights import replace_folder
 
+    if option_pairs:  # KEY=VALUE pairs for the backend, over the recipe's own backend options
+        extra = component_options(option_pairs)
+        recipe = recipe.replace(component_options={
+            slot: recipe.component_options.get(slot, {}) | extra.get(slot, {}) for slot in {*recipe.component_options, *extra}})
     comp = compose(recipe)
     spec = comp.specs["backend"]
     if not getattr(spec.load_factory(), "exports", False):
         raise UsageError(f"backend '{spec.name}' runs in process and writes no deployable artifacts; "
                          "export with onnx, hexagon, tensorrt or aihub")
-    options = backend_options(spec, option_pairs)
+    options = backends.resolve_options(spec.name, comp.component_options("backend"))
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
@@ -47,8 +40,8 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
     if not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
     backends.get_backend(spec.name)  # unavailable: one line, before the pipeline is built
-    pipe = build(comp, model=model)
-    bound = backends.bind(pipe, options, cache)
+    pipe = load_pipeline(comp, model, cache=cache)
+    bound = pipe.runtime
     policy = SizePolicy(height=height, width=width)
     size = (height, width)
     padded = policy.padded(height, width)
@@ -74,6 +67,7 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
             "movie_version": __version__,
             "recipe": recipe.components() | {"size": recipe.size, "dtype": recipe.dtype, "anchor": recipe.anchor},
             "stage": pipe.denoiser.stage,
+            "denoiser": {k: v for k, v in pipe.denoiser.describe().items() if k != "host"},
             "frame": {"height": height, "width": width, "padded": list(padded), "batch_size": batch_size},
             "versions": {"movie": __version__, **next(iter(components.values()))["toolchain"]},
             "components": components,
@@ -113,21 +107,11 @@ def _collect(infos: list[dict[str, Any]], dest: Path) -> dict[str, dict[str, Any
 
 
 def _host_contract(pipe, bound) -> dict[str, Any]:
-    """What the app computes on the host around the graphs (so the graphs stay static)."""
-    den = pipe.denoiser
-    unet = den.unet.config
-    host = {
-        "text": "input_ids: the tokenizer's ids padded to 77 (tokenizer/ in the model folder)",
-        "time_features": f"sinusoidal timestep embedding, dim {unet.block_out_channels[0]}, "
-                         f"flip_sin_to_cos={unet.flip_sin_to_cos}, freq_shift={unet.freq_shift}",
-        "sample": "concat(noisy latents, image latents / 0.18215) on channels",
-        "scheduler": den.scheduler_name, "steps": den.default_steps, "prediction_type": den.prediction_type,
-        "guidance": den.guidance,
-    }
-    if den.guidance == "embedded":
-        host["guidance_features"] = "concat(sinusoid(100 * s_I), sinusoid(100 * s_T)), each like time_features"
-    else:
-        host["cfg"] = "3 passes per step in one batch: (text, image), (null text, image), (null text, zero image)"
+    """What the app computes on the host around the graphs (so the graphs stay static): the denoiser says."""
+    facts = pipe.denoiser.describe()
+    host = dict(facts.get("host", {}))
+    host.update({k: facts.get(k) for k in ("scheduler", "prediction_type", "guidance")})
+    host["steps"] = pipe.steps
     if "unet_replay" in bound.graphs:
         host["anchor"] = ("unet (record) on the anchor frame returns each self-attention's K/V per step; "
                           "unet_replay takes them for every other frame")

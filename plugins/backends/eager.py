@@ -24,6 +24,7 @@ class EagerBackend:
     """Runs modules as they are; prepare() only places them on the device and dtype asked for."""
 
     name = "eager"
+    passthrough = True  # the pipeline runs its torch modules directly; prepare() serves direct callers
 
     @staticmethod
     def available() -> tuple[bool, str]:

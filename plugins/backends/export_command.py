@@ -21,19 +21,16 @@ def movie_register_commands(cli):
     @click.option("--height", type=click.IntRange(min=8), default=384, show_default=True, help="Frame height.")
     @click.option("--width", type=click.IntRange(min=8), default=512, show_default=True, help="Frame width.")
     @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per call.")
-    @click.option("-O", "--option", "options", multiple=True,
-                  help="Backend option key=value, e.g. -O htp_arch=v79 (see `movie list backend`).")
     @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
     @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-    def export(out: str, height: int, width: int, batch_size: int, options: tuple[str, ...], overwrite: bool,
-               as_json: bool, **kw: Any) -> None:
+    def export(out: str, height: int, width: int, batch_size: int, overwrite: bool, as_json: bool, **kw: Any) -> None:
         """Export a recipe's text encoder, encoder, UNet and decoder as deployable artifacts for --backend."""
         from movie_core.cli import resolve_recipe
         from movie_plugins.backends._export import export_recipe
 
         recipe, model, _ = resolve_recipe(kw, builtin=True)  # no --model/--init: the built-in nano weights
         manifest = export_recipe(recipe, model, Path(out), height=height, width=width, batch_size=batch_size,
-                                 option_pairs=options, overwrite=overwrite)
+                                 overwrite=overwrite)
         if as_json:
             click.echo(json.dumps(manifest, indent=2))
             return

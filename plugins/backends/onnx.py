@@ -96,4 +96,11 @@ class OnnxBackend:
         so = quiet_session_options(ort)
         so.intra_op_num_threads = int(options.get("threads") or torch.get_num_threads())  # as many as eager uses
         session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        self._providers = getattr(self, "_providers", {}) | {options.get("name", "graph"): session.get_providers()}
         return OrtCallable(session, input_names, output_names)
+
+    def report(self) -> dict[str, Any]:
+        """onnxruntime's version and the providers each prepared component's session runs on."""
+        import onnxruntime
+
+        return {"runtime": f"onnxruntime {onnxruntime.__version__}", "providers": getattr(self, "_providers", {})}

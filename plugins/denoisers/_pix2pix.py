@@ -18,8 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import contextlib
+from typing import Any, Iterator
+
 import attrs
 import torch
+import torch.nn.functional as F
 from diffusers import (
     DDIMScheduler,
     EulerAncestralDiscreteScheduler,
@@ -31,7 +35,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from movie_core.components import BuildContext, Denoiser
+from movie_core.components import BuildContext, Denoiser, KVHook, Network
 from movie_core.errors import MovieError
 from movie_core.weights import check_folder, component_folder, read_manifest, use_safetensors
 from movie_plugins.denoisers._tokenizer import CLIP_VOCAB_SIZE, byte_tokenizer
@@ -123,6 +127,82 @@ def zero_guidance_embedding(unet: UNet2DConditionModel) -> None:
     torch.nn.init.zeros_(last.bias)
 
 
+class KVHookAttnProcessor:
+    """diffusers self-attention (SDPA) whose keys and values pass through the denoiser's KV hook."""
+
+    def __init__(self, denoiser: "Pix2PixDenoiser", name: str) -> None:
+        self.denoiser = denoiser
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        residual = hidden_states
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        batch = hidden_states.shape[0]
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        key, value = attn.to_k(hidden_states), attn.to_v(hidden_states)
+        hook = self.denoiser.kv_hook
+        if hook is not None:
+            key, value = hook(self.name, key, value)
+        heads = attn.heads
+        head_dim = key.shape[-1] // heads
+        query = query.view(batch, -1, heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(query, key, value)
+        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class TextEncoderNet(torch.nn.Module):
+    """Token ids (B, 77) -> the CLIP text encoder's last hidden state."""
+
+    def __init__(self, text_encoder: torch.nn.Module):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids)[0]
+
+
+def _features_as_time_embedding(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    # installed as the UNet's get_time_embed: the "timestep" argument already holds the host's sinusoids
+    return timestep.to(sample.dtype)
+
+
+class UNetNet(torch.nn.Module):
+    """One UNet pass on host-computed time (and guidance) sinusoids: a static graph.
+
+    (sample, time_features, text_emb[, guidance_features]) -> model output. Run it inside active(), which
+    makes the UNet take the time features as they are."""
+
+    def __init__(self, unet: torch.nn.Module, embedded: bool):
+        super().__init__()
+        self.unet = unet
+        self.embedded = embedded
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        self.unet.get_time_embed = _features_as_time_embedding
+        try:
+            yield
+        finally:
+            del self.unet.get_time_embed
+
+    def forward(self, sample, time_features, text_emb, *guidance):
+        labels = guidance[0] if self.embedded else None
+        return self.unet(sample, time_features, encoder_hidden_states=text_emb, class_labels=labels).sample
+
+
 class Pix2PixDenoiser(Denoiser):
     """Tokenizer + CLIP text encoder + 8-channel UNet + the stage's sampling defaults."""
 
@@ -138,6 +218,66 @@ class Pix2PixDenoiser(Denoiser):
         self.guidance = "embedded" if stage.embedded else "cfg3"
         self.prediction_type = stage.prediction_type
         self.default_steps = stage.steps
+        self._saved_processors: list[tuple[Any, Any]] | None = None
+
+    # --- the contract's network surface ----------------------------------------------------
+
+    def networks(self) -> dict[str, Network]:
+        # built on demand (not submodules: the denoiser's own state dict stays unet + text encoder)
+        nets = self.__dict__.get("_nets")
+        if nets is None or nets[0] is not self.unet or nets[1] is not self.text_encoder:
+            unet_inputs = ("sample", "time_features", "text_emb") + (("guidance_features",) if self.stage_info.embedded else ())
+            nets = (self.unet, self.text_encoder, {
+                "text_encoder": Network(TextEncoderNet(self.text_encoder), ("input_ids",), ("text_emb",)),
+                "unet": Network(UNetNet(self.unet, self.stage_info.embedded), unet_inputs, ("noise",)),
+            })
+            self.__dict__["_nets"] = nets
+        return nets[2]
+
+    def anchor_layers(self) -> list[str]:
+        return sorted(name for name in self.unet.attn_processors if name.endswith("attn1.processor"))
+
+    def set_kv_hook(self, hook: KVHook | None) -> KVHook | None:
+        """Install KV-hook processors on the self-attention layers while a hook is set (set directly:
+        set_attn_processor walks the whole UNet on every call); restore diffusers' own when it is removed."""
+        previous = super().set_kv_hook(hook)
+        if hook is not None and self._saved_processors is None:
+            modules = dict(self.unet.named_modules())
+            attns = [modules[name[: -len(".processor")]] for name in self.anchor_layers()]
+            self._saved_processors = [(a, a.processor) for a in attns]
+            for attn, name in zip(attns, self.anchor_layers()):
+                attn.processor = KVHookAttnProcessor(self, name)
+        elif hook is None and self._saved_processors is not None:
+            for attn, proc in self._saved_processors:
+                attn.processor = proc
+            self._saved_processors = None
+        return previous
+
+    def describe(self) -> dict[str, Any]:
+        unet = self.unet.config
+        facts: dict[str, Any] = super().describe() | {
+            "scheduler": self.scheduler_name,
+            "guidance_embed_scale": GUIDANCE_EMBED_SCALE if self.guidance == "embedded" else None,
+            "standin_tokenizer": self.standin_tokenizer,
+            "host": {
+                "text": f"input_ids: the tokenizer's ids padded to {self.max_prompt_tokens} (tokenizer/ in the model folder)",
+                "time_features": f"sinusoidal timestep embedding, dim {unet.block_out_channels[0]}, "
+                                 f"flip_sin_to_cos={unet.flip_sin_to_cos}, freq_shift={unet.freq_shift}",
+                "sample": f"concat(noisy latents, image latents / {SD_SCALING_FACTOR}) on channels",
+            },
+        }
+        if self.guidance == "embedded":
+            facts["host"]["guidance_features"] = (f"concat(sinusoid({GUIDANCE_EMBED_SCALE:g} * s_I), "
+                                                  f"sinusoid({GUIDANCE_EMBED_SCALE:g} * s_T)), each like time_features")
+        else:
+            facts["host"]["cfg"] = ("3 passes per step in one batch: (text, image), (null text, image), "
+                                    "(null text, zero image)")
+        if self.standin_tokenizer:
+            facts["notes"] = [
+                "random init at full size: a stand-in byte-level tokenizer with CLIP's vocabulary size (49408) "
+                "and length (77) replaces CLIP's BPE vocabulary (not available offline); prompts are not CLIP tokens"
+            ]
+        return facts
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -152,12 +292,6 @@ class Pix2PixDenoiser(Denoiser):
         ).input_ids
         return ids, [len(f) > self.max_prompt_tokens for f in full]
 
-    @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP last hidden state for each prompt, (B, 77, D)."""
-        ids, _ = self.tokenize(prompts)
-        device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(ids.to(device))[0]
 
     def guidance_labels(self, s_I, s_T, batch: int, like: torch.Tensor) -> torch.Tensor:
         """Sinusoidal embeddings of both guidance scales, concatenated: the UNet's class labels."""
@@ -175,12 +309,17 @@ class Pix2PixDenoiser(Denoiser):
         return torch.cat(parts, dim=1).to(like.dtype)
 
     def unet_forward(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> torch.Tensor:
-        """One UNet pass; image_latents are in SD's scaled space and are unscaled here (as IP2P was trained)."""
+        """One UNet pass; image_latents are in SD's scaled space and are unscaled here (as IP2P was trained).
+
+        Through the backend's runner when one is routed (on the static graph's inputs), else the UNet itself."""
+        runner = self.runner("unet")
+        if runner is not None:
+            return runner(*self.graph_inputs(x, t, image_latents, text_emb, s_I, s_T))
         cond = image_latents / SD_SCALING_FACTOR
         labels = self.guidance_labels(s_I, s_T, x.shape[0], x) if self.stage_info.embedded else None
         return self.unet(torch.cat([x, cond], dim=1), t, encoder_hidden_states=text_emb, class_labels=labels).sample
 
-    def unet_graph_inputs(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> list[torch.Tensor]:
+    def graph_inputs(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> list[torch.Tensor]:
         """unet_forward's inputs for a static graph: the time and guidance sinusoids computed here, on the host.
 
         [sample (x and the unscaled image latents), time_features, text_emb] + [guidance_features] when embedded.
@@ -188,7 +327,7 @@ class Pix2PixDenoiser(Denoiser):
         batch = x.shape[0]
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(batch)
         time_features = self.unet.time_proj(t).to(x.dtype)
-        inputs = [torch.cat([x, image_latents / SD_SCALING_FACTOR], dim=1), time_features, text_emb]
+        inputs = [torch.cat([x, image_latents / SD_SCALING_FACTOR], dim=1), time_features, text_emb.expand(batch, -1, -1)]
         if self.stage_info.embedded:
             inputs.append(self.guidance_labels(s_I, s_T, batch, x))
         return inputs
@@ -214,6 +353,29 @@ class Pix2PixDenoiser(Denoiser):
 
     def make_scheduler(self):
         return make_scheduler(self.scheduler_name, self.prediction_type)
+
+    def reference_pipeline(self, autoencoder) -> tuple[Any, str]:
+        """diffusers' StableDiffusionInstructPix2PixPipeline on these very modules (for `movie bench --compare`):
+        a callable (uint8 HxWx3 frame, prompt, steps, s_T, s_I, seed) -> image, and its name."""
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        vae = getattr(autoencoder, "vae", None)
+        if vae is None:
+            raise MovieError("the diffusers comparison needs the SD VAE (sd-vae) as the autoencoder")
+        ref = StableDiffusionInstructPix2PixPipeline(
+            vae=vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            scheduler=self.make_scheduler(), safety_checker=None, feature_extractor=None, image_encoder=None,
+            requires_safety_checker=False,
+        )
+        ref.set_progress_bar_config(disable=True)
+        device = next(self.unet.parameters()).device
+
+        def call(frame, prompt: str, *, steps: int, s_T: float, s_I: float, seed: int):
+            image = torch.from_numpy(frame).permute(2, 0, 1)[None].float().div(255).to(device)
+            return ref(prompt, image=image, num_inference_steps=steps, guidance_scale=s_T, image_guidance_scale=s_I,
+                       generator=torch.Generator(device).manual_seed(seed), output_type="np")
+
+        return call, "StableDiffusionInstructPix2PixPipeline"
 
     @torch.no_grad()
     def sample(self, image_latents, text_emb, *, steps=None, s_T=7.5, s_I=1.5, null_emb=None,
@@ -330,16 +492,3 @@ def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionMode
             dst[k] = src[k]
     new.load_state_dict(dst)
     return new
-
-
-def manifest_fields(den: Pix2PixDenoiser) -> dict:
-    return {
-        "stage": den.stage,
-        "prediction_type": den.prediction_type,
-        "guidance": den.guidance,
-        "guidance_embed_scale": GUIDANCE_EMBED_SCALE if den.guidance == "embedded" else None,
-        "scheduler": den.scheduler_name,
-        "steps": den.default_steps,
-        "standin_tokenizer": den.standin_tokenizer,
-    }
-

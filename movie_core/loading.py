@@ -1,0 +1,173 @@
+"""The loading layer: flags / recipe / model -> a built pipeline, the same way for cli, api and ablation.
+
+    recipe, model, init = resolve_recipe(flags, builtin=True)   # what the user asked for
+    pipe = load_pipeline(recipe, model)                          # built and bound to its backend
+
+Also the one KEY=VALUE option parser (`-O slot.key=value`) and the model-weights policy (which folder a
+recipe runs on when none is given: the built-in nano weights of its denoiser).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from movie_core.errors import MovieError, UsageError
+from movie_core.recipe import SLOTS, Recipe, load_recipe, make_recipe, preset, tomllib
+
+# the recipe flags every command takes (movie_core.cli.recipe_options), in the order they are applied
+RECIPE_FLAGS = (
+    "preset", "recipe_file", "vae", "encoder", "decoder", "denoiser", "backend", "size", "init", "model",
+    "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "options",
+)
+_CHANGES = ("encoder", "decoder", "denoiser", "backend", "size", "steps", "scheduler", "text_guidance",
+            "image_guidance", "seed", "device", "dtype", "anchor", "vae")
+
+
+def parse_value(raw: str) -> Any:
+    """A value as a TOML scalar (true, 3, 0.5, "text"), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def parse_options(pairs: tuple[str, ...] | list[str], flag: str = "-O") -> dict[str, Any]:
+    """KEY=VALUE pairs -> {key: value}; keys with '-' read as '_', values as TOML scalars."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} takes key=value, got {pair!r}")
+        values[key.strip().replace("-", "_")] = parse_value(raw.strip())
+    return values
+
+
+def component_options(pairs: tuple[str, ...] | list[str], default_slot: str = "backend") -> dict[str, dict[str, Any]]:
+    """`-O SLOT.KEY=VALUE` pairs -> {slot: {key: value}}; a key without a slot goes to `default_slot`."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_options(pairs).items():
+        slot, dot, name = key.partition(".")
+        if not dot:
+            slot, name = default_slot, key
+        if slot == "vae":
+            for s in ("encoder", "decoder"):
+                out.setdefault(s, {})[name] = value
+            continue
+        if slot not in SLOTS:
+            raise UsageError(f"-O {key}: unknown slot '{slot}'; use one of {', '.join(SLOTS)} (e.g. -O backend.opset=18)")
+        out.setdefault(slot, {})[name] = value
+    return out
+
+
+def resolve_recipe(flags: dict[str, Any], builtin: bool = False,
+                   note: Callable[[str], None] | None = None) -> tuple[Recipe, Path | None, str | None]:
+    """Recipe flags -> (Recipe, model folder or None, init).
+
+    The recipe starts from --preset, --recipe, the model folder's manifest, or the `movie` preset; flags
+    override it. Steps stay unset unless asked for, so each denoiser runs its own default.
+    builtin: with neither --model nor --init, run the recipe at nano size on the shipped nano weights of its
+    denoiser (the default model), and say so through `note`."""
+    from movie_core.weights import BUILTIN_PREFIX, read_manifest, resolve_model
+
+    flags = {name: flags.get(name) for name in RECIPE_FLAGS}
+    if flags["preset"] and flags["recipe_file"]:
+        raise UsageError("--preset and --recipe are exclusive: pick one starting point")
+    if flags["vae"] and (flags["encoder"] or flags["decoder"]):
+        raise UsageError("--vae sets both encoder and decoder; use either --vae or --encoder/--decoder")
+    if flags["init"] and flags["model"]:
+        raise UsageError("--init random and --model are exclusive: random weights or loaded ones")
+    model = resolve_model(flags["model"]) if flags["model"] else None
+    if flags["preset"]:
+        base = preset(flags["preset"])
+    elif flags["recipe_file"]:
+        from movie_core.recipe import load
+
+        base = load(flags["recipe_file"])
+    else:
+        manifest = read_manifest(model) if model else None
+        base = make_recipe(manifest["recipe"]) if manifest and "recipe" in manifest else preset("movie")
+    changes = {key: flags[key] for key in _CHANGES if flags[key] is not None}
+    if flags["options"]:
+        merged = {slot: dict(v) for slot, v in base.component_options.items()}
+        for slot, values in component_options(flags["options"]).items():
+            merged[slot] = merged.get(slot, {}) | values
+        changes["component_options"] = merged
+    recipe = base.replace(**changes)
+    if builtin and model is None and not flags["init"]:
+        if recipe.size != "nano" and flags["size"]:
+            raise UsageError(f"no built-in {recipe.size}-size weights: pass --model DIR (or --init random)")
+        recipe = recipe.replace(size="nano")
+        model = builtin_weights(recipe)
+        if note:
+            note(f"no --model given: using the built-in nano model {BUILTIN_PREFIX}{builtin_stage(recipe)} "
+                 f"({recipe.encoder} encoder, {recipe.decoder} decoder, {recipe.steps or 'default'} steps)")
+    return recipe, model, flags["init"]
+
+
+def builtin_stage(recipe: Recipe) -> str:
+    """The built-in weights a recipe's denoiser runs on: its spec's `stage` (a derived one's base's), else its name."""
+    from movie_core.plugins import get_registry
+
+    spec = get_registry().get("denoiser", recipe.denoiser)
+    return str(spec.extra.get("stage") or spec.name)
+
+
+def builtin_weights(recipe: Recipe) -> Path:
+    """The shipped nano folder of the recipe's denoiser, or a one-line error."""
+    from movie_core.weights import builtin_model
+
+    stage = builtin_stage(recipe)
+    folder = builtin_model(stage)
+    if folder is None:
+        raise UsageError(f"no weights: no built-in nano model for denoiser '{recipe.denoiser}' (stage '{stage}'); "
+                         "pass --model DIR (or --init random to run the recipe with random weights)")
+    return folder
+
+
+def resolve_weights(recipe: Recipe, model: str | Path | None) -> Path | None:
+    """The model folder a recipe runs with: `model` (a folder, .safetensors file, `nano:<stage>`, a cached repo id),
+    None for `model="random"`, and without a model the built-in nano weights of the recipe's denoiser
+    (nano size only). A nano model folder serves both autoencoders, so hybrids need nothing else."""
+    from movie_core.weights import read_manifest, resolve_model
+
+    if model is not None and str(model) == "random":
+        return None
+    if model is None:
+        if recipe.size != "nano":
+            raise UsageError(f"no built-in weights at {recipe.size} size: pass model=DIR, model='random', "
+                             "or run the recipe at size='nano' (the built-in nano models)")
+        return builtin_weights(recipe)
+    folder = resolve_model(model)
+    size = ((read_manifest(folder) or {}).get("recipe") or {}).get("size")
+    if size and size != recipe.size:
+        raise UsageError(f"model {model} is {size}-size but the recipe is {recipe.size}: use recipe.replace(size='{size}')")
+    return folder
+
+
+def build(composition: Any, model: str | Path | None = None, meta: bool = False,
+          backend_options: dict[str, Any] | None = None, cache: Any = None) -> Any:
+    """Build the pipeline of a composition (random weights, a model folder, or the meta device), bound to its backend."""
+    from movie_core.pipeline import Pipeline
+
+    return Pipeline.build(composition, model=Path(model) if model else None, meta=meta,
+                          backend_options=backend_options, cache=cache)
+
+
+def load_pipeline(recipe_or_composition: Any, weights: Path | None, **kw: Any) -> Any:
+    """Build the pipeline of a recipe (or composition) on a model folder (None: random init); a folder that does
+    not fit the recipe is one line naming it."""
+    from movie_core.composer import Composition, compose
+
+    comp = recipe_or_composition
+    if not isinstance(comp, Composition):
+        comp = compose(load_recipe(comp))
+    try:
+        return build(comp, model=weights, **kw)
+    except MovieError:
+        raise
+    except Exception as exc:  # a folder that does not fit the recipe: diffusers/transformers raise many kinds
+        if weights is None:
+            raise
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise MovieError(f"cannot load model {weights} for this recipe: {type(exc).__name__}: {reason}") from None
