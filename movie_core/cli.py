@@ -10,7 +10,8 @@ from typing import Any, Callable
 import click
 
 from movie_core import __version__
-from movie_core.errors import MovieError, UsageError
+from movie_core.cleanup import Terminated, terminate_like_interrupt
+from movie_core.errors import MovieError, UsageError, warnings_as_lines
 
 def _guidance(ctx, param, value):
     if value is None:
@@ -374,8 +375,12 @@ def _add_plugin_commands() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: plugin commands added, user errors as one line with a non-zero exit."""
     try:
-        _add_plugin_commands()
-        cli.main(args=argv, prog_name="movie", standalone_mode=False)
+        with terminate_like_interrupt(), warnings_as_lines():
+            _add_plugin_commands()
+            cli.main(args=argv, prog_name="movie", standalone_mode=False)
+    except Terminated as exc:
+        click.echo("movie: terminated", err=True)
+        sys.exit(exc.exit_code)
     except MovieError as exc:
         click.echo(f"movie: error: {exc}", err=True)
         sys.exit(exc.exit_code)

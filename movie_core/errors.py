@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class MovieError(Exception):
     """A user error (bad name, bad file, bad value). Carries the exit status."""
@@ -13,3 +18,24 @@ class UsageError(MovieError):
     """A bad name or value on the command line or in a recipe."""
 
     exit_code = 2
+
+
+class MovieWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. what the output cannot keep)."""
+
+
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """While inside, every MovieWarning prints as one `warning: ...` line on stderr; other warnings as before."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MovieWarning)
+        show = warnings.showwarning
+
+        def show_line(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+            if issubclass(category, MovieWarning):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_line
+        yield

@@ -20,11 +20,20 @@ Conventions (documented here once):
 - A frames-folder output holds `frame_000001.png`, `frame_000002.png`, ... (numbered from 1).
 - Images are read with their EXIF orientation applied and written without it.
 - Audio is copied only from seekable (regular file) video sources; a pipe's audio is dropped
-  with a warning.
+  with a warning, and so is the audio of a source written as a folder of frames or an image.
+  Subtitle streams are not copied (a warning says so).
+- 16-bit images are scaled to 8 bits; transparency is dropped with a warning (the stored
+  colour of each pixel is kept).
+- The temporary path is `.NAME.movie-tmp-PID-RANDOM[.ext]` beside the output; opening a sink
+  removes those of the same output whose process is gone (killed by SIGKILL or out of memory).
+  Without `overwrite` the final rename never replaces a file or folder that appeared meanwhile
+  (another run writing the same path): that run's output is kept and this one fails.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import itertools
 import os
 import re
@@ -41,7 +50,8 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
-from movie_core.errors import MovieError, UsageError
+from movie_core.cleanup import pid_alive
+from movie_core.errors import MovieError, MovieWarning, UsageError
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_EXTS = frozenset({".mp4", ".mkv", ".mov"})
@@ -73,13 +83,24 @@ def _rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(array, rotation // 90)) if rotation else array
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB, EXIF orientation applied."""
+def _read_image(path: Path) -> tuple[np.ndarray, bool]:
+    """Read an image file as HxWx3 uint8 RGB, EXIF orientation applied; and whether transparency was dropped."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit greyscale: scale, do not clip at 255
+                grey = np.asarray(image, dtype=np.float32) / 257
+                return np.repeat(np.clip(grey.round(), 0, 255).astype(np.uint8)[..., None], 3, axis=2), False
+            has_alpha = {"A", "a"} & set(image.getbands()) or "transparency" in image.info
+            transparent = bool(has_alpha) and int(np.asarray(image.convert("RGBA"))[..., 3].min()) < 255
+            return np.asarray(image.convert("RGB")), transparent
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise MediaError(f"not a video or image: {path} ({_reason(e)})") from None
+
+
+def _warn_transparency(path: Path) -> None:
+    warnings.warn(f"{path} has transparent pixels: transparency is dropped (the output is opaque)", MovieWarning,
+                  stacklevel=3)
 
 
 def _hms_seconds(text: str | None) -> float | None:
@@ -103,6 +124,7 @@ class Source:
     frame_count: int | None
     rotation: int = 0
     has_audio: bool = False
+    subtitle_streams: int = 0
     duration_s: float | None = None
     is_seekable: bool = True
     start_pts: int = 0
@@ -151,7 +173,9 @@ class ImageSource(Source):
 
     def __init__(self, path: Path, fps: Fraction | int | None = None) -> None:
         self.path = path
-        self._array = _read_image(path)
+        self._array, transparent = _read_image(path)
+        if transparent:
+            _warn_transparency(path)
         self.height, self.width = self._array.shape[:2]
         self.fps = Fraction(fps or DEFAULT_FPS)
         self.time_base = 1 / self.fps
@@ -186,7 +210,8 @@ class FramesSource(Source):
         if not numbered:
             raise MediaError(f"no numbered frames in folder: {folder} (expected files like frame_0001.png)")
         self._files = [entry for _, _, entry in sorted(numbered)]
-        self.height, self.width = _read_image(self._files[0]).shape[:2]
+        self.height, self.width = _read_image(self._files[0])[0].shape[:2]
+        self._transparency_said = False
         self.fps = Fraction(fps or DEFAULT_FPS)
         self.time_base = 1 / self.fps
         self.frame_count = len(self._files)
@@ -196,7 +221,10 @@ class FramesSource(Source):
         """Read frame `index` from its file."""
         if not 0 <= index < len(self._files):
             raise IndexError(f"frame {index} out of range: {self.path} has {len(self._files)} frames")
-        array = _read_image(self._files[index])
+        array, transparent = _read_image(self._files[index])
+        if transparent and not self._transparency_said:
+            self._transparency_said = True
+            _warn_transparency(self._files[index])
         if array.shape[:2] != (self.height, self.width):
             raise MediaError(
                 f"frame size mismatch in {self.path}: {self._files[index].name} is "
@@ -251,6 +279,11 @@ class VideoSource(Source):
         self.fps = stream.average_rate or stream.guessed_rate or stream.base_rate or DEFAULT_FPS
         self.start_pts = stream.start_time or 0
         self.has_audio = bool(self._container.streams.audio)
+        self.subtitle_streams = len(self._container.streams.subtitles)
+        pix_fmt = stream.codec_context.pix_fmt
+        if pix_fmt and any(c.is_alpha for c in av.VideoFormat(pix_fmt).components):
+            warnings.warn(f"{self.path} has an alpha channel ({pix_fmt}): transparency is dropped", MovieWarning,
+                          stacklevel=3)
         if stream.duration:
             stream_seconds: float | None = float(stream.duration * self.time_base)
         else:
@@ -403,18 +436,85 @@ def check_output(
     return output
 
 
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _renameat2() -> Any:
+    """Linux's renameat2(2) from the C library, or None where it does not exist."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+def rename_no_replace(src: Path, dst: Path) -> None:
+    """Rename `src` (a file or folder) to `dst` in one step; FileExistsError when `dst` exists, which is never replaced.
+
+    Uses renameat2(RENAME_NOREPLACE); where the system or file system lacks it, a file is hard-linked then
+    unlinked (link(2) never replaces), and as a last resort (no hard links, or a folder) the rename follows a check."""
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), str(dst))
+    if not src.is_dir():
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except FileExistsError:
+            raise
+        except OSError:
+            pass  # no hard links on this file system (FAT, some network shares)
+        else:
+            os.unlink(src)
+            return
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+def _temp_pattern(output: Path) -> re.Pattern[str]:
+    """Matches the temporary names of `output` (`old` is set on a replaced output moved aside); group 1 is the pid."""
+    name, tag = re.escape(output.name), re.escape(TEMP_TAG)
+    return re.compile(rf"\.{name}{tag}(\d+)-[0-9a-f]{{8}}(?P<old>-old)?(?:{re.escape(output.suffix)})?")
+
+
+def remove_stale_temps(output: Path) -> list[Path]:
+    """Remove the temporary files and folders of `output` that runs killed outright left beside it."""
+    pattern, removed = _temp_pattern(output), []
+    for entry in output.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match is None or pid_alive(int(match[1])):
+            continue
+        if match["old"] and not os.path.lexists(output):
+            continue  # the run died between moving the old output aside and renaming the new one: keep it
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 class Sink:
     """Writes frames to a temporary path beside the output; renames it onto the output on success."""
 
     is_folder = False
+    keeps_audio = False
 
-    def __init__(self, output: Path, source: Source) -> None:
+    def __init__(self, output: Path, source: Source, overwrite: bool = False) -> None:
         self.path = output
         self.source = source
+        self.overwrite = overwrite
         self.frames_written = 0
         self._last_pts: int | None = None
         self._done = False
-        name = f".{output.name}{TEMP_TAG}{secrets.token_hex(4)}{'' if self.is_folder else output.suffix}"
+        remove_stale_temps(output)
+        name = f".{output.name}{TEMP_TAG}{os.getpid()}-{secrets.token_hex(4)}{'' if self.is_folder else output.suffix}"
         self.temp_path = output.with_name(name)
         try:
             if self.is_folder:
@@ -430,6 +530,12 @@ class Sink:
             if isinstance(e, av.FFmpegError):
                 raise MovieError(f"cannot write {output}: {_reason(e)}") from None
             raise
+        if source.has_audio and not self.keeps_audio:
+            what = "a folder of frames" if self.is_folder else "an image"
+            warnings.warn(f"{output} is {what}: the audio of {source.path} is not kept", MovieWarning, stacklevel=3)
+        if source.subtitle_streams:
+            warnings.warn(f"{source.subtitle_streams} subtitle stream(s) of {source.path} are not copied to {output}",
+                          MovieWarning, stacklevel=3)
 
     def write(self, frame: np.ndarray, pts: int | None = None) -> None:
         """Append one HxWx3 uint8 RGB frame; `pts` (in the source's time_base) defaults to its slot."""
@@ -477,9 +583,18 @@ class Sink:
                 os.unlink(self.temp_path)
 
     def _replace_output(self) -> None:
-        """Atomically move the temporary path onto the output (a folder is swapped via a side name)."""
-        if self.path.is_dir() and not self.path.is_symlink():
-            aside = self.path.with_name(f".{self.path.name}{TEMP_TAG}old-{secrets.token_hex(4)}")
+        """Atomically move the temporary path onto the output: never over one that appeared meanwhile unless
+        overwriting (a folder is then swapped via a side name)."""
+        if not self.overwrite:
+            try:
+                rename_no_replace(self.temp_path, self.path)
+            except FileExistsError:
+                raise MovieError(
+                    f"{self.path} appeared while this run was writing it (another run?); it is kept and this "
+                    "result is discarded (pass --overwrite to replace it)"
+                ) from None
+        elif self.path.is_dir() and not self.path.is_symlink():
+            aside = self.path.with_name(f".{self.path.name}{TEMP_TAG}{os.getpid()}-{secrets.token_hex(4)}-old")
             os.rename(self.path, aside)
             os.rename(self.temp_path, self.path)
             shutil.rmtree(aside, ignore_errors=True)
@@ -529,11 +644,13 @@ class FramesSink(Sink):
 class VideoSink(Sink):
     """Encodes H.264 (libx264, yuv420p) at the source's timing and copies its audio packets."""
 
-    def __init__(self, output: Path, source: Source, crf: int = 18) -> None:
+    keeps_audio = True
+
+    def __init__(self, output: Path, source: Source, crf: int = 18, overwrite: bool = False) -> None:
         self._crf = crf
         self._out: av.container.OutputContainer | None = None
         self._audio_in: av.container.InputContainer | None = None
-        super().__init__(output, source)
+        super().__init__(output, source, overwrite)
 
     def _start(self) -> None:
         source = self.source
@@ -558,7 +675,7 @@ class VideoSink(Sink):
             if source.is_seekable:
                 self._open_audio()
             else:
-                warnings.warn(f"{source.path} is not seekable: its audio is not copied", stacklevel=3)
+                warnings.warn(f"{source.path} is not seekable: its audio is not copied", MovieWarning, stacklevel=3)
         self._out.start_encoding()
 
     def _open_audio(self) -> None:
@@ -644,8 +761,8 @@ def open_sink(
             "write a video (.mp4, .mkv, .mov) or a folder"
         )
     if kind == "video":
-        return VideoSink(output, source, crf=crf)
-    return ImageSink(output, source) if kind == "image" else FramesSink(output, source)
+        return VideoSink(output, source, crf=crf, overwrite=overwrite)
+    return ImageSink(output, source, overwrite) if kind == "image" else FramesSink(output, source, overwrite)
 
 
 def probe(path: str | os.PathLike) -> dict[str, Any]:

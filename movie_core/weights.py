@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from movie_core.cleanup import pid_alive
 from movie_core.errors import MovieError, UsageError
 
 MANIFEST = "movie.json"
@@ -121,9 +123,12 @@ def builtin_model(stage: str) -> Path | None:
 def component_folder(root: Path, name: str) -> Path | None:
     """root/name, or where the manifest's "components" map points it (a folder shared by several models).
 
-    Shared folders are resolved relative to the model folder and must stay inside its parent folder."""
+    Shared folders are resolved relative to the model folder and must stay inside its parent folder; so must a
+    component folder that is a symbolic link."""
     folder = Path(root) / name
     if folder.is_dir():
+        if not folder.resolve().is_relative_to(Path(root).resolve().parent):
+            raise MovieError(f"{folder} is a link to a folder outside {Path(root).parent}: {folder.resolve()}")
         return folder
     manifest = read_manifest(Path(root)) or {}
     rel = (manifest.get("components") or {}).get(name)
@@ -148,10 +153,22 @@ def _from_hf_cache(repo_id: str) -> Path:
 
 
 _SINGLE_FILE_CACHE: dict[Path, Path] = {}
+_UNPACK_PREFIX = "movie-model-"
+
+
+def _safe_name(path: Path, rel: object, what: str) -> str:
+    """`rel` if it is a plain relative name that stays inside the folder it is unpacked into; else a MovieError."""
+    text = rel if isinstance(rel, str) else ""
+    parts = PurePosixPath(text).parts
+    if not parts or PurePosixPath(text).is_absolute() or "\\" in text or "\0" in text or ".." in parts:
+        raise MovieError(f"{path}: refusing {what} {rel!r}: it names a path outside the model")
+    return text
 
 
 def expand_single_file(path: Path) -> Path:
-    """Unpack a single-file model (written by save_single_file) into a temporary model folder."""
+    """Unpack a single-file model (written by save_single_file) into a private temporary model folder.
+
+    Every name in the file must stay inside that folder; the folder is removed when the process exits."""
     path = path.resolve()
     if path in _SINGLE_FILE_CACHE and _SINGLE_FILE_CACHE[path].is_dir():
         return _SINGLE_FILE_CACHE[path]
@@ -165,21 +182,43 @@ def expand_single_file(path: Path) -> Path:
                 f"{path}: not a movie single-file model (no 'movie.files' metadata); "
                 "pass a diffusers-format model folder instead"
             )
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    root = Path(tempfile.mkdtemp(prefix="movie-model-"))
-    for rel, text in json.loads(meta["movie.files"]).items():
+        try:
+            files = json.loads(meta["movie.files"])
+        except json.JSONDecodeError as exc:
+            raise MovieError(f"{path}: unreadable 'movie.files' metadata: {exc}") from None
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise MovieError(f"{path}: 'movie.files' metadata is not a map of file names to text")
+        files = {_safe_name(path, rel, "file name"): text for rel, text in files.items()}
+        groups: dict[str, dict[str, Any]] = {}
+        for key in f.keys():
+            sub, sep, name = key.partition("/")
+            if not sep or not name:
+                raise MovieError(f"{path}: refusing tensor key {key!r}: expected 'component/name'")
+            groups.setdefault(_safe_name(path, sub, "tensor key"), {})[name] = f.get_tensor(key)
+    remove_stale_unpacked()
+    root = Path(tempfile.mkdtemp(prefix=f"{_UNPACK_PREFIX}{os.getpid()}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
-    groups: dict[str, dict[str, Any]] = {}
-    for key, tensor in tensors.items():
-        sub, _, name = key.partition("/")
-        groups.setdefault(sub, {})[name] = tensor
     for sub, group in groups.items():
         (root / sub).mkdir(parents=True, exist_ok=True)
         weight_name = "model.safetensors" if sub == "text_encoder" else "diffusion_pytorch_model.safetensors"
         save_file(group, str(root / sub / weight_name), metadata={"format": "pt"})
     _SINGLE_FILE_CACHE[path] = root
     return root
+
+
+def remove_stale_unpacked() -> None:
+    """Remove the unpacked single-file models that processes of this user left in the temp folder when killed."""
+    for entry in Path(tempfile.gettempdir()).glob(f"{_UNPACK_PREFIX}*-*"):
+        pid = entry.name[len(_UNPACK_PREFIX):].partition("-")[0]
+        try:
+            owned = entry.lstat().st_uid == os.getuid() and entry.is_dir() and not entry.is_symlink()
+        except OSError:
+            continue
+        if owned and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def save_single_file(folder: Path, out: Path) -> None:

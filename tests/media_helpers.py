@@ -49,3 +49,38 @@ def cut_in_half(path: Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+def png16(path: Path, array: np.ndarray) -> Path:
+    """Write a 16-bit PNG (HxW greyscale, HxWx3 RGB or HxWx4 RGBA uint16) with the standard library."""
+    import struct
+    import zlib
+
+    height, width = array.shape[:2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    colour_type = {1: 0, 3: 2, 4: 6}[channels]
+    rows = array.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def with_subtitles(video: Path, dst: Path) -> Path:
+    """Remux `video`'s video stream into a Matroska file beside a SubRip subtitle stream (no re-encoding)."""
+    srt = dst.with_suffix(".srt")
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,100\nhello\n\n2\n00:00:00,100 --> 00:00:00,200\nworld\n")
+    with av.open(str(video)) as v, av.open(str(srt)) as s, av.open(str(dst), "w") as out:
+        streams = {id(v.streams.video[0]): out.add_stream_from_template(v.streams.video[0]),
+                   id(s.streams.subtitles[0]): out.add_stream_from_template(s.streams.subtitles[0])}
+        for container, stream in ((v, v.streams.video[0]), (s, s.streams.subtitles[0])):
+            for packet in container.demux(stream):
+                if packet.dts is not None:
+                    packet.stream = streams[id(stream)]
+                    out.mux(packet)
+    srt.unlink()
+    return dst

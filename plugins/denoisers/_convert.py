@@ -8,7 +8,9 @@ from pathlib import Path
 from diffusers import UNet2DConditionModel
 
 from movie_core.errors import MovieError, UsageError
-from movie_core.weights import check_folder, read_manifest, replace_folder, use_safetensors, write_manifest
+from movie_core.weights import (
+    check_folder, component_folder, read_manifest, replace_folder, use_safetensors, write_manifest,
+)
 from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
 
 
@@ -16,6 +18,9 @@ def convert_folder(source: Path, target: str, out: Path, overwrite: bool = False
     """Write `out`: source's components copied, its UNet converted to `target`'s architecture."""
     if not (source / "unet").is_dir():
         raise UsageError(f"{source} is not a model folder (no unet/)")
+    for entry in source.iterdir():
+        if entry.is_dir():
+            component_folder(source, entry.name)  # refuses a linked folder that leaves the model's parent
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists; pass --overwrite")
     if out.resolve() == source.resolve():
