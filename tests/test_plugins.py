@@ -59,6 +59,11 @@ def spec_row(family: str, name: str) -> dict:
     return rows[name]
 
 
+def build_toy(ctx, config):
+    """A factory the toy specs can name: compose imports every factory, so it must exist."""
+    raise AssertionError("the hook tests compose, they never build")
+
+
 class ToyBackend:
     """A backend that runs modules unchanged and says so."""
 
@@ -77,7 +82,7 @@ def test_hook_movie_register_autoencoders():
     class Plugin:
         @hookimpl
         def movie_register_autoencoders(self, registry):
-            registry.register(family="autoencoder", name="toy-ae", summary="toy", factory="toy_ae:build",
+            registry.register(family="autoencoder", name="toy-ae", summary="toy", factory=f"{THIS_MODULE}:build_toy",
                               latent_space="sd1")
 
     add_plugin(Plugin(), "toy-autoencoders")
@@ -94,7 +99,7 @@ def test_hook_movie_register_denoisers():
         @hookimpl
         def movie_register_denoisers(self, registry):
             registry.register(ComponentSpec(family="denoiser", name="toy-denoiser", summary="toy",
-                                            factory="toy_denoiser:build", extra={"latent_space": "sd1"}))
+                                            factory=f"{THIS_MODULE}:build_toy", extra={"latent_space": "sd1"}))
 
     add_plugin(Plugin(), "toy-denoisers")
     spec = plugins.get_registry().get("denoiser", "toy-denoiser")
@@ -108,7 +113,7 @@ def test_hook_movie_register_distillers():
         @hookimpl
         def movie_register_distillers(self, registry):
             registry.register(ComponentSpec(family="distiller", name="toy-distill", summary="toy distiller",
-                                            factory="toy_distill:train"))
+                                            factory=f"{THIS_MODULE}:build_toy"))
 
     add_plugin(Plugin(), "toy-distillers")
     assert plugins.get_registry().get("distiller", "toy-distill").plugin == "toy-distillers"
