@@ -305,8 +305,8 @@ def test_a_factory_that_does_not_import_is_one_line_at_compose_time(family, flag
                 "--out", str(tmp_path / "out")]
     else:
         args = ["compose", flag, name]
-    assert run_main(capsys, *args) == (1, "", f"movie: error: plugin 'bad-factories': {family} '{name}': "
-                                              f"cannot import factory '{factory}': {cause}\n")
+    line = f"movie: error: plugin 'bad-factories': {family} '{name}': cannot import factory '{factory}': {cause}\n"
+    assert run_main(capsys, *args) == (1, "", line)
     assert not (tmp_path / "out").exists()
 
 
