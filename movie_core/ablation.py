@@ -641,7 +641,10 @@ def _plan(cells: Sequence[dict[str, Any]], start: Recipe, name: str, size: str |
                 result |= MEASURE_FUNCTIONS[m](cell, opts)
             return result
 
-        plan.append(Planned(settings, depends | {"recipe": attrs.asdict(recipe), "model": model_id}, measure=run))
+        # each component's plugin and version belong to the cell's identity: a plugin update measures it again
+        plugins = {slot: {"plugin": spec.plugin, "version": spec.version} for slot, spec in comp.specs.items()}
+        plan.append(Planned(settings, depends | {"recipe": attrs.asdict(recipe), "model": model_id, "plugins": plugins},
+                            measure=run))
     return plan
 
 

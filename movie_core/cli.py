@@ -75,7 +75,7 @@ def cli() -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins(as_json: bool) -> None:
-    """List installed plugins, their versions and the hooks they implement."""
+    """List installed plugins, their versions and the hooks they implement (or why one is broken)."""
     from movie_core.plugins import plugin_info
 
     rows = plugin_info()
@@ -83,7 +83,8 @@ def plugins(as_json: bool) -> None:
         _emit(rows)
         return
     for row in rows:
-        click.echo(f"{row['name']} {row.get('version', '')} [{row.get('source', '')}]: {', '.join(row['hooks'])}")
+        what = f"BROKEN: {row['error']}" if "error" in row else ", ".join(row["hooks"])
+        click.echo(f"{row['name']} {row.get('version', '')} [{row.get('source', '')}]: {what}")
 
 
 @cli.command("list")

@@ -53,7 +53,8 @@ class Composition:
 
 
 def compose(recipe: Recipe, registry: Registry | None = None) -> Composition:
-    """Resolve every slot of a recipe, failing with one line on unknown names or mismatched latents."""
+    """Resolve every slot of a recipe, failing with one line on unknown names, mismatched latents or factories
+    that do not import."""
     registry = registry or get_registry()
     specs = {slot: registry.get(SLOT_FAMILY[slot], getattr(recipe, slot)) for slot in SLOTS}
     enc, dec = specs["encoder"], specs["decoder"]
@@ -68,4 +69,6 @@ def compose(recipe: Recipe, registry: Registry | None = None) -> Composition:
         raise UsageError(
             f"denoiser '{den.name}' works in latent space {wanted}, but autoencoder '{enc.name}' uses {enc.latent_space}"
         )
+    for spec in specs.values():
+        spec.load_factory()  # a factory that does not import fails here, naming its plugin, not at build time
     return Composition(recipe=recipe, specs=specs)

@@ -8,9 +8,19 @@ from typing import Any, Iterator
 
 import attrs
 
-from movie_core.errors import UsageError
+from movie_core.errors import MovieError, UsageError
 
 FAMILIES = ("autoencoder", "denoiser", "distiller", "backend")
+
+
+class PluginError(MovieError):
+    """A plugin that fails to load, implements a hook that does not exist, or names a factory that does not import."""
+
+
+def one_line(exc: BaseException) -> str:
+    """'Type: message' on one line, for errors that must fit the CLI's one-line report."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _check_factory(instance: Any, attribute: attrs.Attribute, value: str) -> None:
@@ -76,12 +86,24 @@ class ComponentSpec:
         return rows
 
     def load_factory(self) -> Any:
-        """Import and return the factory object (this is where torch gets imported)."""
+        """Import and return the factory object (this is where torch gets imported).
+
+        A factory that does not import raises PluginError naming the plugin, family, component and the cause."""
         module, _, attr = self.factory.partition(":")
-        obj = importlib.import_module(module)
+        try:
+            obj = importlib.import_module(module)
+        except Exception as exc:  # the plugin's code or packaging, not the core's: name the plugin
+            raise self._factory_error(one_line(exc)) from exc
         for part in attr.split("."):
-            obj = getattr(obj, part)
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise self._factory_error(f"module '{module}' has no attribute '{attr}'") from None
         return obj
+
+    def _factory_error(self, cause: str) -> PluginError:
+        owner = f"plugin '{self.plugin}'" + (f" {self.version}" if self.version else "")
+        return PluginError(f"{owner}: {self.family} '{self.name}': cannot import factory '{self.factory}': {cause}")
 
     def make_config(self, **values: Any) -> Any:
         """Build this component's config object (over its defaults), rejecting unknown keys by name."""

@@ -157,6 +157,49 @@ def test_an_interrupted_ablation_resumes_without_recomputing_finished_cells(tmp_
     assert len(measured) == 4  # other settings: no stale cell is reused
 
 
+def test_a_plugin_version_change_measures_the_cells_again(tmp_path, monkeypatch):
+    from movie_core import plugins
+
+    real = ablation.MEASURE_FUNCTIONS["flops"]
+    measured: list[str] = []
+    monkeypatch.setitem(ablation.MEASURE_FUNCTIONS, "flops",
+                        lambda cell, opts: measured.append(cell.recipe.decoder) or real(cell, opts))
+    out = tmp_path / "versions"
+
+    def run() -> dict:
+        return movie_core.ablate("movie", {"decoder": ["sd-vae", "taesd"]}, height=64, width=64, out=out)
+
+    run()
+    assert measured == ["sd-vae", "taesd"]
+    saved = json.loads((out / "cells" / "decoder=taesd.json").read_text())["config"]["plugins"]
+    assert saved["decoder"] == {"plugin": "movie_plugins.autoencoders.taesd", "version": plugins._version()}
+    measured.clear()
+    assert [r["reused"] for r in run()["cells"]] == [True, True] and measured == []
+
+    monkeypatch.setattr(plugins, "_version", lambda: "99.0")  # the built-in plugins' version, as after an upgrade
+    plugins.reset()
+    assert [r["reused"] for r in run()["cells"]] == [False, False] and measured == ["sd-vae", "taesd"]
+
+
+def test_a_factory_that_does_not_import_names_the_plugin_not_the_model(capsys):
+    from movie_core.hookspecs import hookimpl
+    from movie_core.plugins import get_plugin_manager
+
+    class BadFactory:
+        @hookimpl
+        def movie_register_denoisers(self, registry):
+            registry.register(family="denoiser", name="bad-den", summary="factory module missing",
+                              factory="movie_no_such_module:build")
+
+    get_plugin_manager().register(BadFactory(), name="bad-factory")
+    code, stdout, err = run_cli(capsys, "ablate", "movie", "--vary", "denoiser=mobile-pix2pix-1step,bad-den",
+                                "--measure", "bench", "--size", "nano", "--model", "nano:mobile-pix2pix-1step")
+    assert code == 1 and stdout == "" and err.count("\n") == 1, err
+    assert err.startswith("movie: error: plugin 'bad-factory': denoiser 'bad-den': cannot import factory "
+                          "'movie_no_such_module:build': ModuleNotFoundError")
+    assert "model" not in err.replace("movie_no_such_module", "")
+
+
 def test_invalid_combinations_are_skipped_rows_with_the_reason(tmp_path):
     from movie_core.hookspecs import hookimpl
     from movie_core.plugins import get_plugin_manager

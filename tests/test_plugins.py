@@ -50,6 +50,17 @@ def add_plugin(plugin: object, name: str):
     return pm
 
 
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """`movie ARGS` through main(), as the console script runs it: (exit status, stdout, stderr)."""
+    try:
+        cli_module.main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def spec_row(family: str, name: str) -> dict:
     """`movie list FAMILY --json`'s row for one component."""
     result = CliRunner().invoke(cli_module.cli, ["list", family, "--json"])
@@ -57,6 +68,11 @@ def spec_row(family: str, name: str) -> dict:
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert name in rows, f"{name} not listed: {sorted(rows)}"
     return rows[name]
+
+
+def build_toy(ctx, config):
+    """A factory the toy specs can name: compose imports every factory, so it must exist."""
+    raise AssertionError("the hook tests compose, they never build")
 
 
 class ToyBackend:
@@ -77,7 +93,7 @@ def test_hook_movie_register_autoencoders():
     class Plugin:
         @hookimpl
         def movie_register_autoencoders(self, registry):
-            registry.register(family="autoencoder", name="toy-ae", summary="toy", factory="toy_ae:build",
+            registry.register(family="autoencoder", name="toy-ae", summary="toy", factory=f"{THIS_MODULE}:build_toy",
                               latent_space="sd1")
 
     add_plugin(Plugin(), "toy-autoencoders")
@@ -94,7 +110,7 @@ def test_hook_movie_register_denoisers():
         @hookimpl
         def movie_register_denoisers(self, registry):
             registry.register(ComponentSpec(family="denoiser", name="toy-denoiser", summary="toy",
-                                            factory="toy_denoiser:build", extra={"latent_space": "sd1"}))
+                                            factory=f"{THIS_MODULE}:build_toy", extra={"latent_space": "sd1"}))
 
     add_plugin(Plugin(), "toy-denoisers")
     spec = plugins.get_registry().get("denoiser", "toy-denoiser")
@@ -108,7 +124,7 @@ def test_hook_movie_register_distillers():
         @hookimpl
         def movie_register_distillers(self, registry):
             registry.register(ComponentSpec(family="distiller", name="toy-distill", summary="toy distiller",
-                                            factory="toy_distill:train"))
+                                            factory=f"{THIS_MODULE}:build_toy"))
 
     add_plugin(Plugin(), "toy-distillers")
     assert plugins.get_registry().get("distiller", "toy-distill").plugin == "toy-distillers"
@@ -180,12 +196,18 @@ def test_misspelled_hook_is_an_error_naming_the_plugin(monkeypatch, capsys):
         plugins.get_registry()
     assert "movie_register_autoencoder" in str(info.value)
 
+    assert "did you mean 'movie_register_autoencoders'?" in str(info.value)
+    assert "MOVIE_BLOCK_PLUGINS=movie_typo_plugin" in str(info.value)
+
     plugins.reset()
     with pytest.raises(SystemExit) as exit_info:
         cli_module.main(["list"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 1
     assert err.startswith("movie: error: plugin 'movie_typo_plugin'") and err.count("\n") == 1
+    assert "did you mean 'movie_register_autoencoders'?" in err
+    row = next(r for r in plugins.plugin_info() if r["name"] == typo.__name__)
+    assert "movie_register_autoencoder'" in row["error"] and row["hooks"] == []
 
 
 def test_duplicate_names_name_both_plugins():
@@ -227,6 +249,142 @@ def test_block_plugins_hides_a_builtin(monkeypatch):
     names = {row["name"] for row in plugins.plugin_info()}
     assert "movie_plugins.autoencoders.taesd" not in names
     assert "movie_plugins.autoencoders.sd_vae" in names
+
+
+def test_hooks_are_called_through_pluggy_with_only_the_arguments_an_implementation_takes():
+    calls: list[str] = []
+
+    class NoArguments:
+        @hookimpl
+        def movie_register_backends(self):
+            calls.append("no arguments")
+
+    class Registering:
+        @hookimpl
+        def movie_register_backends(self, registry):
+            calls.append("registry")
+            registry.register(family="backend", name="toy", summary="toy backend", factory=f"{THIS_MODULE}:ToyBackend")
+
+    add_plugin(NoArguments(), "no-arguments")
+    add_plugin(Registering(), "registering")
+    registry = plugins.get_registry()
+    assert sorted(calls) == ["no arguments", "registry"]
+    assert registry.get("backend", "toy").plugin == "registering"  # provenance: the plugin whose hook ran
+    assert registry.get("backend", "eager").plugin == "movie_plugins.backends.eager"
+
+
+@pytest.mark.parametrize("family, flag", [("autoencoder", "--vae"), ("denoiser", "--denoiser"),
+                                          ("backend", "--backend"), ("distiller", None)])
+@pytest.mark.parametrize("factory, cause", [
+    ("movie_no_such_module:build", "ModuleNotFoundError: No module named 'movie_no_such_module'"),
+    (f"{THIS_MODULE}:no_such_factory", f"module '{THIS_MODULE}' has no attribute 'no_such_factory'"),
+])
+def test_a_factory_that_does_not_import_is_one_line_at_compose_time(family, flag, factory, cause, cli_commands,
+                                                                      capsys, tmp_path):
+    class BadFactory:
+        @hookimpl
+        def movie_register_autoencoders(self, registry):
+            registry.register(family="autoencoder", name="bad-ae", summary="bad", factory=factory, latent_space="sd1")
+
+        @hookimpl
+        def movie_register_denoisers(self, registry):
+            registry.register(family="denoiser", name="bad-denoiser", summary="bad", factory=factory)
+
+        @hookimpl
+        def movie_register_backends(self, registry):
+            registry.register(family="backend", name="bad-backend", summary="bad", factory=factory)
+
+        @hookimpl
+        def movie_register_distillers(self, registry):
+            registry.register(family="distiller", name="bad-distiller", summary="bad", factory=factory)
+
+    add_plugin(BadFactory(), "bad-factories")
+    name = {"autoencoder": "bad-ae"}.get(family, f"bad-{family}")
+    if flag is None:  # a distiller is chosen by `movie distill`, before the teacher or data are looked at
+        args = ["distill", name, "--teacher", str(tmp_path / "t"), "--data", str(tmp_path / "d"),
+                "--out", str(tmp_path / "out")]
+    else:
+        args = ["compose", flag, name]
+    line = f"movie: error: plugin 'bad-factories': {family} '{name}': cannot import factory '{factory}': {cause}\n"
+    assert run_main(capsys, *args) == (1, "", line)
+    assert not (tmp_path / "out").exists()
+
+
+def fake_distribution(root: Path, dist: str, version: str, entry_points: dict[str, str],
+                      modules: dict[str, str]) -> Path:
+    """A minimal installed distribution (dist-info with entry points, plus top-level modules) under root."""
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("[movie]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    for module, code in modules.items():
+        (root / f"{module}.py").write_text(code)
+    return root
+
+
+@pytest.fixture
+def on_path(monkeypatch):
+    """Put a folder on sys.path for the entry-point scan; forget the modules imported from it afterwards."""
+    added: list[Path] = []
+
+    def put(root: Path) -> Path:
+        monkeypatch.syspath_prepend(str(root))
+        added.append(root)
+        return root
+
+    yield put
+    for name, mod in list(sys.modules.items()):
+        if any(str(root) in str(getattr(mod, "__file__", "") or "") for root in added):
+            del sys.modules[name]
+
+
+BROKEN_PLUGIN = "raise ImportError('needs the frobnicate package')\n"
+
+
+def test_a_plugin_that_fails_to_import_is_listed_as_broken(tmp_path, on_path, cli_commands, capsys):
+    on_path(fake_distribution(tmp_path, "movie-plugin-broken", "1.3", {"broken": "movie_broken_plugin"},
+                              {"movie_broken_plugin": BROKEN_PLUGIN}))
+    hint = "(set MOVIE_BLOCK_PLUGINS=broken to run without it)"
+    why = "plugin 'broken' failed to load: ImportError: needs the frobnicate package"
+
+    for args in (["--help"], ["--version"], ["plugins"]):
+        code, out, err = run_main(capsys, *args)
+        assert (code, err) == (0, ""), args
+    assert f"broken 1.3 [entry point]: BROKEN: {why} {hint}\n" in out
+    rows = {row["name"]: row for row in json.loads(run_main(capsys, "plugins", "--json")[1])}
+    assert rows["broken"] == {"name": "broken", "version": "1.3", "source": "entry point", "hooks": [],
+                              "error": f"{why} {hint}"}
+    assert "movie_register_autoencoders" in rows["movie_plugins.autoencoders.taesd"]["hooks"]
+
+    for args in (["list"], ["compose"]):  # commands that need the registry stop with that line
+        assert run_main(capsys, *args) == (1, "", f"movie: error: {why} {hint}\n"), args
+    with pytest.raises(plugins.PluginError, match="MOVIE_BLOCK_PLUGINS=broken"):
+        plugins.get_registry()
+
+
+def test_blocking_a_broken_plugin_by_name_lets_movie_run(tmp_path, on_path, monkeypatch, capsys):
+    on_path(fake_distribution(tmp_path, "movie-plugin-broken", "1.3", {"broken": "movie_broken_plugin"},
+                              {"movie_broken_plugin": BROKEN_PLUGIN}))
+    monkeypatch.setenv("MOVIE_BLOCK_PLUGINS", "broken")
+    assert "taesd" in plugins.get_registry().names("autoencoder")
+    assert "broken" not in {row["name"] for row in plugins.plugin_info()}
+    assert capsys.readouterr().err == ""  # a name that matches a plugin: no warning
+
+
+def test_block_plugins_warns_about_names_that_match_no_plugin(tmp_path, on_path, monkeypatch, capsys):
+    plugin = ("from movie_core.hookspecs import hookimpl\n\n@hookimpl\ndef movie_register_backends(registry):\n"
+              f"    registry.register(family='backend', name='toy', summary='toy', factory='{THIS_MODULE}:ToyBackend')\n")
+    on_path(fake_distribution(tmp_path, "movie-plugin-toy", "0.1", {"toy": "movie_toy_plugin"},
+                              {"movie_toy_plugin": plugin}))
+    monkeypatch.setenv("MOVIE_BLOCK_PLUGINS", "movie-plugin-toy,taesd")
+    registry = plugins.get_registry()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "movie: warning: MOVIE_BLOCK_PLUGINS names no plugin: 'movie-plugin-toy' (the distribution of plugin 'toy'), "
+        "'taesd'; plugins: toy, movie_plugins.autoencoders.sd_vae, movie_plugins.autoencoders.taesd, ")
+    assert registry.get("backend", "toy").plugin == "toy"  # nothing was blocked
+    assert registry.get("backend", "toy").version == "0.1"
+    assert "taesd" in registry.names("autoencoder")
 
 
 # --- a real third-party plugin, installed with pip -------------------------------------------
