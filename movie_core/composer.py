@@ -41,11 +41,6 @@ class Composition:
             values["scheduler"] = self.recipe.scheduler
         return values | dict(self.recipe.component_options.get(slot, {}))
 
-    def check_factories(self) -> None:
-        """Import every slot's factory now, so a broken plugin fails at compose time with one line."""
-        for spec in self.specs.values():
-            spec.load_factory()
-
     def backend_available(self) -> tuple[bool, str]:
         """Whether the backend can run here, and why not."""
         backend_cls = self.specs["backend"].load_factory()
