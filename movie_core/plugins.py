@@ -35,7 +35,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.distillers.vpred",
     "movie_plugins.distillers.adversarial",
     "movie_plugins.data_command",
-    "movie_plugins.nano_chain",
+    "movie_plugins.nano.chain",
     "movie_plugins.eval_command",
     "movie_plugins.ablate_command",
 )

@@ -942,7 +942,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
     training_seed = (chain.get("budget") or {}).get("seed")
     seed_known = training_seed is not None
     if not seed_known:  # no training record: assume `movie nano-train`'s own default
-        from movie_plugins.nano_chain import ChainBudget
+        from movie_plugins.nano.chain import ChainBudget
 
         training_seed = ChainBudget().seed
     images_dir = args.out_dir / "nano"

@@ -185,9 +185,23 @@ def ship(work: Path, dest: Path) -> None:
         manifest["builtin"] = {"family": "nano", "chain": chain.get("budget"), "device": chain.get("device")}
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (tmp / "chain.json").write_text(json.dumps(chain, indent=2) + "\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    _swap_family(tmp, dest)
+
+
+def _swap_family(tmp: Path, dest: Path) -> None:
+    """Replace the family in dest by the one laid out in tmp. The package's folder (plugins/nano) also holds this
+    code, so only the family's own entries are replaced: those in tmp, and any older shipped stage (a folder with
+    a movie.json); everything else in dest stays."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.iterdir():
+        if old.is_dir() and (old / "movie.json").is_file() and not (tmp / old.name).exists():
+            shutil.rmtree(old)
+    for new in sorted(tmp.iterdir()):
+        if new.is_dir():
+            replace_folder(new, dest / new.name)
+        else:
+            new.replace(dest / new.name)
+    tmp.rmdir()
 
 
 TAESD_DECODER_DONE = "taesd_decoder.json"
@@ -195,7 +209,7 @@ TAESD_DECODER_DONE = "taesd_decoder.json"
 
 def _taesd_decoder(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
     """Robustness finetune of the TAESD decoder on off-manifold latents (see nano_train.finetune_taesd_decoder)."""
-    from movie_plugins import nano_train
+    from movie_plugins.nano import train as nano_train
 
     metrics = nano_train.finetune_taesd_decoder(work / "autoencoders", steps=b.taesd_decoder_steps,
                                                 batch_size=b.batch_size, resolution=b.resolution, device=device,
@@ -211,7 +225,7 @@ TAESD_GREY_DONE = "taesd_decoder_grey.json"
 
 def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
     """The TAESD decoder learns the colours of the TAESD encoder's latents (nano_train.finetune_taesd_decoder_colour)."""
-    from movie_plugins import nano_train
+    from movie_plugins.nano import train as nano_train
 
     metrics = nano_train.finetune_taesd_decoder_colour(work / "autoencoders", steps=b.taesd_decoder_steps,
                                                        batch_size=b.batch_size, resolution=b.resolution,
@@ -223,7 +237,7 @@ def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable
 def _taesd_decoder_grey(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
     """The grey-heavy pass at b.taesd_grey_resolution (nano_train.finetune_taesd_decoder_grey), with the same pixels
     per batch as the 64-px stages."""
-    from movie_plugins import nano_train
+    from movie_plugins.nano import train as nano_train
 
     scale = (b.resolution / b.taesd_grey_resolution) ** 2
     metrics = nano_train.finetune_taesd_decoder_grey(
@@ -297,7 +311,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every stage into `work`; returns the per-stage record also saved as work/chain.json."""
     import torch
-    from movie_plugins import nano_train
+    from movie_plugins.nano import train as nano_train
 
     from movie_core.components import resolve_device
     from movie_core.training.procedural import write_nano
