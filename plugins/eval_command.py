@@ -19,9 +19,9 @@ MODEL_HELP = (
 def _load(model_arg: str, kw: dict[str, Any]):
     """MODEL + recipe flags -> (predictor, model label, recipe dict or None)."""
     from movie_core import evaluate as ev
-    from movie_core.cli import resolve_recipe
     from movie_core.composer import build, compose
     from movie_core.errors import MovieError, UsageError
+    from movie_core.options import resolve_recipe
 
     if model_arg in ev.BUILTIN_PREDICTORS:
         resolve_recipe(kw)  # validates and drops the recipe flags; the references have no recipe
@@ -50,7 +50,7 @@ def _load(model_arg: str, kw: dict[str, Any]):
 
 @hookimpl
 def movie_register_commands(cli):
-    from movie_core.cli import recipe_options
+    from movie_core.options import recipe_options
 
     @cli.command("eval", epilog=MODEL_HELP)
     @click.argument("model_arg", metavar="MODEL")

@@ -16,13 +16,13 @@ PROMPT = "make it look like a watercolor painting"
 
 def backend_options(spec, pairs: tuple[str, ...]) -> dict[str, Any]:
     """-O key=value pairs -> the backend's options (its config class rejects unknown keys by name)."""
-    from movie_core.cli import _parse_options
+    from movie_core.options import parse_options
 
     if spec.config is None:
         if pairs:
             raise UsageError(f"backend '{spec.name}' takes no options, got: {', '.join(pairs)}")
         return {}
-    return attrs.asdict(_parse_options(pairs, spec))  # -O values are TOML scalars, parsed like distill's
+    return attrs.asdict(parse_options(pairs, spec))  # -O values are TOML scalars, parsed like distill's
 
 
 def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: int, batch_size: int = 1,
