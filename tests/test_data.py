@@ -421,7 +421,7 @@ def test_parquet_round_trip_in_the_instructpix2pix_layout(tmp_path):
 
 def test_nothing_imports_torch():
     code = ("import sys, movie_core, movie_core.training.data, movie_core.training.procedural, "
-            "movie_plugins.data_command; assert 'torch' not in sys.modules, 'torch imported'")
+            "movie_plugins.commands.data; assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
