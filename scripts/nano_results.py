@@ -119,7 +119,7 @@ def read_family(family: Path) -> dict[str, Any]:
 
 def heldout_data(data: Path | None, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     """The dataset to score on: the one given, or one generated with HELDOUT_SEED into `tmp`."""
-    from movie_core.training.procedural import write_nano
+    from movie_core.data.procedural import write_nano
 
     if data is None:
         data = tmp / "heldout"
@@ -333,7 +333,7 @@ def chroma(image: np.ndarray) -> float:
 
 def luma(image: np.ndarray) -> float:
     """Mean BT.601 luma in [0, 1]."""
-    from movie_core.training.procedural import LUMA
+    from movie_core.data.procedural import LUMA
 
     return float((_float(image) * LUMA).sum(axis=-1).mean())
 
@@ -383,7 +383,7 @@ def photo_measures(name: str, source: np.ndarray, edited: np.ndarray, reference:
 def photos_section(pipe, sizes: Sizes) -> dict[str, Any]:
     """The 1-step model's edits of real photographs, each measured against the closed-form edit."""
     from movie_core import evaluate as ev
-    from movie_core.training.procedural import EDITS, apply_edit
+    from movie_core.data.procedural import EDITS, apply_edit
 
     photos = load_photos(PHOTOS[:sizes.photos], sizes.photo_size)
     predictor = ev.PipelinePredictor(pipe)

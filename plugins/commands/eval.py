@@ -73,7 +73,7 @@ def movie_register_commands(cli):
         """Score MODEL's edits against the ground truth of a dataset split: PSNR, SSIM (and more on request)."""
         from movie_core import evaluate as ev
         from movie_core.errors import MovieError, UsageError
-        from movie_core.training.data import VideoDataset, open_dataset
+        from movie_core.data.datasets import VideoDataset, open_dataset
 
         data_path = Path(data)
         if not data_path.exists():

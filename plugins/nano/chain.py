@@ -312,7 +312,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     from movie_plugins.nano import train as nano_train
 
     from movie_core.components import resolve_device
-    from movie_core.training.procedural import write_nano
+    from movie_core.data.procedural import write_nano
 
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "chain.json"
