@@ -40,6 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from movie_core.colour import change_correlation, channel_shift, chroma, luma, saturation
+from movie_core.evaluate import FIXED_IMAGE_SCALE, FIXED_TEXT_SCALE, IMAGE_SCALES
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = (  # (preset, denoiser stage): the rows of the paper's Table 1, in order
     ("base", "instruct-pix2pix"),
@@ -58,10 +61,10 @@ PAPER_TABLE1 = {
     "movie": {"row": "+ Adversarial Distillation", "steps": 1, "pickscore": 19.40, "clipframe": 0.913, "tflops": 0.76,
               "gpu_s": 0.11, "phone_s": 0.08},
 }
+# the fixed scales and the s_I grid are movie eval's (movie_core.evaluate); the s_T grid is the page's own: four
+# figure columns where eval sweeps five scales
 GRID_TEXT_SCALES = (2.0, 4.0, 8.0, 12.0)
-GRID_IMAGE_SCALES = (1.0, 1.5, 2.0, 3.0)
-FIXED_IMAGE_SCALE = 1.5  # s_I while s_T varies
-FIXED_TEXT_SCALE = 7.5  # s_T while s_I varies
+GRID_IMAGE_SCALES = IMAGE_SCALES
 FLAT_SPAN = 1e-3  # a sweep whose strength moves less than this (a quarter grey level on average) is flat
 HELDOUT_SEED = 1  # `movie nano-train` trains on dataset seed 0; seed 1's sample seeds are disjoint from it
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -311,47 +314,6 @@ def load_photos(names: Sequence[str], short_side: int) -> dict[str, np.ndarray]:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         out[name] = np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
     return out
-
-
-def _float(image: np.ndarray) -> np.ndarray:
-    return np.asarray(image, dtype=np.float64) / 255.0
-
-
-def saturation(image: np.ndarray) -> float:
-    """Mean HSV saturation (max - min) / max in [0, 1] (0 where max is 0)."""
-    x = _float(image)
-    hi, lo = x.max(axis=-1), x.min(axis=-1)
-    return float(np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-12), 0.0).mean())
-
-
-def chroma(image: np.ndarray) -> float:
-    """Mean max - min over the channels in [0, 1]: HSV saturation without the division by max, which makes a
-    near-black pixel with a little colour noise count as strongly coloured."""
-    x = _float(image)
-    return float((x.max(axis=-1) - x.min(axis=-1)).mean())
-
-
-def luma(image: np.ndarray) -> float:
-    """Mean BT.601 luma in [0, 1]."""
-    from movie_core.data.procedural import LUMA
-
-    return float((_float(image) * LUMA).sum(axis=-1).mean())
-
-
-def channel_shift(source: np.ndarray, edited: np.ndarray, channel: int) -> float:
-    """How much more `channel` rose than the other two (mean, [0, 1] units): > 0 is a tint towards it."""
-    delta = (_float(edited) - _float(source)).reshape(-1, 3).mean(axis=0)
-    others = [c for c in range(3) if c != channel]
-    return float(delta[channel] - delta[others].mean())
-
-
-def change_correlation(source: np.ndarray, edited: np.ndarray, reference: np.ndarray) -> float | None:
-    """Pearson correlation of the model's per-pixel change with the closed form's (1: same direction everywhere)."""
-    a = (_float(edited) - _float(source)).ravel()
-    b = (_float(reference) - _float(source)).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else None
 
 
 def photo_measures(name: str, source: np.ndarray, edited: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
