@@ -34,9 +34,6 @@ class AnchorController:
             raise RuntimeError("replay needs a recorded anchor first")
         self.mode = "replay"
 
-    def off(self) -> None:
-        self.mode = "off"
-
     def clear(self) -> None:
         self.store.clear()
         self.mode = "off"

@@ -330,16 +330,3 @@ def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionMode
             dst[k] = src[k]
     new.load_state_dict(dst)
     return new
-
-
-def manifest_fields(den: Pix2PixDenoiser) -> dict:
-    return {
-        "stage": den.stage,
-        "prediction_type": den.prediction_type,
-        "guidance": den.guidance,
-        "guidance_embed_scale": GUIDANCE_EMBED_SCALE if den.guidance == "embedded" else None,
-        "scheduler": den.scheduler_name,
-        "steps": den.default_steps,
-        "standin_tokenizer": den.standin_tokenizer,
-    }
-
