@@ -33,13 +33,10 @@ SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, 
 
 @attrs.frozen(kw_only=True)
 class ChainBudget:
-    """Sizes and lengths of every stage: the budget the shipped family was trained with. On a 2-core CPU with both
-    threads its stage clocks add up to 2 h 49 min (plugins/nano/chain.json; README, "Training your own stages"): the
-    family was made at this budget in three pieces, the VAE by scripts/vae_whole_frames.py, then data to text, then
-    instruct-pix2pix to the ship in a resumed run of 1 h 33 min. A run at this budget before ae_whole_every had a VAE
-    trained on crops only that failed on whole frames (docs/results/nano_vae_whole_frames.json). A cut budget (VAE
-    1500, TAESD 2000, instruct-pix2pix 4000, mobile-pix2pix 1000 steps) took 2 h 07 min end to end, but its weaker
-    autoencoders cost mobile-pix2pix and mmg their ratio to the base model (docs/results/nano-timed/)."""
+    """Sizes and lengths of every stage: the budget the shipped family was trained with (its stage times are in
+    plugins/nano/chain.json). About a quarter of it goes to the autoencoders because they cap every later stage:
+    what they cannot reconstruct (a whole frame, a colour, grey) no denoiser stage can edit. The measurements
+    behind the numbers are in docs/results/."""
 
     count: int = 8000
     videos: int = 24
@@ -48,15 +45,14 @@ class ChainBudget:
     ae_pool: int = 4096
     ae_crop: int = 32  # the autoencoders train on crops of the pool's images: 4x cheaper steps on a CPU
     ae_batch_size: int = 64
-    # every 4th VAE step sees whole images (16 at 64 px, the pixels of 64 crops): trained on 32-px crops alone,
-    # one run's VAE reconstructed held-out crops at 25.2 dB but the whole 64-px scenes at 17.6
+    # every 4th VAE step sees whole images (16 at 64 px, the pixels of 64 crops): a VAE trained on crops alone
+    # reconstructs crops well and whole frames badly
     ae_whole_every: int = 4
     vae_steps: int = 3000
     taesd_steps: int = 3000
     taesd_decoder_steps: int = 600
-    # the TAESD decoder again at this size, grey-heavy (nano_train.finetune_taesd_decoder_grey): at 128 px an
-    # exactly grey photo came back with HSV saturation 0.153 (chroma 0.045) and the 1-step model's grayscale edit
-    # of photos kept 0.158; after 600 steps 0.028 and 0.060
+    # the TAESD decoder again at this size, grey-heavy (nano_train.finetune_taesd_decoder_grey): without it grey
+    # comes back tinted at 128 px, and a grayscale edit cannot be grey
     taesd_grey_steps: int = 600
     taesd_grey_resolution: int = 128
     text_steps: int = 600
@@ -64,22 +60,20 @@ class ChainBudget:
     ip2p_lr: float = 5e-4
     mobile_steps: int = 2000
     mobile_lr: float = 2e-4
-    mmg_steps: int = 4000  # with the colour-fixed autoencoders 3000 left the held-out distance at x0.54 (4000: x0.49)
+    mmg_steps: int = 4000  # enough to halve the held-out distance to the 3-pass teacher (the paper's bar)
     mmg_lr: float = 3e-4
     vpred_steps: int = 3500
     vpred_lr: float = 2e-4
-    # held-out relative v error at t < 600 (issue 4's bar 0.1): 'uniform' 0.148 / 0.128 / 0.116 at 2000 / 3500 /
-    # 5000 steps; 'relative' 0.084 at 3500 (all t 0.199, bar 0.229)
+    # 'relative' (each example's error over its target's norm) keeps the large errors near t = 999 from
+    # dominating: at these steps it meets the held-out bar (relative v error under 0.1 at t < 600); 'uniform' does not
     vpred_weighting: str = attrs.field(default="relative", validator=attrs.validators.in_(("uniform", "relative")))
     adversarial_steps: int = 1000
-    adversarial_lr: float = 1e-4  # 5e-5 left the 1-step model below mmg; 1e-4 students beat it (examples/table2)
+    adversarial_lr: float = 1e-4  # a smaller rate leaves the 1-step model below mmg in this many steps
     # ground-truth anchoring of the real samples (adversarial `-O data_weight`; 0 = the paper's Algorithm 2):
-    # held-out test PSNR of the 1-step model 15.96 dB at 0, 17.46 at 0.5, 17.31 at 1 (1000 steps)
+    # without it the 1-step model scores over 1 dB lower on held-out data at this many steps
     adversarial_data_weight: float = 1.0
-    # every other 1-step step at this size (0: none), a quarter of the batch: trained at 64 px only, the 1-step
-    # model scored 16.09 dB on held-out 128-px scenes against 17.31 at 64 px, and photos at 128 px lost most of
-    # the grayscale edit (chroma 0.140; 0.070 at 64 px); with these steps 18.17 / 18.22 dB, chroma 0.068
-    # (1000 steps each; the autoencoders' own ceiling there is 0.052)
+    # every other 1-step step at this size (0: none), a quarter of the batch: a 1-step model trained at 64 px only
+    # edits 128-px frames clearly worse, grayscale most of all
     adversarial_extra_resolution: int = 128
     ema_decay: float = 0.999
     seed: int = 0
