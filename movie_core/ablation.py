@@ -599,7 +599,7 @@ def _base_values(start: Recipe, name: str, keys: Sequence[str]) -> dict[str, Any
 
 
 def _data_resolution(data: Path, split: str) -> tuple[int, int]:
-    from movie_core.training.data import open_dataset
+    from movie_core.data.datasets import open_dataset
 
     first = open_dataset(data, split)[0]["source"]
     return int(first.shape[-3]), int(first.shape[-2])

@@ -125,7 +125,7 @@ def fingerprint(target: str | Path) -> str:
 def make_data(out: str | Path, *, count: int = 2000, videos: int = 0, size: int = 64, seed: int = 0,
               test_fraction: float = 0.1, frames: int = 16, overwrite: bool = False) -> dict[str, Any]:
     """Write the procedural nano dataset (`movie data nano`): train/test triplets with exact ground truth."""
-    from movie_core.training.procedural import write_nano
+    from movie_core.data.procedural import write_nano
 
     return write_nano(out, count=count, videos=videos, size=size, seed=seed, test_fraction=test_fraction,
                       frames=frames, overwrite=overwrite)

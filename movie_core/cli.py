@@ -5,59 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from movie_core import __version__
 from movie_core.cleanup import Terminated, terminate_like_interrupt
 from movie_core.errors import MovieError, UsageError, warnings_as_lines
-
-def _guidance(ctx, param, value):
-    if value is None:
-        return None
-    if not value >= 0 or value > 100:
-        raise click.BadParameter(f"must be between 0 and 100, got {value}")
-    return value
-
-
-def recipe_options(fn: Callable) -> Callable:
-    """The recipe flags every command takes, the same way."""
-    opts = [
-        click.option("--preset", help="Start from a shipped recipe: base, mobile, mmg, movie (paper Table 1)."),
-        click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False), help="Start from a recipe TOML file."),
-        click.option("--vae", help="Autoencoder for both encoder and decoder."),
-        click.option("--encoder", help="Autoencoder that encodes frames (hybrids need one latent space)."),
-        click.option("--decoder", help="Autoencoder that decodes frames."),
-        click.option("--denoiser", help="Denoiser (see `movie list denoiser`)."),
-        click.option("--backend", help="Execution backend (see `movie list backend`)."),
-        click.option("--size", type=click.Choice(["full", "nano"]), help="Model size: full (SD-1.5 shapes) or nano."),
-        click.option("--init", type=click.Choice(["random"]), help="Build with random weights (no --model needed)."),
-        click.option("--model", help="Model folder, single .safetensors file, or a repo id in the local HF cache."),
-        click.option("--steps", type=click.IntRange(min=1), help="Sampling steps (default: the denoiser's)."),
-        click.option("--scheduler", help="Sampler: ddim, euler, euler-ancestral or lcm (default: the denoiser's)."),
-        click.option("--text-guidance", type=float, callback=_guidance, help="Text guidance scale s_T."),
-        click.option("--image-guidance", type=float, callback=_guidance, help="Image guidance scale s_I."),
-        click.option("--seed", type=int, help="Random seed (weights at --init random, and noise)."),
-        click.option("--device", help="cpu, cuda, cuda:N, mps or auto."),
-        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Compute precision."),
-        click.option("--anchor", help="Cross-frame attention anchor: middle, first, none or a frame index."),
-        click.option("-O", "--option", "options", multiple=True, metavar="SLOT.KEY=VALUE",
-                     help="A component's option, e.g. -O backend.dynamic_batch=false, -O denoiser.scheduler=ddim "
-                          "(a bare KEY=VALUE is the backend's; see `movie list FAMILY`)."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def resolve_recipe(kw: dict[str, Any], builtin: bool = False):
-    """Recipe flags -> (Recipe, model folder or None, init), popping the flags from kw (see movie_core.loading)."""
-    from movie_core.loading import RECIPE_FLAGS, resolve_recipe as resolve
-
-    flags = {name: kw.pop(name, None) for name in RECIPE_FLAGS}
-    return resolve(flags, builtin=builtin, note=lambda text: click.echo(f"note: {text}", err=True))
-
+from movie_core.options import recipe_options, resolve_recipe
 
 _SLOT_OF = {"autoencoder": "vae", "denoiser": "denoiser", "backend": "backend", "distiller": "distiller"}
 

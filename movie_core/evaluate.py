@@ -21,7 +21,7 @@ Metrics (all on uint8 RGB, computed in float64):
   L = 255, computed per RGB channel on the "valid" region (no padding, as the reference MATLAB code)
   and averaged over channels and positions. Images smaller than 11 pixels use a window cut to the
   image size.
-* Per-edit breakdown: instructions are mapped to the procedural edits (`training/procedural.py`)
+* Per-edit breakdown: instructions are mapped to the procedural edits (`data/procedural.py`)
   by exact phrasing lookup (case and trailing period ignored); anything else counts as "other".
 * CLIP (with a local CLIP model folder, `ClipScorer`): CLIP-image similarity = cosine between the
   CLIP image embeddings of source and edit; directional CLIP similarity = cosine between
@@ -160,7 +160,7 @@ def _normalise(text: str) -> str:
 
 
 def _phrasing_table() -> dict[str, str]:
-    from movie_core.training.procedural import EDITS
+    from movie_core.data.procedural import EDITS
 
     return {_normalise(p): name for name, edit in EDITS.items() for p in edit.phrasings}
 
@@ -637,13 +637,13 @@ def temporal_consistency(predictor, dataset: Sequence[dict[str, Any]], *, limit:
 
 
 def open_image_data(data: str | Path, split: str | None):
-    from movie_core.training.data import open_dataset
+    from movie_core.data.datasets import open_dataset
 
     return open_dataset(data, split)
 
 
 def open_video_data(data: str | Path, split: str | None):
-    from movie_core.training.data import VideoDataset
+    from movie_core.data.datasets import VideoDataset
 
     return VideoDataset(data, split)
 
@@ -659,7 +659,7 @@ def evaluate(predictor, data: str | Path, *, split: str | None = "test", limit: 
     Keys: model, recipe, data, split, count, psnr, ssim, psnr_cap, per_edit, identity, and when asked
     clip, controllability, temporal; seconds.
     """
-    from movie_core.training.data import VideoDataset
+    from movie_core.data.datasets import VideoDataset
 
     started = time.perf_counter()
     if isinstance(predictor, str):

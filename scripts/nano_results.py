@@ -40,6 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from movie_core.colour import change_correlation, channel_shift, chroma, luma, saturation
+from movie_core.evaluate import FIXED_IMAGE_SCALE, FIXED_TEXT_SCALE, IMAGE_SCALES
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = (  # (preset, denoiser stage): the rows of the paper's Table 1, in order
     ("base", "instruct-pix2pix"),
@@ -58,10 +61,10 @@ PAPER_TABLE1 = {
     "movie": {"row": "+ Adversarial Distillation", "steps": 1, "pickscore": 19.40, "clipframe": 0.913, "tflops": 0.76,
               "gpu_s": 0.11, "phone_s": 0.08},
 }
+# the fixed scales and the s_I grid are movie eval's (movie_core.evaluate); the s_T grid is the page's own: four
+# figure columns where eval sweeps five scales
 GRID_TEXT_SCALES = (2.0, 4.0, 8.0, 12.0)
-GRID_IMAGE_SCALES = (1.0, 1.5, 2.0, 3.0)
-FIXED_IMAGE_SCALE = 1.5  # s_I while s_T varies
-FIXED_TEXT_SCALE = 7.5  # s_T while s_I varies
+GRID_IMAGE_SCALES = IMAGE_SCALES
 FLAT_SPAN = 1e-3  # a sweep whose strength moves less than this (a quarter grey level on average) is flat
 HELDOUT_SEED = 1  # `movie nano-train` trains on dataset seed 0; seed 1's sample seeds are disjoint from it
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -119,7 +122,7 @@ def read_family(family: Path) -> dict[str, Any]:
 
 def heldout_data(data: Path | None, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     """The dataset to score on: the one given, or one generated with HELDOUT_SEED into `tmp`."""
-    from movie_core.training.procedural import write_nano
+    from movie_core.data.procedural import write_nano
 
     if data is None:
         data = tmp / "heldout"
@@ -314,47 +317,6 @@ def load_photos(names: Sequence[str], short_side: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _float(image: np.ndarray) -> np.ndarray:
-    return np.asarray(image, dtype=np.float64) / 255.0
-
-
-def saturation(image: np.ndarray) -> float:
-    """Mean HSV saturation (max - min) / max in [0, 1] (0 where max is 0)."""
-    x = _float(image)
-    hi, lo = x.max(axis=-1), x.min(axis=-1)
-    return float(np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-12), 0.0).mean())
-
-
-def chroma(image: np.ndarray) -> float:
-    """Mean max - min over the channels in [0, 1]: HSV saturation without the division by max, which makes a
-    near-black pixel with a little colour noise count as strongly coloured."""
-    x = _float(image)
-    return float((x.max(axis=-1) - x.min(axis=-1)).mean())
-
-
-def luma(image: np.ndarray) -> float:
-    """Mean BT.601 luma in [0, 1]."""
-    from movie_core.training.procedural import LUMA
-
-    return float((_float(image) * LUMA).sum(axis=-1).mean())
-
-
-def channel_shift(source: np.ndarray, edited: np.ndarray, channel: int) -> float:
-    """How much more `channel` rose than the other two (mean, [0, 1] units): > 0 is a tint towards it."""
-    delta = (_float(edited) - _float(source)).reshape(-1, 3).mean(axis=0)
-    others = [c for c in range(3) if c != channel]
-    return float(delta[channel] - delta[others].mean())
-
-
-def change_correlation(source: np.ndarray, edited: np.ndarray, reference: np.ndarray) -> float | None:
-    """Pearson correlation of the model's per-pixel change with the closed form's (1: same direction everywhere)."""
-    a = (_float(edited) - _float(source)).ravel()
-    b = (_float(reference) - _float(source)).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else None
-
-
 def photo_measures(name: str, source: np.ndarray, edited: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
     """Closed-form checks of one edited photo; `right` is the edit-specific direction check."""
     from movie_core import evaluate as ev
@@ -384,7 +346,7 @@ def photo_measures(name: str, source: np.ndarray, edited: np.ndarray, reference:
 def photos_section(pipe, sizes: Sizes) -> dict[str, Any]:
     """The 1-step model's edits of real photographs, each measured against the closed-form edit."""
     from movie_core import evaluate as ev
-    from movie_core.training.procedural import EDITS, apply_edit
+    from movie_core.data.procedural import EDITS, apply_edit
 
     photos = load_photos(PHOTOS[:sizes.photos], sizes.photo_size)
     predictor = ev.PipelinePredictor(pipe)
@@ -943,7 +905,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
     training_seed = (chain.get("budget") or {}).get("seed")
     seed_known = training_seed is not None
     if not seed_known:  # no training record: assume `movie nano-train`'s own default
-        from movie_plugins.nano_chain import ChainBudget
+        from movie_plugins.nano.chain import ChainBudget
 
         training_seed = ChainBudget().seed
     images_dir = args.out_dir / "nano"

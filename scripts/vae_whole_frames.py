@@ -20,8 +20,8 @@ import json
 import time
 from pathlib import Path
 
-from movie_plugins import nano_train
-from movie_plugins.nano_chain import ChainBudget
+from movie_plugins.nano import train as nano_train
+from movie_plugins.nano.chain import ChainBudget
 
 
 def crop_and_whole_psnr(vae, count: int = 64, size: int = 64, crop: int = 32, seed: int = 0) -> dict[str, float]:

@@ -193,4 +193,4 @@ def test_plugins_json_lists_builtins_with_hooks():
         module = importlib.import_module(name)
         implemented = sorted(attr for attr in vars(module) if attr.startswith("movie_"))
         assert rows[name] == {"name": name, "version": MOVIE_VERSION, "source": "built-in", "hooks": implemented}
-    assert rows["movie_plugins.denoisers.convert"]["hooks"] == ["movie_register_commands"]
+    assert rows["movie_plugins.commands.convert"]["hooks"] == ["movie_register_commands"]

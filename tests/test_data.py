@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from movie_core.errors import MovieError, UsageError
-from movie_core.training import data, procedural
-from movie_core.training.data import ImageFolderDataset, ParquetDataset, VideoDataset, open_dataset
-from movie_core.training.procedural import EDITS, apply_edit, make_sample, make_scene, make_video
+from movie_core.data import datasets as data
+from movie_core.data import procedural
+from movie_core.data.datasets import ImageFolderDataset, ParquetDataset, VideoDataset, open_dataset
+from movie_core.data.procedural import EDITS, apply_edit, make_sample, make_scene, make_video
 
 try:
     import pyarrow  # noqa: F401
@@ -420,8 +421,8 @@ def test_parquet_round_trip_in_the_instructpix2pix_layout(tmp_path):
 
 
 def test_nothing_imports_torch():
-    code = ("import sys, movie_core, movie_core.training.data, movie_core.training.procedural, "
-            "movie_plugins.data_command; assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys, movie_core, movie_core.data.datasets, movie_core.data.procedural, "
+            "movie_plugins.commands.data; assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

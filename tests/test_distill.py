@@ -21,7 +21,7 @@ import pytest
 import torch
 from movie_plugins.distillers import _metrics as metrics
 
-from movie_core.training.data import open_dataset, to_torch_batch
+from movie_core.data.datasets import open_dataset, to_torch_batch
 from movie_core.training.distiller import Distiller
 from movie_core.training.loop import TrainConfig, read_log, run
 
@@ -56,7 +56,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(work) -> Path:
-    from movie_core.training import procedural
+    from movie_core.data import procedural
 
     out = work / "data"
     # unexposed scenes (generator v1's distribution): the short runs' bars below were measured on them, and with 64

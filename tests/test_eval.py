@@ -15,7 +15,7 @@ from cli_helpers import run_cli
 
 @pytest.fixture(scope="module")
 def nano_data(tmp_path_factory):
-    from movie_core.training.procedural import write_nano
+    from movie_core.data.procedural import write_nano
 
     out = tmp_path_factory.mktemp("evaldata") / "nano"
     write_nano(out, count=16, videos=4, frames=4, size=32, test_fraction=0.5)
@@ -32,6 +32,22 @@ def random_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evalmodel") / "movie-nano"
     build(compose(preset("movie").replace(size="nano"))).save_pretrained(folder)
     return folder
+
+
+def test_evaluation_reads_its_data_without_the_training_package(nano_data):
+    """Inference and evaluation import movie_core.data, never movie_core.training (the loop and distillers)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from movie_core import evaluate as ev; "
+            f"images = ev.open_image_data({str(nano_data)!r}, 'test'); "
+            f"videos = ev.open_video_data({str(nano_data)!r}, 'test'); "
+            "assert len(images) and len(videos), 'no samples read'; "
+            "assert ev.edit_type(images[0]['instruction']) != 'other', 'edit not found'; "
+            "loaded = sorted(m for m in sys.modules if m.startswith('movie_core.training')); "
+            "assert not loaded, loaded")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
 
 
 def _image(seed: int, shape=(40, 48, 3)) -> np.ndarray:
@@ -175,7 +191,7 @@ def test_controllability_grid(nano_data):
     from movie_core.composer import compose
     from movie_core.loading import build
     from movie_core.recipe import preset
-    from movie_core.training.data import open_dataset
+    from movie_core.data.datasets import open_dataset
 
     pipe = build(compose(preset("mobile").replace(size="nano", steps=2)))  # three-pass CFG: the scales act
     result = ev.controllability(ev.PipelinePredictor(pipe), open_dataset(nano_data, "test"), limit=2)
@@ -192,7 +208,7 @@ def test_controllability_grid(nano_data):
 
 
 def test_temporal_consistency(nano_data, random_model, capsys):
-    from movie_core.training.data import VideoDataset
+    from movie_core.data.datasets import VideoDataset
 
     code, out, err = run_cli(capsys, "eval", str(random_model), "--data", str(nano_data), "--videos", "--limit", "2",
                              "--controllability", "--control-samples", "1", "--json", "--no-progress")

@@ -147,7 +147,7 @@ def test_a_stage_with_its_own_text_tower_keeps_it(chain, tmp_path):
     """Sharing is by content: a stage whose text encoder differs from the first stage's ships its own copy."""
     import shutil
 
-    from movie_plugins.nano_chain import ship
+    from movie_plugins.nano.chain import ship
     from safetensors.torch import load_file, save_file
 
     work = tmp_path / "work"
@@ -188,6 +188,25 @@ def test_shipped_stage_folders_edit_an_image(chain, tmp_path, preset, stage):
                  "--model", str(chain["ship"] / stage), "--steps", "2", "--no-progress")
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (56, 40)
+
+
+def test_shipping_into_the_package_folder_keeps_its_code(tmp_path):
+    """plugins/nano holds the family's training code beside its weights: shipping replaces the weights only."""
+    from movie_plugins.nano.chain import _swap_family
+
+    dest, tmp = tmp_path / "nano", tmp_path / ".nano.movie-tmp"
+    for folder, names in ((dest, ("old-stage", "vpred")), (tmp, ("vpred", "mobile-pix2pix"))):
+        for name in names:
+            (folder / name).mkdir(parents=True)
+            (folder / name / "movie.json").write_text(json.dumps({"from": folder.name}))
+    (dest / "__init__.py").write_text("# code")
+    (dest / "chain.json").write_text("{}")
+    (tmp / "chain.json").write_text('{"budget": 1}')
+    _swap_family(tmp, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["__init__.py", "chain.json", "mobile-pix2pix", "vpred"]
+    assert (dest / "__init__.py").read_text() == "# code" and not tmp.exists()
+    assert json.loads((dest / "vpred" / "movie.json").read_text()) == {"from": tmp.name}
+    assert json.loads((dest / "chain.json").read_text()) == {"budget": 1}
 
 
 def test_unknown_builtin_model_names_what_exists():
@@ -231,7 +250,7 @@ needs_builtin = pytest.mark.skipif(not builtin_stages(), reason="the built-in na
 @pytest.fixture(scope="module")
 def held_out_data(tmp_path_factory):
     """Procedural triplets from a seed the shipped models never trained on (training used seed 0)."""
-    from movie_core.training.procedural import write_nano
+    from movie_core.data.procedural import write_nano
 
     out = tmp_path_factory.mktemp("heldout") / "data"
     write_nano(out, count=64, videos=0, size=64, seed=1, test_fraction=0.25)
@@ -298,7 +317,7 @@ def test_shipped_vpred_student_matches_the_teacher(held_out_data):
 
 def test_a_stage_time_adds_up_the_runs_that_worked_on_it(tmp_path):
     """An interrupted stage's time so far is kept beside the work folder and added by the run that finishes it."""
-    from movie_plugins.nano_chain import _timed
+    from movie_plugins.nano.chain import _timed
 
     def killed():
         raise KeyboardInterrupt
@@ -321,7 +340,7 @@ def test_shipped_taesd_pair_carries_tints_and_keeps_grey_grey():
     TAESD round trip and an exactly grey photo comes back grey (the ceiling of every colour edit), at 128 px,
     the results page's photo size. Before the grey pass (taesd-decoder-grey) grey came back with saturation
     0.153 / chroma 0.045; the pass traded a little of the green tint's carry for it (0.68 -> 0.65)."""
-    from movie_plugins import nano_train
+    from movie_plugins.nano import train as nano_train
 
     from movie_core.weights import builtin_root
 

@@ -152,7 +152,7 @@ def test_markdown_links_files_that_exist(quick_run):
 
 def test_photo_measures_known_cases():
     script = _script()
-    from movie_core.training.procedural import apply_edit
+    from movie_core.data.procedural import apply_edit
 
     rng = __import__("numpy").random.default_rng(0)
     photo = rng.integers(30, 220, size=(24, 32, 3), dtype="uint8")

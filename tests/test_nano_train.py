@@ -13,8 +13,8 @@ import torch
 from movie_core.components import BuildContext
 from movie_core.errors import MovieError
 from movie_core.plugins import get_registry
-from movie_core.training import procedural
-from movie_plugins import nano_train
+from movie_core.data import procedural
+from movie_plugins.nano import train as nano_train
 
 RES = 16  # the smallest size the nano VAE takes (2x2 latents): fast enough for the default test run
 AE = {"vae_steps": 3, "taesd_steps": 8, "batch_size": 4, "resolution": RES, "pool_size": 16, "checkpoint_seconds": 0.0}

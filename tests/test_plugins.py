@@ -480,3 +480,20 @@ def test_thirdparty_autoencoder_honours_the_contract(example_plugin_on_path, tmp
     reloaded = build(BuildContext(seed=4, weights=tmp_path), None)
     torch.testing.assert_close(reloaded.encode(images), latents)
     assert build(BuildContext(meta=True), None).to_latent.weight.device.type == "meta"
+
+
+def test_builtin_subcommands_live_in_one_package_and_plugins_never_import_the_cli():
+    """Every built-in command plugin is a module of movie_plugins.commands; no plugin imports movie_core.cli (the
+    module that loads the plugins): plugin commands take the shared flags from movie_core.options."""
+    import ast
+
+    adders = {row["name"] for row in plugins.plugin_info() if "movie_register_commands" in row["hooks"]
+              and row["name"] in plugins.DEFAULT_PLUGINS}
+    assert adders and all(name.startswith("movie_plugins.commands.") for name in adders), adders
+    offenders = []
+    for path in sorted((ROOT / "plugins").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith("movie_core.cli")]
+    assert not offenders, offenders

@@ -31,7 +31,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(work) -> Path:
-    from movie_core.training.procedural import write_nano
+    from movie_core.data.procedural import write_nano
 
     out = work / "data"
     write_nano(out, count=24, videos=0, size=RES, seed=1, test_fraction=0.25)
@@ -223,7 +223,7 @@ def test_distill_command_errors_are_one_line(work, data, teacher, capsys):
 
 
 def test_latent_cache_encodes_each_sample_once_and_matches_direct_encoding(work, data, teacher, capsys):
-    from movie_core.training.data import open_dataset, to_torch_batch
+    from movie_core.data.datasets import open_dataset, to_torch_batch
     from movie_core.training.distiller import Distiller
 
     pipe = Distiller().load_teacher(teacher, torch.device("cpu"))
@@ -251,7 +251,7 @@ def test_latent_cache_encodes_each_sample_once_and_matches_direct_encoding(work,
 def test_extra_resolutions_cycle_per_step_with_the_pixel_count_kept(work, data, teacher, capsys):
     """--extra-resolution: step k trains at (resolution, *extra)[k % n]; a step at 2x the size draws 1/4 the samples,
     and the latent cache keys a sample by (index, size) there, so a sample's 32-px latents never stand in at 64."""
-    from movie_core.training.data import open_dataset
+    from movie_core.data.datasets import open_dataset
     from movie_core.training.loop import BatchSource
 
     source = BatchSource(open_dataset(data, "train"), 8, (RES, 2 * RES), seed=0, rank=0)

@@ -1,6 +1,1 @@
-"""Training support: datasets of (source, instruction, edited) triplets and a procedural generator.
-
-Nothing here imports torch at import time; `data.to_torch_batch` imports it when called.
-"""
-
-from __future__ import annotations
+"""Training support: the distiller contract and the training loop (the data they read is in movie_core.data)."""

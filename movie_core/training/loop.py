@@ -114,7 +114,7 @@ class BatchSource:
     def __call__(self, step: int, device: torch.device) -> dict[str, Any]:
         from PIL import Image
 
-        from movie_core.training.data import to_torch_batch
+        from movie_core.data.datasets import to_torch_batch
 
         res, batch = self.size_at(step)
 
@@ -158,7 +158,7 @@ def run(distiller, teacher: Path, data: Path, out: Path, cfg: TrainConfig, *, re
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
-    from movie_core.training.data import open_dataset
+    from movie_core.data.datasets import open_dataset
 
     out = Path(out)
     work = _work_dir(out)

@@ -16,7 +16,7 @@ WELL_CONDITIONED_T = 600  # alpha_t >= 0.5: below, v = (eps_hat - sigma x_t) / a
 
 def held_out(pipe, data: Path, n: int = 16):
     """(source latents, edited latents, prompt embeddings) of the first n test-split triplets."""
-    from movie_core.training.data import open_dataset, to_torch_batch
+    from movie_core.data.datasets import open_dataset, to_torch_batch
 
     ds = open_dataset(data, "test")
     batch = to_torch_batch([ds[i] for i in range(min(n, len(ds)))], device="cpu")

@@ -35,7 +35,7 @@ def movie_register_commands(cli):
         edit_prompt), OUT/videos/{train,test}/NNNN (PNG frames, H.264 previews, meta.json) and
         OUT/dataset.json. The test split uses seeds and phrasings that the train split never sees.
         """
-        from movie_core.training.procedural import write_nano
+        from movie_core.data.procedural import write_nano
 
         summary = write_nano(out, count=count, videos=videos, frames=frames, size=size, seed=seed,
                              test_fraction=test_fraction, overwrite=overwrite)

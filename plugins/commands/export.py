@@ -13,7 +13,7 @@ from movie_core.hookspecs import hookimpl
 
 @hookimpl
 def movie_register_commands(cli):
-    from movie_core.cli import recipe_options
+    from movie_core.options import recipe_options
 
     @cli.command()
     @recipe_options
@@ -25,7 +25,7 @@ def movie_register_commands(cli):
     @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
     def export(out: str, height: int, width: int, batch_size: int, overwrite: bool, as_json: bool, **kw: Any) -> None:
         """Export a recipe's text encoder, encoder, UNet and decoder as deployable artifacts for --backend."""
-        from movie_core.cli import resolve_recipe
+        from movie_core.options import resolve_recipe
         from movie_plugins.backends._export import export_recipe
 
         recipe, model, _ = resolve_recipe(kw, builtin=True)  # no --model/--init: the built-in nano weights

@@ -590,7 +590,7 @@ def write_nano(
                                      meta.json (instruction, edit, seed, split, frames, fps, width, height)
       out/dataset.json               counts, edits and phrasings per split, size, seed, seed ranges, version
     """
-    from movie_core.training.data import ImageFolderWriter, write_video_sample
+    from movie_core.data.datasets import ImageFolderWriter, write_video_sample
 
     out = Path(out)
     if count < 0 or videos < 0:
@@ -627,7 +627,7 @@ def write_nano(
                 )
         summary = {
             "format": "movie-procedural-edits",
-            "generator": "movie_core.training.procedural",
+            "generator": "movie_core.data.procedural",
             "generator_version": GENERATOR_VERSION,
             "seed": seed,
             "size": [size, size] if isinstance(size, int) else list(size),

@@ -1,4 +1,4 @@
-"""`movie nano-train`: the whole nano model family from scratch, every stage of the MoViE recipe in order.
+"""The nano model family's training chain (run by `movie nano-train`): every stage of the MoViE recipe in order.
 
 data -> autoencoders (nano SD VAE, TAESD distilled into its latent space) -> taesd-decoder (robust to
 off-manifold latents) -> taesd-decoder-colour (the colours of the TAESD encoder's latents, grey included)
@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import click
 
 from movie_core.errors import UsageError
-from movie_core.hookspecs import hookimpl
 from movie_core.weights import replace_folder
 
 SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step")
@@ -35,13 +33,10 @@ SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, 
 
 @attrs.frozen(kw_only=True)
 class ChainBudget:
-    """Sizes and lengths of every stage: the budget the shipped family was trained with. On a 2-core CPU with both
-    threads its stage clocks add up to 2 h 49 min (plugins/nano/chain.json; README, "Training your own stages"): the
-    family was made at this budget in three pieces, the VAE by scripts/vae_whole_frames.py, then data to text, then
-    instruct-pix2pix to the ship in a resumed run of 1 h 33 min. A run at this budget before ae_whole_every had a VAE
-    trained on crops only that failed on whole frames (docs/results/nano_vae_whole_frames.json). A cut budget (VAE
-    1500, TAESD 2000, instruct-pix2pix 4000, mobile-pix2pix 1000 steps) took 2 h 07 min end to end, but its weaker
-    autoencoders cost mobile-pix2pix and mmg their ratio to the base model (docs/results/nano-timed/)."""
+    """Sizes and lengths of every stage: the budget the shipped family was trained with (its stage times are in
+    plugins/nano/chain.json). About a quarter of it goes to the autoencoders because they cap every later stage:
+    what they cannot reconstruct (a whole frame, a colour, grey) no denoiser stage can edit. The measurements
+    behind the numbers are in docs/results/."""
 
     count: int = 8000
     videos: int = 24
@@ -50,15 +45,14 @@ class ChainBudget:
     ae_pool: int = 4096
     ae_crop: int = 32  # the autoencoders train on crops of the pool's images: 4x cheaper steps on a CPU
     ae_batch_size: int = 64
-    # every 4th VAE step sees whole images (16 at 64 px, the pixels of 64 crops): trained on 32-px crops alone,
-    # one run's VAE reconstructed held-out crops at 25.2 dB but the whole 64-px scenes at 17.6
+    # every 4th VAE step sees whole images (16 at 64 px, the pixels of 64 crops): a VAE trained on crops alone
+    # reconstructs crops well and whole frames badly
     ae_whole_every: int = 4
     vae_steps: int = 3000
     taesd_steps: int = 3000
     taesd_decoder_steps: int = 600
-    # the TAESD decoder again at this size, grey-heavy (nano_train.finetune_taesd_decoder_grey): at 128 px an
-    # exactly grey photo came back with HSV saturation 0.153 (chroma 0.045) and the 1-step model's grayscale edit
-    # of photos kept 0.158; after 600 steps 0.028 and 0.060
+    # the TAESD decoder again at this size, grey-heavy (nano_train.finetune_taesd_decoder_grey): without it grey
+    # comes back tinted at 128 px, and a grayscale edit cannot be grey
     taesd_grey_steps: int = 600
     taesd_grey_resolution: int = 128
     text_steps: int = 600
@@ -66,22 +60,20 @@ class ChainBudget:
     ip2p_lr: float = 5e-4
     mobile_steps: int = 2000
     mobile_lr: float = 2e-4
-    mmg_steps: int = 4000  # with the colour-fixed autoencoders 3000 left the held-out distance at x0.54 (4000: x0.49)
+    mmg_steps: int = 4000  # enough to halve the held-out distance to the 3-pass teacher (the paper's bar)
     mmg_lr: float = 3e-4
     vpred_steps: int = 3500
     vpred_lr: float = 2e-4
-    # held-out relative v error at t < 600 (issue 4's bar 0.1): 'uniform' 0.148 / 0.128 / 0.116 at 2000 / 3500 /
-    # 5000 steps; 'relative' 0.084 at 3500 (all t 0.199, bar 0.229)
+    # 'relative' (each example's error over its target's norm) keeps the large errors near t = 999 from
+    # dominating: at these steps it meets the held-out bar (relative v error under 0.1 at t < 600); 'uniform' does not
     vpred_weighting: str = attrs.field(default="relative", validator=attrs.validators.in_(("uniform", "relative")))
     adversarial_steps: int = 1000
-    adversarial_lr: float = 1e-4  # 5e-5 left the 1-step model below mmg; 1e-4 students beat it (examples/table2)
+    adversarial_lr: float = 1e-4  # a smaller rate leaves the 1-step model below mmg in this many steps
     # ground-truth anchoring of the real samples (adversarial `-O data_weight`; 0 = the paper's Algorithm 2):
-    # held-out test PSNR of the 1-step model 15.96 dB at 0, 17.46 at 0.5, 17.31 at 1 (1000 steps)
+    # without it the 1-step model scores over 1 dB lower on held-out data at this many steps
     adversarial_data_weight: float = 1.0
-    # every other 1-step step at this size (0: none), a quarter of the batch: trained at 64 px only, the 1-step
-    # model scored 16.09 dB on held-out 128-px scenes against 17.31 at 64 px, and photos at 128 px lost most of
-    # the grayscale edit (chroma 0.140; 0.070 at 64 px); with these steps 18.17 / 18.22 dB, chroma 0.068
-    # (1000 steps each; the autoencoders' own ceiling there is 0.052)
+    # every other 1-step step at this size (0: none), a quarter of the batch: a 1-step model trained at 64 px only
+    # edits 128-px frames clearly worse, grayscale most of all
     adversarial_extra_resolution: int = 128
     ema_decay: float = 0.999
     seed: int = 0
@@ -187,9 +179,23 @@ def ship(work: Path, dest: Path) -> None:
         manifest["builtin"] = {"family": "nano", "chain": chain.get("budget"), "device": chain.get("device")}
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (tmp / "chain.json").write_text(json.dumps(chain, indent=2) + "\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    _swap_family(tmp, dest)
+
+
+def _swap_family(tmp: Path, dest: Path) -> None:
+    """Replace the family in dest by the one laid out in tmp. The package's folder (plugins/nano) also holds this
+    code, so only the family's own entries are replaced: those in tmp, and any older shipped stage (a folder with
+    a movie.json); everything else in dest stays."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.iterdir():
+        if old.is_dir() and (old / "movie.json").is_file() and not (tmp / old.name).exists():
+            shutil.rmtree(old)
+    for new in sorted(tmp.iterdir()):
+        if new.is_dir():
+            replace_folder(new, dest / new.name)
+        else:
+            new.replace(dest / new.name)
+    tmp.rmdir()
 
 
 TAESD_DECODER_DONE = "taesd_decoder.json"
@@ -197,7 +203,7 @@ TAESD_DECODER_DONE = "taesd_decoder.json"
 
 def _taesd_decoder(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
     """Robustness finetune of the TAESD decoder on off-manifold latents (see nano_train.finetune_taesd_decoder)."""
-    from movie_plugins import nano_train
+    from movie_plugins.nano import train as nano_train
 
     metrics = nano_train.finetune_taesd_decoder(work / "autoencoders", steps=b.taesd_decoder_steps,
                                                 batch_size=b.batch_size, resolution=b.resolution, device=device,
@@ -213,7 +219,7 @@ TAESD_GREY_DONE = "taesd_decoder_grey.json"
 
 def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
     """The TAESD decoder learns the colours of the TAESD encoder's latents (nano_train.finetune_taesd_decoder_colour)."""
-    from movie_plugins import nano_train
+    from movie_plugins.nano import train as nano_train
 
     metrics = nano_train.finetune_taesd_decoder_colour(work / "autoencoders", steps=b.taesd_decoder_steps,
                                                        batch_size=b.batch_size, resolution=b.resolution,
@@ -225,7 +231,7 @@ def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable
 def _taesd_decoder_grey(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
     """The grey-heavy pass at b.taesd_grey_resolution (nano_train.finetune_taesd_decoder_grey), with the same pixels
     per batch as the 64-px stages."""
-    from movie_plugins import nano_train
+    from movie_plugins.nano import train as nano_train
 
     scale = (b.resolution / b.taesd_grey_resolution) ** 2
     metrics = nano_train.finetune_taesd_decoder_grey(
@@ -299,10 +305,10 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every stage into `work`; returns the per-stage record also saved as work/chain.json."""
     import torch
-    from movie_plugins import nano_train
+    from movie_plugins.nano import train as nano_train
 
     from movie_core.components import resolve_device
-    from movie_core.training.procedural import write_nano
+    from movie_core.data.procedural import write_nano
 
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "chain.json"
@@ -371,42 +377,3 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         ship(work, ship_to)
         log(f"[ship] {ship_to}")
     return record
-
-
-@hookimpl
-def movie_register_commands(cli):
-    @cli.command("nano-train")
-    @click.option("--out", required=True, type=click.Path(file_okay=False), help="Work folder (every stage's output; resumable).")
-    @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
-    @click.option("--scale", type=click.FloatRange(min=1e-4), default=1.0, show_default=True,
-                  help="Multiply every step count and the dataset size (e.g. 0.01 for a smoke run).")
-    @click.option("--ship", "ship_to", type=click.Path(file_okay=False),
-                  help="Also lay the result out as built-in models in this folder (the package's is plugins/nano).")
-    @click.option("--budget", "-B", "overrides", multiple=True, metavar="KEY=VALUE",
-                  help="Override one budget entry (e.g. -B ip2p_steps=3000 -B batch_size=64); see ChainBudget.")
-    @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-    def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
-                   progress: bool) -> None:
-        """Train the nano model family from scratch: autoencoders, text tower and the four denoiser stages."""
-        fields = {f.name: f.type for f in attrs.fields(ChainBudget)}
-        changes = {}
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep or key not in fields:
-                raise UsageError(f"--budget expects KEY=VALUE with KEY one of {', '.join(fields)}; got '{item}'")
-            if fields[key] in (str, "str"):
-                changes[key] = value
-                continue
-            try:
-                changes[key] = (float if fields[key] in (float, "float") else int)(value)
-            except ValueError:
-                raise UsageError(f"--budget {key}: '{value}' is not a number") from None
-        try:
-            budget = ChainBudget(**changes)
-        except ValueError as e:
-            raise UsageError(f"--budget: {e.args[0]}") from None
-        if scale != 1.0:
-            budget = budget.scaled(scale)
-        record = train_chain(Path(out), budget, device=device, ship_to=Path(ship_to) if ship_to else None,
-                             progress=progress, log=lambda m: click.echo(m, err=True))
-        click.echo(json.dumps(record["seconds"]))

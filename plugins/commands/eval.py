@@ -44,7 +44,7 @@ def _load(model_arg: str, kw: dict[str, Any]):
 
 @hookimpl
 def movie_register_commands(cli):
-    from movie_core.cli import recipe_options
+    from movie_core.options import recipe_options
 
     @cli.command("eval", epilog=MODEL_HELP)
     @click.argument("model_arg", metavar="MODEL")
@@ -67,7 +67,7 @@ def movie_register_commands(cli):
         """Score MODEL's edits against the ground truth of a dataset split: PSNR, SSIM (and more on request)."""
         from movie_core import evaluate as ev
         from movie_core.errors import MovieError, UsageError
-        from movie_core.training.data import VideoDataset, open_dataset
+        from movie_core.data.datasets import VideoDataset, open_dataset
 
         data_path = Path(data)
         if not data_path.exists():

@@ -1,0 +1,1 @@
+"""The built-in subcommand plugins: each module adds `movie <name>` through movie_register_commands."""

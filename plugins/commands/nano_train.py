@@ -1,0 +1,53 @@
+"""Adds `movie nano-train`: the nano family's whole training chain (movie_plugins.nano.chain), resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import click
+
+from movie_core.errors import UsageError
+from movie_core.hookspecs import hookimpl
+
+
+@hookimpl
+def movie_register_commands(cli):
+    @cli.command("nano-train")
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="Work folder (every stage's output; resumable).")
+    @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+    @click.option("--scale", type=click.FloatRange(min=1e-4), default=1.0, show_default=True,
+                  help="Multiply every step count and the dataset size (e.g. 0.01 for a smoke run).")
+    @click.option("--ship", "ship_to", type=click.Path(file_okay=False),
+                  help="Also lay the result out as built-in models in this folder (the package's is plugins/nano).")
+    @click.option("--budget", "-B", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override one budget entry (e.g. -B ip2p_steps=3000 -B batch_size=64); see ChainBudget.")
+    @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+    def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
+                   progress: bool) -> None:
+        """Train the nano model family from scratch: autoencoders, text tower and the four denoiser stages."""
+        from movie_plugins.nano.chain import ChainBudget, train_chain
+
+        fields = {f.name: f.type for f in attrs.fields(ChainBudget)}
+        changes = {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or key not in fields:
+                raise UsageError(f"--budget expects KEY=VALUE with KEY one of {', '.join(fields)}; got '{item}'")
+            if fields[key] in (str, "str"):
+                changes[key] = value
+                continue
+            try:
+                changes[key] = (float if fields[key] in (float, "float") else int)(value)
+            except ValueError:
+                raise UsageError(f"--budget {key}: '{value}' is not a number") from None
+        try:
+            budget = ChainBudget(**changes)
+        except ValueError as e:
+            raise UsageError(f"--budget: {e.args[0]}") from None
+        if scale != 1.0:
+            budget = budget.scaled(scale)
+        record = train_chain(Path(out), budget, device=device, ship_to=Path(ship_to) if ship_to else None,
+                             progress=progress, log=lambda m: click.echo(m, err=True))
+        click.echo(json.dumps(record["seconds"]))
