@@ -549,7 +549,7 @@ def _cell_recipe(start: Recipe, name: str, settings: Mapping[str, Any], size: st
     from movie_core.recipe import preset
 
     wanted = settings.get("preset", name)
-    recipe = start if wanted == name else preset(wanted)
+    recipe = start if wanted == name else preset(wanted).replace(component_options=start.component_options)
     changes = {k: v for k, v in settings.items() if k != "preset"}
     if size is not None:
         changes["size"] = size
@@ -668,7 +668,8 @@ def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None =
            out: str | Path | None = None, size: str | None = None, model: str | Path | None = None,
            split: str = "test", limit: int | None = None, batch_size: int = 8, height: int = 480, width: int = 480,
            bench_size: int = 128, bench_frames: int = 4, bench_repeats: int = 2, title: str | None = None,
-           log: Callable[[str], None] | None = None) -> dict[str, Any]:
+           log: Callable[[str], None] | None = None,
+           options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Vary recipe slots/options of `base` (a preset name, recipe TOML or Recipe) and measure every cell.
 
     movie_core.api.ablate documents the arguments; everything is checked before anything is measured or written.
@@ -677,6 +678,10 @@ def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None =
     if size is not None and size not in ("full", "nano"):
         raise UsageError(f"size must be full or nano, got {size!r}")
     start, name = _start(base)
+    if options:  # every cell's component options, over the base recipe's own
+        start = start.replace(component_options={
+            slot: dict(start.component_options.get(slot, {})) | dict(options.get(slot, {}))
+            for slot in {*start.component_options, *options}})
     if {"bench", "eval"} & set(measures) and model is None and (size or start.size) != "nano":
         raise UsageError("bench and eval need weights: there are no built-in full-size ones; pass --size nano "
                          "(the built-in nano models), --model DIR or --model random")

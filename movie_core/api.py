@@ -87,7 +87,8 @@ def ablate(base: RecipeLike, vary: Mapping[str, Sequence[Any]] | None = None, *,
            measure: Sequence[str] | str = ("flops",), data: str | Path | None = None, out: str | Path | None = None,
            size: str | None = None, model: str | Path | None = None, split: str = "test", limit: int | None = None,
            batch_size: int = 8, height: int = 480, width: int = 480, bench_size: int = 128, bench_frames: int = 4,
-           bench_repeats: int = 2, title: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+           bench_repeats: int = 2, title: str | None = None, log: Callable[[str], None] | None = None,
+           options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Vary slots and options of a recipe and measure every cell; `movie ablate` is this function.
 
     base: preset name, recipe TOML or Recipe. vary: {key: [values]} with keys the recipe slots (encoder, decoder,
@@ -97,7 +98,8 @@ def ablate(base: RecipeLike, vary: Mapping[str, Sequence[Any]] | None = None, *,
     at this model size; bench and eval without `model` use the built-in nano weights of each cell's denoiser
     stage (and run at nano size). With `out`, finished cells are saved to out/cells/ and reused by a rerun with
     the same settings, and out/ gets ablation.csv, .json, .md and charts. A cell that does not compose is a
-    skipped row with the reason. Returns {"rows": [...], "columns": [...], "cells": [...], ...}.
+    skipped row with the reason. options: component options of every cell, {slot: {key: value}} (as `-O`).
+    Returns {"rows": [...], "columns": [...], "cells": [...], ...}.
     """
     from movie_core import ablation
 
@@ -107,7 +109,7 @@ def ablate(base: RecipeLike, vary: Mapping[str, Sequence[Any]] | None = None, *,
     return ablation.ablate(base, vary, one_at_a_time=one_at_a_time, measure=measures, data=data, out=out, size=size,
                            model=model, split=split, limit=limit, batch_size=batch_size, height=height, width=width,
                            bench_size=bench_size, bench_frames=bench_frames, bench_repeats=bench_repeats, title=title,
-                           log=log)
+                           log=log, options=options)
 
 
 def fingerprint(target: str | Path) -> str:

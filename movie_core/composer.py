@@ -66,4 +66,7 @@ def compose(recipe: Recipe, registry: Registry | None = None) -> Composition:
         )
     for spec in specs.values():
         spec.load_factory()  # a factory that does not import fails here, naming its plugin, not at build time
-    return Composition(recipe=recipe, specs=specs)
+    composition = Composition(recipe=recipe, specs=specs)
+    for slot, spec in specs.items():
+        spec.make_config(**composition.component_options(slot))  # an unknown option: one line naming it, now
+    return composition

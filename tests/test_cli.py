@@ -136,7 +136,7 @@ def test_compose_json_has_provenance():
     }
     for slot, (name, plugin) in expected.items():
         assert desc[slot] == {"name": name, "plugin": plugin, "version": MOVIE_VERSION}
-    assert desc["options"]["steps"] == 1 and desc["options"]["size"] == "full"
+    assert desc["options"]["steps"] is None and desc["options"]["size"] == "full"  # steps: the denoiser's own
     assert desc["backend_available"]["ok"] is True
     assert desc["latent_space"] == "sd1"
 

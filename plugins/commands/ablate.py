@@ -39,13 +39,15 @@ def movie_register_commands(cli):
     @click.option("--bench-frames", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per bench batch.")
     @click.option("--bench-repeats", type=click.IntRange(min=1), default=2, show_default=True,
                   help="Timed repeats after a warm-up (the median is kept).")
+    @click.option("-O", "--option", "options", multiple=True, metavar="SLOT.KEY=VALUE",
+                  help="A component option for every cell, e.g. -O backend.opset=18 (see `movie list FAMILY`).")
     @click.option("--title", help="Title of the table and charts.")
     @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
     @click.option("--progress/--no-progress", default=True, help="Say what each cell does on stderr.")
     def ablate(base: str, varies: tuple[str, ...], one_at_a_time: bool, measure: str, data: str | None, out: str,
                size: str | None, model: str | None, split: str, limit: int | None, batch_size: int, height: int,
-               width: int, bench_size: int, bench_frames: int, bench_repeats: int, title: str | None, as_json: bool,
-               progress: bool) -> None:
+               width: int, bench_size: int, bench_frames: int, bench_repeats: int, options: tuple[str, ...],
+               title: str | None, as_json: bool, progress: bool) -> None:
         """Run an ablation of recipe BASE (a preset name or recipe TOML): every combination of the --vary values.
 
         Writes OUT/ablation.csv, .json, .md and charts (cost vs quality, grouped bars); combinations that do not
@@ -54,6 +56,7 @@ def movie_register_commands(cli):
         from movie_core import api
         from movie_core.ablation import markdown_table, parse_vary
         from movie_core.errors import UsageError
+        from movie_core.loading import component_options
 
         vary: dict[str, Any] = {}
         for text in varies:
@@ -64,7 +67,8 @@ def movie_register_commands(cli):
         result = api.ablate(base, vary, one_at_a_time=one_at_a_time, measure=measure, data=data, out=out, size=size,
                             model=model, split=split, limit=limit, batch_size=batch_size, height=height, width=width,
                             bench_size=bench_size, bench_frames=bench_frames, bench_repeats=bench_repeats, title=title,
-                            log=(lambda m: click.echo(m, err=True)) if progress else None)
+                            log=(lambda m: click.echo(m, err=True)) if progress else None,
+                            options=component_options(options))
         if as_json:
             click.echo(json.dumps(result, indent=2))
             return
