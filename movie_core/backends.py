@@ -356,11 +356,28 @@ class BoundPipeline:
 
         den.encode_prompt = encode_prompt
         den.unet_forward = unet_forward
+        pipe.bound = self  # frame_function() finds the backend and its options here
         return self
 
     def artifacts(self) -> list[dict[str, Any]]:
         """What was prepared so far: one record per component and input shapes."""
         return [p.info for r in self.runners.values() for p in r.prepared.values()]
+
+
+def frame_function(pipe, text_emb: torch.Tensor, anchor: dict | None, steps: int) -> tuple[Callable | None, str]:
+    """The bound backend's fused per-batch frame function for one video, if it offers one, else (None, why not).
+
+    Optional backend method `frame_function(pipe, text_emb, anchor, steps, options)`: returns a callable
+    images (n, 3, H, W) in [-1, 1] -> edited images that does what the frame loop's encode, sampling and
+    decode do, with the prompt embedding and the anchor's K/V ({(step, layer): (k, v)}) fixed for the
+    video; or a string saying why it does not apply (the loop then runs component by component).
+    """
+    bound = getattr(pipe, "bound", None)
+    make = getattr(bound.backend, "frame_function", None) if bound is not None else None
+    if make is None:
+        return None, f"backend '{pipe.recipe.backend}' has no fused frame function"
+    made = make(pipe, text_emb, anchor, steps, bound.options)
+    return (None, made) if isinstance(made, str) else (made, "")
 
 
 def get_backend(name: str) -> Any:
