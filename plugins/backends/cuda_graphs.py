@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -141,7 +142,7 @@ class CudaGraphsBackend:
         return run
 
     def frame_function(self, pipe, text_emb, anchor: dict | None, steps: int,
-                       options: dict | None = None) -> "FusedFrames | str":
+                       options: dict | None = None) -> FusedFrames | str:
         """The fused frame-batch callable for this video, or a one-line reason why it does not apply."""
         options = options or {}
         if not options.get("fuse", True):
