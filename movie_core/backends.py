@@ -342,6 +342,22 @@ class Runtime:
         return info
 
 
+def frame_function(pipe: Any, prompt: Any, anchor: dict | None, steps: int) -> tuple[Callable | None, str]:
+    """The pipeline backend's fused per-batch frame function for one video, if it offers one, else (None, why not).
+
+    Optional backend method `frame_function(pipe, prompt, anchor, steps, options)`: returns a callable
+    images (n, 3, H, W) in [-1, 1] -> edited images that does what the frame loop's encode, sampling and
+    decode do, with the prompt and the anchor's K/V ({(step, layer): (k, v)}) fixed for the video; or a
+    string saying why it does not apply (the loop then runs component by component).
+    """
+    runtime = pipe.runtime
+    make = getattr(runtime.backend, "frame_function", None) if runtime is not None else None
+    if make is None:
+        return None, f"backend '{pipe.recipe.backend}' has no fused frame function"
+    made = make(pipe, prompt, anchor, steps, runtime.options)
+    return (None, made) if isinstance(made, str) else (made, "")
+
+
 def get_backend(name: str) -> Any:
     """An instance of the named backend, or a one-line error when it cannot run here."""
     from movie_core.plugins import get_registry

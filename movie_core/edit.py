@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from movie_core import crossframe
+from movie_core import crossframe, overlap
 from movie_core.errors import UsageError
 from movie_core.pipeline import Pipeline
 from movie_core.video import CorruptVideoError
@@ -87,6 +87,8 @@ class FrameEditor:
         self.pipe, self.size, self.padded = pipe, size, padded
         self.prompt = pipe.prompt(prompt)
         self.anchor: crossframe.AnchorController | None = None
+        self.fast: Any = None  # the backend's fused frame function (backends.frame_function), found on first use
+        self.fast_reason: str | None = None
 
     def tensor(self, frames: list[np.ndarray]) -> torch.Tensor:
         """uint8 frames -> the pipeline's input batch at this editor's size."""
@@ -104,7 +106,19 @@ class FrameEditor:
 
     def edit(self, frames: list[np.ndarray], out_size: tuple[int, int]) -> list[np.ndarray]:
         """Edit a batch of uint8 frames; returns uint8 frames at out_size."""
-        return to_frames(self.edit_tensor(self.tensor(frames)), self.size, out_size)
+        return to_frames(self.run(self.tensor(frames)), self.size, out_size)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Edit a batch on the device: through the backend's fused frame function where it offers one."""
+        if self.fast_reason is None:
+            from movie_core import backends
+
+            store = self.anchor.store if self.anchor is not None else None
+            self.fast, self.fast_reason = backends.frame_function(self.pipe, self.prompt, store, self.pipe.steps)
+        out = self.fast(x) if self.fast is not None else None
+        if out is None and self.fast is not None:  # it could not be built for this batch (say, capture failed)
+            self.fast, self.fast_reason = None, getattr(self.fast, "error", "") or "the fused frame function declined"
+        return out if out is not None else self.edit_tensor(x)
 
     def close(self) -> None:
         if self.anchor is not None:
@@ -166,19 +180,35 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
                 raise CorruptVideoError(f"truncated video: {source.path} (anchor frame {index}: {e or 'not found'})") from None
             editor.record_anchor(anchor)
         bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="editing")
-        with bar:
-            for batch in batched(source.frames(with_pts=True), batch_size):
-                edited = editor.edit([f for f, _ in batch], out_size)
-                for (src, pts), out in zip(batch, edited):
-                    sink.write(out, pts)
-                    if done in keep:
-                        pairs.append((src, out))
-                    done += 1
-                bar.update(len(batch))
+
+        def write(item: tuple[list, torch.Tensor]) -> None:  # the writer thread: to uint8, encode
+            nonlocal done
+            batch, y = item
+            for (src, pts), out in zip(batch, to_frames(y, editor.size, out_size)):
+                sink.write(out, pts)
+                if done in keep:
+                    pairs.append((src, out))
+                done += 1
+            bar.update(len(batch))
+
+        # decode + upload run ahead in a reader thread and download + encode behind in a writer thread,
+        # so the model's device works while the CPU decodes and encodes
+        reader = overlap.Prefetch(batched(source.frames(with_pts=True), batch_size),
+                                  lambda batch: (batch, editor.tensor([f for f, _ in batch])))
+        writer = overlap.Writer(write)
+        try:
+            with bar:
+                for batch, x in reader:
+                    writer.put((batch, editor.run(x)))
+                writer.close()
+        finally:
+            reader.close()
+            writer.abort()
     finally:
         editor.close()
     seconds = time.perf_counter() - start
     if preview and pairs:
         contact_sheet(pairs, preview)
     return {"frames": done, "seconds": seconds, "frames_per_s": done / seconds if seconds else float("inf"),
-            "size": list(size), "padded": list(padded), "anchor": pipe.recipe.anchor}
+            "size": list(size), "padded": list(padded), "anchor": pipe.recipe.anchor,
+            "fused": editor.fast is not None, "fused_reason": editor.fast_reason or ""}

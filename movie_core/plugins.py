@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.denoisers.mobile_pix2pix_1step",
     "movie_plugins.backends.eager",
     "movie_plugins.backends.compile",
+    "movie_plugins.backends.cuda_graphs",
     "movie_plugins.backends.onnx",
     "movie_plugins.backends.hexagon",
     "movie_plugins.backends.aihub",

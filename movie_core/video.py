@@ -46,12 +46,25 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, overload
 
-import av
 import numpy as np
 from PIL import Image, ImageOps
 
 from movie_core.cleanup import pid_alive
 from movie_core.errors import MovieError, MovieWarning, UsageError
+
+try:
+    import av
+except ImportError:  # video files need PyAV; images and folders of frames do not
+
+    class _NoPyAV:
+        class FFmpegError(Exception):
+            """Never raised: PyAV is not installed."""
+
+        @staticmethod
+        def open(*args: Any, **kwargs: Any) -> Any:
+            raise MediaError("reading or writing video files needs PyAV, which is not installed (pip install av)")
+
+    av = _NoPyAV()  # type: ignore[assignment]
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 VIDEO_EXTS = frozenset({".mp4", ".mkv", ".mov"})

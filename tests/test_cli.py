@@ -82,7 +82,7 @@ def test_torch_probe_can_see_torch():
         (["compose", "--decoder", "sd_vae"], "autoencoder", "sd-vae, taesd", "sd-vae"),
         (["compose", "--denoiser", "mobile-pix2pix-1stp"], "denoiser",
          "instruct-pix2pix, mobile-pix2pix, mobile-pix2pix-1step, mobile-pix2pix-mmg", "mobile-pix2pix-1step"),
-        (["compose", "--backend", "eagre"], "backend", "aihub, compile, eager, hexagon, onnx, tensorrt", "eager"),
+        (["compose", "--backend", "eagre"], "backend", "aihub, compile, cuda-graphs, eager, hexagon, onnx, tensorrt", "eager"),
         (["compose", "--preset", "mobil"], "preset", "base, mobile, mmg, movie", "mobile"),
         (["flops", "--preset", "movei"], "preset", "base, mobile, mmg, movie", "movie"),
     ],

@@ -235,15 +235,15 @@ def test_existing_output_without_overwrite_is_refused(tmp_path: Path, clip: Path
 
 def test_ctrl_c_mid_run_leaves_nothing(tmp_path: Path, clip: Path, capfd, monkeypatch) -> None:
     calls = {"n": 0}
-    real = FrameEditor.edit
+    real = FrameEditor.run  # the frame loop's device step (decode and encode run in worker threads)
 
-    def interrupted(self, frames, out_size):
+    def interrupted(self, x):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(self, frames, out_size)
+        return real(self, x)
 
-    monkeypatch.setattr(FrameEditor, "edit", interrupted)
+    monkeypatch.setattr(FrameEditor, "run", interrupted)
     before = digest(clip)
     out = tmp_path / "out.mp4"
     code, stdout, err = edit(capfd, clip, "-p", "make it sepia", "-o", out, *NANO, "--batch-size", "2")
