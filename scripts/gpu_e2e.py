@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     save()
     common = ["-p", PROMPT, "--batch-size", str(args.batch_size), "--no-progress", "--preset", "movie"]
     commands = {
-        "cpu": ["--device", "cpu", "--max-side", "96"],  # the built-in nano model, the default path
+        "cpu": ["--device", "cpu", "--max-side", "96", "--size", "nano", "--init", "random"],  # the CPU path, nano
         "eager": ["--size", args.size, "--init", "random", "--device", args.device, "--dtype", "float16",
                   "--height", str(args.height), "--width", str(args.width)],
         "cuda-graphs": ["--size", args.size, "--init", "random", "--device", args.device, "--dtype", "float16",
