@@ -16,8 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Import the model libraries while pytest's session-wide capture is in place, so their logging
+# handlers bind to a stream that outlives any one test's capture (as tests/test_edit.py does).
+import diffusers  # noqa: F401
 import numpy as np
 import pytest
+import transformers  # noqa: F401
 from cli_helpers import run_cli
 from PIL import Image
 
@@ -149,6 +153,22 @@ def test_edit_with_anchor_attention(frames_dir, tiny_model, tmp_path, capsys, mo
         assert np.abs(a - p).mean() > 0.5  # other frames attend to the anchor's keys and values
 
 
+def test_a_denoiser_that_ignores_the_kv_hook_is_one_line(frames_dir, tmp_path, capsys, monkeypatch):
+    from movie_tiny_denoiser.denoiser import TinyDenoiser
+
+    from movie_core.components import Denoiser
+
+    monkeypatch.setattr(TinyDenoiser, "set_kv_hook", Denoiser.set_kv_hook)  # stores the hook, no layer calls it
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "edit", str(frames_dir), "-p", "make it red", "-o", str(out), "--fps", "4",
+                           "--no-progress", *TINY)
+    assert code == 1
+    assert [line for line in err.splitlines() if line.strip()] == [
+        ("movie: error: denoiser 'tiny-convattn' recorded no anchor keys/values: its anchor layers never called the "
+         "KV hook (set_kv_hook); run with --anchor none")]
+    assert not out.exists() and not [p.name for p in tmp_path.iterdir() if ".movie-tmp" in p.name]
+
+
 def test_saved_model_reloads(frames_dir, tmp_path, capsys):
     model = tmp_path / "tiny-model"
     code, _, err = run_cli(capsys, "compose", *TINY, "--save-model", str(model))
@@ -156,9 +176,10 @@ def test_saved_model_reloads(frames_dir, tmp_path, capsys):
     outs = []
     for flags in (TINY, ["--model", str(model)]):
         out = tmp_path / f"out{len(outs)}"
-        code, _, err = run_cli(capsys, "edit", str(frames_dir), "-p", "make it red", "-o", str(out), "--fps", "4",
-                               "--no-progress", *flags)
+        code, _, err = run_cli(capsys, "edit", str(frames_dir), "-p", "make it look like a red painting", "-o",
+                               str(out), "--fps", "4", "--no-progress", *flags)
         assert code == 0, err
+        assert "warning: prompt truncated to the text encoder's 16 tokens" in err  # the denoiser's tokenize says so
         outs.append(read_frames(out))
     assert all(np.array_equal(a, b) for a, b in zip(*outs))
 
@@ -173,13 +194,19 @@ def test_bench_json(capsys):
     assert row["recipe"]["denoiser"] == "tiny-convattn"
 
 
-def test_flops_json_in_a_fresh_interpreter(tiny_site, run_movie):
+def test_flops_json_in_a_fresh_interpreter(tiny_site, run_movie, capsys):
     proc = run_movie("flops", *TINY, "--height", "64", "--width", "64", "--json", pythonpath=tiny_site)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["recipe"]["denoiser"] == "tiny-convattn" and result["steps"] == 4
     unet = result["components"]["unet"]
     assert unet["calls"] == 4 and unet["tflops_paper"] > 0 and unet["tflops_all"] >= unet["tflops_paper"]
+
+    # a component option reaches the factory: wider features, more FLOPs per UNet pass
+    code, out, err = run_cli(capsys, "flops", *TINY, "--height", "64", "--width", "64", "--json",
+                             "-O", "denoiser.channels=32")
+    assert code == 0, err
+    assert json.loads(out)["components"]["unet"]["tflops_paper"] > 2 * unet["tflops_paper"]
 
 
 def test_eval_json(tmp_path, capsys):
