@@ -53,12 +53,43 @@ def tiny_site(tmp_path_factory) -> Path:
     return target
 
 
+def contract_names() -> set[str]:
+    """What DenoiserContract lists: its methods and its annotated attributes."""
+    from movie_core.components import DenoiserContract
+
+    methods = {n for n, v in vars(DenoiserContract).items() if callable(v) and not n.startswith("_")}
+    return methods | set(DenoiserContract.__annotations__)
+
+
+class ContractOnly:
+    """A built denoiser seen only through DenoiserContract: any other attribute the core reaches for fails loudly."""
+
+    def __init__(self, denoiser) -> None:
+        object.__setattr__(self, "_denoiser", denoiser)
+        object.__setattr__(self, "_names", contract_names())
+
+    def __getattr__(self, name: str):
+        if name not in self._names:
+            raise AttributeError(f"the core used {name!r}, which is not in DenoiserContract")
+        return getattr(self._denoiser, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError(f"the core set {name!r} on a denoiser")
+
+
 @pytest.fixture(autouse=True)
 def tiny_on_path(tiny_site, tmp_path, monkeypatch, clean_plugins):
-    """The installed plugin visible to this process's entry-point scan, for one test; gone afterwards."""
+    """The installed plugin visible to this process's entry-point scan, for one test; gone afterwards.
+
+    In this process the `tiny-convattn` factory returns its denoiser wrapped in ContractOnly, so every command
+    below fails if the core touches anything outside the contract (the fresh-interpreter run uses it as is)."""
     monkeypatch.syspath_prepend(str(tiny_site))
     monkeypatch.setenv("MOVIE_CACHE_DIR", str(tmp_path / "artifact-cache"))
     plugins.reset()
+    import movie_tiny_denoiser.denoiser as module
+
+    build = module.build
+    monkeypatch.setattr(module, "build", lambda ctx, config: ContractOnly(build(ctx, config)))
     yield tiny_site
     for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
         del sys.modules[name]
@@ -110,7 +141,11 @@ def test_implements_the_contract_and_nothing_diffusers():
     from movie_core.components import BuildContext, DenoiserContract
 
     spec = plugins.get_registry().get("denoiser", "tiny-convattn")
-    den = spec.load_factory()(BuildContext(seed=1), spec.make_config())
+    wrapped = spec.load_factory()(BuildContext(seed=1), spec.make_config())
+    assert isinstance(wrapped, ContractOnly) and isinstance(wrapped, DenoiserContract)
+    with pytest.raises(AttributeError, match="'net', which is not in DenoiserContract"):
+        wrapped.net  # noqa: B018
+    den = wrapped._denoiser
     assert isinstance(den, DenoiserContract)
     for attr in ("unet", "text_encoder", "tokenizer", "make_scheduler", "predict", "unet_forward"):
         assert not hasattr(den, attr), attr  # the core cannot be leaning on the built-in family's surface
