@@ -318,13 +318,22 @@ def test_export_onnx_has_anchor_kv_and_runs_like_eager(frames_dir, tiny_model, t
         assert np.abs(a - b).max() <= 2
 
 
-def test_derived_denoiser_runs_on_its_base_builtin_weights(frames_dir, tmp_path, capsys):
+def test_derived_denoiser_runs_on_its_base_builtin_weights(frames_dir, tmp_path, capsys, monkeypatch):
+    from movie_plugins.denoisers import mobile_pix2pix_1step as base
+
+    build, built = base.build, []  # the base's factory builds the derived denoiser: seen through the contract only
+
+    def contract_only(ctx, config):
+        built.append(ContractOnly(build(ctx, config)))
+        return built[-1]
+
+    monkeypatch.setattr(base, "build", contract_only)
     out = tmp_path / "derived"
     code, stdout, err = run_cli(capsys, "edit", str(frames_dir), "-p", "make it sepia", "-o", str(out), "--fps", "4",
                                 "--denoiser", "mobile-pix2pix-2step", "--no-progress")
     assert code == 0, err
     assert "built-in nano model nano:mobile-pix2pix-1step" in err
-    assert len(read_frames(out)) == 4
+    assert len(read_frames(out)) == 4 and built
     for flags, steps in (([], 2), (["--steps", "1"], 1)):
         code, stdout, err = run_cli(capsys, "bench", "--denoiser", "mobile-pix2pix-2step", "--height", "32", "--width",
                                     "32", "--frames", "1", "--batch-size", "1", "--repeats", "1", "--json", *flags)
