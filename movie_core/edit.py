@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from movie_core import crossframe, overlap
-from movie_core.errors import UsageError
+from movie_core.errors import MovieError, UsageError
 from movie_core.pipeline import Pipeline
 from movie_core.video import CorruptVideoError
 
@@ -99,6 +99,9 @@ class FrameEditor:
         self.anchor = crossframe.AnchorController()
         self.anchor.record()
         self.edit_tensor(self.tensor([frame]))
+        if not self.anchor.store:  # a denoiser whose anchor layers ignore the KV hook: say so, not a traceback
+            raise MovieError(f"denoiser '{self.pipe.recipe.denoiser}' recorded no anchor keys/values: its anchor "
+                             "layers never called the KV hook (set_kv_hook); run with --anchor none")
         self.anchor.replay()
 
     def edit_tensor(self, x: torch.Tensor, timings: dict[str, float] | None = None) -> torch.Tensor:
