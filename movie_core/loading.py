@@ -94,6 +94,8 @@ def resolve_recipe(flags: dict[str, Any], builtin: bool = False,
             merged[slot] = merged.get(slot, {}) | values
         changes["component_options"] = merged
     recipe = base.replace(**changes)
+    if flags["backend"] is None and not flags["recipe_file"]:
+        recipe = device_default_backend(recipe, note)
     if builtin and model is None and not flags["init"]:
         if recipe.size != "nano" and flags["size"]:
             raise UsageError(f"no built-in {recipe.size}-size weights: pass --model DIR (or --init random)")
@@ -103,6 +105,29 @@ def resolve_recipe(flags: dict[str, Any], builtin: bool = False,
             note(f"no --model given: using the built-in nano model {BUILTIN_PREFIX}{builtin_stage(recipe)} "
                  f"({recipe.encoder} encoder, {recipe.decoder} decoder, {recipe.steps or 'default'} steps)")
     return recipe, model, flags["init"]
+
+
+def device_default_backend(recipe: Recipe, note: Callable[[str], None] | None = None) -> Recipe:
+    """A recipe on the `eager` default whose device a backend declares itself the default for
+    (`extra={"default_for_devices": ["cuda"]}`, e.g. cuda-graphs) runs through that backend when it is available."""
+    if recipe.backend != "eager":
+        return recipe
+    from movie_core.plugins import get_registry
+
+    device = recipe.device.split(":")[0]
+    if device == "auto":
+        from movie_core.components import resolve_device
+
+        device = resolve_device("auto").split(":")[0]
+    for spec in get_registry().specs("backend"):
+        if device in spec.extra.get("default_for_devices", ()):
+            ok, _ = spec.load_factory().available()
+            if ok:
+                if note:
+                    note(f"--device {recipe.device}: running through the '{spec.name}' backend "
+                         f"(--backend eager to run the modules as they are)")
+                return recipe.replace(backend=spec.name)
+    return recipe
 
 
 def builtin_stage(recipe: Recipe) -> str:

@@ -204,3 +204,39 @@ def test_eval_backend_onnx_reports_onnxruntime(capsys, tiny_data, tmp_path, monk
     backend = json.loads(out)["backend"]
     assert backend["backend"] == "onnx" and backend["runtime"].startswith("onnxruntime")
     assert backend["providers"]["unet"] == ["CPUExecutionProvider"]
+
+
+# --- a backend that is the default on a device ------------------------------------------------------
+
+
+class CpuDefaultBackend(CountingBackend):
+    pass
+
+
+class CpuDefaultPlugin:
+    @hookimpl
+    def movie_register_backends(self, registry):
+        registry.register(ComponentSpec(family="backend", name="cpu-default", summary="the default on cpu",
+                                        factory=f"{__name__}:CpuDefaultBackend",
+                                        extra={"default_for_devices": ["cpu"]}))
+
+
+def test_a_backend_can_be_the_default_on_a_device():
+    """As cuda-graphs is on CUDA: a recipe that names no backend runs through it there, and says so."""
+    plugins.get_plugin_manager().register(CpuDefaultPlugin(), name="cpu-default")
+    notes: list[str] = []
+    recipe, _, _ = resolve_recipe({"size": "nano", "init": "random", "device": "cpu"}, note=notes.append)
+    assert recipe.backend == "cpu-default" and "cpu-default" in notes[0]
+    recipe, _, _ = resolve_recipe({"size": "nano", "init": "random", "backend": "eager"}, note=notes.append)
+    assert recipe.backend == "eager"  # asked for by name: kept
+    recipe, _, _ = resolve_recipe({"size": "nano", "init": "random", "device": "cpu", "preset": "movie"})
+    assert recipe.backend == "cpu-default"  # a preset's `eager` is the default, not a choice
+
+
+def test_cuda_graphs_is_not_picked_where_it_cannot_run():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    recipe, _, _ = resolve_recipe({"size": "nano", "init": "random", "device": "cpu"})
+    assert recipe.backend == "eager"

@@ -51,6 +51,8 @@ def movie_register_backends(registry):
             summary="CUDA graphs at static shapes: one replay per frame batch for the 1-step recipe (NVIDIA GPU)",
             factory="movie_plugins.backends.cuda_graphs:CudaGraphsBackend",
             config=CudaGraphsConfig,
+            # a recipe that names no backend runs through this one on a CUDA device (when it is available)
+            extra={"default_for_devices": ["cuda"]},
         )
     )
 
