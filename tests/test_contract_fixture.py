@@ -9,10 +9,8 @@ nano weights. The commands run in this process (one in a fresh interpreter) at 3
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import diffusers  # noqa: F401
 import numpy as np
 import pytest
 import transformers  # noqa: F401
-from cli_helpers import run_cli
+from cli_helpers import pip_install_fixture, run_cli
 from PIL import Image
 
 from movie_core import crossframe, plugins
@@ -35,19 +33,7 @@ PACKAGE = "movie_tiny_denoiser"
 @pytest.fixture(scope="module")
 def tiny_site(tmp_path_factory) -> Path:
     """The fixture package pip-installed (a real distribution with its entry point) into a --target folder."""
-    src = tmp_path_factory.mktemp("src") / "handwritten_denoiser"
-    shutil.copytree(FIXTURE, src)  # the build writes build/ and *.egg-info beside the sources
-    target = tmp_path_factory.mktemp("site")
-    base = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
-            "--target", str(target)]
-    attempts = [base + [str(src)]]
-    if importlib.util.find_spec("setuptools") is not None:
-        attempts.insert(0, base + ["--no-build-isolation", "--no-index", str(src)])
-    for cmd in attempts:
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0:
-            break
-    assert proc.returncode == 0, proc.stderr
+    target = pip_install_fixture(FIXTURE, tmp_path_factory)
     assert (target / PACKAGE / "denoiser.py").is_file()
     assert list(target.glob("movie_plugin_tiny_denoiser-0.1.0.dist-info"))
     return target

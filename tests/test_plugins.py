@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import re
-import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -16,6 +13,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from cli_helpers import pip_install_fixture
 from movie_core import cli as cli_module
 from movie_core import hookspecs, plugins
 from movie_core.composer import compose
@@ -393,19 +391,7 @@ def test_block_plugins_warns_about_names_that_match_no_plugin(tmp_path, on_path,
 @pytest.fixture(scope="session")
 def example_plugin_dir(tmp_path_factory) -> Path:
     """tests/fixtures/thirdparty_plugin pip-installed into a temporary --target folder."""
-    src = tmp_path_factory.mktemp("src") / "thirdparty_plugin"
-    shutil.copytree(FIXTURE_PLUGIN, src)  # the build writes build/ and *.egg-info beside the sources
-    target = tmp_path_factory.mktemp("site")
-    base = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q",
-            "--target", str(target)]
-    attempts = [base + [str(src)]]
-    if importlib.util.find_spec("setuptools") is not None:
-        attempts.insert(0, base + ["--no-build-isolation", "--no-index", str(src)])
-    for cmd in attempts:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0:
-            break
-    assert proc.returncode == 0, proc.stderr
+    target = pip_install_fixture(FIXTURE_PLUGIN, tmp_path_factory)
     assert (target / "movie_example_plugin" / "plugin.py").is_file()
     return target
 
