@@ -18,10 +18,10 @@ from movie_core.recipe import SLOTS, Recipe, load_recipe, make_recipe, preset, t
 # the recipe flags every command takes (movie_core.cli.recipe_options), in the order they are applied
 RECIPE_FLAGS = (
     "preset", "recipe_file", "vae", "encoder", "decoder", "denoiser", "backend", "size", "init", "model",
-    "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "options",
+    "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "variant", "options",
 )
 _CHANGES = ("encoder", "decoder", "denoiser", "backend", "size", "steps", "scheduler", "text_guidance",
-            "image_guidance", "seed", "device", "dtype", "anchor", "vae")
+            "image_guidance", "seed", "device", "dtype", "anchor", "vae", "variant")
 
 
 def parse_value(raw: str) -> Any:

@@ -25,6 +25,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 _RESOLUTION = re.compile(r"^(keep|max-side:\d+|\d+x\d+)$")
 _ANCHOR = re.compile(r"^(middle|first|none|\d+)$")
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+_VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SCHEDULER = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # which names exist is the denoiser's to say
 
 
@@ -112,6 +113,8 @@ class Recipe:
     anchor: str = attrs.field(default="middle", converter=_typed("anchor"), validator=_matches(_ANCHOR, "middle, first, none or a frame index"))
     device: str = attrs.field(default="cpu", validator=_matches(_DEVICE, "cpu, auto, mps, cuda or cuda:N"))
     dtype: str = attrs.field(default="float32", validator=[_text, attrs.validators.in_(DTYPES)])
+    # which weight files of a model folder: "fp16" reads *.fp16.safetensors (None: the plain ones, else the only variant)
+    variant: str | None = attrs.field(default=None, validator=attrs.validators.optional(_matches(_VARIANT, "a weights variant such as fp16")))
     # per slot, the component's own options: {"backend": {"dynamic_batch": False}, "denoiser": {...}}
     component_options: dict = attrs.field(factory=dict, converter=dict, validator=_component_options)
 

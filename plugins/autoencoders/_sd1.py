@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 
 from movie_core.components import Autoencoder, BuildContext
 from movie_core.errors import MovieError
-from movie_core.weights import check_folder, component_folder, use_safetensors
+from movie_core.weights import check_component, component_folder, load_checked, read_config
 
 SD_SCALING_FACTOR = 0.18215
 
@@ -34,7 +34,7 @@ def _config_class(folder: Path) -> str | None:
     cfg = folder / "config.json"
     if not cfg.is_file():
         return None
-    return json.loads(cfg.read_text()).get("_class_name")
+    return read_config(cfg).get("_class_name")
 
 
 class SDVAE(Autoencoder):
@@ -81,7 +81,6 @@ def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Pat
     for name in names:
         folder = component_folder(root, name)
         if folder is not None and _config_class(folder) == class_name:
-            check_folder(folder)
             return folder
     raise MovieError(f"{root} has no {what} weights ({' or '.join(n + '/' for n in names)} with a {class_name} config)")
 
@@ -89,7 +88,9 @@ def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Pat
 def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
     """AutoencoderKL with SD-1.5 shapes (or nano), random or loaded from <model>/vae."""
     if ctx.weights is not None:
-        vae = AutoencoderKL.from_pretrained(_find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE"), use_safetensors=use_safetensors())
+        folder = _find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE")
+        kw = check_component(folder, "diffusion_pytorch_model", ctx.variant)
+        vae = load_checked(folder, lambda: AutoencoderKL.from_pretrained(folder, **kw))
     else:
         torch.manual_seed(ctx.seed)
         with ctx.torch_device:
@@ -104,7 +105,9 @@ def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
 def build_taesd(ctx: BuildContext, config) -> TAESD:
     """AutoencoderTiny (TAESD shapes or nano), random or loaded from <model>/taesd (or a TAESD <model>/vae)."""
     if ctx.weights is not None:
-        tae = AutoencoderTiny.from_pretrained(_find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD"), use_safetensors=use_safetensors())
+        folder = _find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD")
+        kw = check_component(folder, "diffusion_pytorch_model", ctx.variant)
+        tae = load_checked(folder, lambda: AutoencoderTiny.from_pretrained(folder, **kw))
     else:
         torch.manual_seed(ctx.seed + 1)
         with ctx.torch_device:

@@ -37,7 +37,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from movie_core.components import BuildContext, Denoiser, KVHook, Network
 from movie_core.errors import MovieError
-from movie_core.weights import check_folder, component_folder, read_manifest, use_safetensors
+from movie_core.weights import check_component, check_tokenizer, component_folder, load_checked, read_manifest
 from movie_plugins.denoisers._tokenizer import CLIP_VOCAB_SIZE, byte_tokenizer
 
 SD_SCALING_FACTOR = 0.18215
@@ -417,7 +417,7 @@ def build(stage_name: str, ctx: BuildContext, config) -> Pix2PixDenoiser:
     stage = STAGES[stage_name]
     scheduler = (config.scheduler if config and config.scheduler else None) or stage.scheduler
     if ctx.weights is not None:
-        den = load(stage, Path(ctx.weights), scheduler)
+        den = load(stage, Path(ctx.weights), scheduler, variant=ctx.variant)
     else:
         torch.manual_seed(ctx.seed)
         standin = ctx.size == "full"
@@ -431,7 +431,7 @@ def build(stage_name: str, ctx: BuildContext, config) -> Pix2PixDenoiser:
     return den.eval().requires_grad_(False)
 
 
-def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
+def load(stage: Stage, root: Path, scheduler: str, variant: str | None = None) -> Pix2PixDenoiser:
     """Load a diffusers-format folder (unet/, text_encoder/, tokenizer/), checking the architecture.
 
     text_encoder/ and tokenizer/ may live in a folder shared by several models (the manifest's "components" map)."""
@@ -439,9 +439,10 @@ def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
     for sub, folder in folders.items():
         if folder is None or (sub == "unet" and folder != root / sub):
             raise MovieError(f"{root} has no {sub}/ folder: not a diffusers-format model for '{stage.name}'")
-    check_folder(root / "unet")
-    check_folder(folders["text_encoder"])
-    unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=use_safetensors())
+    unet_kw = check_component(root / "unet", "diffusion_pytorch_model", variant)
+    text_kw = check_component(folders["text_encoder"], "model", variant)
+    check_tokenizer(folders["tokenizer"])
+    unet = load_checked(root / "unet", lambda: UNet2DConditionModel.from_pretrained(root / "unet", **unet_kw))
     expected = unet_config("nano", stage)
     have_top = unet.config.down_block_types[0]
     if unet.config.in_channels != 8:
@@ -457,8 +458,8 @@ def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
         raise MovieError(
             f"{root} predicts {manifest['prediction_type']}, but '{stage.name}' expects {stage.prediction_type}"
         )
-    text = CLIPTextModel.from_pretrained(folders["text_encoder"], use_safetensors=use_safetensors())
-    tokenizer = CLIPTokenizer.from_pretrained(folders["tokenizer"])
+    text = load_checked(folders["text_encoder"], lambda: CLIPTextModel.from_pretrained(folders["text_encoder"], **text_kw))
+    tokenizer = load_checked(folders["tokenizer"], lambda: CLIPTokenizer.from_pretrained(folders["tokenizer"]))
     standin = bool(manifest and manifest.get("standin_tokenizer"))  # saved from a full-size random init
     return Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin)
 
