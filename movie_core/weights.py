@@ -233,6 +233,30 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
         raise MovieError(f"{path}: unreadable manifest: {exc}") from None
 
 
+# diffusers pipeline classes whose folders movie runs, and the recipe each starts from (model_index.json)
+PIPELINE_PRESETS = {"StableDiffusionInstructPix2PixPipeline": "base"}
+# the autoencoder a model_index.json "vae" entry (its class) asks for
+VAE_CLASSES = {"AutoencoderKL": "sd-vae", "AutoencoderTiny": "taesd"}
+
+
+def recipe_from_index(root: Path) -> tuple[str, dict[str, str], str] | None:
+    """What a diffusers folder's model_index.json says to run: (preset, slot changes, description), or None when
+    the folder has no model_index.json or names a pipeline movie has no recipe for."""
+    path = Path(root) / "model_index.json"
+    if not path.is_file():
+        return None
+    index = read_config(path)
+    name = index.get("_class_name")
+    if name not in PIPELINE_PRESETS:
+        return None
+    changes: dict[str, str] = {}
+    vae = index.get("vae")
+    if isinstance(vae, list) and len(vae) == 2 and vae[1] in VAE_CLASSES:
+        changes["vae"] = VAE_CLASSES[vae[1]]
+    what = f"{name}" + (f" with {vae[1]}" if changes else "")
+    return PIPELINE_PRESETS[name], changes, what
+
+
 def write_manifest(root: Path, data: dict[str, Any]) -> None:
     """Write movie.json beside the component folders."""
     (Path(root) / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

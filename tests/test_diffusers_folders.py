@@ -177,3 +177,93 @@ def test_plain_weights_win_over_a_variant(plain, fp16, tmp_path):
             assert torch.equal(got, expected)
         else:
             assert not torch.equal(got, plain_w)
+
+
+# --- item 7: the folder's own scheduler, VAE scaling and pipeline class ------------------------------------
+
+
+PROMPT = "make it snowy"
+
+
+def diffusers_edit(folder: Path, src, seed: int = 0):
+    """diffusers' own StableDiffusionInstructPix2PixPipeline on the folder: its defaults (10 steps, 7.5 / 1.5) as
+    movie's, the frame given as movie's edit feeds it (uint8 / 127.5 - 1, a multiple of 8: no resize), one generator
+    seeded like movie's per-frame generator. Returns HxWx3 floats in [0, 255]."""
+    import warnings
+
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(folder, safety_checker=None,
+                                                                  requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.from_numpy(np.array(src)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # [-1, 1] tensors pass through un-normalised
+        out = pipe(PROMPT, image=image, num_inference_steps=10, guidance_scale=7.5, image_guidance_scale=1.5,
+                   generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+    return out * 255
+
+
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("frame") / "in.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def movie_edit(capsys, frame: Path, folder: Path, out: Path, *flags: str):
+    import numpy as np
+    from PIL import Image
+
+    code, _, err = run_cli(capsys, "edit", str(frame), "-p", PROMPT, "-o", str(out), "--model", str(folder),
+                           "--anchor", "none", "--no-progress", *flags)
+    assert code == 0, err
+    return np.asarray(Image.open(out)).astype(float), err
+
+
+@pytest.mark.parametrize("scheduler, extra", [("ddim", {}), ("euler-ancestral", {}),
+                                              ("ddim", {"prediction_type": "v_prediction", "scaling_factor": 0.13025})],
+                         ids=["ddim", "euler-ancestral", "v-prediction-0.13025"])
+def test_no_flags_edit_matches_diffusers_on_the_folder(scheduler, extra, frame, tmp_path, capsys, record_property):
+    """Issue 20 item 7 acceptance: with no flags, `movie edit --model FOLDER --anchor none` on a folder written by
+    StableDiffusionInstructPix2PixPipeline.save_pretrained picks the base recipe from model_index.json, samples
+    with the folder's scheduler and VAE scaling, and matches diffusers' pipeline within 2/255."""
+    import numpy as np
+    from PIL import Image
+
+    folder = write_ip2p(tmp_path / "ip2p", scheduler, **extra)
+    ours, err = movie_edit(capsys, frame, folder, tmp_path / "out.png")
+    theirs = diffusers_edit(folder, Image.open(frame))
+    diff = float(np.abs(ours - theirs).max())
+    record_property("max_pixel_diff", diff)
+    print(f"no-flags edit vs diffusers ({scheduler}, {extra or 'defaults'}): max pixel difference {diff:.3f}/255")
+    assert diff <= 2, diff
+    assert float(np.abs(theirs - np.asarray(Image.open(frame))).max()) > 50  # the edit did change the frame
+    assert "recipe 'base'" in err and "folder's scheduler/scheduler_config.json" in err
+    if "scaling_factor" in extra:
+        assert "scaling_factor 0.13025" in err
+
+
+def test_scheduler_flag_overrides_the_folder_and_says_so(frame, tmp_path, capsys):
+    """--scheduler wins over the folder's Euler-ancestral scheduler, with a note; the output then differs from
+    diffusers' (which samples with the folder's): the parity above is not an accident."""
+    import numpy as np
+    from PIL import Image
+
+    folder = write_ip2p(tmp_path / "ip2p", "euler-ancestral")
+    ours, err = movie_edit(capsys, frame, folder, tmp_path / "out.png", "--scheduler", "ddim")
+    assert "--scheduler ddim overrides the folder's" in err and "EulerAncestralDiscreteScheduler" in err
+    assert float(np.abs(ours - diffusers_edit(folder, Image.open(frame))).max()) > 10
+
+
+def test_preset_flag_overrides_model_index_and_says_so(plain, capsys):
+    code, _, err = run_cli(capsys, "compose", "--model", str(plain), "--preset", "mobile", "--vae", "sd-vae")
+    assert "--preset mobile overrides the folder's model_index.json" in err
+    code, _, err = run_cli(capsys, "compose", "--model", str(plain), "--vae", "taesd")
+    assert "--vae taesd overrides the folder's model_index.json" in err

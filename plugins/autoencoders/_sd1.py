@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ def _config_class(folder: Path) -> str | None:
 
 
 class SDVAE(Autoencoder):
-    """Stable Diffusion's KL autoencoder; encode takes the posterior mode, scaled by 0.18215."""
+    """Stable Diffusion's KL autoencoder; encode takes the posterior mode, scaled by the VAE's scaling_factor."""
 
     latent_space = "sd1"
     subfolder = "vae"
@@ -46,12 +45,14 @@ class SDVAE(Autoencoder):
     def __init__(self, vae: AutoencoderKL):
         super().__init__()
         self.vae = vae
+        # the VAE's own config (vae/config.json scaling_factor), not a constant: SD-1.5 has 0.18215, others differ
+        self.scale = float(getattr(vae.config, "scaling_factor", None) or SD_SCALING_FACTOR)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images).latent_dist.mode() * SD_SCALING_FACTOR
+        return self.vae.encode(images).latent_dist.mode() * self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / SD_SCALING_FACTOR).sample
+        return self.vae.decode(latents / self.scale).sample
 
     def save_pretrained(self, root: str | Path) -> None:
         self.vae.save_pretrained(Path(root) / self.subfolder, safe_serialization=True)
