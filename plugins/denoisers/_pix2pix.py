@@ -520,7 +520,9 @@ def load(stage: Stage, root: Path, scheduler: str, variant: str | None = None,
             own = None
         else:
             scheduler = SCHEDULER_NAMES.get(type(own).__name__, type(own).__name__)
-            notes.append(f"sampling with the folder's scheduler/scheduler_config.json: {what}; --scheduler overrides it")
+            if (scheduler, own.config.prediction_type) != (stage.scheduler, stage.prediction_type):  # news only
+                notes.append(f"sampling with the folder's scheduler/scheduler_config.json: {what}; "
+                             "--scheduler overrides it")
     scale = folder_latent_scale(root)
     if scale != SD_SCALING_FACTOR:
         notes.append(f"VAE scaling_factor {scale:g} from vae/config.json")
