@@ -90,6 +90,8 @@ def compose(output: str | None, as_json: bool, save_model: str | None, **kw: Any
     ok, reason = comp.backend_available()
     desc = comp.describe() | {"backend_available": {"ok": ok, "reason": reason}}
     notes: list[str] = []
+    if model is not None:
+        desc["model"] = _check_model(comp, model)
     if save_model:
         notes = _save_model(comp, model, init, Path(save_model))
     if output:
@@ -102,12 +104,26 @@ def compose(output: str | None, as_json: bool, save_model: str | None, **kw: Any
             click.echo(f"{slot:9} {d['name']:22} plugin {d['plugin']} {d['version']}")
         click.echo(f"backend   {'available' if ok else 'NOT available'}: {reason}")
         click.echo("options   " + ", ".join(f"{k}={v}" for k, v in desc["options"].items()))
+        if "model" in desc:
+            click.echo(f"model     {desc['model']['path']}: {len(desc['model']['checked'])} files checked, "
+                       "loads for this recipe")
         for note in notes:
             click.echo(f"note: {note}")
         if output:
             click.echo(f"wrote recipe {output}")
         if save_model:
             click.echo(f"wrote model {save_model}")
+
+
+def _check_model(comp, model: Path) -> dict[str, Any]:
+    """Validate a model folder for a recipe: cheap checks of every file, then a load of the recipe's components
+    (so shapes are checked against the recipe); a problem is one line naming the file."""
+    from movie_core.loading import load_pipeline
+    from movie_core.weights import check_model_folder
+
+    checked = check_model_folder(model, comp.recipe.variant)
+    load_pipeline(comp, model)
+    return {"path": str(model), "checked": checked, "loads": True}
 
 
 def _save_model(comp, model: Path | None, init: str | None, dest: Path) -> list[str]:

@@ -34,6 +34,7 @@ class BuildContext:
     weights: Path | None = None
     meta: bool = False
     seed: int = 0
+    variant: str | None = None  # which weight files of a model folder: None = plain ones (else its only variant)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -18,10 +18,10 @@ from movie_core.recipe import SLOTS, Recipe, load_recipe, make_recipe, preset, t
 # the recipe flags every command takes (movie_core.cli.recipe_options), in the order they are applied
 RECIPE_FLAGS = (
     "preset", "recipe_file", "vae", "encoder", "decoder", "denoiser", "backend", "size", "init", "model",
-    "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "options",
+    "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "variant", "options",
 )
 _CHANGES = ("encoder", "decoder", "denoiser", "backend", "size", "steps", "scheduler", "text_guidance",
-            "image_guidance", "seed", "device", "dtype", "anchor", "vae")
+            "image_guidance", "seed", "device", "dtype", "anchor", "vae", "variant")
 
 
 def parse_value(raw: str) -> Any:
@@ -68,7 +68,7 @@ def resolve_recipe(flags: dict[str, Any], builtin: bool = False,
     override it. Steps stay unset unless asked for, so each denoiser runs its own default.
     builtin: with neither --model nor --init, run the recipe at nano size on the shipped nano weights of its
     denoiser (the default model), and say so through `note`."""
-    from movie_core.weights import BUILTIN_PREFIX, read_manifest, resolve_model
+    from movie_core.weights import BUILTIN_PREFIX, read_manifest, recipe_from_index, resolve_model
 
     flags = {name: flags.get(name) for name in RECIPE_FLAGS}
     if flags["preset"] and flags["recipe_file"]:
@@ -78,15 +78,32 @@ def resolve_recipe(flags: dict[str, Any], builtin: bool = False,
     if flags["init"] and flags["model"]:
         raise UsageError("--init random and --model are exclusive: random weights or loaded ones")
     model = resolve_model(flags["model"]) if flags["model"] else None
+    manifest = read_manifest(model) if model else None
+    index = recipe_from_index(model) if model and not (manifest and "recipe" in manifest) else None
+    if index and note:  # what the folder asks for, and which flags override it
+        name, slots, what = index
+        if flags["preset"] == name:
+            pass
+        elif flags["preset"] or flags["recipe_file"]:
+            given = f"--preset {flags['preset']}" if flags["preset"] else f"--recipe {flags['recipe_file']}"
+            note(f"{given} overrides the folder's model_index.json ({what}, recipe '{name}')")
+        else:
+            note(f"{model}/model_index.json: {what}: recipe '{name}'" + "".join(f", {k} {v}" for k, v in slots.items()))
+            for key in ("vae", "encoder", "decoder", "denoiser"):
+                if flags[key] and flags[key] != (slots.get("vae") if key != "denoiser" else preset(name).denoiser):
+                    note(f"--{key} {flags[key]} overrides the folder's model_index.json ({what})")
     if flags["preset"]:
         base = preset(flags["preset"])
     elif flags["recipe_file"]:
         from movie_core.recipe import load
 
         base = load(flags["recipe_file"])
+    elif manifest and "recipe" in manifest:
+        base = make_recipe(manifest["recipe"])
+    elif index:
+        base = preset(index[0]).replace(**index[1])
     else:
-        manifest = read_manifest(model) if model else None
-        base = make_recipe(manifest["recipe"]) if manifest and "recipe" in manifest else preset("movie")
+        base = preset("movie")
     changes = {key: flags[key] for key in _CHANGES if flags[key] is not None}
     if flags["options"]:
         merged = {slot: dict(v) for slot, v in base.component_options.items()}

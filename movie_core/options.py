@@ -38,6 +38,8 @@ def recipe_options(fn: Callable) -> Callable:
         click.option("--seed", type=int, help="Random seed (weights at --init random, and noise)."),
         click.option("--device", help="cpu, cuda, cuda:N, mps or auto."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Compute precision."),
+        click.option("--variant", help="Weights variant of the model folder (fp16: *.fp16.safetensors); "
+                     "default: the plain weights, else the only variant present."),
         click.option("--anchor", help="Cross-frame attention anchor: middle, first, none or a frame index."),
         click.option("-O", "--option", "options", multiple=True, metavar="SLOT.KEY=VALUE",
                      help="A component's option, e.g. -O backend.dynamic_batch=false, -O denoiser.scheduler=ddim "

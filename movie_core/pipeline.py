@@ -53,7 +53,7 @@ class Pipeline:
         bind the recipe's backend (not on the meta device, where nothing runs)."""
         recipe = composition.recipe
         ctx = BuildContext(size=recipe.size, device=recipe.device, dtype=recipe.dtype, weights=model, meta=meta,
-                           seed=recipe.seed)
+                           seed=recipe.seed, variant=recipe.variant)
         built: dict[tuple[str, str], Any] = {}
         for slot in ("encoder", "decoder", "denoiser"):
             spec = composition.specs[slot]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 import sys
 from importlib import resources
@@ -24,12 +25,53 @@ DTYPES = ("float32", "float16", "bfloat16")
 _RESOLUTION = re.compile(r"^(keep|max-side:\d+|\d+x\d+)$")
 _ANCHOR = re.compile(r"^(middle|first|none|\d+)$")
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+_VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SCHEDULER = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # which names exist is the denoiser's to say
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1, got {value}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        raise ValueError(f"{attribute.name} must be a whole number >= 1, got {value!r}")
+
+
+def _text(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{attribute.name} must be a name in quotes, got {value!r}")
+
+
+def _whole(value: Any) -> int:
+    """An int as it is (not a bool, not a float with a fraction, not text); else a ValueError the caller names."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(value)
+    return int(value)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(value)
+    return float(value)
+
+
+def _anchor(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):
+        raise TypeError(value)
+    return str(value) if isinstance(value, str) else str(int(value))
+
+
+_KINDS = {"seed": ("a whole number", _whole), "text_guidance": ("a number", _number),
+          "image_guidance": ("a number", _number), "anchor": ("middle, first, none or a frame index", _anchor)}
+
+
+def _typed(name: str):
+    what, convert = _KINDS[name]
+
+    def check(value: Any) -> Any:
+        try:
+            return convert(value)
+        except TypeError:
+            raise ValueError(f"{name} must be {what}, got {value!r}") from None
+
+    return check
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
@@ -39,7 +81,7 @@ def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> No
 
 def _matches(pattern: re.Pattern, what: str):
     def check(instance: Any, attribute: attrs.Attribute, value: str) -> None:
-        if not pattern.match(value):
+        if not isinstance(value, str) or not pattern.match(value):
             raise ValueError(f"{attribute.name} must be {what}, got {value!r}")
 
     return check
@@ -57,20 +99,22 @@ def _component_options(instance: Any, attribute: attrs.Attribute, value: dict) -
 class Recipe:
     """A pipeline configuration: component names per slot and the options they run with."""
 
-    encoder: str = "taesd"
-    decoder: str = "taesd"
-    denoiser: str = "mobile-pix2pix-1step"
-    backend: str = "eager"
+    encoder: str = attrs.field(default="taesd", validator=_text)
+    decoder: str = attrs.field(default="taesd", validator=_text)
+    denoiser: str = attrs.field(default="mobile-pix2pix-1step", validator=_text)
+    backend: str = attrs.field(default="eager", validator=_text)
     steps: int | None = attrs.field(default=None, validator=_positive)
     scheduler: str | None = attrs.field(default=None, validator=attrs.validators.optional(_matches(_SCHEDULER, "a sampler name such as ddim, euler, euler-ancestral or lcm")))
-    text_guidance: float = attrs.field(default=7.5, converter=float, validator=_non_negative)
-    image_guidance: float = attrs.field(default=1.5, converter=float, validator=_non_negative)
-    seed: int = attrs.field(default=0, converter=int)
-    size: str = attrs.field(default="full", validator=attrs.validators.in_(SIZES))
+    text_guidance: float = attrs.field(default=7.5, converter=_typed("text_guidance"), validator=_non_negative)
+    image_guidance: float = attrs.field(default=1.5, converter=_typed("image_guidance"), validator=_non_negative)
+    seed: int = attrs.field(default=0, converter=_typed("seed"))
+    size: str = attrs.field(default="full", validator=[_text, attrs.validators.in_(SIZES)])
     resolution: str = attrs.field(default="keep", validator=_matches(_RESOLUTION, "keep, max-side:N or HxW"))
-    anchor: str = attrs.field(default="middle", converter=str, validator=_matches(_ANCHOR, "middle, first, none or a frame index"))
+    anchor: str = attrs.field(default="middle", converter=_typed("anchor"), validator=_matches(_ANCHOR, "middle, first, none or a frame index"))
     device: str = attrs.field(default="cpu", validator=_matches(_DEVICE, "cpu, auto, mps, cuda or cuda:N"))
-    dtype: str = attrs.field(default="float32", validator=attrs.validators.in_(DTYPES))
+    dtype: str = attrs.field(default="float32", validator=[_text, attrs.validators.in_(DTYPES)])
+    # which weight files of a model folder: "fp16" reads *.fp16.safetensors (None: the plain ones, else the only variant)
+    variant: str | None = attrs.field(default=None, validator=attrs.validators.optional(_matches(_VARIANT, "a weights variant such as fp16")))
     # per slot, the component's own options: {"backend": {"dynamic_batch": False}, "denoiser": {...}}
     component_options: dict = attrs.field(factory=dict, converter=dict, validator=_component_options)
 

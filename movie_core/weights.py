@@ -48,6 +48,180 @@ def check_folder(folder: Path) -> None:
         raise MovieError(f"{folder} holds no weights (*.safetensors)")
 
 
+_MAX_HEADER = 100 << 20  # a safetensors JSON header larger than this is damage, not a model
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def check_safetensors(path: Path) -> dict[str, tuple[int, ...]]:
+    """Read a .safetensors header without loading tensors; a damaged file is one MovieError naming it.
+
+    Checks the header length against the file, the JSON, and that every tensor's bytes (dtype x shape) are the
+    byte range it claims and lie inside the file. Returns tensor name -> shape."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise MovieError(f"{path}: damaged weights file: {size} bytes, too short for a safetensors header")
+            n = int.from_bytes(head, "little")
+            if n > min(_MAX_HEADER, size - 8):
+                raise MovieError(f"{path}: damaged weights file: its header claims {n} bytes but the file has {size}")
+            raw = f.read(n)
+    except OSError as exc:
+        raise MovieError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MovieError(f"{path}: damaged weights file: unreadable safetensors header ({exc})") from None
+    data = size - 8 - n
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shape = tuple(int(d) for d in info["shape"])
+            start, end = (int(o) for o in info["data_offsets"])
+            width = _DTYPE_BYTES[info["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise MovieError(f"{path}: damaged weights file: tensor {name!r} has a malformed entry") from None
+        count = 1
+        for d in shape:
+            count *= d
+        if min(shape, default=0) < 0 or not 0 <= start <= end or end - start != count * width:
+            raise MovieError(f"{path}: damaged weights file: tensor {name!r} claims shape {list(shape)} "
+                             f"in bytes {start}..{end}")
+        if end > data:
+            raise MovieError(f"{path}: damaged or truncated weights file: tensor {name!r} needs bytes up to {end}, "
+                             f"the file holds {data} (incomplete download?)")
+        shapes[name] = shape
+    return shapes
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A component's config.json as a dict; a missing or broken one is one MovieError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MovieError(f"{path.parent} has no config.json: not a diffusers-format component folder") from None
+    except OSError as exc:
+        raise MovieError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MovieError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MovieError(f"{path}: not a JSON object")
+    return data
+
+
+def weights_in(folder: Path, stem: str, variant: str | None = None) -> tuple[list[Path], str | None]:
+    """The safetensors files from_pretrained would read in a component folder, and the variant they are.
+
+    stem: 'diffusion_pytorch_model' (diffusers) or 'model' (transformers). With `variant` only that variant is
+    taken; without, the plain file, else the one variant the folder holds (fp16 folders, hub caches). Sharded
+    weights are read through their index. Anything else is one MovieError saying what the folder holds."""
+    folder = Path(folder)
+    tags = [variant] if variant else [None] + sorted(_variants(folder, stem))
+    for tag in tags:
+        name = f"{stem}.{tag}.safetensors" if tag else f"{stem}.safetensors"
+        if (folder / name).is_file():
+            return [folder / name], tag
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise MovieError(f"{index}: unreadable shard index: {exc}") from None
+            return [folder / _safe_name(index, shard, "shard name") for shard in shards], tag
+        if not variant and len(tags) > 2:  # several variants and no plain file: the user picks
+            raise MovieError(f"{folder} holds the weight variants {', '.join(tags[1:])} and no plain weights: "
+                             "pass --variant NAME")
+    have = sorted(f.name for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
+    wanted = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
+    raise MovieError(f"{folder} has no {wanted} (it holds {', '.join(have) or 'nothing'})"
+                     + ("; rename the weights file to that name" if not variant and any(h.endswith(".safetensors") for h in have)
+                        else "; leave out --variant to read the plain weights" if variant else ""))
+
+
+def _variants(folder: Path, stem: str) -> set[str]:
+    if not folder.is_dir():
+        return set()
+    found = set()
+    for f in folder.iterdir():
+        m = re.fullmatch(re.escape(stem) + r"\.([\w-]+)\.safetensors(\.index\.json)?", f.name)
+        if m and not re.fullmatch(r"\d+-of-\d+", m.group(1)):
+            found.add(m.group(1))
+    return found
+
+
+def check_component(folder: Path, stem: str, variant: str | None = None) -> dict[str, Any]:
+    """Validate a component folder before from_pretrained reads it (config parses, weights present and undamaged,
+    pickles refused unless allowed); returns the from_pretrained keywords that pick those weights."""
+    folder = Path(folder)
+    read_config(folder / "config.json")
+    check_folder(folder)
+    if not any(f.suffix == ".safetensors" for f in folder.iterdir()):  # pickles only, and the user allowed them
+        return {"use_safetensors": use_safetensors(), "variant": variant}
+    files, tag = weights_in(folder, stem, variant)
+    for f in files:
+        check_safetensors(f)
+    return {"use_safetensors": True, "variant": tag}
+
+
+def check_tokenizer(folder: Path) -> None:
+    """A tokenizer folder must hold a tokenizer (vocab.json + merges.txt, or tokenizer.json)."""
+    folder = Path(folder)
+    names = {f.name for f in folder.iterdir()} if folder.is_dir() else set()
+    if not ({"vocab.json", "merges.txt"} <= names or "tokenizer.json" in names):
+        raise MovieError(f"{folder} holds no tokenizer (vocab.json and merges.txt, or tokenizer.json)")
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "vocab.json"):
+        if name in names:
+            read_config(folder / name)
+
+
+def check_model_folder(root: Path, variant: str | None = None) -> list[str]:
+    """Cheap checks of a whole model folder without loading tensors: model_index.json, movie.json and every
+    component's config parse, weights are present and their safetensors headers sound, tokenizers are not empty.
+    Returns the files checked (relative names); a problem is one MovieError naming the file."""
+    root = Path(root)
+    checked: list[str] = []
+    for name in ("model_index.json", MANIFEST):
+        if (root / name).is_file():
+            read_config(root / name)
+            checked.append(name)
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        folder = component_folder(root, sub.name)
+        if folder is None:
+            continue
+        names = {f.name for f in folder.iterdir()}
+        if sub.name == "tokenizer" or "tokenizer_config.json" in names:
+            check_tokenizer(folder)
+            checked.append(f"{sub.name}/")
+        elif "scheduler_config.json" in names:
+            read_config(folder / "scheduler_config.json")
+            checked.append(f"{sub.name}/scheduler_config.json")
+        elif "config.json" in names:
+            stem = "diffusion_pytorch_model" if any(n.startswith("diffusion_pytorch_model") for n in names) else "model"
+            check_component(folder, stem, variant)
+            files, _ = weights_in(folder, stem, variant) if any(n.endswith(".safetensors") for n in names) else ([], None)
+            checked += [f"{sub.name}/config.json"] + [f"{sub.name}/{f.name}" for f in files]
+    return checked
+
+
+def load_checked(what: Path, load: Any) -> Any:
+    """Run a from_pretrained call; what it raises on a folder that passed the checks becomes one line naming it."""
+    try:
+        return load()
+    except MovieError:
+        raise
+    except Exception as exc:  # diffusers / transformers raise many kinds
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise MovieError(f"{what}: cannot load: {type(exc).__name__}: {reason}") from None
+
+
 def read_manifest(root: Path) -> dict[str, Any] | None:
     """The movie.json manifest of a model folder, or None for a plain diffusers folder."""
     path = Path(root) / MANIFEST
@@ -57,6 +231,30 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise MovieError(f"{path}: unreadable manifest: {exc}") from None
+
+
+# diffusers pipeline classes whose folders movie runs, and the recipe each starts from (model_index.json)
+PIPELINE_PRESETS = {"StableDiffusionInstructPix2PixPipeline": "base"}
+# the autoencoder a model_index.json "vae" entry (its class) asks for
+VAE_CLASSES = {"AutoencoderKL": "sd-vae", "AutoencoderTiny": "taesd"}
+
+
+def recipe_from_index(root: Path) -> tuple[str, dict[str, str], str] | None:
+    """What a diffusers folder's model_index.json says to run: (preset, slot changes, description), or None when
+    the folder has no model_index.json or names a pipeline movie has no recipe for."""
+    path = Path(root) / "model_index.json"
+    if not path.is_file():
+        return None
+    index = read_config(path)
+    name = index.get("_class_name")
+    if name not in PIPELINE_PRESETS:
+        return None
+    changes: dict[str, str] = {}
+    vae = index.get("vae")
+    if isinstance(vae, list) and len(vae) == 2 and vae[1] in VAE_CLASSES:
+        changes["vae"] = VAE_CLASSES[vae[1]]
+    what = f"{name}" + (f" with {vae[1]}" if changes else "")
+    return PIPELINE_PRESETS[name], changes, what
 
 
 def write_manifest(root: Path, data: dict[str, Any]) -> None:

@@ -105,6 +105,62 @@ def test_bad_values_via_replace(change):
         Recipe().replace(**change)
 
 
+@pytest.mark.parametrize(
+    "table, line, field",
+    [
+        ("components", "encoder = 5", "encoder"),
+        ("components", "denoiser = true", "denoiser"),
+        ("options", "steps = 2.5", "steps"),
+        ("options", 'steps = "ten"', "steps"),
+        ("options", "steps = true", "steps"),
+        ("options", "seed = 1.7", "seed"),
+        ("options", 'seed = "3"', "seed"),
+        ("options", 'text_guidance = "high"', "text_guidance"),
+        ("options", "image_guidance = false", "image_guidance"),
+        ("options", "anchor = 1.5", "anchor"),
+        ("options", "scheduler = 3", "scheduler"),
+        ("options", "size = 1", "size"),
+        ("options", "dtype = 16", "dtype"),
+        ("options", "device = 0", "device"),
+    ],
+)
+def test_wrong_types_are_one_line_naming_the_key(table, line, field):
+    """Issue 20 item 12: a value of the wrong type is refused at once by name, not after the model loads."""
+    with pytest.raises(UsageError) as info:
+        from_toml(f"[{table}]\n{line}\n", source="r.toml")
+    message = str(info.value)
+    assert message.startswith("r.toml: bad recipe value: " + field), message
+    assert "\n" not in message and "not supported between" not in message
+
+
+@pytest.mark.parametrize("change", [{"encoder": 5}, {"steps": 2.5}, {"steps": "ten"}, {"seed": 1.7}, {"vae": 3}])
+def test_wrong_types_via_api(change):
+    with pytest.raises(UsageError, match=next(iter(change)).replace("vae", "encoder")):
+        Recipe().replace(**change)
+
+
+def test_right_types_still_accepted():
+    import numpy as np
+
+    r = from_toml("[options]\nsteps = 3\nseed = 2\ntext_guidance = 7\nanchor = 4\n")
+    assert (r.steps, r.seed, r.text_guidance, r.anchor) == (3, 2, 7.0, "4")
+    assert isinstance(r.text_guidance, float)
+    assert Recipe().replace(seed=np.int64(5), steps=np.int32(2)).seed == 5
+
+
+def test_wrong_types_through_the_cli(capsys, tmp_path):
+    from cli_helpers import run_cli
+
+    path = tmp_path / "r.toml"
+    for line, field in (("seed = 1.7", "seed"), ("steps = 2.5", "steps")):
+        path.write_text(f"[options]\n{line}\n")
+        code, out, err = run_cli(capsys, "compose", "--recipe", str(path), "--json")
+        assert code != 0 and out == ""
+        assert len(err.strip().splitlines()) == 1 and field in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "compose", "--steps", "2.5")
+    assert code != 0 and "--steps" in err and "Traceback" not in err
+
+
 def test_invalid_toml_is_a_usage_error(tmp_path):
     path = tmp_path / "broken.toml"
     path.write_text("[components\n")

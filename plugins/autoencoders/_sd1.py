@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,7 +9,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 
 from movie_core.components import Autoencoder, BuildContext
 from movie_core.errors import MovieError
-from movie_core.weights import check_folder, component_folder, use_safetensors
+from movie_core.weights import check_component, component_folder, load_checked, read_config
 
 SD_SCALING_FACTOR = 0.18215
 
@@ -34,11 +33,11 @@ def _config_class(folder: Path) -> str | None:
     cfg = folder / "config.json"
     if not cfg.is_file():
         return None
-    return json.loads(cfg.read_text()).get("_class_name")
+    return read_config(cfg).get("_class_name")
 
 
 class SDVAE(Autoencoder):
-    """Stable Diffusion's KL autoencoder; encode takes the posterior mode, scaled by 0.18215."""
+    """Stable Diffusion's KL autoencoder; encode takes the posterior mode, scaled by the VAE's scaling_factor."""
 
     latent_space = "sd1"
     subfolder = "vae"
@@ -46,12 +45,14 @@ class SDVAE(Autoencoder):
     def __init__(self, vae: AutoencoderKL):
         super().__init__()
         self.vae = vae
+        # the VAE's own config (vae/config.json scaling_factor), not a constant: SD-1.5 has 0.18215, others differ
+        self.scale = float(getattr(vae.config, "scaling_factor", None) or SD_SCALING_FACTOR)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images).latent_dist.mode() * SD_SCALING_FACTOR
+        return self.vae.encode(images).latent_dist.mode() * self.scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / SD_SCALING_FACTOR).sample
+        return self.vae.decode(latents / self.scale).sample
 
     def save_pretrained(self, root: str | Path) -> None:
         self.vae.save_pretrained(Path(root) / self.subfolder, safe_serialization=True)
@@ -81,7 +82,6 @@ def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Pat
     for name in names:
         folder = component_folder(root, name)
         if folder is not None and _config_class(folder) == class_name:
-            check_folder(folder)
             return folder
     raise MovieError(f"{root} has no {what} weights ({' or '.join(n + '/' for n in names)} with a {class_name} config)")
 
@@ -89,7 +89,9 @@ def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Pat
 def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
     """AutoencoderKL with SD-1.5 shapes (or nano), random or loaded from <model>/vae."""
     if ctx.weights is not None:
-        vae = AutoencoderKL.from_pretrained(_find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE"), use_safetensors=use_safetensors())
+        folder = _find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE")
+        kw = check_component(folder, "diffusion_pytorch_model", ctx.variant)
+        vae = load_checked(folder, lambda: AutoencoderKL.from_pretrained(folder, **kw))
     else:
         torch.manual_seed(ctx.seed)
         with ctx.torch_device:
@@ -104,7 +106,9 @@ def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
 def build_taesd(ctx: BuildContext, config) -> TAESD:
     """AutoencoderTiny (TAESD shapes or nano), random or loaded from <model>/taesd (or a TAESD <model>/vae)."""
     if ctx.weights is not None:
-        tae = AutoencoderTiny.from_pretrained(_find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD"), use_safetensors=use_safetensors())
+        folder = _find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD")
+        kw = check_component(folder, "diffusion_pytorch_model", ctx.variant)
+        tae = load_checked(folder, lambda: AutoencoderTiny.from_pretrained(folder, **kw))
     else:
         torch.manual_seed(ctx.seed + 1)
         with ctx.torch_device:

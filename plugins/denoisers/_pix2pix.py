@@ -37,7 +37,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from movie_core.components import BuildContext, Denoiser, KVHook, Network
 from movie_core.errors import MovieError
-from movie_core.weights import check_folder, component_folder, read_manifest, use_safetensors
+from movie_core.weights import (
+    check_component, check_tokenizer, component_folder, load_checked, read_config, read_manifest,
+)
 from movie_plugins.denoisers._tokenizer import CLIP_VOCAB_SIZE, byte_tokenizer
 
 SD_SCALING_FACTOR = 0.18215
@@ -206,7 +208,8 @@ class UNetNet(torch.nn.Module):
 class Pix2PixDenoiser(Denoiser):
     """Tokenizer + CLIP text encoder + 8-channel UNet + the stage's sampling defaults."""
 
-    def __init__(self, stage: Stage, unet, text_encoder, tokenizer, scheduler_name: str, standin_tokenizer: bool = False):
+    def __init__(self, stage: Stage, unet, text_encoder, tokenizer, scheduler_name: str, standin_tokenizer: bool = False,
+                 folder_scheduler: Any = None, latent_scale: float = SD_SCALING_FACTOR, notes: list[str] | None = None):
         super().__init__()
         self.stage_info = stage
         self.stage = stage.name
@@ -216,7 +219,11 @@ class Pix2PixDenoiser(Denoiser):
         self.scheduler_name = scheduler_name
         self.standin_tokenizer = standin_tokenizer
         self.guidance = "embedded" if stage.embedded else "cfg3"
-        self.prediction_type = stage.prediction_type
+        # a model folder's own scheduler (scheduler/scheduler_config.json): sampled with unless --scheduler overrides
+        self.folder_scheduler = folder_scheduler
+        self.prediction_type = folder_scheduler.config.prediction_type if folder_scheduler is not None else stage.prediction_type
+        self.latent_scale = latent_scale  # the folder's VAE scaling_factor: image latents are unscaled by it
+        self.load_notes = list(notes or [])
         self.default_steps = stage.steps
         self._saved_processors: list[tuple[Any, Any]] | None = None
 
@@ -263,7 +270,7 @@ class Pix2PixDenoiser(Denoiser):
                 "text": f"input_ids: the tokenizer's ids padded to {self.max_prompt_tokens} (tokenizer/ in the model folder)",
                 "time_features": f"sinusoidal timestep embedding, dim {unet.block_out_channels[0]}, "
                                  f"flip_sin_to_cos={unet.flip_sin_to_cos}, freq_shift={unet.freq_shift}",
-                "sample": f"concat(noisy latents, image latents / {SD_SCALING_FACTOR}) on channels",
+                "sample": f"concat(noisy latents, image latents / {self.latent_scale:g}) on channels",
             },
         }
         if self.guidance == "embedded":
@@ -272,11 +279,13 @@ class Pix2PixDenoiser(Denoiser):
         else:
             facts["host"]["cfg"] = ("3 passes per step in one batch: (text, image), (null text, image), "
                                     "(null text, zero image)")
+        if self.load_notes:
+            facts["notes"] = list(self.load_notes)
         if self.standin_tokenizer:
-            facts["notes"] = [
+            facts.setdefault("notes", []).extend([
                 "random init at full size: a stand-in byte-level tokenizer with CLIP's vocabulary size (49408) "
                 "and length (77) replaces CLIP's BPE vocabulary (not available offline); prompts are not CLIP tokens"
-            ]
+            ])
         return facts
 
     @property
@@ -315,7 +324,7 @@ class Pix2PixDenoiser(Denoiser):
         runner = self.runner("unet")
         if runner is not None:
             return runner(*self.graph_inputs(x, t, image_latents, text_emb, s_I, s_T))
-        cond = image_latents / SD_SCALING_FACTOR
+        cond = image_latents / self.latent_scale
         labels = self.guidance_labels(s_I, s_T, x.shape[0], x) if self.stage_info.embedded else None
         return self.unet(torch.cat([x, cond], dim=1), t, encoder_hidden_states=text_emb, class_labels=labels).sample
 
@@ -327,7 +336,7 @@ class Pix2PixDenoiser(Denoiser):
         batch = x.shape[0]
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(batch)
         time_features = self.unet.time_proj(t).to(x.dtype)
-        inputs = [torch.cat([x, image_latents / SD_SCALING_FACTOR], dim=1), time_features, text_emb.expand(batch, -1, -1)]
+        inputs = [torch.cat([x, image_latents / self.latent_scale], dim=1), time_features, text_emb.expand(batch, -1, -1)]
         if self.stage_info.embedded:
             inputs.append(self.guidance_labels(s_I, s_T, batch, x))
         return inputs
@@ -352,6 +361,9 @@ class Pix2PixDenoiser(Denoiser):
         return eps_uncond + s_T * (eps_text - eps_image) + s_I * (eps_image - eps_uncond)
 
     def make_scheduler(self):
+        """A fresh sampler: the model folder's own scheduler, else the named one on SD-1.5's schedule."""
+        if self.folder_scheduler is not None:
+            return type(self.folder_scheduler).from_config(self.folder_scheduler.config)
         return make_scheduler(self.scheduler_name, self.prediction_type)
 
     def reference_pipeline(self, autoencoder) -> tuple[Any, str]:
@@ -415,9 +427,10 @@ def build_unet(size: str, stage: Stage) -> UNet2DConditionModel:
 def build(stage_name: str, ctx: BuildContext, config) -> Pix2PixDenoiser:
     """Random init at ctx.size, or load ctx.weights (a model folder); on the meta device for FLOPs."""
     stage = STAGES[stage_name]
-    scheduler = (config.scheduler if config and config.scheduler else None) or stage.scheduler
+    asked = config.scheduler if config and config.scheduler else None
+    scheduler = asked or stage.scheduler
     if ctx.weights is not None:
-        den = load(stage, Path(ctx.weights), scheduler)
+        den = load(stage, Path(ctx.weights), scheduler, variant=ctx.variant, asked=asked)
     else:
         torch.manual_seed(ctx.seed)
         standin = ctx.size == "full"
@@ -431,17 +444,54 @@ def build(stage_name: str, ctx: BuildContext, config) -> Pix2PixDenoiser:
     return den.eval().requires_grad_(False)
 
 
-def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
+SCHEDULER_NAMES = {"DDIMScheduler": "ddim", "EulerAncestralDiscreteScheduler": "euler-ancestral",
+                   "EulerDiscreteScheduler": "euler", "LCMScheduler": "lcm"}
+
+
+def folder_scheduler(root: Path) -> Any:
+    """The scheduler a model folder ships (scheduler/scheduler_config.json: class, betas, spacing, prediction type),
+    or None when it has none."""
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    path = root / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return None
+    config = read_config(path)
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise MovieError(f"{path}: unknown scheduler class {config.get('_class_name')!r}")
+    return load_checked(path, lambda: cls.from_config(config))
+
+
+def folder_latent_scale(root: Path) -> float:
+    """The scaling_factor of the folder's KL VAE (vae/config.json), else SD-1.5's 0.18215."""
+    folder = component_folder(root, "vae")
+    if folder is None or not (folder / "config.json").is_file():
+        return SD_SCALING_FACTOR
+    config = read_config(folder / "config.json")
+    value = config.get("scaling_factor", SD_SCALING_FACTOR) if config.get("_class_name") == "AutoencoderKL" else SD_SCALING_FACTOR
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise MovieError(f"{folder / 'config.json'}: scaling_factor must be a positive number, got {value!r}")
+    return float(value)
+
+
+def load(stage: Stage, root: Path, scheduler: str, variant: str | None = None,
+         asked: str | None = None) -> Pix2PixDenoiser:
     """Load a diffusers-format folder (unet/, text_encoder/, tokenizer/), checking the architecture.
+
+    The folder's own scheduler (scheduler/) is sampled with unless a scheduler was `asked` for, and its VAE's
+    scaling_factor unscales the image latents; notes say which.
 
     text_encoder/ and tokenizer/ may live in a folder shared by several models (the manifest's "components" map)."""
     folders = {sub: component_folder(root, sub) for sub in ("unet", "text_encoder", "tokenizer")}
     for sub, folder in folders.items():
         if folder is None or (sub == "unet" and folder != root / sub):
             raise MovieError(f"{root} has no {sub}/ folder: not a diffusers-format model for '{stage.name}'")
-    check_folder(root / "unet")
-    check_folder(folders["text_encoder"])
-    unet = UNet2DConditionModel.from_pretrained(root / "unet", use_safetensors=use_safetensors())
+    unet_kw = check_component(root / "unet", "diffusion_pytorch_model", variant)
+    text_kw = check_component(folders["text_encoder"], "model", variant)
+    check_tokenizer(folders["tokenizer"])
+    unet = load_checked(root / "unet", lambda: UNet2DConditionModel.from_pretrained(root / "unet", **unet_kw))
     expected = unet_config("nano", stage)
     have_top = unet.config.down_block_types[0]
     if unet.config.in_channels != 8:
@@ -457,10 +507,30 @@ def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
         raise MovieError(
             f"{root} predicts {manifest['prediction_type']}, but '{stage.name}' expects {stage.prediction_type}"
         )
-    text = CLIPTextModel.from_pretrained(folders["text_encoder"], use_safetensors=use_safetensors())
-    tokenizer = CLIPTokenizer.from_pretrained(folders["tokenizer"])
+    text = load_checked(folders["text_encoder"], lambda: CLIPTextModel.from_pretrained(folders["text_encoder"], **text_kw))
+    tokenizer = load_checked(folders["tokenizer"], lambda: CLIPTokenizer.from_pretrained(folders["tokenizer"]))
     standin = bool(manifest and manifest.get("standin_tokenizer"))  # saved from a full-size random init
-    return Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin)
+    own, notes, prediction = folder_scheduler(root), [], None
+    if own is not None:
+        what = (f"{type(own).__name__} ({own.config.prediction_type}, timestep spacing "
+                f"{own.config.get('timestep_spacing', 'leading')}, {own.config.beta_schedule} betas)")
+        if asked:
+            prediction = own.config.prediction_type
+            notes.append(f"--scheduler {asked} overrides the folder's scheduler/scheduler_config.json {what}")
+            own = None
+        else:
+            scheduler = SCHEDULER_NAMES.get(type(own).__name__, type(own).__name__)
+            if (scheduler, own.config.prediction_type) != (stage.scheduler, stage.prediction_type):  # news only
+                notes.append(f"sampling with the folder's scheduler/scheduler_config.json: {what}; "
+                             "--scheduler overrides it")
+    scale = folder_latent_scale(root)
+    if scale != SD_SCALING_FACTOR:
+        notes.append(f"VAE scaling_factor {scale:g} from vae/config.json")
+    den = Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin, folder_scheduler=own,
+                          latent_scale=scale, notes=notes)
+    if prediction is not None:  # the asked-for sampler runs on the folder's prediction type
+        den.prediction_type = prediction
+    return den
 
 
 def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionModel:
