@@ -92,8 +92,9 @@ def flat(d, prefix=""):
 
 
 def test_manifests_differ_in_exactly_the_export_settings(tmp_path, cache, monkeypatch):
-    from movie_core.recipe import preset
     from movie_plugins.backends._export import export_recipe
+
+    from movie_core.recipe import preset
 
     monkeypatch.setenv("MOVIE_CACHE_DIR", cache["MOVIE_CACHE_DIR"])
     base = preset("movie").replace(size="nano", backend="onnx", anchor="none")
@@ -109,10 +110,10 @@ def test_manifests_differ_in_exactly_the_export_settings(tmp_path, cache, monkey
     assert ref["host.sampler.per_step"][0]["timestep"] == 999 and ref["host.sampler.fused_in_unet"]
     changed = {}
     for name, kw, expect in [
-        ("seed", dict(seed=3), {"settings.seed"}),
-        ("guidance", dict(text_guidance=5.0), {"settings.text_guidance", "host.guidance.s_T"}),
-        ("steps", dict(steps=2), {"settings.steps", "host.steps", "host.sampler.steps"}),
-        ("size", dict(h=40, w=48), {"settings.height", "settings.width", "frame.height", "frame.width"}),
+        ("seed", {"seed": 3}, {"settings.seed"}),
+        ("guidance", {"text_guidance": 5.0}, {"settings.text_guidance", "host.guidance.s_T"}),
+        ("steps", {"steps": 2}, {"settings.steps", "host.steps", "host.sampler.steps"}),
+        ("size", {"h": 40, "w": 48}, {"settings.height", "settings.width", "frame.height", "frame.width"}),
     ]:
         other, folder = manifest(name, **kw)
         diff = {k for k in ref.keys() | other.keys() if ref.get(k) != other.get(k)}

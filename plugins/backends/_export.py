@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
 from movie_core.errors import MovieError, UsageError
 
 PROMPT = "make it look like a watercolor painting"
@@ -41,7 +40,6 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
         raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
     backends.get_backend(spec.name)  # unavailable: one line, before the pipeline is built
     pipe = load_pipeline(comp, model, cache=cache)
-    bound = pipe.runtime
     policy = SizePolicy(height=height, width=width)
     size = (height, width)
     padded = policy.padded(height, width)
@@ -60,7 +58,7 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
     try:
         infos, shapes, host = _host_and_fused(pipe, editor, frames, tmp, batch_size)
         components = _collect(infos, tmp)
-        for name, c in components.items():  # every input's and output's shape, dtype, layout and range
+        for c in components.values():  # every input's and output's shape, dtype, layout and range
             c["inputs"] = {n: v | _io(n) for n, v in c["inputs"].items()}
             dynamic = any(v["shape"][0] == "batch" for v in c["inputs"].values())
             c["outputs"] = {n: {"shape": (["batch", *shapes[n][1:]] if dynamic and n in shapes and not n.startswith(
