@@ -72,13 +72,14 @@ class AnchoredNetwork(torch.nn.Module):
     anchor="replay": the same inputs + (k_0, v_0, ...) -> noise, every anchor layer attending to those K/V
     """
 
-    def __init__(self, denoiser: Any, anchor: str = "none"):
+    def __init__(self, denoiser: Any, anchor: str = "none", network: Any = None):
         super().__init__()
         if anchor not in ("none", "record", "replay"):
             raise ValueError(f"anchor must be none, record or replay, got {anchor!r}")
-        network = denoiser.networks()["unet"]
+        network = network or denoiser.networks()["unet"]  # or another network running the unet (fused_step)
         self.net = network.module
         self.input_names = tuple(network.inputs)
+        self.output_name = network.outputs[0]
         self.anchor = anchor
         self.layers = list(denoiser.anchor_layers()) if anchor != "none" else []
         self._set_hook = denoiser.set_kv_hook  # a bound method, not a submodule: the hash covers the network only
@@ -89,11 +90,12 @@ class AnchoredNetwork(torch.nn.Module):
 
     def io_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         kv = tuple(f"anchor_{kind}_{i}" for i in range(len(self.layers)) for kind in ("k", "v"))
+        out = (self.output_name,)
         if self.anchor == "replay":
-            return self.input_names + kv, ("noise",)
+            return self.input_names + kv, out
         if self.anchor == "record":
-            return self.input_names, ("noise",) + kv
-        return self.input_names, ("noise",)
+            return self.input_names, out + kv
+        return self.input_names, out
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:

@@ -145,6 +145,19 @@ class DenoiserContract(Protocol):
         """JSON-able facts for manifests and exports (scheduler, steps, prediction type, guidance, notes)."""
         ...
 
+    def export_host(self, folder: Path, image_latents: torch.Tensor, *, steps: int, s_T: float, s_I: float,
+                    generator: Any = None) -> dict[str, Any] | None:
+        """Write what an app computes around the networks for these settings into folder (tokenizer.json,
+        constant tensors as .npy: time and guidance features, the initial noise for this generator and
+        latent shape) and return its JSON description (files, token ids, timesteps, alpha_bar, the update
+        formula and its constants); None: this denoiser exports no host plan."""
+        ...
+
+    def fused_step(self, steps: int) -> Network | None:
+        """A network doing the whole sampler for `steps` in one pass (initial noise, image latents and the
+        unet's other inputs -> edited latents), where a graph can absorb the update; else None."""
+        ...
+
     def save_pretrained(self, root: str | Path) -> None:
         """Write this denoiser's weights and configs under root (diffusers layout)."""
         ...
@@ -251,6 +264,13 @@ class Denoiser(torch.nn.Module):
     def describe(self) -> dict[str, Any]:
         return {"stage": self.stage, "prediction_type": self.prediction_type, "guidance": self.guidance,
                 "default_steps": self.default_steps}
+
+    def export_host(self, folder: Path, image_latents: torch.Tensor, *, steps: int, s_T: float, s_I: float,
+                    generator: Any = None) -> dict[str, Any] | None:
+        return None  # optional: an export then carries describe()'s "host" notes only
+
+    def fused_step(self, steps: int) -> Network | None:
+        return None  # optional: the app runs the sampler's update itself
 
     def save_pretrained(self, root: str | Path) -> None:
         raise NotImplementedError

@@ -305,11 +305,14 @@ def test_export_hexagon_writes_context_binaries_that_match_eager(run_movie, tmp_
     x = to_tensor(synthetic_frames(1, *HEX_SIZE), HEX_SIZE, HEX_SIZE, "cpu", torch.float32)
     latents = pipe.encoder.encode(x)
     text = den.encode_prompt([PROMPT])
-    unet_in = den.graph_inputs(torch.randn_like(latents), torch.tensor(999), latents, text, 1.5, 7.5)
-    unet_graph = backends.AnchoredNetwork(den, "record")
+    x_t = torch.randn_like(latents)
+    # the export ships the 1-step sampler fused into the unet graphs: (initial_noise, image_latents, ...) -> latents
+    unet_in = [x_t, latents, *den.graph_inputs(x_t, torch.tensor(999), latents, text, 1.5, 7.5)[1:]]
+    fused = den.fused_step(1)
+    unet_graph = backends.AnchoredNetwork(den, "record", fused)
     with backends.active(unet_graph), torch.no_grad():
         noise, *kv = unet_graph(*unet_in)
-    replay_graph = backends.AnchoredNetwork(den, "replay")
+    replay_graph = backends.AnchoredNetwork(den, "replay", fused)
     with backends.active(replay_graph), torch.no_grad():
         replayed = replay_graph(*unet_in, *kv)
     checks = {
@@ -432,11 +435,14 @@ def test_aihub_export_compiles_profiles_and_runs_each_component(standin_hub, tmp
     assert latency["ms_per_call"] == {name: pytest.approx(1.234) for name in manifest["components"]}
     order = [c for c, _ in standin_hub.calls if c.startswith(("upload", "submit"))]
     assert order[:3] == ["upload_model", "submit_compile_job", "submit_profile_job"]
-    assert order.count("submit_compile_job") == 4 and order.count("submit_inference_job") == 4
+    # 4 components, and the unet twice: the run's bare graph, then the shipped one with the 1-step update fused in
+    assert order.count("submit_compile_job") == 5 and order.count("submit_inference_job") == 5
     compile_calls = [kw for c, kw in standin_hub.calls if c == "submit_compile_job"]
     assert all(kw["options"] == "--target_runtime qnn_context_binary" for kw in compile_calls)
     unet = next(kw for kw in compile_calls if kw["name"] == "movie-unet")
     assert unet["input_specs"]["sample"] == ((1, 8, 8, 8), "float32")
+    shipped = [kw for kw in compile_calls if kw["name"] == "movie-unet"][-1]
+    assert shipped["input_specs"]["initial_noise"] == ((1, 4, 8, 8), "float32")
 
 
 def test_aihub_without_token_says_so(standin_hub, monkeypatch, tmp_path):

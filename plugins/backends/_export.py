@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
-from movie_core.errors import UsageError
+from movie_core.errors import MovieError, UsageError
 
 PROMPT = "make it look like a watercolor painting"
 
@@ -41,7 +40,6 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
         raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
     backends.get_backend(spec.name)  # unavailable: one line, before the pipeline is built
     pipe = load_pipeline(comp, model, cache=cache)
-    bound = pipe.runtime
     policy = SizePolicy(height=height, width=width)
     size = (height, width)
     padded = policy.padded(height, width)
@@ -58,20 +56,37 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        components = _collect(bound.artifacts(), tmp)
+        infos, shapes, host = _host_and_fused(pipe, editor, frames, tmp, batch_size)
+        components = _collect(infos, tmp)
+        for c in components.values():  # every input's and output's shape, dtype, layout and range
+            c["inputs"] = {n: v | _io(n) for n, v in c["inputs"].items()}
+            dynamic = any(v["shape"][0] == "batch" for v in c["inputs"].values())
+            c["outputs"] = {n: {"shape": (["batch", *shapes[n][1:]] if dynamic and n in shapes and not n.startswith(
+                "anchor_") else shapes.get(n)), "dtype": "float32"} | _io(n) for n in c["outputs"]}
+        r = pipe.recipe
         manifest = {
-            "format": "movie-export/1",
+            "format": MANIFEST_FORMAT,
             "backend": spec.name,
             "backend_plugin": spec.plugin,
             "backend_options": options,
             "movie_version": __version__,
             "recipe": recipe.components() | {"size": recipe.size, "dtype": recipe.dtype, "anchor": recipe.anchor},
+            "settings": {"steps": pipe.steps, "text_guidance": r.text_guidance, "image_guidance": r.image_guidance,
+                         "seed": r.seed, "sampler": pipe.denoiser.describe().get("scheduler"),
+                         "height": height, "width": width},
             "stage": pipe.denoiser.stage,
             "denoiser": {k: v for k, v in pipe.denoiser.describe().items() if k != "host"},
-            "frame": {"height": height, "width": width, "padded": list(padded), "batch_size": batch_size},
+            "frame": {"height": height, "width": width, "padded": list(padded), "batch_size": batch_size,
+                      "size_policy": SIZE_POLICY},
+            "latent_scaling": {
+                "encoder": f"images -> latents in the '{pipe.encoder.latent_space}' latent space (no further scaling)",
+                "unet": host.get("unet_sample") or "image_latents: the encoder's latents as they are",
+                "decoder": "takes the sampler's (the unet's edited_latents) output as it is",
+            },
+            "anchor": _anchor_rule(recipe.anchor, shapes),
             "versions": {"movie": __version__, **next(iter(components.values()))["toolchain"]},
             "components": components,
-            "host": _host_contract(pipe, bound),
+            "host": host,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         latency = {n: c["device_latency_ms"] for n, c in components.items() if c.get("device_latency_ms") is not None}
@@ -83,6 +98,102 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+MANIFEST_FORMAT = "movie-export/2"
+SIZE_POLICY = {
+    "resize": "frames not at height x width are resized to it (bicubic, antialiased, like PIL's BICUBIC) "
+              "and clamped to [-1, 1]",
+    "pad": "edge-replicate on the bottom and right up to padded (multiples of 8, at least 32)",
+    "crop": "outputs are cropped back to height x width, then resized to the source size (bicubic, antialiased)",
+    "input": "uint8 RGB HxWx3 -> float32 x / 127.5 - 1, NCHW",
+    "output": "float32 NCHW in [-1, 1] -> uint8 round((clip(y, -1, 1) + 1) * 127.5), HxWx3",
+}
+_IO = {  # what the core's and the built-in denoisers' tensor names mean
+    "images": {"layout": "NCHW RGB", "range": "[-1, 1]"},
+    "latents": {"layout": "NCHW", "range": "unbounded (the autoencoder's latent space)"},
+    "input_ids": {"layout": "(batch, max_length) token ids", "range": "the tokenizer's ids"},
+    "text_emb": {"layout": "(batch, tokens, dim)", "range": "unbounded"},
+    "initial_noise": {"layout": "NCHW", "range": "standard normal: initial_noise.npy, one per frame (same for all)"},
+    "image_latents": {"layout": "NCHW", "range": "the encoder's latents as they are"},
+    "edited_latents": {"layout": "NCHW", "range": "the decoder's input as it is"},
+    "time_features": {"layout": "(batch, dim)", "range": "time_features.npy (row of the step)"},
+    "guidance_features": {"layout": "(batch, 2 * dim)", "range": "guidance_features.npy"},
+    "sample": {"layout": "NCHW", "range": "see host.unet_sample"},
+    "noise": {"layout": "NCHW", "range": "the model output (host.sampler.prediction_type)"},
+}
+
+
+def _io(name: str) -> dict[str, str]:
+    if name.startswith("anchor_"):
+        return {"layout": "(guidance branches, tokens, dim): one anchor layer's keys (k) or values (v)",
+                "range": "the anchor frame's, recorded by unet, fed to unet_replay"}
+    return dict(_IO.get(name, {}))
+
+
+def _anchor_rule(anchor: str, shapes: dict[str, Any]) -> dict[str, Any]:
+    kv = {n: s for n, s in shapes.items() if n.startswith("anchor_")}
+    if anchor == "none":
+        return {"policy": "none", "rule": "every frame runs unet alone"}
+    index = {"middle": "frame_count // 2", "first": "0"}.get(anchor, anchor)
+    return {"policy": anchor, "index": index,
+            "rule": "run unet on the anchor frame alone (batch 1) first; it returns anchor_k_i / anchor_v_i; every "
+                    "frame (the anchor included) then runs unet_replay with them",
+            "kv_shapes": kv}
+
+
+def _host_and_fused(pipe, editor, frames, tmp: Path, batch: int) -> tuple[list[dict], dict[str, Any], dict[str, Any]]:
+    """The denoiser's host plan (files into tmp) and, where it offers a fused step, the fused unet graphs prepared
+    through the backend and checked against the sampler. Returns the artifacts to ship, each tensor name's
+    shape, and the manifest's host section."""
+    import torch
+
+    from movie_core import backends
+
+    den, r, bound = pipe.denoiser, pipe.recipe, pipe.runtime
+    infos = list(bound.artifacts())
+    with torch.no_grad():
+        lat = pipe.encode(editor.tensor(frames[:1]))
+        text = editor.prompt.text_emb
+        shapes: dict[str, Any] = {"latents": list(lat.shape), "images": list(editor.tensor(frames[:1]).shape),
+                                  "text_emb": list(text.shape)}
+        plan = den.export_host(tmp, lat, steps=pipe.steps, s_T=r.text_guidance, s_I=r.image_guidance,
+                               generator=pipe.generators(1))
+        host = dict(plan) if plan is not None else {"self_contained": False, **_host_contract(pipe, bound)}
+        host["steps"] = pipe.steps
+        fused = den.fused_step(pipe.steps)
+        if fused is None:
+            return infos, shapes, host
+        noise = torch.randn(lat.shape, generator=pipe.generators(1)[0], device=lat.device, dtype=lat.dtype)
+        seen: list[Any] = []
+        expected = den.sample(lat, text, steps=pipe.steps, s_T=r.text_guidance, s_I=r.image_guidance,
+                              latents=noise, on_step=lambda i, t: seen.append(t))
+        rest = den.graph_inputs(noise, seen[0], lat, text, r.image_guidance, r.text_guidance)[1:]
+        example = tuple(t.expand(batch, *t.shape[1:]).contiguous() for t in (noise, lat, *rest))
+        anchored = r.anchor != "none"
+        graphs = {"unet": backends.AnchoredNetwork(den, "record" if anchored else "none", fused)}
+        if anchored:
+            graphs["unet_replay"] = backends.AnchoredNetwork(den, "replay", fused)
+        kept = [i for i in infos if i["component"] not in ("unet", "unet_replay")]
+        kv: tuple = ()
+        for name, graph in graphs.items():
+            inputs = example if name == "unet" else example + kv
+            # the anchor's K/V are recorded on the anchor frame alone
+            inputs = tuple(t[:1] for t in inputs) if name == "unet" and anchored else inputs
+            prepared = backends.prepare_component(bound.backend, name, graph, inputs, graph.io_names(),
+                                                  bound.options, bound.cache)
+            out = prepared.fn(*inputs)
+            out, *rec = out if isinstance(out, (tuple, list)) else (out,)
+            if name == "unet":
+                kv = tuple(rec)
+                shapes.update({n: list(t.shape) for n, t in zip(graph.io_names()[1][1:], rec)})
+            err = float((out[:1].float() - expected.float()).abs().max())
+            if name == "unet" and err > 0.05 * float(expected.abs().max()):
+                raise MovieError(f"the fused {name} graph differs from the sampler by {err:.3g}: not exported")
+            shapes["edited_latents"] = [batch, *out.shape[1:]]
+            kept.append(prepared.info)
+        host["fused_check_max_abs"] = round(err, 6)
+    return kept, shapes, host
 
 
 def _collect(infos: list[dict[str, Any]], dest: Path) -> dict[str, dict[str, Any]]:

@@ -205,6 +205,35 @@ class UNetNet(torch.nn.Module):
         return self.unet(sample, time_features, encoder_hidden_states=text_emb, class_labels=labels).sample
 
 
+class OneStepNet(torch.nn.Module):
+    """The whole 1-step sampler as one graph: (initial_noise, image_latents, time_features, text_emb
+    [, guidance_features]) -> edited latents. The UNet pass on concat(x_t, image_latents / 0.18215), then
+    the scheduler's update with its constants baked in (v or epsilon -> x0, then LCM's c_skip / c_out)."""
+
+    def __init__(self, net: UNetNet, *, init_sigma: float, alpha: float, sigma: float, c_skip: float, c_out: float,
+                 prediction_type: str):
+        super().__init__()
+        self.net = net
+        self.init_sigma, self.alpha, self.sigma = init_sigma, alpha, sigma
+        self.c_skip, self.c_out, self.prediction_type = c_skip, c_out, prediction_type
+
+    def extra_repr(self) -> str:  # the constants enter the artifact's cache key through the repr
+        return (f"init_sigma={self.init_sigma!r}, alpha={self.alpha!r}, sigma={self.sigma!r}, c_skip={self.c_skip!r}, "
+                f"c_out={self.c_out!r}, prediction_type={self.prediction_type}")
+
+    def active(self):
+        return self.net.active()
+
+    def forward(self, initial_noise, image_latents, time_features, text_emb, *guidance):
+        x = initial_noise * self.init_sigma
+        out = self.net(torch.cat([x, image_latents / SD_SCALING_FACTOR], dim=1), time_features, text_emb, *guidance)
+        if self.prediction_type == "v_prediction":
+            x0 = self.alpha * x - self.sigma * out
+        else:
+            x0 = (x - self.sigma * out) / self.alpha
+        return self.c_out * x0 + self.c_skip * x
+
+
 class Pix2PixDenoiser(Denoiser):
     """Tokenizer + CLIP text encoder + 8-channel UNet + the stage's sampling defaults."""
 
@@ -287,6 +316,114 @@ class Pix2PixDenoiser(Denoiser):
                 "and length (77) replaces CLIP's BPE vocabulary (not available offline); prompts are not CLIP tokens"
             ])
         return facts
+
+    # --- export: what an app computes around the graphs ------------------------------------
+
+    def _schedule(self, steps: int) -> tuple[Any, list[dict[str, Any]]]:
+        """The scheduler set for `steps`, and per step its timestep, alpha_bar (and the previous one) and, for
+        LCM, the boundary scalings, exactly as `sample` will use them."""
+        sched = self.make_scheduler()
+        sched.set_timesteps(steps, device="cpu")
+        ts = [int(t) for t in sched.timesteps]
+        ac = sched.alphas_cumprod
+        rows = []
+        for i, t in enumerate(ts):
+            row: dict[str, Any] = {"timestep": t, "alpha_bar": float(ac[t])}
+            if self.scheduler_name == "ddim":
+                prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
+                row["alpha_bar_prev"] = float(ac[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
+            if self.scheduler_name == "lcm":
+                c_skip, c_out = sched.get_scalings_for_boundary_condition_discrete(torch.tensor(t))
+                row.update(c_skip=float(c_skip), c_out=float(c_out))
+                row["alpha_bar_prev"] = float(ac[ts[i + 1]]) if i + 1 < len(ts) else None
+            if self.scheduler_name in ("euler", "euler-ancestral"):
+                row["sigma"], row["sigma_next"] = float(sched.sigmas[i]), float(sched.sigmas[i + 1])
+            rows.append(row)
+        return sched, rows
+
+    def fused_step(self, steps: int) -> Network | None:
+        if steps != 1 or self.scheduler_name != "lcm" or self.guidance != "embedded":
+            return None
+        sched, (row,) = self._schedule(1)
+        unet = self.networks()["unet"]
+        module = OneStepNet(unet.module, init_sigma=float(sched.init_noise_sigma), alpha=row["alpha_bar"] ** 0.5,
+                            sigma=(1 - row["alpha_bar"]) ** 0.5, c_skip=row["c_skip"], c_out=row["c_out"],
+                            prediction_type=self.prediction_type)
+        inputs = ("initial_noise", "image_latents") + tuple(unet.inputs[1:])
+        return Network(module, inputs, ("edited_latents",))
+
+    def export_host(self, folder, image_latents, *, steps, s_T, s_I, generator=None) -> dict[str, Any] | None:
+        import numpy as np
+
+        folder = Path(folder)
+        sched, rows = self._schedule(steps)
+        shape = (1, *image_latents.shape[1:])
+        gen = generator[0] if isinstance(generator, list) else generator
+        dev, dtype = image_latents.device, image_latents.dtype
+        tensors: dict[str, torch.Tensor] = {}
+        # the draws `sample` makes from each frame's generator, in order: the initial noise, then per-step noise
+        tensors["initial_noise"] = randn_tensor(shape, generator=gen, device=dev, dtype=dtype)
+        noisy = self.scheduler_name == "euler-ancestral" or self.scheduler_name == "lcm"
+        for i in range(steps - 1 if self.scheduler_name == "lcm" else steps if noisy else 0):
+            tensors[f"step_noise_{i}"] = randn_tensor(shape, generator=gen, device=dev, dtype=dtype)
+        t = torch.tensor([r["timestep"] for r in rows], device=dev)
+        tensors["time_features"] = self.unet.time_proj(t).to(dtype)
+        if self.guidance == "embedded":
+            tensors["guidance_features"] = self.guidance_labels(s_I, s_T, 1, image_latents)
+        else:
+            tensors["null_text_emb"] = self.encode_prompt([""]).to(dtype)
+        files = {}
+        for name, value in tensors.items():
+            np.save(folder / f"{name}.npy", value.detach().float().cpu().numpy())
+            files[name] = {"file": f"{name}.npy", "shape": list(value.shape), "dtype": "float32"}
+        tok_info = self._export_tokenizer(folder)
+        fused = self.fused_step(steps) is not None
+        formula = {
+            "lcm": "x0 = sqrt(alpha_bar) * x - sqrt(1 - alpha_bar) * v (v_prediction) or (x - sqrt(1 - alpha_bar) * eps) "
+                   "/ sqrt(alpha_bar) (epsilon); denoised = c_out * x0 + c_skip * x; x_next = sqrt(alpha_bar_prev) * "
+                   "denoised + sqrt(1 - alpha_bar_prev) * step_noise_i, the last step returns denoised",
+            "ddim": "eps = model output (epsilon) or sqrt(alpha_bar) * v + sqrt(1 - alpha_bar) * x (v_prediction); "
+                    "x0 = (x - sqrt(1 - alpha_bar) * eps) / sqrt(alpha_bar); x_next = sqrt(alpha_bar_prev) * x0 + "
+                    "sqrt(1 - alpha_bar_prev) * eps (eta 0: no noise)",
+            "euler": "Karras-style Euler on sigma: x starts at initial_noise * init_noise_sigma; model input "
+                     "x / sqrt(sigma^2 + 1); x0 from the output; x_next = x + (x - x0) / sigma * (sigma_next - sigma)",
+            "euler-ancestral": "as euler, with ancestral noise step_noise_i (sigma_up, sigma_down from sigma, sigma_next)",
+        }[self.scheduler_name]
+        return {
+            "tokenizer": tok_info,
+            "tensors": files,
+            "sampler": {
+                "name": self.scheduler_name, "prediction_type": self.prediction_type, "steps": steps,
+                "init_noise_sigma": float(sched.init_noise_sigma), "schedule": "scaled_linear 0.00085-0.012, 1000 steps",
+                "per_step": rows, "update": formula, "fused_in_unet": fused,
+            },
+            "guidance": ({"mode": "embedded", "s_I": s_I, "s_T": s_T, "features": "guidance_features.npy"}
+                         if self.guidance == "embedded" else
+                         {"mode": "cfg3", "s_I": s_I, "s_T": s_T, "passes": "(text, image), (null text, image), "
+                          "(null text, zero image) in one batch", "combine": "u + s_T * (t - i) + s_I * (i - u)"}),
+            "unet_sample": (None if fused else
+                            f"concat(x, image_latents / {SD_SCALING_FACTOR}) on channels (x: the current latents)"),
+            "decoder_input": "the sampler's output as it is (no scaling)",
+        }
+
+    def _export_tokenizer(self, folder: Path) -> dict[str, Any]:
+        """tokenizer.json (Hugging Face tokenizers format) with its truncation and padding to the text encoder's length."""
+        import tempfile
+
+        from transformers import CLIPTokenizerFast
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            fast = CLIPTokenizerFast.from_pretrained(tmp, from_slow=True)
+        backend = fast.backend_tokenizer
+        length, pad = self.max_prompt_tokens, self.tokenizer.pad_token_id
+        backend.enable_truncation(length)
+        backend.enable_padding(length=length, pad_id=pad, pad_token=self.tokenizer.pad_token)
+        backend.save(str(folder / "tokenizer.json"))
+        return {"file": "tokenizer.json", "max_length": length, "bos_id": self.tokenizer.bos_token_id,
+                "eos_id": self.tokenizer.eos_token_id, "pad_id": pad, "input": "input_ids int64 (1, max_length)",
+                "rule": "start id, the prompt's ids, end id, padded with pad_id to max_length (truncation and "
+                        "padding are set in tokenizer.json: Tokenizer.from_file(...).encode(prompt).ids)"}
 
     @property
     def max_prompt_tokens(self) -> int:
