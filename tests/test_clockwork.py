@@ -59,3 +59,106 @@ def test_base_class_says_not_supported():
     from movie_core.components import Denoiser
 
     assert Denoiser().network_split() is None
+
+
+# --- the step clock in the sampler ----------------------------------------------------------------------
+
+
+def nano_pipe(name: str = "mmg", **changes):
+    from movie_core.composer import compose
+    from movie_core.loading import build
+    from movie_core.recipe import preset
+
+    return build(compose(preset(name).replace(size="nano", **changes)))
+
+
+def images(n: int = 2, h: int = 32, w: int = 32) -> torch.Tensor:
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+@pytest.mark.parametrize("name", ["base", "mmg"])  # 3-pass guidance in one batch, and one embedded pass
+def test_every_step_full_through_the_split_equals_no_clock(name):
+    plain = nano_pipe(name, steps=3)
+    assert plain.step_clock is None
+    clocked = nano_pipe(name, steps=3, clock_schedule=[0, 1, 2])
+    ref = plain.edit_batch(images(), "make it sepia", seed=5)
+    out = clocked.edit_batch(images(), "make it sepia", seed=5)
+    assert clocked.step_clock.core_calls == 3 and clocked.step_clock.adaptor_calls == 0  # it did go through
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("name", ["base", "mmg"])
+def test_clock_2_runs_the_core_on_even_steps_and_stays_close(name):
+    plain = nano_pipe(name, steps=5)
+    clocked = nano_pipe(name, steps=5, clock=2)
+    clock = clocked.step_clock
+    core_steps: list[int] = []
+    clock.split.core.register_forward_hook(lambda *_: core_steps.append(clock.step))
+    ref = plain.edit_batch(images(), "make it sepia", seed=5)
+    out = clocked.edit_batch(images(), "make it sepia", seed=5)
+    assert core_steps == [0, 2, 4] and clock.adaptor_calls == 2
+    other_noise = plain.edit_batch(images(), "make it sepia", seed=6)
+    changed = (out - ref).abs().mean().item()
+    assert changed > 0  # the adaptor steps reused stale features
+    # ...but the identity adaptor moves the result far less than another starting noise does
+    assert changed < 0.5 * (other_noise - ref).abs().mean().item()
+    # a second batch starts a new trajectory: the core runs on its step 0 again
+    clocked.edit_batch(images(), "make it sepia", seed=5)
+    assert core_steps == [0, 2, 4, 0, 2, 4]
+
+
+def test_explicit_schedule_and_anchor_attention():
+    from movie_core.crossframe import AnchorController
+
+    pipe = nano_pipe("base", steps=4, clock_schedule="0,1,3")
+    anchor = AnchorController()
+    anchor.record()
+    pipe.edit_batch(images(1), "make it sepia", anchor=anchor, seed=5)
+    assert pipe.step_clock.core_calls == 3 and pipe.step_clock.adaptor_calls == 1
+    # the base model has self-attention at the top level, which runs on every step; the core's only on full ones
+    high = {layer for (step, layer) in anchor.store if step == 2}
+    assert high and high < {layer for (step, layer) in anchor.store if step == 0}
+    anchor.replay()
+    out = pipe.edit_batch(images(2), "make it sepia", anchor=anchor, seed=5)
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_clock_refusals():
+    from movie_core import clockwork
+    from movie_core.errors import UsageError
+    from movie_core.recipe import preset
+
+    with pytest.raises(UsageError, match="clock_schedule names step 7, but the recipe samples 4 steps"):
+        nano_pipe("mmg", steps=4, clock_schedule=[0, 7])
+    with pytest.raises(UsageError, match="starting with 0"):
+        preset("mmg").replace(clock_schedule=[1, 2])
+    with pytest.raises(UsageError, match="not both"):
+        preset("mmg").replace(clock=2, clock_schedule=[0, 2])
+    with pytest.raises(UsageError, match="adaptor"):
+        preset("mmg").replace(adaptor="learned")
+    with pytest.raises(UsageError, match="does not expose a network split"):
+        clockwork.network_split(object(), "tiny")
+    assert clockwork.full_steps(8, 2) == [True, False] * 4
+    assert clockwork.full_steps(4, 1, (0, 3)) == [True, False, False, True]
+
+
+def test_clock_refuses_a_routing_backend(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx backend needs onnxruntime (the test extra installs it)")
+    from movie_core.errors import UsageError
+
+    monkeypatch.setenv("MOVIE_CACHE_DIR", str(tmp_path))
+    with pytest.raises(UsageError, match="use --backend eager"):
+        nano_pipe("mmg", steps=2, clock=2, backend="onnx")
+
+
+def test_cli_takes_the_clock_flags(run_movie, tmp_path):
+    out = tmp_path / "r.toml"
+    ok = run_movie("compose", "--preset", "mmg", "--clock-schedule", "0,1,3", "--adaptor", "identity", "-o", str(out))
+    assert ok.returncode == 0, ok.stderr
+    assert "clock_schedule = [0, 1, 3]" in out.read_text()
+    again = run_movie("compose", "--recipe", str(out), "--json")
+    assert again.returncode == 0, again.stderr
+    assert '"clock_schedule": [\n' in again.stdout or '"clock_schedule": [0, 1, 3]' in again.stdout
+    bad = run_movie("compose", "--preset", "mmg", "--clock", "2", "--clock-schedule", "0,2")
+    assert bad.returncode == 2 and "not both" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
