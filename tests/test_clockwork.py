@@ -162,3 +162,35 @@ def test_cli_takes_the_clock_flags(run_movie, tmp_path):
     bad = run_movie("compose", "--preset", "mmg", "--clock", "2", "--clock-schedule", "0,2")
     assert bad.returncode == 2 and "not both" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["base", "mmg"])
+def test_flops_count_the_clock_exactly(name):
+    from movie_core import flops
+    from movie_core.composer import compose
+    from movie_core.recipe import preset
+
+    plain = flops.count(compose(preset(name).replace(size="nano", steps=5)), height=64, width=96)
+    clocked = flops.count(compose(preset(name).replace(size="nano", steps=5, clock=2)), height=64, width=96)
+    passes = plain["unet_passes_per_step"]
+    comps, unet = clocked["components"], plain["components"]["unet"]
+    assert "unet" not in comps and clocked["clock"]["full_steps"] == [0, 2, 4]
+    assert (comps["unet_high"]["calls"], comps["unet_core"]["calls"], comps["adaptor"]["calls"]) == (
+        5 * passes, 3 * passes, 2 * passes)
+    for conv in ("paper", "all"):
+        key = f"tflops_{conv}"
+        per_pass = comps["unet_high"][key] / comps["unet_high"]["calls"] + comps["unet_core"][key] / comps["unet_core"]["calls"]
+        assert per_pass == pytest.approx(unet[key] / unet["calls"], rel=1e-9)  # the split costs what the network does
+        assert comps["adaptor"][key] == 0  # identity
+        saved = comps["unet_core"][key] / 3 * 2  # two core runs skipped
+        assert clocked[key] == pytest.approx(plain[key] - saved, rel=1e-9)
+        assert clocked["clock"][f"unet_saving_{conv}"] == pytest.approx(saved / unet[key], rel=1e-9)
+
+
+def test_flops_cli_prints_the_clock(run_movie):
+    out = run_movie("flops", "--preset", "mmg", "--size", "nano", "--clock", "3", "--height", "64", "--width", "64")
+    assert out.returncode == 0, out.stderr
+    assert "clock: full UNet on steps 0,3,6,9 of 10" in out.stdout and "unet_core" in out.stdout
