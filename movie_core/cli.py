@@ -168,6 +168,12 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
     for name, c in result["components"].items():
         per = "per video" if c.get("per_video") else "per frame"
         click.echo(f"  {name:13} {c['tflops_paper']:9.4f} paper {c['tflops_all']:9.4f} all  ({per}, {c['calls']} call(s))")
+    if "clock" in result:
+        c = result["clock"]
+        click.echo(f"  clock: full UNet on steps {','.join(map(str, c['full_steps']))} of {result['steps']}, "
+                   f"{c['adaptor']} adaptor on the others; UNet {c['unet_tflops_paper_unclocked']:.3f} -> "
+                   f"{c['unet_tflops_paper']:.3f} TFLOPs (paper), saving {100 * c['unet_saving_paper']:.1f}% "
+                   f"({100 * c['unet_saving_all']:.1f}% all)")
     if plot:
         click.echo(f"wrote {plot}")
 

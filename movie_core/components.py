@@ -69,6 +69,22 @@ class Network:
     outputs: tuple[str, ...]
 
 
+@attrs.frozen
+class NetworkSplit:
+    """A denoiser's 'unet' network cut where Clockwork cuts it: after the first down block.
+
+    For the network's inputs x: `head(*x) -> (r_in, *context)`, `core(r_in, *context) -> r_out`,
+    `tail(r_out, *context) -> the network's output`, and tail(core(head(x))) is exactly the network.
+    head: input conv, time (and guidance) embeddings, the first down block; r_in is what enters the second
+    resolution level. core: everything from the second level down, back up to the top resolution (its
+    upsampler included); r_out has the top level's shape. tail: the last up block and the output layers.
+    context: the other tensors that cross the cut (embeddings, text, the top level's skip features)."""
+
+    head: torch.nn.Module
+    core: torch.nn.Module
+    tail: torch.nn.Module
+
+
 @runtime_checkable
 class AutoencoderContract(Protocol):
     """Images in [-1, 1] (NCHW) <-> latents in the autoencoder's latent space."""
@@ -160,6 +176,11 @@ class DenoiserContract(Protocol):
 
     def save_pretrained(self, root: str | Path) -> None:
         """Write this denoiser's weights and configs under root (diffusers layout)."""
+        ...
+
+    def network_split(self) -> NetworkSplit | None:
+        """The 'unet' network cut into high-resolution path and low-resolution core (Clockwork), or None when
+        it cannot be cut (optional: the Denoiser base class returns None, and the recipe's clock is refused)."""
         ...
 
 
@@ -274,3 +295,6 @@ class Denoiser(torch.nn.Module):
 
     def save_pretrained(self, root: str | Path) -> None:
         raise NotImplementedError
+
+    def network_split(self) -> NetworkSplit | None:
+        return None  # not supported: a subclass whose network can be cut at its second level overrides this

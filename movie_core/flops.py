@@ -3,6 +3,9 @@
 Two conventions: `paper` counts convolutions and linear layers (2 FLOPs per multiply-add) and
 leaves out attention score/value matmuls and the once-per-video text encoder; this reproduces the
 MoViE paper's Table 1. `all` is everything torch's FlopCounterMode counts for a frame.
+
+A clocked recipe (Clockwork) counts the UNet as its split: the high-resolution path (head and tail) on
+every pass, the low-resolution core on the full steps' passes, the adaptor on the others.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from movie_core import clockwork
 from movie_core.backends import active
 from movie_core.composer import Composition, compose
 from movie_core.errors import UsageError
@@ -71,17 +75,33 @@ def count(composition: Composition, height: int = 480, width: int = 480) -> dict
         with active(nets["unet"].module):
             return nets["unet"].module(*unet_inputs)
 
-    parts = {
-        "encoder": (lambda: enc.encode(image), 1, False),
-        "unet": (unet_pass, steps * passes, False),
-        "decoder": (lambda: dec.decode(latents), 1, False),
-        "text_encoder": (lambda: nets["text_encoder"].module(ids), 1, True),
-    }
+    recipe = composition.recipe
+    parts: dict[str, tuple[Callable[[], Any], int, bool]] = {"encoder": (lambda: enc.encode(image), 1, False)}
+    clock: dict[str, Any] | None = None
+    if recipe.clocked:
+        full = clockwork.check_schedule(recipe, steps)
+        n_full = sum(full)
+        split = clockwork.network_split(den, recipe.denoiser)
+        adaptor = clockwork.make_adaptor(recipe.adaptor)
+        with torch.no_grad():
+            r_in, *context = split.head(*unet_inputs)
+            r_out = split.core(r_in, *context)
+        parts["unet_high"] = (lambda: split.tail(r_out, *split.head(*unet_inputs)[1:]), steps * passes, False)
+        parts["unet_core"] = (lambda: split.core(r_in, *context), n_full * passes, False)
+        parts["adaptor"] = (lambda: adaptor(r_in, r_out, *context), (steps - n_full) * passes, False)
+        clock = {"clock": recipe.clock, "clock_schedule": recipe.clock_schedule, "adaptor": recipe.adaptor,
+                 "full_steps": [i for i, f in enumerate(full) if f]}
+    else:
+        parts["unet"] = (unet_pass, steps * passes, False)
+    parts["decoder"] = (lambda: dec.decode(latents), 1, False)
+    parts["text_encoder"] = (lambda: nets["text_encoder"].module(ids), 1, True)
     components: dict[str, Any] = {}
+    per_call: dict[str, tuple[int, int]] = {}
     total_paper = total_all = 0
     with torch.no_grad():
         for name, (fn, calls, per_video) in parts.items():
             paper, all_ = _measure(fn)
+            per_call[name] = (paper, all_)
             components[name] = {
                 "tflops_paper": paper * calls / 1e12,
                 "tflops_all": all_ * calls / 1e12,
@@ -91,8 +111,7 @@ def count(composition: Composition, height: int = 480, width: int = 480) -> dict
             if not per_video:
                 total_paper += paper * calls
                 total_all += all_ * calls
-    recipe = composition.recipe
-    return {
+    result = {
         "tflops_paper": total_paper / 1e12,
         "tflops_all": total_all / 1e12,
         "height": height,
@@ -103,6 +122,15 @@ def count(composition: Composition, height: int = 480, width: int = 480) -> dict
         "components": components,
         "recipe": recipe.components(),
     }
+    if clock is not None:
+        for i, conv in enumerate(("paper", "all")):
+            unclocked = (per_call["unet_high"][i] + per_call["unet_core"][i]) * steps * passes
+            clocked = sum(components[k][f"tflops_{conv}"] for k in ("unet_high", "unet_core", "adaptor")) * 1e12
+            clock[f"unet_tflops_{conv}_unclocked"] = unclocked / 1e12
+            clock[f"unet_tflops_{conv}"] = clocked / 1e12
+            clock[f"unet_saving_{conv}"] = 1 - clocked / unclocked
+        result["clock"] = clock
+    return result
 
 
 def plot_presets(path: str, height: int = 480, width: int = 480, size: str = "full") -> list[dict[str, Any]]:

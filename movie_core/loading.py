@@ -18,10 +18,11 @@ from movie_core.recipe import SLOTS, Recipe, load_recipe, make_recipe, preset, t
 # the recipe flags every command takes (movie_core.cli.recipe_options), in the order they are applied
 RECIPE_FLAGS = (
     "preset", "recipe_file", "vae", "encoder", "decoder", "denoiser", "backend", "size", "init", "model",
-    "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "variant", "options",
+    "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "variant", "clock",
+    "clock_schedule", "adaptor", "options",
 )
 _CHANGES = ("encoder", "decoder", "denoiser", "backend", "size", "steps", "scheduler", "text_guidance",
-            "image_guidance", "seed", "device", "dtype", "anchor", "vae", "variant")
+            "image_guidance", "seed", "device", "dtype", "anchor", "vae", "variant", "clock", "clock_schedule", "adaptor")
 
 
 def parse_value(raw: str) -> Any:
@@ -127,7 +128,7 @@ def resolve_recipe(flags: dict[str, Any], builtin: bool = False,
 def device_default_backend(recipe: Recipe, note: Callable[[str], None] | None = None) -> Recipe:
     """A recipe on the `eager` default whose device a backend declares itself the default for
     (`extra={"default_for_devices": ["cuda"]}`, e.g. cuda-graphs) runs through that backend when it is available."""
-    if recipe.backend != "eager":
+    if recipe.backend != "eager" or recipe.clocked:  # the clock runs on eager only (no split graphs exported yet)
         return recipe
     from movie_core.plugins import get_registry
 

@@ -45,6 +45,7 @@ class Pipeline:
         self.device = device
         self.dtype = dtype
         self.runtime: Any = None  # movie_core.backends.Runtime when the backend routes the components
+        self.step_clock: Any = None  # movie_core.clockwork.StepClock when the recipe sets a clock
 
     @classmethod
     def build(cls, composition: Composition, model: Path | None = None, meta: bool = False,
@@ -70,6 +71,9 @@ class Pipeline:
 
             options = composition.component_options("backend") | dict(backend_options or {})
             pipe.runtime = bind(pipe, options, cache)
+            from movie_core.clockwork import build_clock
+
+            pipe.step_clock = build_clock(pipe)
         return pipe
 
     # --- what the recipe asks for, with the components' own defaults -----------------------
@@ -132,14 +136,16 @@ class Pipeline:
         r = self.recipe
         p = prompt if isinstance(prompt, Prompt) else self.prompt(prompt)
         clock = _Clock(self.device, timings)
-        with self._anchored(anchor):
+        on_step = _both(self.step_clock.on_step if self.step_clock is not None else None,
+                        anchor.on_step if anchor is not None else None)
+        with self._anchored(anchor), self._clocked():
             lat = clock("encoder", lambda: self.encode(images))
             out = clock("denoiser", lambda: self.denoiser.sample(
                 lat, p.text_emb, steps=steps or self.steps,
                 s_T=r.text_guidance if s_T is None else s_T, s_I=r.image_guidance if s_I is None else s_I,
                 null_emb=p.null_emb, latents=latents,
                 generator=generator if generator is not None else self.generators(images.shape[0], seed),
-                on_step=anchor.on_step if anchor is not None else None))
+                on_step=on_step))
             return clock("decoder", lambda: self.decode(out))
 
     @torch.no_grad()
@@ -151,6 +157,14 @@ class Pipeline:
                     latents: torch.Tensor | None = None) -> torch.Tensor:
         """Edit a batch of images with one prompt and no anchor (each image on its own)."""
         return self.edit_batch(images, prompt, latents=latents, generator=generator)
+
+    @contextlib.contextmanager
+    def _clocked(self) -> Iterator[None]:
+        if self.step_clock is None:
+            yield
+            return
+        with self.step_clock.running(self.denoiser):
+            yield
 
     @contextlib.contextmanager
     def _anchored(self, anchor: AnchorController | None) -> Iterator[None]:
@@ -218,6 +232,18 @@ class Pipeline:
         if dtype is not None:
             self.dtype = dtype
         return self
+
+
+def _both(first: Callable | None, second: Callable | None) -> Callable | None:
+    """One on_step callback that calls both (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def call(index: int, timestep: Any) -> None:
+        first(index, timestep)
+        second(index, timestep)
+
+    return call
 
 
 class _Clock:

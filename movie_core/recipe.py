@@ -27,6 +27,7 @@ _ANCHOR = re.compile(r"^(middle|first|none|\d+)$")
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 _VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SCHEDULER = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # which names exist is the denoiser's to say
+ADAPTORS = ("identity",)  # Clockwork: what stands in for the low-resolution core on the clock's other steps
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -87,6 +88,26 @@ def _matches(pattern: re.Pattern, what: str):
     return check
 
 
+def _schedule(value: Any) -> tuple[int, ...] | None:
+    """clock_schedule from a list of step indices or a comma-separated string ("0,2,3"); None: unset."""
+    if value is None or isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return value
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        steps = [int(str(v).strip()) for v in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"clock_schedule must be step indices such as 0,2,3, got {value!r}") from None
+    return tuple(steps)
+
+
+def _check_schedule(instance: Any, attribute: attrs.Attribute, value: tuple[int, ...] | None) -> None:
+    if value is None:
+        return
+    if not value or value[0] != 0 or any(b <= a for a, b in zip(value, value[1:])):
+        raise ValueError(f"clock_schedule must list increasing step indices starting with 0 (the first step always "
+                         f"runs the full network), got {','.join(map(str, value))}")
+
+
 def _component_options(instance: Any, attribute: attrs.Attribute, value: dict) -> None:
     for slot, opts in value.items():
         if slot not in SLOTS:
@@ -115,8 +136,23 @@ class Recipe:
     dtype: str = attrs.field(default="float32", validator=[_text, attrs.validators.in_(DTYPES)])
     # which weight files of a model folder: "fp16" reads *.fp16.safetensors (None: the plain ones, else the only variant)
     variant: str | None = attrs.field(default=None, validator=attrs.validators.optional(_matches(_VARIANT, "a weights variant such as fp16")))
+    # Clockwork: the full network runs every clock-th step (or on the steps clock_schedule lists), the adaptor
+    # stands in for its low-resolution core on the others (movie_core.clockwork)
+    clock: int = attrs.field(default=1, validator=_positive)
+    clock_schedule: tuple[int, ...] | None = attrs.field(default=None, converter=_schedule, validator=_check_schedule)
+    adaptor: str = attrs.field(default="identity", validator=[_text, attrs.validators.in_(ADAPTORS)])
     # per slot, the component's own options: {"backend": {"dynamic_batch": False}, "denoiser": {...}}
     component_options: dict = attrs.field(factory=dict, converter=dict, validator=_component_options)
+
+    def __attrs_post_init__(self) -> None:
+        if self.clock_schedule is not None and self.clock != 1:
+            raise ValueError(f"give clock or clock_schedule, not both (clock {self.clock}, clock_schedule "
+                             f"{','.join(map(str, self.clock_schedule))})")
+
+    @property
+    def clocked(self) -> bool:
+        """Whether Clockwork is on: some steps run the adaptor instead of the low-resolution core."""
+        return self.clock > 1 or self.clock_schedule is not None
 
     def replace(self, **changes: Any) -> "Recipe":
         """A copy with some fields changed; `vae=X` sets encoder and decoder together."""
@@ -159,6 +195,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -35,7 +35,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from movie_core.components import BuildContext, Denoiser, KVHook, Network
+from movie_core.components import BuildContext, Denoiser, KVHook, Network, NetworkSplit
 from movie_core.errors import MovieError
 from movie_core.weights import (
     check_component, check_tokenizer, component_folder, load_checked, read_config, read_manifest,
@@ -234,6 +234,103 @@ class OneStepNet(torch.nn.Module):
         return self.c_out * x0 + self.c_skip * x
 
 
+def splittable(unet: torch.nn.Module) -> bool:
+    """Whether UNetHead/Core/Tail reproduce this UNet's forward: a first down block that halves the resolution,
+    its skips (with the input conv's) exactly feeding the last up block, and none of the extras the cut ignores."""
+    cfg = unet.config
+    down0, last_up = unet.down_blocks[0], unet.up_blocks[-1]
+    return (
+        len(unet.down_blocks) >= 2 and getattr(down0, "downsamplers", None) is not None
+        and len(last_up.resnets) == len(down0.resnets) + 1 and getattr(last_up, "upsamplers", None) is None
+        and unet.mid_block is not None and cfg.addition_embed_type is None and unet.time_embed_act is None
+        and unet.encoder_hid_proj is None and not cfg.class_embeddings_concat and not cfg.center_input_sample
+        and cfg.class_embed_type in (None, "projection")
+    )
+
+
+class UNetHead(torch.nn.Module):
+    """The high-resolution path before the cut: embeddings, input conv, first down block.
+
+    (sample, time_features, text_emb[, guidance_features]) -> (r_in, emb, text_emb, *top_skips): the steps of
+    diffusers' UNet2DConditionModel.forward up to the first down block, in its order."""
+
+    def __init__(self, unet: torch.nn.Module, embedded: bool):
+        super().__init__()
+        self.unet = unet
+        self.embedded = embedded
+
+    def forward(self, sample, time_features, text_emb, *guidance):
+        unet = self.unet
+        emb = unet.time_embedding(time_features.to(sample.dtype))
+        if self.embedded:
+            emb = emb + unet.class_embedding(guidance[0]).to(dtype=sample.dtype)
+        x = unet.conv_in(sample)
+        block = unet.down_blocks[0]
+        if getattr(block, "has_cross_attention", False):
+            r_in, res = block(hidden_states=x, temb=emb, encoder_hidden_states=text_emb)
+        else:
+            r_in, res = block(hidden_states=x, temb=emb)
+        # res ends with the downsampled r_in, which the core's last up block takes as its skip
+        return (r_in, emb, text_emb, x, *res[:-1])
+
+
+def _up(block, sample, emb, text_emb, res, upsample_size):
+    if getattr(block, "has_cross_attention", False):
+        return block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res, encoder_hidden_states=text_emb,
+                     upsample_size=upsample_size)
+    return block(hidden_states=sample, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
+
+
+class UNetCore(torch.nn.Module):
+    """The low-resolution core: down blocks 2.., mid block, up blocks up to (and with) the upsampler back to the
+    top resolution. (r_in, emb, text_emb, *top_skips) -> r_out; the top skips only give the output size."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, r_in, emb, text_emb, *top_skips):
+        unet = self.unet
+        factor = 2 ** unet.num_upsamplers
+        forward_size = any(d % factor for d in top_skips[0].shape[-2:])
+        res_samples = (*top_skips, r_in)
+        sample = r_in
+        for block in unet.down_blocks[1:]:
+            if getattr(block, "has_cross_attention", False):
+                sample, res = block(hidden_states=sample, temb=emb, encoder_hidden_states=text_emb)
+            else:
+                sample, res = block(hidden_states=sample, temb=emb)
+            res_samples += res
+        if getattr(unet.mid_block, "has_cross_attention", False):
+            sample = unet.mid_block(sample, emb, encoder_hidden_states=text_emb)
+        else:
+            sample = unet.mid_block(sample, emb)
+        upsample_size = None
+        for block in unet.up_blocks[:-1]:
+            n = len(block.resnets)
+            res, res_samples = res_samples[-n:], res_samples[:-n]
+            if forward_size:
+                upsample_size = res_samples[-1].shape[2:]
+            sample = _up(block, sample, emb, text_emb, res, upsample_size)
+        return sample
+
+
+class UNetTail(torch.nn.Module):
+    """The high-resolution path after the cut: last up block (fed the top skips) and the output layers.
+    (r_out, emb, text_emb, *top_skips) -> model output."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, r_out, emb, text_emb, *top_skips):
+        unet = self.unet
+        sample = _up(unet.up_blocks[-1], r_out, emb, text_emb, tuple(top_skips), None)
+        if unet.conv_norm_out:
+            sample = unet.conv_act(unet.conv_norm_out(sample))
+        return unet.conv_out(sample)
+
+
 class Pix2PixDenoiser(Denoiser):
     """Tokenizer + CLIP text encoder + 8-channel UNet + the stage's sampling defaults."""
 
@@ -269,6 +366,17 @@ class Pix2PixDenoiser(Denoiser):
             })
             self.__dict__["_nets"] = nets
         return nets[2]
+
+    def network_split(self) -> NetworkSplit | None:
+        """The 'unet' network (on the same graph inputs) cut after the first down block, for Clockwork."""
+        if not splittable(self.unet):
+            return None
+        split = self.__dict__.get("_split")
+        if split is None or split[0] is not self.unet:
+            split = (self.unet, NetworkSplit(head=UNetHead(self.unet, self.stage_info.embedded),
+                                             core=UNetCore(self.unet), tail=UNetTail(self.unet)))
+            self.__dict__["_split"] = split
+        return split[1]
 
     def anchor_layers(self) -> list[str]:
         return sorted(name for name in self.unet.attn_processors if name.endswith("attn1.processor"))

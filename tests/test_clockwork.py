@@ -1,0 +1,196 @@
+"""Clockwork (issue 21): the denoiser's network split, the step clock in the sampler, and its FLOPs.
+
+The split must reproduce the whole network exactly (the cut moves work, it changes no arithmetic); the clock
+must run the low-resolution core only on its full steps, and a clock that runs every step full must equal
+no clock at all.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from movie_core import plugins
+from movie_core.components import BuildContext
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-pix2pix-1step")
+
+
+def nano_denoiser(stage: str):
+    spec = plugins.get_registry().get("denoiser", stage)
+    return spec.load_factory()(BuildContext(size="nano", seed=3), spec.make_config())
+
+
+def unet_inputs(den, batch: int, h: int, w: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, h, w, generator=g)
+    img = torch.randn(batch, 4, h, w, generator=g)
+    text = torch.randn(batch, 77, den.unet.config.cross_attention_dim, generator=g)
+    return den.graph_inputs(x, torch.tensor(501), img, text, 1.5, 7.5)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("hw", [(16, 16), (12, 20)])  # 12x20: not a multiple of 8, the upsamplers get sizes
+def test_split_reproduces_the_network_exactly(stage, hw):
+    den = nano_denoiser(stage)
+    split = den.network_split()
+    assert split is not None
+    inputs = unet_inputs(den, 3, *hw)
+    net = den.networks()["unet"].module
+    with torch.no_grad(), net.active():
+        full = net(*inputs)
+    with torch.no_grad():
+        r_in, *context = split.head(*inputs)
+        r_out = split.core(r_in, *context)
+        out = split.tail(r_out, *context)
+    top = den.unet.config.block_out_channels
+    assert r_in.shape[1] == top[0] and r_in.shape[-2:] == tuple((d + 1) // 2 for d in hw)
+    assert r_out.shape[-2:] == hw and r_out.shape[1] == top[1]
+    assert torch.equal(out, full)  # the same operations in the same order: bit for bit
+    # the cut is real: the tail reads r_out (another r_out gives another output)
+    with torch.no_grad():
+        other = split.tail(torch.zeros_like(r_out), *context)
+    assert (other - full).abs().max() > 1e-3
+
+
+def test_base_class_says_not_supported():
+    from movie_core.components import Denoiser
+
+    assert Denoiser().network_split() is None
+
+
+# --- the step clock in the sampler ----------------------------------------------------------------------
+
+
+def nano_pipe(name: str = "mmg", **changes):
+    from movie_core.composer import compose
+    from movie_core.loading import build
+    from movie_core.recipe import preset
+
+    return build(compose(preset(name).replace(size="nano", **changes)))
+
+
+def images(n: int = 2, h: int = 32, w: int = 32) -> torch.Tensor:
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+@pytest.mark.parametrize("name", ["base", "mmg"])  # 3-pass guidance in one batch, and one embedded pass
+def test_every_step_full_through_the_split_equals_no_clock(name):
+    plain = nano_pipe(name, steps=3)
+    assert plain.step_clock is None
+    clocked = nano_pipe(name, steps=3, clock_schedule=[0, 1, 2])
+    ref = plain.edit_batch(images(), "make it sepia", seed=5)
+    out = clocked.edit_batch(images(), "make it sepia", seed=5)
+    assert clocked.step_clock.core_calls == 3 and clocked.step_clock.adaptor_calls == 0  # it did go through
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("name", ["base", "mmg"])
+def test_clock_2_runs_the_core_on_even_steps_and_stays_close(name):
+    plain = nano_pipe(name, steps=5)
+    clocked = nano_pipe(name, steps=5, clock=2)
+    clock = clocked.step_clock
+    core_steps: list[int] = []
+    clock.split.core.register_forward_hook(lambda *_: core_steps.append(clock.step))
+    ref = plain.edit_batch(images(), "make it sepia", seed=5)
+    out = clocked.edit_batch(images(), "make it sepia", seed=5)
+    assert core_steps == [0, 2, 4] and clock.adaptor_calls == 2
+    other_noise = plain.edit_batch(images(), "make it sepia", seed=6)
+    changed = (out - ref).abs().mean().item()
+    assert changed > 0  # the adaptor steps reused stale features
+    # ...but the identity adaptor moves the result far less than another starting noise does
+    assert changed < 0.5 * (other_noise - ref).abs().mean().item()
+    # a second batch starts a new trajectory: the core runs on its step 0 again
+    clocked.edit_batch(images(), "make it sepia", seed=5)
+    assert core_steps == [0, 2, 4, 0, 2, 4]
+
+
+def test_explicit_schedule_and_anchor_attention():
+    from movie_core.crossframe import AnchorController
+
+    pipe = nano_pipe("base", steps=4, clock_schedule="0,1,3")
+    anchor = AnchorController()
+    anchor.record()
+    pipe.edit_batch(images(1), "make it sepia", anchor=anchor, seed=5)
+    assert pipe.step_clock.core_calls == 3 and pipe.step_clock.adaptor_calls == 1
+    # the base model has self-attention at the top level, which runs on every step; the core's only on full ones
+    high = {layer for (step, layer) in anchor.store if step == 2}
+    assert high and high < {layer for (step, layer) in anchor.store if step == 0}
+    anchor.replay()
+    out = pipe.edit_batch(images(2), "make it sepia", anchor=anchor, seed=5)
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_clock_refusals():
+    from movie_core import clockwork
+    from movie_core.errors import UsageError
+    from movie_core.recipe import preset
+
+    with pytest.raises(UsageError, match="clock_schedule names step 7, but the recipe samples 4 steps"):
+        nano_pipe("mmg", steps=4, clock_schedule=[0, 7])
+    with pytest.raises(UsageError, match="starting with 0"):
+        preset("mmg").replace(clock_schedule=[1, 2])
+    with pytest.raises(UsageError, match="not both"):
+        preset("mmg").replace(clock=2, clock_schedule=[0, 2])
+    with pytest.raises(UsageError, match="adaptor"):
+        preset("mmg").replace(adaptor="learned")
+    with pytest.raises(UsageError, match="does not expose a network split"):
+        clockwork.network_split(object(), "tiny")
+    assert clockwork.full_steps(8, 2) == [True, False] * 4
+    assert clockwork.full_steps(4, 1, (0, 3)) == [True, False, False, True]
+
+
+def test_clock_refuses_a_routing_backend(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx backend needs onnxruntime (the test extra installs it)")
+    from movie_core.errors import UsageError
+
+    monkeypatch.setenv("MOVIE_CACHE_DIR", str(tmp_path))
+    with pytest.raises(UsageError, match="use --backend eager"):
+        nano_pipe("mmg", steps=2, clock=2, backend="onnx")
+
+
+def test_cli_takes_the_clock_flags(run_movie, tmp_path):
+    out = tmp_path / "r.toml"
+    ok = run_movie("compose", "--preset", "mmg", "--clock-schedule", "0,1,3", "--adaptor", "identity", "-o", str(out))
+    assert ok.returncode == 0, ok.stderr
+    assert "clock_schedule = [0, 1, 3]" in out.read_text()
+    again = run_movie("compose", "--recipe", str(out), "--json")
+    assert again.returncode == 0, again.stderr
+    assert '"clock_schedule": [\n' in again.stdout or '"clock_schedule": [0, 1, 3]' in again.stdout
+    bad = run_movie("compose", "--preset", "mmg", "--clock", "2", "--clock-schedule", "0,2")
+    assert bad.returncode == 2 and "not both" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["base", "mmg"])
+def test_flops_count_the_clock_exactly(name):
+    from movie_core import flops
+    from movie_core.composer import compose
+    from movie_core.recipe import preset
+
+    plain = flops.count(compose(preset(name).replace(size="nano", steps=5)), height=64, width=96)
+    clocked = flops.count(compose(preset(name).replace(size="nano", steps=5, clock=2)), height=64, width=96)
+    passes = plain["unet_passes_per_step"]
+    comps, unet = clocked["components"], plain["components"]["unet"]
+    assert "unet" not in comps and clocked["clock"]["full_steps"] == [0, 2, 4]
+    assert (comps["unet_high"]["calls"], comps["unet_core"]["calls"], comps["adaptor"]["calls"]) == (
+        5 * passes, 3 * passes, 2 * passes)
+    for conv in ("paper", "all"):
+        key = f"tflops_{conv}"
+        per_pass = comps["unet_high"][key] / comps["unet_high"]["calls"] + comps["unet_core"][key] / comps["unet_core"]["calls"]
+        assert per_pass == pytest.approx(unet[key] / unet["calls"], rel=1e-9)  # the split costs what the network does
+        assert comps["adaptor"][key] == 0  # identity
+        saved = comps["unet_core"][key] / 3 * 2  # two core runs skipped
+        assert clocked[key] == pytest.approx(plain[key] - saved, rel=1e-9)
+        assert clocked["clock"][f"unet_saving_{conv}"] == pytest.approx(saved / unet[key], rel=1e-9)
+
+
+def test_flops_cli_prints_the_clock(run_movie):
+    out = run_movie("flops", "--preset", "mmg", "--size", "nano", "--clock", "3", "--height", "64", "--width", "64")
+    assert out.returncode == 0, out.stderr
+    assert "clock: full UNet on steps 0,3,6,9 of 10" in out.stdout and "unet_core" in out.stdout
