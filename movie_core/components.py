@@ -10,8 +10,9 @@ object that satisfies the matching Protocol (`AutoencoderContract`, `DenoiserCon
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch

@@ -7,7 +7,8 @@ MoViE paper's Table 1. `all` is everything torch's FlopCounterMode counts for a 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -16,6 +17,7 @@ from movie_core.backends import active
 from movie_core.composer import Composition, compose
 from movie_core.errors import UsageError
 from movie_core.loading import build
+
 
 def _paper_flops(module: torch.nn.Module, output: Any) -> int:
     """2 FLOPs per multiply-add of a convolution or linear layer (bias adds not counted)."""

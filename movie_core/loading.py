@@ -9,8 +9,9 @@ recipe runs on when none is given: the built-in nano weights of its denoiser).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from movie_core.errors import MovieError, UsageError
 from movie_core.recipe import SLOTS, Recipe, load_recipe, make_recipe, preset, tomllib

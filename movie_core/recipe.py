@@ -74,7 +74,7 @@ class Recipe:
     # per slot, the component's own options: {"backend": {"dynamic_batch": False}, "denoiser": {...}}
     component_options: dict = attrs.field(factory=dict, converter=dict, validator=_component_options)
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed; `vae=X` sets encoder and decoder together."""
         vae = changes.pop("vae", None)
         if vae is not None:
@@ -177,7 +177,7 @@ def preset(name: str) -> Recipe:
     return from_toml(text, source=f"preset {name}")
 
 
-def load_recipe(spec: "Recipe | str | Path") -> Recipe:
+def load_recipe(spec: Recipe | str | Path) -> Recipe:
     """A Recipe from a preset name (base, mobile, mmg, movie), a recipe TOML file, or a Recipe (returned as is)."""
     if isinstance(spec, Recipe):
         return spec

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 
@@ -55,7 +56,7 @@ class ComponentSpec:
     base: str | None = None
     defaults: dict = attrs.field(factory=dict, converter=dict)
 
-    def derive(self, base: "ComponentSpec") -> "ComponentSpec":
+    def derive(self, base: ComponentSpec) -> ComponentSpec:
         """This derived spec with everything it leaves out taken from its (resolved) base."""
         return attrs.evolve(
             self,
@@ -160,7 +161,7 @@ class Registry:
         self._specs[spec.family][spec.name] = spec
         return spec
 
-    def for_plugin(self, plugin: str, version: str = "") -> "PluginRegistry":
+    def for_plugin(self, plugin: str, version: str = "") -> PluginRegistry:
         """A view that stamps the owning plugin on every spec registered through it."""
         return PluginRegistry(self, plugin, version)
 

@@ -134,8 +134,8 @@ def edit_and_capture(recipe, src: Path, prompt: str) -> dict:
     import numpy as np
 
     from movie_core.composer import compose
-    from movie_core.loading import build
     from movie_core.edit import SizePolicy, edit_video
+    from movie_core.loading import build
     from movie_core.video import open_source
 
     pipe = build(compose(recipe))

@@ -14,9 +14,10 @@ Every call is appended to `calls` so tests can check the sequence.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ RUNTIMES = ("tflite", "qnn_lib_aarch64_android", "qnn_context_binary", "onnx", "
 
 calls: list[tuple[str, dict[str, Any]]] = []
 _ids = itertools.count(1)
-_models: dict[str, "Model"] = {}
+_models: dict[str, Model] = {}
 
 
 class StandInError(AssertionError):

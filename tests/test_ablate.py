@@ -15,6 +15,7 @@ import pytest
 import movie_core
 from movie_core import ablation
 from movie_core.errors import UsageError
+
 from cli_helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_plugins")

@@ -14,9 +14,9 @@ import torch
 
 from movie_core import backends
 from movie_core.composer import compose
-from movie_core.loading import build
 from movie_core.edit import FrameEditor, SizePolicy, to_tensor
 from movie_core.errors import MovieError, UsageError
+from movie_core.loading import build
 from movie_core.recipe import preset
 
 SIZE = (64, 64)

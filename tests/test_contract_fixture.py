@@ -22,10 +22,11 @@ import diffusers  # noqa: F401
 import numpy as np
 import pytest
 import transformers  # noqa: F401
-from cli_helpers import run_cli
 from PIL import Image
 
 from movie_core import crossframe, plugins
+
+from cli_helpers import run_cli
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "handwritten_denoiser"
 TINY = ["--denoiser", "tiny-convattn", "--size", "nano", "--init", "random"]

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from movie_plugins.distillers import _metrics as metrics
 
 from movie_core.data.datasets import open_dataset, to_torch_batch
 from movie_core.training.distiller import Distiller
 from movie_core.training.loop import TrainConfig, read_log, run
+from movie_plugins.distillers import _metrics as metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -139,10 +139,9 @@ def test_finetune_options_are_validated():
 def test_vpred_weighting_option():
     """'relative' scores each example by its relative error, so scaling one example's target and prediction by k
     leaves it unchanged, where 'uniform' (the plain MSE) scales that example's share by k^2."""
-    from movie_plugins.distillers._common import regression_loss
-
     from movie_core.errors import UsageError
     from movie_core.plugins import get_registry
+    from movie_plugins.distillers._common import regression_loss
 
     g = torch.Generator().manual_seed(0)
     target, pred = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
@@ -360,12 +359,7 @@ def test_adversarial_with_a_separate_multistep_teacher(work, data, mmg, vpred):
 
 def test_discriminator_shapes_conditioning_and_frozen_features(base_teacher):
     from movie_plugins.distillers._common import to_mmg
-    from movie_plugins.distillers._discriminator import (
-        Discriminator,
-        hinge_d_loss,
-        hinge_g_loss,
-        score,
-    )
+    from movie_plugins.distillers._discriminator import Discriminator, hinge_d_loss, hinge_g_loss, score
 
     teacher = load(base_teacher)
     den = to_mmg(teacher.denoiser)

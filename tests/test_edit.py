@@ -13,20 +13,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
-
 # Import the model libraries while pytest's session-wide capture is in place, so their logging
 # handlers bind to a stream that outlives any one test's capfd.
 import diffusers  # noqa: F401
+import numpy as np
+import pytest
 import transformers  # noqa: F401
+from PIL import Image
 
 from movie_core.cli import main
 from movie_core.edit import FrameEditor, SizePolicy, anchor_index, contact_sheet
 from movie_core.errors import UsageError
 from movie_core.video import make_test_video, open_source, probe
-from media_helpers import digest, zero_frame_video, faststart_copy, cut_in_half
+
+from media_helpers import cut_in_half, digest, faststart_copy, zero_frame_video
 
 NANO = ["--size", "nano", "--init", "random", "--no-progress"]
 SUMMARY = re.compile(r"^edited (\d+) frames in ([\d.]+) s \(([\d.]+) frames/s\) at (\d+)x(\d+) -> (.+)$", re.M)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from cli_helpers import run_cli
 from movie_core import plugins
 from movie_core.composer import compose
 from movie_core.errors import UsageError
@@ -14,6 +13,8 @@ from movie_core.hookspecs import hookimpl
 from movie_core.loading import build, builtin_stage, component_options, parse_options, resolve_recipe
 from movie_core.recipe import preset
 from movie_core.registry import ComponentSpec
+
+from cli_helpers import run_cli
 
 
 @pytest.fixture(autouse=True)

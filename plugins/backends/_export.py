@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
 from movie_core.errors import UsageError
 
 PROMPT = "make it look like a watercolor painting"

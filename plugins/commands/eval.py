@@ -66,8 +66,8 @@ def movie_register_commands(cli):
               progress: bool, **kw: Any) -> None:
         """Score MODEL's edits against the ground truth of a dataset split: PSNR, SSIM (and more on request)."""
         from movie_core import evaluate as ev
-        from movie_core.errors import MovieError, UsageError
         from movie_core.data.datasets import VideoDataset, open_dataset
+        from movie_core.errors import MovieError, UsageError
 
         data_path = Path(data)
         if not data_path.exists():

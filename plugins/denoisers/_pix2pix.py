@@ -16,10 +16,10 @@ option) brings the ancestral sampler back.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -130,7 +130,7 @@ def zero_guidance_embedding(unet: UNet2DConditionModel) -> None:
 class KVHookAttnProcessor:
     """diffusers self-attention (SDPA) whose keys and values pass through the denoiser's KV hook."""
 
-    def __init__(self, denoiser: "Pix2PixDenoiser", name: str) -> None:
+    def __init__(self, denoiser: Pix2PixDenoiser, name: str) -> None:
         self.denoiser = denoiser
         self.name = name
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from movie_core.hookspecs import hookimpl
 from movie_plugins.distillers import distiller_spec
 from movie_plugins.distillers._options import Pix2PixFinetuneOptions
-
-from movie_core.hookspecs import hookimpl
 
 NAME = "pix2pix-finetune"
 SUMMARY = "InstructPix2Pix training with conditioning dropout (finetune a stage, or after the attention removal)"

@@ -305,10 +305,10 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every stage into `work`; returns the per-stage record also saved as work/chain.json."""
     import torch
-    from movie_plugins.nano import train as nano_train
 
     from movie_core.components import resolve_device
     from movie_core.data.procedural import write_nano
+    from movie_plugins.nano import train as nano_train
 
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "chain.json"

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 
-from movie_core.errors import MovieError
 from movie_core.data import procedural
+from movie_core.errors import MovieError
 from movie_core.weights import replace_folder
 from movie_plugins.autoencoders._sd1 import SD_SCALING_FACTOR, SDVAE, TAESD, TAESD_SIZES, VAE_SIZES
 from movie_plugins.denoisers._tokenizer import CLIP_MAX_LENGTH, _bytes_to_unicode, byte_vocab
