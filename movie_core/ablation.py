@@ -431,7 +431,8 @@ def run_grid(cells: Sequence[Mapping[str, Any]], measure: Callable[[dict[str, An
     target = _check_out(out)
     plan = [Planned(s, {"config": dict(config or {})}, measure=lambda s=s: measure(dict(s))) for s in settings]
     rows = execute(plan, target, log)
-    return write_outputs(rows, factors, target, title=title, notes=notes, cost=[cost] if isinstance(cost, str) else cost,
+    return write_outputs(rows, factors, target, title=title, notes=notes,
+                         cost=[cost] if isinstance(cost, str) else cost,
                          quality=quality, bars=bars, meta={"config": dict(config or {})})
 
 
@@ -609,7 +610,8 @@ def _measures(measure: Sequence[str] | str) -> list[str]:
     names = [m.strip() for m in measure.split(",")] if isinstance(measure, str) else list(measure)
     unknown = [m for m in names if m not in MEASURES]
     if not names or unknown:
-        raise UsageError(f"--measure: unknown measure '{unknown[0] if unknown else ''}'; choose from {', '.join(MEASURES)}")
+        raise UsageError(f"--measure: unknown measure '{unknown[0] if unknown else ''}'; "
+                         f"choose from {', '.join(MEASURES)}")
     return [m for m in MEASURES if m in names]
 
 
@@ -716,7 +718,8 @@ def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None =
     if target is not None:
         target.mkdir(exist_ok=True)
     rows = execute(plan, target, log)
-    bench = f"{bench_size}x{bench_size}, {bench_frames} frames per batch, median of {bench_repeats} repeats after a warm-up"
+    bench = (f"{bench_size}x{bench_size}, {bench_frames} frames per batch, "
+             f"median of {bench_repeats} repeats after a warm-up")
     help_ = {c: h.format(height=height, width=width, nano=f"{nano_hw[0]}x{nano_hw[1]}", bench=bench)
              for c, h in COLUMN_HELP.items()}
     meta = {"base": name, "base_recipe": attrs.asdict(start), "measure": measures,

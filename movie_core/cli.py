@@ -80,7 +80,8 @@ def list_(family: str | None, as_json: bool) -> None:
 @recipe_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe as TOML.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--save-model", type=click.Path(file_okay=True), help="Build and write a loadable model folder (or .safetensors file).")
+@click.option("--save-model", type=click.Path(file_okay=True),
+              help="Build and write a loadable model folder (or .safetensors file).")
 def compose(output: str | None, as_json: bool, save_model: str | None, **kw: Any) -> None:
     """Validate and describe a pipeline; optionally write its recipe or a model folder."""
     from movie_core.composer import compose as do_compose
@@ -148,10 +149,12 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
     if as_json:
         _emit(result)
         return
-    click.echo(f"{height}x{width}, per frame: {result['tflops_paper']:.3f} TFLOPs (paper), {result['tflops_all']:.3f} TFLOPs (all)")
+    click.echo(f"{height}x{width}, per frame: {result['tflops_paper']:.3f} TFLOPs (paper), "
+               f"{result['tflops_all']:.3f} TFLOPs (all)")
     for name, c in result["components"].items():
         per = "per video" if c.get("per_video") else "per frame"
-        click.echo(f"  {name:13} {c['tflops_paper']:9.4f} paper {c['tflops_all']:9.4f} all  ({per}, {c['calls']} call(s))")
+        click.echo(f"  {name:13} {c['tflops_paper']:9.4f} paper {c['tflops_all']:9.4f} all  "
+                   f"({per}, {c['calls']} call(s))")
     if plot:
         click.echo(f"wrote {plot}")
 
@@ -165,7 +168,8 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
 @click.option("--width", type=click.IntRange(min=8), help="Processing width.")
 @click.option("--max-side", type=click.IntRange(min=8), help="Shrink frames whose longer side exceeds this.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per batch.")
-@click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower is better).")
+@click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True,
+              help="H.264 quality (lower is better).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--preview", type=click.Path(dir_okay=False), help="Write a contact sheet PNG (source above edited).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Frame rate for a folder of frames.")
@@ -214,7 +218,8 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
 @click.option("--width", type=click.IntRange(min=8), default=256, show_default=True)
 @click.option("--frames", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per repeat.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed repeats after one warm-up.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed repeats after one warm-up.")
 @click.option("--compare", type=click.Choice(["diffusers"]), help="Also time diffusers' InstructPix2Pix pipeline.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON result to this file.")
@@ -241,7 +246,8 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
             _emit(result)
             return
         r = result["recipe"]
-        click.echo(f"{height}x{width}, batch {batch_size}, {r['denoiser']} + {r['encoder']}/{r['decoder']} ({r['size']}), "
+        click.echo(f"{height}x{width}, batch {batch_size}, "
+                   f"{r['denoiser']} + {r['encoder']}/{r['decoder']} ({r['size']}), "
                    f"median of {result['rounds']} interleaved rounds:")
         for name, r in result["backends"].items():
             click.echo(f"  {name:9} {r['ms_per_frame']:8.1f} ms/frame  {r['frames_per_s']:7.2f} frames/s  "
@@ -259,17 +265,22 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
     c = result["components"]
     click.echo(f"{height}x{width}, batch {batch_size}: {result['ms_per_frame']:.1f} ms/frame, "
                f"{result['frames_per_s']:.2f} frames/s, peak {result['peak_mem_mb']:.0f} MB")
-    click.echo(f"  encoder {c['encoder_ms_per_frame']:.1f} ms/frame, denoiser {c['denoiser_ms_per_frame']:.1f} ms/frame, "
-               f"decoder {c['decoder_ms_per_frame']:.1f} ms/frame, text encoder {c['text_encoder_ms_per_video']:.1f} ms/video")
+    click.echo(f"  encoder {c['encoder_ms_per_frame']:.1f} ms/frame, "
+               f"denoiser {c['denoiser_ms_per_frame']:.1f} ms/frame, "
+               f"decoder {c['decoder_ms_per_frame']:.1f} ms/frame, "
+               f"text encoder {c['text_encoder_ms_per_video']:.1f} ms/video")
     if "compare" in result:
         cmp_ = result["compare"]
-        click.echo(f"  diffusers InstructPix2Pix: {cmp_['diffusers_ms_per_frame']:.1f} ms/frame; speedup {cmp_['speedup']:.2f}x")
+        click.echo(f"  diffusers InstructPix2Pix: {cmp_['diffusers_ms_per_frame']:.1f} ms/frame; "
+                   f"speedup {cmp_['speedup']:.2f}x")
 
 
 @cli.command()
 @click.argument("strategy")
-@click.option("--teacher", required=True, type=click.Path(), help="Teacher model folder (written by compose --save-model, convert or distill).")
-@click.option("--data", required=True, type=click.Path(), help="Dataset: imagefolder with metadata.jsonl, parquet, or `movie data nano` output.")
+@click.option("--teacher", required=True, type=click.Path(),
+              help="Teacher model folder (written by compose --save-model, convert or distill).")
+@click.option("--data", required=True, type=click.Path(),
+              help="Dataset: imagefolder with metadata.jsonl, parquet, or `movie data nano` output.")
 @click.option("--out", required=True, type=click.Path(), help="Student model folder to write.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Per process.")
@@ -277,7 +288,8 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear LR warm-up (default: the strategy's).")
 @click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
-@click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="EMA decay (off by default).")
+@click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="EMA decay (off by default).")
 @click.option("--resolution", type=click.IntRange(min=8), default=64, show_default=True)
 @click.option("--extra-resolution", "extra_resolutions", type=click.IntRange(min=8), multiple=True,
               help="Also train at this size (repeatable): steps cycle through the sizes, a step at a larger size "
@@ -288,7 +300,8 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-O", "--option", "options", multiple=True, help="Strategy option key=value (see `movie list distiller`).")
+@click.option("-O", "--option", "options", multiple=True,
+              help="Strategy option key=value (see `movie list distiller`).")
 @click.option("--resume", is_flag=True, help="Continue the run that writes --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (and start the run over).")
 @click.option("--progress/--no-progress", default=True)

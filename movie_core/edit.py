@@ -171,7 +171,8 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
     padded = policy.padded(*size)
     editor = FrameEditor(pipe, prompt, size=size, padded=padded)
     total = source.frame_count
-    keep = set(np.linspace(0, total - 1, min(preview_count, total)).round().astype(int).tolist()) if preview and total else set()
+    keep = (set(np.linspace(0, total - 1, min(preview_count, total)).round().astype(int).tolist())
+            if preview and total else set())
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     start = time.perf_counter()
     done = 0
@@ -181,7 +182,8 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
             try:
                 anchor = source.frame(index)
             except (IndexError, StopIteration) as e:  # the file holds fewer frames than its header claims
-                raise CorruptVideoError(f"truncated video: {source.path} (anchor frame {index}: {e or 'not found'})") from None
+                raise CorruptVideoError(
+                    f"truncated video: {source.path} (anchor frame {index}: {e or 'not found'})") from None
             editor.record_anchor(anchor)
         bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="editing")
 

@@ -501,8 +501,10 @@ def evaluate_images(predictor, dataset: Sequence[dict[str, Any]], *, limit: int 
         result["clip"] = {
             "clip_image": _mean(c[0] for c in clip_rows),
             "clip_direction": _mean(c[1] for c in clip_rows),
-            "ground_truth": {"clip_image": _mean(c[2] for c in clip_rows), "clip_direction": _mean(c[3] for c in clip_rows)},
-            "text_direction": "source -> edited captions" if used_captions else 'instruction vs "" (InstructPix2Pix convention)',
+            "ground_truth": {"clip_image": _mean(c[2] for c in clip_rows),
+                             "clip_direction": _mean(c[3] for c in clip_rows)},
+            "text_direction": ("source -> edited captions" if used_captions
+                               else 'instruction vs "" (InstructPix2Pix convention)'),
         }
     return result
 
@@ -627,7 +629,8 @@ def temporal_consistency(predictor, dataset: Sequence[dict[str, Any]], *, limit:
         "ground_truth_ratio": _mean(v["ground_truth_ratio"] for v in videos if v["ground_truth_ratio"] is not None),
         "psnr": _mean(v["psnr"] for v in videos),
         "ssim": _mean(v["ssim"] for v in videos),
-        "identity": {"psnr": _mean(v["identity_psnr"] for v in videos), "ssim": _mean(v["identity_ssim"] for v in videos)},
+        "identity": {"psnr": _mean(v["identity_psnr"] for v in videos),
+                     "ssim": _mean(v["identity_ssim"] for v in videos)},
         "frames_per_s": frame_count / seconds if seconds else None,
         "videos": videos,
     }
@@ -649,9 +652,9 @@ def open_video_data(data: str | Path, split: str | None):
 
 
 def evaluate(predictor, data: str | Path, *, split: str | None = "test", limit: int | None = None,
-             batch_size: int = 8, clip: str | Path | ClipScorer | None = None, controllability_samples: int | None = None,
-             videos: bool = False, progress: bool = False, model: str | None = None,
-             recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+             batch_size: int = 8, clip: str | Path | ClipScorer | None = None,
+             controllability_samples: int | None = None, videos: bool = False, progress: bool = False,
+             model: str | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything `movie eval` reports, as plain data (see the module docstring for the metrics).
 
     `predictor`: a PipelinePredictor, a pipeline (wrapped), 'identity', 'ground-truth' or a callable.

@@ -56,7 +56,8 @@ def component_options(pairs: tuple[str, ...] | list[str], default_slot: str = "b
                 out.setdefault(s, {})[name] = value
             continue
         if slot not in SLOTS:
-            raise UsageError(f"-O {key}: unknown slot '{slot}'; use one of {', '.join(SLOTS)} (e.g. -O backend.opset=18)")
+            raise UsageError(f"-O {key}: unknown slot '{slot}'; "
+                             f"use one of {', '.join(SLOTS)} (e.g. -O backend.opset=18)")
         out.setdefault(slot, {})[name] = value
     return out
 
@@ -142,13 +143,17 @@ def resolve_weights(recipe: Recipe, model: str | Path | None) -> Path | None:
     folder = resolve_model(model)
     size = ((read_manifest(folder) or {}).get("recipe") or {}).get("size")
     if size and size != recipe.size:
-        raise UsageError(f"model {model} is {size}-size but the recipe is {recipe.size}: use recipe.replace(size='{size}')")
+        raise UsageError(f"model {model} is {size}-size but the recipe is {recipe.size}: "
+                         f"use recipe.replace(size='{size}')")
     return folder
 
 
 def build(composition: Any, model: str | Path | None = None, meta: bool = False,
           backend_options: dict[str, Any] | None = None, cache: Any = None) -> Any:
-    """Build the pipeline of a composition (random weights, a model folder, or the meta device), bound to its backend."""
+    """Build the pipeline of a composition, bound to its backend.
+
+    Weights: random, from a model folder, or none (the meta device).
+    """
     from movie_core.pipeline import Pipeline
 
     return Pipeline.build(composition, model=Path(model) if model else None, meta=meta,

@@ -62,13 +62,15 @@ class Recipe:
     denoiser: str = "mobile-pix2pix-1step"
     backend: str = "eager"
     steps: int | None = attrs.field(default=None, validator=_positive)
-    scheduler: str | None = attrs.field(default=None, validator=attrs.validators.optional(_matches(_SCHEDULER, "a sampler name such as ddim, euler, euler-ancestral or lcm")))
+    scheduler: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        _matches(_SCHEDULER, "a sampler name such as ddim, euler, euler-ancestral or lcm")))
     text_guidance: float = attrs.field(default=7.5, converter=float, validator=_non_negative)
     image_guidance: float = attrs.field(default=1.5, converter=float, validator=_non_negative)
     seed: int = attrs.field(default=0, converter=int)
     size: str = attrs.field(default="full", validator=attrs.validators.in_(SIZES))
     resolution: str = attrs.field(default="keep", validator=_matches(_RESOLUTION, "keep, max-side:N or HxW"))
-    anchor: str = attrs.field(default="middle", converter=str, validator=_matches(_ANCHOR, "middle, first, none or a frame index"))
+    anchor: str = attrs.field(default="middle", converter=str,
+                              validator=_matches(_ANCHOR, "middle, first, none or a frame index"))
     device: str = attrs.field(default="cpu", validator=_matches(_DEVICE, "cpu, auto, mps, cuda or cuda:N"))
     dtype: str = attrs.field(default="float32", validator=attrs.validators.in_(DTYPES))
     # per slot, the component's own options: {"backend": {"dynamic_batch": False}, "denoiser": {...}}
@@ -150,7 +152,8 @@ def from_toml(text: str, source: str = "recipe") -> Recipe:
                 raise UsageError(f"{source}: '{key}' belongs in [components], not [options]")
             flat[key] = value
     if data:
-        raise UsageError(f"{source}: unknown recipe key '{sorted(data)[0]}'; expected tables [components] and [options]")
+        raise UsageError(f"{source}: unknown recipe key '{sorted(data)[0]}'; "
+                         "expected tables [components] and [options]")
     try:
         return make_recipe(flat)
     except UsageError as exc:

@@ -117,7 +117,8 @@ class ComponentSpec:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(
-                f"unknown option {unknown[0]!r} for {self.family} '{self.name}'; known: {', '.join(sorted(known)) or 'none'}"
+                f"unknown option {unknown[0]!r} for {self.family} '{self.name}'; "
+                f"known: {', '.join(sorted(known)) or 'none'}"
             )
         try:
             return self.config(**values)
@@ -166,7 +167,10 @@ class Registry:
         return PluginRegistry(self, plugin, version)
 
     def get(self, family: str, name: str) -> ComponentSpec:
-        """The spec for a name (a derived one resolved through its base), or UnknownComponentError naming what exists."""
+        """The spec for a name (a derived one resolved through its base).
+
+        An unknown name raises UnknownComponentError, naming what exists.
+        """
         if family not in self._specs:
             raise UsageError(f"unknown family '{family}'; available: {', '.join(FAMILIES)}")
         return self._resolve(family, name, ())

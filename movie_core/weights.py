@@ -1,4 +1,7 @@
-"""Model folders: diffusers layout + movie.json manifest; single-file safetensors; the HF cache; no silent unpickling."""
+"""Model folders: diffusers layout + movie.json manifest; single-file safetensors; the HF cache.
+
+Nothing is unpickled silently.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +32,10 @@ def allow_pickle() -> bool:
 
 
 def use_safetensors() -> bool | None:
-    """`use_safetensors` for from_pretrained: True (safetensors only) unless pickles are allowed (None: fall back to .bin)."""
+    """`use_safetensors` for from_pretrained: True (safetensors only) unless pickles are allowed.
+
+    With pickles allowed it is None: diffusers falls back to .bin files.
+    """
     return None if allow_pickle() else True
 
 

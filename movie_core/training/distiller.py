@@ -47,7 +47,8 @@ class Distiller:
         root = resolve_model(teacher_dir)
         manifest = read_manifest(root)
         if not manifest or "recipe" not in manifest:
-            raise UsageError(f"{teacher_dir}: no movie.json with a recipe; save the teacher with `movie compose --save-model`")
+            raise UsageError(f"{teacher_dir}: no movie.json with a recipe; "
+                             "save the teacher with `movie compose --save-model`")
         recipe = make_recipe(manifest["recipe"]) if manifest else preset("base")
         pipe = build(compose(recipe), model=root)
         pipe.to(device=device)

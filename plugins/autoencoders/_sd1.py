@@ -89,7 +89,8 @@ def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Pat
 def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
     """AutoencoderKL with SD-1.5 shapes (or nano), random or loaded from <model>/vae."""
     if ctx.weights is not None:
-        vae = AutoencoderKL.from_pretrained(_find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE"), use_safetensors=use_safetensors())
+        vae = AutoencoderKL.from_pretrained(_find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE"),
+                                            use_safetensors=use_safetensors())
     else:
         torch.manual_seed(ctx.seed)
         with ctx.torch_device:
@@ -104,7 +105,8 @@ def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
 def build_taesd(ctx: BuildContext, config) -> TAESD:
     """AutoencoderTiny (TAESD shapes or nano), random or loaded from <model>/taesd (or a TAESD <model>/vae)."""
     if ctx.weights is not None:
-        tae = AutoencoderTiny.from_pretrained(_find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD"), use_safetensors=use_safetensors())
+        tae = AutoencoderTiny.from_pretrained(_find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD"),
+                                              use_safetensors=use_safetensors())
     else:
         torch.manual_seed(ctx.seed + 1)
         with ctx.torch_device:

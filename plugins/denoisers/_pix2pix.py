@@ -60,16 +60,20 @@ STAGES = {
         Stage("instruct-pix2pix", mobile=False, embedded=False, prediction_type="epsilon", scheduler="ddim", steps=10),
         Stage("mobile-pix2pix", mobile=True, embedded=False, prediction_type="epsilon", scheduler="ddim", steps=10),
         Stage("mobile-pix2pix-mmg", mobile=True, embedded=True, prediction_type="epsilon", scheduler="ddim", steps=10),
-        Stage("mobile-pix2pix-1step", mobile=True, embedded=True, prediction_type="v_prediction", scheduler="lcm", steps=1),
+        Stage("mobile-pix2pix-1step", mobile=True, embedded=True, prediction_type="v_prediction", scheduler="lcm",
+              steps=1),
     )
 }
 
 _UNET_SIZES = {
-    "full": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8, sample_size=64),
-    "nano": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, sample_size=32),
+    "full": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+                 attention_head_dim=8, sample_size=64),
+    "nano": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, cross_attention_dim=64,
+                 attention_head_dim=4, sample_size=32),
 }
 _TEXT_SIZES = {
-    "full": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768),
+    "full": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 projection_dim=768),
     "nano": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, projection_dim=64),
 }
 
@@ -134,7 +138,8 @@ class KVHookAttnProcessor:
         self.denoiser = denoiser
         self.name = name
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
         residual = hidden_states
         input_ndim = hidden_states.ndim
         if input_ndim == 4:
@@ -206,7 +211,8 @@ class UNetNet(torch.nn.Module):
 class Pix2PixDenoiser(Denoiser):
     """Tokenizer + CLIP text encoder + 8-channel UNet + the stage's sampling defaults."""
 
-    def __init__(self, stage: Stage, unet, text_encoder, tokenizer, scheduler_name: str, standin_tokenizer: bool = False):
+    def __init__(self, stage: Stage, unet, text_encoder, tokenizer, scheduler_name: str,
+                 standin_tokenizer: bool = False):
         super().__init__()
         self.stage_info = stage
         self.stage = stage.name
@@ -226,7 +232,8 @@ class Pix2PixDenoiser(Denoiser):
         # built on demand (not submodules: the denoiser's own state dict stays unet + text encoder)
         nets = self.__dict__.get("_nets")
         if nets is None or nets[0] is not self.unet or nets[1] is not self.text_encoder:
-            unet_inputs = ("sample", "time_features", "text_emb") + (("guidance_features",) if self.stage_info.embedded else ())
+            guidance = ("guidance_features",) if self.stage_info.embedded else ()
+            unet_inputs = ("sample", "time_features", "text_emb", *guidance)
             nets = (self.unet, self.text_encoder, {
                 "text_encoder": Network(TextEncoderNet(self.text_encoder), ("input_ids",), ("text_emb",)),
                 "unet": Network(UNetNet(self.unet, self.stage_info.embedded), unet_inputs, ("noise",)),
@@ -260,7 +267,8 @@ class Pix2PixDenoiser(Denoiser):
             "guidance_embed_scale": GUIDANCE_EMBED_SCALE if self.guidance == "embedded" else None,
             "standin_tokenizer": self.standin_tokenizer,
             "host": {
-                "text": f"input_ids: the tokenizer's ids padded to {self.max_prompt_tokens} (tokenizer/ in the model folder)",
+                "text": f"input_ids: the tokenizer's ids padded to {self.max_prompt_tokens} "
+                        "(tokenizer/ in the model folder)",
                 "time_features": f"sinusoidal timestep embedding, dim {unet.block_out_channels[0]}, "
                                  f"flip_sin_to_cos={unet.flip_sin_to_cos}, freq_shift={unet.freq_shift}",
                 "sample": f"concat(noisy latents, image latents / {SD_SCALING_FACTOR}) on channels",
@@ -327,7 +335,8 @@ class Pix2PixDenoiser(Denoiser):
         batch = x.shape[0]
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(batch)
         time_features = self.unet.time_proj(t).to(x.dtype)
-        inputs = [torch.cat([x, image_latents / SD_SCALING_FACTOR], dim=1), time_features, text_emb.expand(batch, -1, -1)]
+        inputs = [torch.cat([x, image_latents / SD_SCALING_FACTOR], dim=1), time_features,
+                  text_emb.expand(batch, -1, -1)]
         if self.stage_info.embedded:
             inputs.append(self.guidance_labels(s_I, s_T, batch, x))
         return inputs
@@ -384,7 +393,8 @@ class Pix2PixDenoiser(Denoiser):
         scheduler = scheduler or self.make_scheduler()
         scheduler.set_timesteps(steps or self.default_steps, device=image_latents.device)
         if latents is None:
-            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
+            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
+                                   dtype=image_latents.dtype)
         latents = latents * scheduler.init_noise_sigma
         if self.guidance == "cfg3" and null_emb is None:
             null_emb = self.encode_prompt([""]).to(text_emb)
@@ -445,7 +455,8 @@ def load(stage: Stage, root: Path, scheduler: str) -> Pix2PixDenoiser:
     expected = unet_config("nano", stage)
     have_top = unet.config.down_block_types[0]
     if unet.config.in_channels != 8:
-        raise MovieError(f"{root}/unet has {unet.config.in_channels} input channels; '{stage.name}' needs 8 (image-conditioned)")
+        raise MovieError(f"{root}/unet has {unet.config.in_channels} input channels; "
+                         f"'{stage.name}' needs 8 (image-conditioned)")
     if have_top != expected["down_block_types"][0]:
         raise MovieError(
             f"{root}/unet is not the '{stage.name}' architecture (top block {have_top}); use `movie convert` first"
@@ -484,11 +495,13 @@ def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionMode
         raise MovieError(f"cannot convert to '{target}': weights {bad[:3]} have no place in the target")
     added = [k for k in dst if k not in src]
     if any(not k.startswith("class_embedding.") for k in added):
-        raise MovieError(f"cannot convert to '{target}': the target has new layers {added[:3]} beyond the guidance embedding")
+        raise MovieError(f"cannot convert to '{target}': "
+                         f"the target has new layers {added[:3]} beyond the guidance embedding")
     for k in dst:
         if k in src:
             if src[k].shape != dst[k].shape:
-                raise MovieError(f"cannot convert to '{target}': {k} is {tuple(src[k].shape)}, target wants {tuple(dst[k].shape)}")
+                raise MovieError(f"cannot convert to '{target}': "
+                                 f"{k} is {tuple(src[k].shape)}, target wants {tuple(dst[k].shape)}")
             dst[k] = src[k]
     new.load_state_dict(dst)
     return new

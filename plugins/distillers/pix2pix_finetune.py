@@ -12,4 +12,5 @@ SUMMARY = "InstructPix2Pix training with conditioning dropout (finetune a stage,
 
 @hookimpl
 def movie_register_distillers(registry):
-    registry.register(distiller_spec(NAME, "_pix2pix_finetune", "Pix2PixFinetuneDistiller", SUMMARY, Pix2PixFinetuneOptions))
+    registry.register(distiller_spec(NAME, "_pix2pix_finetune", "Pix2PixFinetuneDistiller", SUMMARY,
+                                     Pix2PixFinetuneOptions))
