@@ -203,8 +203,9 @@ def temporal(work: Path, n_frames: int) -> dict:
                     "edited_pixel_std": float(pixels.std()),
                     "wall_s": time.perf_counter() - start,
                 }
-            row["anchor_over_none_pixel"] = ratio(row["middle"]["pixel_consecutive_mad"], row["none"]["pixel_consecutive_mad"])
-            row["anchor_over_none_latent"] = ratio(row["middle"]["latent_consecutive_mad"], row["none"]["latent_consecutive_mad"])
+            middle, none = row["middle"], row["none"]
+            row["anchor_over_none_pixel"] = ratio(middle["pixel_consecutive_mad"], none["pixel_consecutive_mad"])
+            row["anchor_over_none_latent"] = ratio(middle["latent_consecutive_mad"], none["latent_consecutive_mad"])
             results["runs"][f"{name}_seed{seed}"] = row
     return results
 

@@ -200,7 +200,8 @@ def submit_inference_job(model: Any, device: Any, inputs: Any = None, name: str 
     _check_device(device)
     _check_options(options)
     _check(isinstance(inputs, Mapping), "inputs: a mapping of input name -> list of numpy arrays")
-    _check(list(inputs) == list(model.input_specs), f"inputs {list(inputs)} != compiled inputs {list(model.input_specs)}")
+    _check(list(inputs) == list(model.input_specs),
+           f"inputs {list(inputs)} != compiled inputs {list(model.input_specs)}")
     for key, arrays in inputs.items():
         _check(isinstance(arrays, list) and all(isinstance(a, np.ndarray) for a in arrays),
                f"inputs[{key!r}] must be a list of numpy arrays")

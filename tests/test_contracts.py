@@ -67,12 +67,14 @@ def contract_denoiser(ctx, config):
 class ContractPlugin:
     @hookimpl
     def movie_register_autoencoders(self, registry):
-        registry.register(ComponentSpec(family="autoencoder", name="contract-taesd", summary="TAESD behind its contract",
+        registry.register(ComponentSpec(family="autoencoder", name="contract-taesd",
+                                        summary="TAESD behind its contract",
                                         factory=f"{__name__}:_taesd_proxy", latent_space="sd1"))
 
     @hookimpl
     def movie_register_denoisers(self, registry):
-        registry.register(ComponentSpec(family="denoiser", name="contract-1step", summary="1-step denoiser behind its contract",
+        registry.register(ComponentSpec(family="denoiser", name="contract-1step",
+                                        summary="1-step denoiser behind its contract",
                                         factory=f"{__name__}:contract_denoiser", extra={"latent_space": "sd1"}))
 
 

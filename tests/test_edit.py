@@ -154,7 +154,8 @@ def _truncated_mid_stream(d: Path, clip: Path) -> tuple[Path, list]:
 
 def _truncated_mid_stream_first(d: Path, clip: Path) -> tuple[Path, list]:
     # anchor on frame 0: the error surfaces inside the frame loop, after frames went to the sink
-    return cut_in_half(faststart_copy(make_test_video(d / "a.mp4"), d / "t.mp4")), ["--anchor", "first", "--max-side", "16"]
+    truncated = cut_in_half(faststart_copy(make_test_video(d / "a.mp4"), d / "t.mp4"))
+    return truncated, ["--anchor", "first", "--max-side", "16"]
 
 
 ERROR_CASES: dict[str, tuple[Callable[[Path, Path], tuple[Path, list]], list, str]] = {
@@ -171,7 +172,8 @@ ERROR_CASES: dict[str, tuple[Callable[[Path, Path], tuple[Path, list]], list, st
     "text-guidance-not-a-number": (lambda d, c: (c, []), ["--text-guidance", "abc"], "'abc' is not a valid float"),
     "image-guidance-nan": (lambda d, c: (c, []), ["--image-guidance", "nan"], "--image-guidance"),
     "anchor-past-the-end": (lambda d, c: (c, []), ["--anchor", "99999"], "--anchor 99999 is past the last frame (7)"),
-    "anchor-not-a-policy": (lambda d, c: (c, []), ["--anchor", "last"], "anchor must be middle, first, none or a frame index"),
+    "anchor-not-a-policy": (lambda d, c: (c, []), ["--anchor", "last"],
+                            "anchor must be middle, first, none or a frame index"),
 }
 
 

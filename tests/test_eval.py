@@ -1,4 +1,7 @@
-"""`movie eval` and movie_core.evaluate: metrics, known cases (ground truth > identity > random model), CLIP, sweeps, videos."""
+"""`movie eval` and movie_core.evaluate.
+
+Metrics, known cases (ground truth > identity > random model), CLIP, sweeps, videos.
+"""
 
 from __future__ import annotations
 

@@ -125,7 +125,8 @@ def test_chain_refuses_another_budget_in_the_same_folder(chain):
 def test_chain_budget_refuses_an_unknown_vpred_weighting(tmp_path):
     result = invoke("nano-train", "--out", str(tmp_path / "work"), "-B", "vpred_weighting=cubic", "--no-progress")
     message = str(result.exception)
-    assert result.exit_code != 0 and message == "--budget: 'vpred_weighting' must be in ('uniform', 'relative') (got 'cubic')"
+    assert result.exit_code != 0
+    assert message == "--budget: 'vpred_weighting' must be in ('uniform', 'relative') (got 'cubic')"
     assert not (tmp_path / "work").exists()
 
 
@@ -245,7 +246,8 @@ def test_edit_without_model_uses_the_builtin_movie_model(tmp_path):
     assert result.exit_code != 0 and "no built-in full-size weights" in str(result.exception)
 
 
-needs_builtin = pytest.mark.skipif(not builtin_stages(), reason="the built-in nano weights are not installed in this checkout")
+needs_builtin = pytest.mark.skipif(not builtin_stages(),
+                                   reason="the built-in nano weights are not installed in this checkout")
 
 
 @pytest.fixture(scope="module")
