@@ -182,6 +182,7 @@ def execute(plan: Sequence[Planned], out: Path | None,
             say(f"{head}: settings changed since it was measured, measuring again")
         started = time.perf_counter()
         try:
+            assert cell.measure is not None, "a planned cell has a measure or a reason to skip"
             result = cell.measure()
         except SkipCell as exc:
             say(f"{head}: skipped: {exc}")
@@ -429,7 +430,10 @@ def run_grid(cells: Sequence[Mapping[str, Any]], measure: Callable[[dict[str, An
     if len(set(keys)) != len(keys):
         raise UsageError(f"two cells have the same settings: {next(k for k in keys if keys.count(k) > 1)}")
     target = _check_out(out)
-    plan = [Planned(s, {"config": dict(config or {})}, measure=lambda s=s: measure(dict(s))) for s in settings]
+    def measure_cell(settings: dict[str, Any]) -> Callable[[], Mapping[str, Any]]:
+        return lambda: measure(dict(settings))
+
+    plan = [Planned(s, {"config": dict(config or {})}, measure=measure_cell(s)) for s in settings]
     rows = execute(plan, target, log)
     return write_outputs(rows, factors, target, title=title, notes=notes,
                          cost=[cost] if isinstance(cost, str) else cost,
@@ -588,7 +592,7 @@ def _check_vary(vary: Mapping[str, Sequence[Any]], start: Recipe, name: str, siz
 
 
 def _base_values(start: Recipe, name: str, keys: Sequence[str]) -> dict[str, Any]:
-    values = {}
+    values: dict[str, Any] = {}
     for key in keys:
         if key == "preset":
             values[key] = name

@@ -176,7 +176,7 @@ def preset(name: str) -> Recipe:
         from movie_core.registry import UnknownComponentError
 
         raise UnknownComponentError("preset", name, list(PRESETS))
-    text = resources.files("movie_core").joinpath("presets", f"{name}.toml").read_text()
+    text = (resources.files("movie_core") / "presets" / f"{name}.toml").read_text()
     return from_toml(text, source=f"preset {name}")
 
 
