@@ -85,6 +85,7 @@ def test_objective_of_a_model_against_itself_is_a_ratio_of_one(data):
 # --- movie ablate ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a 2x2 grid measured end to end with eval (~50 s)
 def test_encoder_by_decoder_grid_with_flops_and_eval(data, tmp_path, capsys):
     out = tmp_path / "grid"
     code, stdout, err = run_cli(capsys, "ablate", "movie", "--vary", "encoder=sd-vae,taesd", "--vary",
@@ -118,6 +119,8 @@ def test_encoder_by_decoder_grid_with_flops_and_eval(data, tmp_path, capsys):
     assert all(r["tflops_nano"] < 0.01 for r in table["rows"])  # nano at the data's 64x64
 
 
+# runs an ablation twice (~30 s); test_a_plugin_version_change_measures_the_cells_again checks cell reuse fast
+@pytest.mark.slow
 def test_an_interrupted_ablation_resumes_without_recomputing_finished_cells(tmp_path, capsys, monkeypatch):
     real = ablation.MEASURE_FUNCTIONS["flops"]
     measured: list[str] = []

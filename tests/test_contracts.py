@@ -132,6 +132,9 @@ def test_edit_bench_eval_flops_use_only_the_contracts(contract_pipe, tmp_path):
     assert {"sample", "encode_prompt", "set_kv_hook", "networks", "graph_inputs"} <= TOUCHED["denoiser"]
 
 
+# exports and runs every component through onnx (~80 s); test_edit_bench_eval_flops_use_only_the_contracts
+# is the fast check of the same proxy
+@pytest.mark.slow
 def test_onnx_backend_uses_only_the_contracts(contract_pipe, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the onnx backend needs onnxruntime (the test extra installs it)")
     from movie_core.edit import FrameEditor
