@@ -56,8 +56,13 @@ def main() -> None:
 
     def unet(name: str, image: np.ndarray, kv: list[np.ndarray]) -> list[np.ndarray]:
         lat = run("encoder", images=image)[0]
-        feeds = {"initial_noise": const["initial_noise"], "image_latents": lat, "time_features": const["time_features"][:1],
-                 "text_emb": text_emb, "guidance_features": const["guidance_features"]}
+        feeds = {
+            "initial_noise": const["initial_noise"],
+            "image_latents": lat,
+            "time_features": const["time_features"][:1],
+            "text_emb": text_emb,
+            "guidance_features": const["guidance_features"],
+        }
         names = [i.name for i in sessions[name].get_inputs()]
         feeds.update(zip([n for n in names if n.startswith("anchor_")], kv))
         return run(name, **{n: feeds[n] for n in names})

@@ -34,6 +34,7 @@ if result["run"]["computed"]:  # the wall time of a run that measured something,
     (args.out / "run.json").write_text(json.dumps({
         "command": " ".join(["python", "examples/fig7_autoencoders.py", *sys.argv[1:]]),
         "wall_seconds": round(time.perf_counter() - started, 1), **result["run"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
                    f"load average {os.getloadavg()[0]:.1f} at the end"}, indent=2) + "\n")
 print(open(result["files"]["markdown"]).read())

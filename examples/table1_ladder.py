@@ -31,11 +31,13 @@ with tempfile.TemporaryDirectory() as tmp:
     movie.make_data(data, count=2 * args.limit, size=64, seed=1, test_fraction=0.5)
     result = movie.ablate("base", {"preset": ["base", "mobile", "mmg", "movie"]}, measure=["flops", "bench", "eval"],
                           data=data, limit=args.limit, bench_size=args.bench_size, bench_repeats=3, out=args.out,
-                          log=print, title="Table 1 at nano scale: base -> Mobile-Pix2Pix -> guidance distillation -> 1 step")
+                          log=print,
+                          title="Table 1 at nano scale: base -> Mobile-Pix2Pix -> guidance distillation -> 1 step")
 if result["run"]["computed"]:
     (args.out / "run.json").write_text(json.dumps({
         "command": " ".join(["python", "examples/table1_ladder.py", *sys.argv[1:]]),
         "wall_seconds": round(time.perf_counter() - started, 1), **result["run"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
                    f"load average {os.getloadavg()[0]:.1f} at the end"}, indent=2) + "\n")
 print(open(result["files"]["markdown"]).read())

@@ -2,9 +2,10 @@
 (mean, std), one short adversarial run per setting, each scored on held-out data.
 
 Teacher: the shipped nano v-prediction model (`nano:vpred`, the paper's "Stage-3 model finetuned for
-v-prediction" that Table 2 starts from). Each setting trains the 1-step student from it with the same seed, steps and learning rate; only the
-noise differs. Scores: the adversarial objective (MSE in latents, at 1 step, to the teacher's 5-step LCM output)
-and PSNR/SSIM of the 1-step student's edits. Writes docs/results/ablations/table2_disc_noise/ by default.
+v-prediction" that Table 2 starts from). Each setting trains the 1-step student from it with the same seed, steps
+and learning rate; only the noise differs. Scores: the adversarial objective (MSE in latents, at 1 step, to the
+teacher's 5-step LCM output) and PSNR/SSIM of the 1-step student's edits.
+Writes docs/results/ablations/table2_disc_noise/ by default.
 """
 
 import argparse
@@ -55,7 +56,8 @@ def measure(cell):
             "psnr": quality["psnr"], "ssim": quality["ssim"]}
 
 
-config = {"teacher": movie.fingerprint(teacher), "data": movie.fingerprint(heldout), **vars(args) | {"out": None, "work": None}}
+config = {"teacher": movie.fingerprint(teacher), "data": movie.fingerprint(heldout),
+          **vars(args) | {"out": None, "work": None}}
 result = movie.run_grid([{"disc_noise_mean": m, "disc_noise_std": s} for m, s in SETTINGS], measure, out=args.out,
                         config=config, bars=["one_step_mse", "psnr", "ssim"], log=print,
                         title="Table 2 at nano scale: discriminator noise logit-normal(mean, std)")
@@ -63,6 +65,7 @@ if result["run"]["computed"]:
     (args.out / "run.json").write_text(json.dumps({
         "command": " ".join(["python", "examples/table2_disc_noise.py", *sys.argv[1:]]),
         "wall_seconds": round(time.perf_counter() - started, 1), **result["run"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
                    f"load average {os.getloadavg()[0]:.1f} at the end"}, indent=2) + "\n")
 print(open(result["files"]["markdown"]).read())

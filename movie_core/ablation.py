@@ -182,6 +182,7 @@ def execute(plan: Sequence[Planned], out: Path | None,
             say(f"{head}: settings changed since it was measured, measuring again")
         started = time.perf_counter()
         try:
+            assert cell.measure is not None, "a planned cell has a measure or a reason to skip"
             result = cell.measure()
         except SkipCell as exc:
             say(f"{head}: skipped: {exc}")
@@ -429,9 +430,13 @@ def run_grid(cells: Sequence[Mapping[str, Any]], measure: Callable[[dict[str, An
     if len(set(keys)) != len(keys):
         raise UsageError(f"two cells have the same settings: {next(k for k in keys if keys.count(k) > 1)}")
     target = _check_out(out)
-    plan = [Planned(s, {"config": dict(config or {})}, measure=lambda s=s: measure(dict(s))) for s in settings]
+    def measure_cell(settings: dict[str, Any]) -> Callable[[], Mapping[str, Any]]:
+        return lambda: measure(dict(settings))
+
+    plan = [Planned(s, {"config": dict(config or {})}, measure=measure_cell(s)) for s in settings]
     rows = execute(plan, target, log)
-    return write_outputs(rows, factors, target, title=title, notes=notes, cost=[cost] if isinstance(cost, str) else cost,
+    return write_outputs(rows, factors, target, title=title, notes=notes,
+                         cost=[cost] if isinstance(cost, str) else cost,
                          quality=quality, bars=bars, meta={"config": dict(config or {})})
 
 
@@ -587,7 +592,7 @@ def _check_vary(vary: Mapping[str, Sequence[Any]], start: Recipe, name: str, siz
 
 
 def _base_values(start: Recipe, name: str, keys: Sequence[str]) -> dict[str, Any]:
-    values = {}
+    values: dict[str, Any] = {}
     for key in keys:
         if key == "preset":
             values[key] = name
@@ -609,7 +614,8 @@ def _measures(measure: Sequence[str] | str) -> list[str]:
     names = [m.strip() for m in measure.split(",")] if isinstance(measure, str) else list(measure)
     unknown = [m for m in names if m not in MEASURES]
     if not names or unknown:
-        raise UsageError(f"--measure: unknown measure '{unknown[0] if unknown else ''}'; choose from {', '.join(MEASURES)}")
+        raise UsageError(f"--measure: unknown measure '{unknown[0] if unknown else ''}'; "
+                         f"choose from {', '.join(MEASURES)}")
     return [m for m in MEASURES if m in names]
 
 
@@ -716,7 +722,8 @@ def ablate(base: str | Path | Recipe, vary: Mapping[str, Sequence[Any]] | None =
     if target is not None:
         target.mkdir(exist_ok=True)
     rows = execute(plan, target, log)
-    bench = f"{bench_size}x{bench_size}, {bench_frames} frames per batch, median of {bench_repeats} repeats after a warm-up"
+    bench = (f"{bench_size}x{bench_size}, {bench_frames} frames per batch, "
+             f"median of {bench_repeats} repeats after a warm-up")
     help_ = {c: h.format(height=height, width=width, nano=f"{nano_hw[0]}x{nano_hw[1]}", bench=bench)
              for c, h in COLUMN_HELP.items()}
     meta = {"base": name, "base_recipe": attrs.asdict(start), "measure": measures,

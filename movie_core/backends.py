@@ -24,8 +24,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -309,6 +310,7 @@ class Runtime:
     def unet_runner(self, anchor: crossframe.AnchorController | None) -> Callable[..., torch.Tensor]:
         """The 'unet' runner for one anchor state: record graph on the anchor, replay graph on the others."""
         runners = self.runners
+        layers = {name: g.layers for name, g in self.graphs.items() if isinstance(g, AnchoredNetwork)}
 
         def run(*inputs: torch.Tensor) -> torch.Tensor:
             if "unet_replay" not in runners:
@@ -316,10 +318,10 @@ class Runtime:
             if anchor is None or anchor.mode in ("off", "record"):
                 out, *kv = runners["unet"](*inputs)
                 if anchor is not None and anchor.mode == "record":
-                    for i, name in enumerate(self.graphs["unet"].layers):
+                    for i, name in enumerate(layers["unet"]):
                         anchor.store[(anchor.step, name)] = (kv[2 * i], kv[2 * i + 1])
                 return out
-            return runners["unet_replay"](*inputs, *anchor.recorded(self.graphs["unet_replay"].layers))
+            return runners["unet_replay"](*inputs, *anchor.recorded(layers["unet_replay"]))
 
         return run
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,7 +111,9 @@ def bench_pipeline(pipe, *, height: int, width: int, frames: int = 8, batch_size
 
 
 def compare_backends(recipe, names: list[str], model: Path | None, rounds: int = 3, **kw: Any) -> dict[str, Any]:
-    """The same recipe through each named backend, timed in interleaved rounds (load drifts); the first is the reference.
+    """The same recipe through each named backend, timed in interleaved rounds (load drifts).
+
+    The first backend is the reference.
 
     Each backend gets its own pipeline, built and bound once; every round times each of them in turn,
     and a backend's figures are those of its median round.
@@ -170,7 +173,8 @@ def run(composition: Composition, model: Path | None, *, height: int, width: int
         result["compare"] = {
             "diffusers_ms_per_frame": ref_ms,
             "speedup": ref_ms / result["ms_per_frame"],
-            "diffusers_pipeline": f"{ref_name}, 10 steps, SD VAE, one frame per call (median of repeats after a warm-up)",
+            "diffusers_pipeline": f"{ref_name}, 10 steps, SD VAE, one frame per call "
+                                  "(median of repeats after a warm-up)",
         }
     return result
 

@@ -80,7 +80,8 @@ def list_(family: str | None, as_json: bool) -> None:
 @recipe_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the recipe as TOML.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--save-model", type=click.Path(file_okay=True), help="Build and write a loadable model folder (or .safetensors file).")
+@click.option("--save-model", type=click.Path(file_okay=True),
+              help="Build and write a loadable model folder (or .safetensors file).")
 def compose(output: str | None, as_json: bool, save_model: str | None, **kw: Any) -> None:
     """Validate and describe a pipeline; optionally write its recipe or a model folder."""
     from movie_core.composer import compose as do_compose
@@ -164,16 +165,20 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
     if as_json:
         _emit(result)
         return
-    click.echo(f"{height}x{width}, per frame: {result['tflops_paper']:.3f} TFLOPs (paper), {result['tflops_all']:.3f} TFLOPs (all)")
+    click.echo(f"{height}x{width}, per frame: {result['tflops_paper']:.3f} TFLOPs (paper), "
+               f"{result['tflops_all']:.3f} TFLOPs (all)")
     for name, c in result["components"].items():
         per = "per video" if c.get("per_video") else "per frame"
-        click.echo(f"  {name:13} {c['tflops_paper']:9.4f} paper {c['tflops_all']:9.4f} all  ({per}, {c['calls']} call(s))")
+        click.echo(f"  {name:13} {c['tflops_paper']:9.4f} paper {c['tflops_all']:9.4f} all  "
+                   f"({per}, {c['calls']} call(s))")
     if "clock" in result:
         c = result["clock"]
-        click.echo(f"  clock: full UNet on steps {','.join(map(str, c['full_steps']))} of {result['steps']}, "
-                   f"{c['adaptor']} adaptor on the others; UNet {c['unet_tflops_paper_unclocked']:.3f} -> "
-                   f"{c['unet_tflops_paper']:.3f} TFLOPs (paper), saving {100 * c['unet_saving_paper']:.1f}% "
-                   f"({100 * c['unet_saving_all']:.1f}% all)")
+        click.echo(
+            f"  clock: full UNet on steps {','.join(map(str, c['full_steps']))} of {result['steps']}, "
+            f"{c['adaptor']} adaptor on the others; UNet {c['unet_tflops_paper_unclocked']:.3f} -> "
+            f"{c['unet_tflops_paper']:.3f} TFLOPs (paper), saving {100 * c['unet_saving_paper']:.1f}% "
+            f"({100 * c['unet_saving_all']:.1f}% all)"
+        )
     if plot:
         click.echo(f"wrote {plot}")
 
@@ -187,14 +192,28 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
 @click.option("--width", type=click.IntRange(min=8), help="Processing width.")
 @click.option("--max-side", type=click.IntRange(min=8), help="Shrink frames whose longer side exceeds this.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per batch.")
-@click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower is better).")
+@click.option(
+    "--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower is better)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--preview", type=click.Path(dir_okay=False), help="Write a contact sheet PNG (source above edited).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Frame rate for a folder of frames.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def edit(input_path: str, prompt: str, output: str, height: int | None, width: int | None, max_side: int | None,
-         batch_size: int, crf: int, overwrite: bool, preview: str | None, fps: float | None, progress: bool,
-         **kw: Any) -> None:
+def edit(
+    input_path: str,
+    prompt: str,
+    output: str,
+    height: int | None,
+    width: int | None,
+    max_side: int | None,
+    batch_size: int,
+    crf: int,
+    overwrite: bool,
+    preview: str | None,
+    fps: float | None,
+    progress: bool,
+    **kw: Any,
+) -> None:
     """Edit a video (or an image, or a folder of frames) with a text instruction."""
     from fractions import Fraction
 
@@ -221,8 +240,14 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
             click.echo(f"warning: prompt truncated to the text encoder's {ids.shape[-1]} tokens", err=True)
         with video.open_sink(output, source, crf=crf, overwrite=overwrite) as sink:
             summary = edit_video(
-                pipe, source, sink, prompt, policy=SizePolicy(height=height, width=width, max_side=max_side),
-                batch_size=batch_size, preview=Path(preview) if preview else None, progress=progress,
+                pipe,
+                source,
+                sink,
+                prompt,
+                policy=SizePolicy(height=height, width=width, max_side=max_side),
+                batch_size=batch_size,
+                preview=Path(preview) if preview else None,
+                progress=progress,
             )
     click.echo(
         f"edited {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['frames_per_s']:.2f} frames/s) "
@@ -236,12 +261,23 @@ def edit(input_path: str, prompt: str, output: str, height: int | None, width: i
 @click.option("--width", type=click.IntRange(min=8), default=256, show_default=True)
 @click.option("--frames", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per repeat.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed repeats after one warm-up.")
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed repeats after one warm-up."
+)
 @click.option("--compare", type=click.Choice(["diffusers"]), help="Also time diffusers' InstructPix2Pix pipeline.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON result to this file.")
-def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, compare: str | None,
-          as_json: bool, save: str | None, **kw: Any) -> None:
+def bench(
+    height: int,
+    width: int,
+    frames: int,
+    batch_size: int,
+    repeats: int,
+    compare: str | None,
+    as_json: bool,
+    save: str | None,
+    **kw: Any,
+) -> None:
     """Per-component and per-frame latency, frames/s and peak memory of a recipe.
 
     --backend A,B,C times the same recipe through each backend in one run (e.g. eager,onnx,compile),
@@ -255,43 +291,83 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
     if len(backend_names) > 1:
         if compare:
             raise UsageError("--compare diffusers times one backend; pass a single --backend with it")
-        result = bench_mod.compare_backends(recipe, backend_names, model, height=height, width=width, frames=frames,
-                                            batch_size=batch_size, repeats=repeats)
+        result = bench_mod.compare_backends(
+            recipe,
+            backend_names,
+            model,
+            height=height,
+            width=width,
+            frames=frames,
+            batch_size=batch_size,
+            repeats=repeats,
+        )
         if save:
             Path(save).write_text(json.dumps(result, indent=2) + "\n")
         if as_json:
             _emit(result)
             return
         r = result["recipe"]
-        click.echo(f"{height}x{width}, batch {batch_size}, {r['denoiser']} + {r['encoder']}/{r['decoder']} ({r['size']}), "
-                   f"median of {result['rounds']} interleaved rounds:")
+        click.echo(
+            f"{height}x{width}, batch {batch_size}, "
+            f"{r['denoiser']} + {r['encoder']}/{r['decoder']} ({r['size']}), "
+            f"median of {result['rounds']} interleaved rounds:"
+        )
         for name, r in result["backends"].items():
-            click.echo(f"  {name:9} {r['ms_per_frame']:8.1f} ms/frame  {r['frames_per_s']:7.2f} frames/s  "
-                       f"x{r['speedup_vs_' + backend_names[0]]:.2f} vs {backend_names[0]}")
+            click.echo(
+                f"  {name:9} {r['ms_per_frame']:8.1f} ms/frame  {r['frames_per_s']:7.2f} frames/s  "
+                f"x{r['speedup_vs_' + backend_names[0]]:.2f} vs {backend_names[0]}"
+            )
         return
     if backend_names:
         recipe = recipe.replace(backend=backend_names[0])
-    result = bench_mod.run(do_compose(recipe), model, height=height, width=width, frames=frames,
-                           batch_size=batch_size, repeats=repeats, compare=compare)
+    result = bench_mod.run(
+        do_compose(recipe),
+        model,
+        height=height,
+        width=width,
+        frames=frames,
+        batch_size=batch_size,
+        repeats=repeats,
+        compare=compare,
+    )
     if save:
         Path(save).write_text(json.dumps(result, indent=2) + "\n")
     if as_json:
         _emit(result)
         return
     c = result["components"]
-    click.echo(f"{height}x{width}, batch {batch_size}: {result['ms_per_frame']:.1f} ms/frame, "
-               f"{result['frames_per_s']:.2f} frames/s, peak {result['peak_mem_mb']:.0f} MB")
-    click.echo(f"  encoder {c['encoder_ms_per_frame']:.1f} ms/frame, denoiser {c['denoiser_ms_per_frame']:.1f} ms/frame, "
-               f"decoder {c['decoder_ms_per_frame']:.1f} ms/frame, text encoder {c['text_encoder_ms_per_video']:.1f} ms/video")
+    click.echo(
+        f"{height}x{width}, batch {batch_size}: {result['ms_per_frame']:.1f} ms/frame, "
+        f"{result['frames_per_s']:.2f} frames/s, peak {result['peak_mem_mb']:.0f} MB"
+    )
+    click.echo(
+        f"  encoder {c['encoder_ms_per_frame']:.1f} ms/frame, "
+        f"denoiser {c['denoiser_ms_per_frame']:.1f} ms/frame, "
+        f"decoder {c['decoder_ms_per_frame']:.1f} ms/frame, "
+        f"text encoder {c['text_encoder_ms_per_video']:.1f} ms/video"
+    )
     if "compare" in result:
         cmp_ = result["compare"]
-        click.echo(f"  diffusers InstructPix2Pix: {cmp_['diffusers_ms_per_frame']:.1f} ms/frame; speedup {cmp_['speedup']:.2f}x")
+        click.echo(
+            f"  diffusers InstructPix2Pix: {cmp_['diffusers_ms_per_frame']:.1f} ms/frame; "
+            f"speedup {cmp_['speedup']:.2f}x"
+        )
 
 
 @cli.command()
 @click.argument("strategy")
-@click.option("--teacher", required=True, type=click.Path(), help="Teacher model folder (written by compose --save-model, convert or distill).")
-@click.option("--data", required=True, type=click.Path(), help="Dataset: imagefolder with metadata.jsonl, parquet, or `movie data nano` output.")
+@click.option(
+    "--teacher",
+    required=True,
+    type=click.Path(),
+    help="Teacher model folder (written by compose --save-model, convert or distill).",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(),
+    help="Dataset: imagefolder with metadata.jsonl, parquet, or `movie data nano` output.",
+)
 @click.option("--out", required=True, type=click.Path(), help="Student model folder to write.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Per process.")
@@ -299,27 +375,58 @@ def bench(height: int, width: int, frames: int, batch_size: int, repeats: int, c
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear LR warm-up (default: the strategy's).")
 @click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True)
-@click.option("--ema", "ema_decay", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="EMA decay (off by default).")
+@click.option(
+    "--ema", "ema_decay", type=click.FloatRange(0, 1, min_open=True, max_open=True), help="EMA decay (off by default)."
+)
 @click.option("--resolution", type=click.IntRange(min=8), default=64, show_default=True)
-@click.option("--extra-resolution", "extra_resolutions", type=click.IntRange(min=8), multiple=True,
-              help="Also train at this size (repeatable): steps cycle through the sizes, a step at a larger size "
-                   "draws proportionally fewer samples.")
-@click.option("--cache-latents", is_flag=True,
-              help="Encode each sample once with the frozen teacher encoder (much faster on CPU; a resumed run "
-                   "then matches an uninterrupted one up to float rounding, not bit for bit).")
+@click.option(
+    "--extra-resolution",
+    "extra_resolutions",
+    type=click.IntRange(min=8),
+    multiple=True,
+    help="Also train at this size (repeatable): steps cycle through the sizes, a step at a larger size "
+    "draws proportionally fewer samples.",
+)
+@click.option(
+    "--cache-latents",
+    is_flag=True,
+    help="Encode each sample once with the frozen teacher encoder (much faster on CPU; a resumed run "
+    "then matches an uninterrupted one up to float rounding, not bit for bit).",
+)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("-O", "--option", "options", multiple=True, help="Strategy option key=value (see `movie list distiller`).")
+@click.option(
+    "-O", "--option", "options", multiple=True, help="Strategy option key=value (see `movie list distiller`)."
+)
 @click.option("--resume", is_flag=True, help="Continue the run that writes --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (and start the run over).")
 @click.option("--progress/--no-progress", default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def distill(strategy: str, teacher: str, data: str, out: str, steps: int, batch_size: int, lr: float | None,
-            warmup_steps: int | None, grad_accum: int, mixed_precision: str, ema_decay: float | None,
-            resolution: int, extra_resolutions: tuple[int, ...], cache_latents: bool, checkpoint_every: int,
-            log_every: int, seed: int, options: tuple[str, ...],
-            resume: bool, overwrite: bool, progress: bool, as_json: bool) -> None:
+def distill(
+    strategy: str,
+    teacher: str,
+    data: str,
+    out: str,
+    steps: int,
+    batch_size: int,
+    lr: float | None,
+    warmup_steps: int | None,
+    grad_accum: int,
+    mixed_precision: str,
+    ema_decay: float | None,
+    resolution: int,
+    extra_resolutions: tuple[int, ...],
+    cache_latents: bool,
+    checkpoint_every: int,
+    log_every: int,
+    seed: int,
+    options: tuple[str, ...],
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    as_json: bool,
+) -> None:
     """Run one training stage (a distiller) from a teacher model on a dataset; writes the student model."""
     from movie_core.loading import parse_options
     from movie_core.plugins import get_registry
@@ -329,19 +436,32 @@ def distill(strategy: str, teacher: str, data: str, out: str, steps: int, batch_
     cls = spec.load_factory()
     distiller = cls(spec.make_config(**parse_options(options)))
     cfg = train_config(
-        cls, steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, grad_accum=grad_accum,
-        mixed_precision=mixed_precision, ema_decay=ema_decay, resolution=resolution,
-        extra_resolutions=extra_resolutions, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
+        cls,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        grad_accum=grad_accum,
+        mixed_precision=mixed_precision,
+        ema_decay=ema_decay,
+        resolution=resolution,
+        extra_resolutions=extra_resolutions,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        seed=seed,
         cache_latents=cache_latents,
     )
-    summary = run(distiller, Path(teacher), Path(data), Path(out), cfg, resume=resume, overwrite=overwrite,
-                  progress=progress)
+    summary = run(
+        distiller, Path(teacher), Path(data), Path(out), cfg, resume=resume, overwrite=overwrite, progress=progress
+    )
     if as_json:
         _emit(summary)
     else:
         losses = ", ".join(f"{k}={v:.4g}" for k, v in summary["final_losses"].items())
-        click.echo(f"{strategy}: {summary['steps']} steps on {summary['world_size']} process(es) "
-                   f"in {summary['seconds']:.1f} s ({losses}) -> {out}")
+        click.echo(
+            f"{strategy}: {summary['steps']} steps on {summary['world_size']} process(es) "
+            f"in {summary['seconds']:.1f} s ({losses}) -> {out}"
+        )
 
 
 def _add_plugin_commands() -> None:

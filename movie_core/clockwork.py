@@ -15,7 +15,8 @@ in one batch each branch reuses its own branch's features.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -100,7 +101,7 @@ class StepClock:
         return self.split.tail(r_out, *context)
 
     @contextlib.contextmanager
-    def running(self, denoiser: Any) -> Iterator["StepClock"]:
+    def running(self, denoiser: Any) -> Iterator[StepClock]:
         """Route the denoiser's 'unet' network through this clock for the duration (a passthrough backend: nothing
         else is routed), starting a fresh trajectory."""
         self.on_step(0, None)

@@ -10,8 +10,9 @@ object that satisfies the matching Protocol (`AutoencoderContract`, `DenoiserCon
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -192,7 +193,8 @@ class BackendContract(Protocol):
     def available() -> tuple[bool, str]:
         ...
 
-    def prepare(self, module: torch.nn.Module, example_inputs: tuple = (), options: dict | None = None) -> Callable:
+    def prepare(self, module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...] = (),
+                options: dict[str, Any] | None = None) -> Callable[..., Any]:
         ...
 
 
@@ -250,7 +252,8 @@ class Denoiser(torch.nn.Module):
         runner = self._runners.get(name)
         if runner is not None:
             return runner(*inputs)
-        return self.networks()[name].module(*inputs)
+        out: torch.Tensor = self.networks()[name].module(*inputs)
+        return out
 
     def set_kv_hook(self, hook: KVHook | None) -> KVHook | None:
         previous, self._kv_hook = self._kv_hook, hook
@@ -269,14 +272,17 @@ class Denoiser(torch.nn.Module):
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
         raise NotImplementedError
 
-    def sample(self, image_latents, text_emb, *, steps=None, s_T=7.5, s_I=1.5, null_emb=None, generator=None,
-               latents=None, on_step=None) -> torch.Tensor:
+    def sample(self, image_latents: torch.Tensor, text_emb: torch.Tensor, *, steps: int | None = None,
+               s_T: float = 7.5, s_I: float = 1.5, null_emb: torch.Tensor | None = None,
+               generator: Any = None, latents: torch.Tensor | None = None,
+               on_step: StepCallback | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def networks(self) -> dict[str, Network]:
         raise NotImplementedError
 
-    def graph_inputs(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> list[torch.Tensor]:
+    def graph_inputs(self, x: torch.Tensor, t: Any, image_latents: torch.Tensor, text_emb: torch.Tensor,
+                     s_I: Any = None, s_T: Any = None) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def anchor_layers(self) -> list[str]:

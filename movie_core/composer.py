@@ -62,7 +62,8 @@ def compose(recipe: Recipe, registry: Registry | None = None) -> Composition:
     wanted = den.extra.get("latent_space")
     if wanted and wanted != enc.latent_space:
         raise UsageError(
-            f"denoiser '{den.name}' works in latent space {wanted}, but autoencoder '{enc.name}' uses {enc.latent_space}"
+            f"denoiser '{den.name}' works in latent space {wanted}, "
+            f"but autoencoder '{enc.name}' uses {enc.latent_space}"
         )
     for spec in specs.values():
         spec.load_factory()  # a factory that does not import fails here, naming its plugin, not at build time

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import attrs
 import numpy as np
@@ -62,8 +63,8 @@ def to_frames(x: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int])
     x = x[:, :, : size[0], : size[1]].float()
     if tuple(x.shape[-2:]) != out_size:
         x = F.interpolate(x, size=out_size, mode="bicubic", align_corners=False, antialias=True)
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return list(x)
+    frames = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return list(frames)
 
 
 def anchor_index(policy: str, frame_count: int | None, seekable: bool) -> int | None:
@@ -148,7 +149,7 @@ def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path, height
     for src, out in pairs:
         h, w = src.shape[:2]
         tw = max(1, round(w * height / h))
-        col = [np.asarray(Image.fromarray(a).resize((tw, height), Image.LANCZOS)) for a in (src, out)]
+        col = [np.asarray(Image.fromarray(a).resize((tw, height), Image.Resampling.LANCZOS)) for a in (src, out)]
         tiles.append(np.concatenate(col, axis=0))
     sheet = np.concatenate(tiles, axis=1)
     tmp = path.with_name(f".{path.name}.movie-tmp.png")
@@ -170,7 +171,8 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
     padded = policy.padded(*size)
     editor = FrameEditor(pipe, prompt, size=size, padded=padded)
     total = source.frame_count
-    keep = set(np.linspace(0, total - 1, min(preview_count, total)).round().astype(int).tolist()) if preview and total else set()
+    keep = (set(np.linspace(0, total - 1, min(preview_count, total)).round().astype(int).tolist())
+            if preview and total else set())
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     start = time.perf_counter()
     done = 0
@@ -180,7 +182,8 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
             try:
                 anchor = source.frame(index)
             except (IndexError, StopIteration) as e:  # the file holds fewer frames than its header claims
-                raise CorruptVideoError(f"truncated video: {source.path} (anchor frame {index}: {e or 'not found'})") from None
+                raise CorruptVideoError(
+                    f"truncated video: {source.path} (anchor frame {index}: {e or 'not found'})") from None
             editor.record_anchor(anchor)
         bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="editing")
 

@@ -6,6 +6,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 
 class MovieError(Exception):
@@ -31,7 +32,8 @@ def warnings_as_lines() -> Iterator[None]:
         warnings.simplefilter("always", MovieWarning)
         show = warnings.showwarning
 
-        def show_line(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+        def show_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: TextIO | None = None, line: str | None = None) -> None:
             if issubclass(category, MovieWarning):
                 print(f"warning: {message}", file=sys.stderr)
             else:

@@ -132,10 +132,10 @@ def ssim(prediction: np.ndarray, target: np.ndarray, data_range: float = 255.0) 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Spearman rank correlation (average ranks for ties); None when either series is constant or too short."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) != len(y):
+    xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(xa) != len(ya):
         raise ValueError("spearman needs two series of the same length")
-    if len(x) < 2 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+    if len(xa) < 2 or not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
         return None
 
     def ranks(v: np.ndarray) -> np.ndarray:
@@ -147,7 +147,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
             r[tie] = r[tie].mean()
         return r
 
-    rx, ry = ranks(x), ranks(y)
+    rx, ry = ranks(xa), ranks(ya)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
     if denom == 0.0:
@@ -501,8 +501,10 @@ def evaluate_images(predictor, dataset: Sequence[dict[str, Any]], *, limit: int 
         result["clip"] = {
             "clip_image": _mean(c[0] for c in clip_rows),
             "clip_direction": _mean(c[1] for c in clip_rows),
-            "ground_truth": {"clip_image": _mean(c[2] for c in clip_rows), "clip_direction": _mean(c[3] for c in clip_rows)},
-            "text_direction": "source -> edited captions" if used_captions else 'instruction vs "" (InstructPix2Pix convention)',
+            "ground_truth": {"clip_image": _mean(c[2] for c in clip_rows),
+                             "clip_direction": _mean(c[3] for c in clip_rows)},
+            "text_direction": ("source -> edited captions" if used_captions
+                               else 'instruction vs "" (InstructPix2Pix convention)'),
         }
     return result
 
@@ -536,8 +538,11 @@ def controllability(predictor: PipelinePredictor, dataset: Sequence[dict[str, An
         for start in range(0, len(sources), batch_size):
             chunk = slice(start, start + batch_size)
             edits.extend(_predict(p, sources[chunk], instructions[chunk], targets[chunk]))
-        strength = _mean(float(np.abs(_as_float(e) - _as_float(s)).mean()) / 255.0 for e, s in zip(edits, sources))
-        dist = _mean(float(np.abs(_as_float(e) - _as_float(t)).mean()) / 255.0 for e, t in zip(edits, targets))
+        # the mean of a non-empty list (there are samples): never None
+        strength = float(np.mean([float(np.abs(_as_float(e) - _as_float(s)).mean()) / 255.0
+                                  for e, s in zip(edits, sources)]))
+        dist = float(np.mean([float(np.abs(_as_float(e) - _as_float(t)).mean()) / 255.0
+                              for e, t in zip(edits, targets)]))
         return strength, dist
 
     def series(scales: Sequence[float], make, expected: int, bar) -> dict[str, Any]:
@@ -627,7 +632,8 @@ def temporal_consistency(predictor, dataset: Sequence[dict[str, Any]], *, limit:
         "ground_truth_ratio": _mean(v["ground_truth_ratio"] for v in videos if v["ground_truth_ratio"] is not None),
         "psnr": _mean(v["psnr"] for v in videos),
         "ssim": _mean(v["ssim"] for v in videos),
-        "identity": {"psnr": _mean(v["identity_psnr"] for v in videos), "ssim": _mean(v["identity_ssim"] for v in videos)},
+        "identity": {"psnr": _mean(v["identity_psnr"] for v in videos),
+                     "ssim": _mean(v["identity_ssim"] for v in videos)},
         "frames_per_s": frame_count / seconds if seconds else None,
         "videos": videos,
     }
@@ -649,9 +655,9 @@ def open_video_data(data: str | Path, split: str | None):
 
 
 def evaluate(predictor, data: str | Path, *, split: str | None = "test", limit: int | None = None,
-             batch_size: int = 8, clip: str | Path | ClipScorer | None = None, controllability_samples: int | None = None,
-             videos: bool = False, progress: bool = False, model: str | None = None,
-             recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+             batch_size: int = 8, clip: str | Path | ClipScorer | None = None,
+             controllability_samples: int | None = None, videos: bool = False, progress: bool = False,
+             model: str | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything `movie eval` reports, as plain data (see the module docstring for the metrics).
 
     `predictor`: a PipelinePredictor, a pipeline (wrapped), 'identity', 'ground-truth' or a callable.

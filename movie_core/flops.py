@@ -10,7 +10,8 @@ every pass, the low-resolution core on the full steps' passes, the adaptor on th
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -20,6 +21,7 @@ from movie_core.backends import active
 from movie_core.composer import Composition, compose
 from movie_core.errors import UsageError
 from movie_core.loading import build
+
 
 def _paper_flops(module: torch.nn.Module, output: Any) -> int:
     """2 FLOPs per multiply-add of a convolution or linear layer (bias adds not counted)."""
@@ -58,7 +60,8 @@ def count(composition: Composition, height: int = 480, width: int = 480) -> dict
     enc, dec, den = pipe.encoder, pipe.decoder, pipe.denoiser
     down = enc.downscale
     if height % down or width % down:
-        raise UsageError(f"height and width must be multiples of {down} (the autoencoder's downscale), got {height}x{width}")
+        raise UsageError(f"height and width must be multiples of {down} (the autoencoder's downscale), "
+                         f"got {height}x{width}")
     dev = torch.device("meta")
     steps = pipe.steps
     passes = 3 if den.guidance == "cfg3" else 1
@@ -149,7 +152,8 @@ def plot_presets(path: str, height: int = 480, width: int = 480, size: str = "fu
         r = count(compose(preset(name).replace(size=size)), height=height, width=width)
         rows.append({"preset": name, "tflops_paper": r["tflops_paper"], "tflops_all": r["tflops_all"]})
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    bars = ax.bar([r["preset"] for r in rows], [r["tflops_paper"] for r in rows], color=["#8c8c8c", "#5b8def", "#3cb371", "#e4572e"])
+    bars = ax.bar([r["preset"] for r in rows], [r["tflops_paper"] for r in rows],
+                  color=["#8c8c8c", "#5b8def", "#3cb371", "#e4572e"])
     ax.set_yscale("log")
     ax.set_ylabel("TFLOPs per frame (log)")
     ax.set_title(f"Per-frame cost at {height}x{width} ({size} size)")

@@ -9,8 +9,9 @@ recipe runs on when none is given: the built-in nano weights of its denoiser).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from movie_core.errors import MovieError, UsageError
 from movie_core.recipe import SLOTS, Recipe, load_recipe, make_recipe, preset, tomllib
@@ -21,8 +22,26 @@ RECIPE_FLAGS = (
     "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "variant", "clock",
     "clock_schedule", "adaptor", "options",
 )
-_CHANGES = ("encoder", "decoder", "denoiser", "backend", "size", "steps", "scheduler", "text_guidance",
-            "image_guidance", "seed", "device", "dtype", "anchor", "vae", "variant", "clock", "clock_schedule", "adaptor")
+_CHANGES = (
+    "encoder",
+    "decoder",
+    "denoiser",
+    "backend",
+    "size",
+    "steps",
+    "scheduler",
+    "text_guidance",
+    "image_guidance",
+    "seed",
+    "device",
+    "dtype",
+    "anchor",
+    "vae",
+    "variant",
+    "clock",
+    "clock_schedule",
+    "adaptor",
+)
 
 
 def parse_value(raw: str) -> Any:
@@ -56,13 +75,16 @@ def component_options(pairs: tuple[str, ...] | list[str], default_slot: str = "b
                 out.setdefault(s, {})[name] = value
             continue
         if slot not in SLOTS:
-            raise UsageError(f"-O {key}: unknown slot '{slot}'; use one of {', '.join(SLOTS)} (e.g. -O backend.opset=18)")
+            raise UsageError(
+                f"-O {key}: unknown slot '{slot}'; use one of {', '.join(SLOTS)} (e.g. -O backend.opset=18)"
+            )
         out.setdefault(slot, {})[name] = value
     return out
 
 
-def resolve_recipe(flags: dict[str, Any], builtin: bool = False,
-                   note: Callable[[str], None] | None = None) -> tuple[Recipe, Path | None, str | None]:
+def resolve_recipe(
+    flags: dict[str, Any], builtin: bool = False, note: Callable[[str], None] | None = None
+) -> tuple[Recipe, Path | None, str | None]:
     """Recipe flags -> (Recipe, model folder or None, init).
 
     The recipe starts from --preset, --recipe, the model folder's manifest, or the `movie` preset; flags
@@ -120,8 +142,10 @@ def resolve_recipe(flags: dict[str, Any], builtin: bool = False,
         recipe = recipe.replace(size="nano")
         model = builtin_weights(recipe)
         if note:
-            note(f"no --model given: using the built-in nano model {BUILTIN_PREFIX}{builtin_stage(recipe)} "
-                 f"({recipe.encoder} encoder, {recipe.decoder} decoder, {recipe.steps or 'default'} steps)")
+            note(
+                f"no --model given: using the built-in nano model {BUILTIN_PREFIX}{builtin_stage(recipe)} "
+                f"({recipe.encoder} encoder, {recipe.decoder} decoder, {recipe.steps or 'default'} steps)"
+            )
     return recipe, model, flags["init"]
 
 
@@ -142,8 +166,10 @@ def device_default_backend(recipe: Recipe, note: Callable[[str], None] | None = 
             ok, _ = spec.load_factory().available()
             if ok:
                 if note:
-                    note(f"--device {recipe.device}: running through the '{spec.name}' backend "
-                         f"(--backend eager to run the modules as they are)")
+                    note(
+                        f"--device {recipe.device}: running through the '{spec.name}' backend "
+                        f"(--backend eager to run the modules as they are)"
+                    )
                 return recipe.replace(backend=spec.name)
     return recipe
 
@@ -163,8 +189,10 @@ def builtin_weights(recipe: Recipe) -> Path:
     stage = builtin_stage(recipe)
     folder = builtin_model(stage)
     if folder is None:
-        raise UsageError(f"no weights: no built-in nano model for denoiser '{recipe.denoiser}' (stage '{stage}'); "
-                         "pass --model DIR (or --init random to run the recipe with random weights)")
+        raise UsageError(
+            f"no weights: no built-in nano model for denoiser '{recipe.denoiser}' (stage '{stage}'); "
+            "pass --model DIR (or --init random to run the recipe with random weights)"
+        )
     return folder
 
 
@@ -178,23 +206,36 @@ def resolve_weights(recipe: Recipe, model: str | Path | None) -> Path | None:
         return None
     if model is None:
         if recipe.size != "nano":
-            raise UsageError(f"no built-in weights at {recipe.size} size: pass model=DIR, model='random', "
-                             "or run the recipe at size='nano' (the built-in nano models)")
+            raise UsageError(
+                f"no built-in weights at {recipe.size} size: pass model=DIR, model='random', "
+                "or run the recipe at size='nano' (the built-in nano models)"
+            )
         return builtin_weights(recipe)
     folder = resolve_model(model)
     size = ((read_manifest(folder) or {}).get("recipe") or {}).get("size")
     if size and size != recipe.size:
-        raise UsageError(f"model {model} is {size}-size but the recipe is {recipe.size}: use recipe.replace(size='{size}')")
+        raise UsageError(
+            f"model {model} is {size}-size but the recipe is {recipe.size}: use recipe.replace(size='{size}')"
+        )
     return folder
 
 
-def build(composition: Any, model: str | Path | None = None, meta: bool = False,
-          backend_options: dict[str, Any] | None = None, cache: Any = None) -> Any:
-    """Build the pipeline of a composition (random weights, a model folder, or the meta device), bound to its backend."""
+def build(
+    composition: Any,
+    model: str | Path | None = None,
+    meta: bool = False,
+    backend_options: dict[str, Any] | None = None,
+    cache: Any = None,
+) -> Any:
+    """Build the pipeline of a composition, bound to its backend.
+
+    Weights: random, from a model folder, or none (the meta device).
+    """
     from movie_core.pipeline import Pipeline
 
-    return Pipeline.build(composition, model=Path(model) if model else None, meta=meta,
-                          backend_options=backend_options, cache=cache)
+    return Pipeline.build(
+        composition, model=Path(model) if model else None, meta=meta, backend_options=backend_options, cache=cache
+    )
 
 
 def load_pipeline(recipe_or_composition: Any, weights: Path | None, **kw: Any) -> Any:

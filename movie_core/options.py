@@ -38,19 +38,36 @@ def recipe_options(fn: Callable) -> Callable:
         click.option("--seed", type=int, help="Random seed (weights at --init random, and noise)."),
         click.option("--device", help="cpu, cuda, cuda:N, mps or auto."),
         click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Compute precision."),
-        click.option("--variant", help="Weights variant of the model folder (fp16: *.fp16.safetensors); "
-                     "default: the plain weights, else the only variant present."),
+        click.option(
+            "--variant",
+            help="Weights variant of the model folder (fp16: *.fp16.safetensors); "
+            "default: the plain weights, else the only variant present.",
+        ),
         click.option("--anchor", help="Cross-frame attention anchor: middle, first, none or a frame index."),
-        click.option("--clock", type=click.IntRange(min=1),
-                     help="Clockwork: the full UNet runs every N-th step, the adaptor stands in for its "
-                          "low-resolution core on the others (1: off)."),
-        click.option("--clock-schedule", metavar="I,J,...",
-                     help="Clockwork: the steps that run the full UNet, e.g. 0,1,3,5 (instead of --clock; starts at 0)."),
-        click.option("--adaptor", help="Clockwork: what replaces the low-resolution core: identity (reuse the last "
-                                       "full step's features)."),
-        click.option("-O", "--option", "options", multiple=True, metavar="SLOT.KEY=VALUE",
-                     help="A component's option, e.g. -O backend.dynamic_batch=false, -O denoiser.scheduler=ddim "
-                          "(a bare KEY=VALUE is the backend's; see `movie list FAMILY`)."),
+        click.option(
+            "--clock",
+            type=click.IntRange(min=1),
+            help="Clockwork: the full UNet runs every N-th step, the adaptor stands in for its "
+            "low-resolution core on the others (1: off).",
+        ),
+        click.option(
+            "--clock-schedule",
+            metavar="I,J,...",
+            help="Clockwork: the steps that run the full UNet, e.g. 0,1,3,5 (instead of --clock; starts at 0).",
+        ),
+        click.option(
+            "--adaptor",
+            help="Clockwork: what replaces the low-resolution core: identity (reuse the last full step's features).",
+        ),
+        click.option(
+            "-O",
+            "--option",
+            "options",
+            multiple=True,
+            metavar="SLOT.KEY=VALUE",
+            help="A component's option, e.g. -O backend.dynamic_batch=false, -O denoiser.scheduler=ddim "
+            "(a bare KEY=VALUE is the backend's; see `movie list FAMILY`).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

@@ -63,16 +63,28 @@ _KINDS = {"seed": ("a whole number", _whole), "text_guidance": ("a number", _num
           "image_guidance": ("a number", _number), "anchor": ("middle, first, none or a frame index", _anchor)}
 
 
-def _typed(name: str):
+def _typed(name: str, value: Any) -> Any:
     what, convert = _KINDS[name]
+    try:
+        return convert(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
 
-    def check(value: Any) -> Any:
-        try:
-            return convert(value)
-        except TypeError:
-            raise ValueError(f"{name} must be {what}, got {value!r}") from None
 
-    return check
+def _seed(value: Any) -> int:
+    return int(_typed("seed", value))
+
+
+def _text_guidance(value: Any) -> float:
+    return float(_typed("text_guidance", value))
+
+
+def _image_guidance(value: Any) -> float:
+    return float(_typed("image_guidance", value))
+
+
+def _anchor_value(value: Any) -> str:
+    return str(_typed("anchor", value))
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
@@ -125,17 +137,29 @@ class Recipe:
     denoiser: str = attrs.field(default="mobile-pix2pix-1step", validator=_text)
     backend: str = attrs.field(default="eager", validator=_text)
     steps: int | None = attrs.field(default=None, validator=_positive)
-    scheduler: str | None = attrs.field(default=None, validator=attrs.validators.optional(_matches(_SCHEDULER, "a sampler name such as ddim, euler, euler-ancestral or lcm")))
-    text_guidance: float = attrs.field(default=7.5, converter=_typed("text_guidance"), validator=_non_negative)
-    image_guidance: float = attrs.field(default=1.5, converter=_typed("image_guidance"), validator=_non_negative)
-    seed: int = attrs.field(default=0, converter=_typed("seed"))
+    scheduler: str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(
+            _matches(_SCHEDULER, "a sampler name such as ddim, euler, euler-ancestral or lcm")
+        ),
+    )
+    text_guidance: float = attrs.field(default=7.5, converter=_text_guidance, validator=_non_negative)
+    image_guidance: float = attrs.field(default=1.5, converter=_image_guidance, validator=_non_negative)
+    seed: int = attrs.field(default=0, converter=_seed)
     size: str = attrs.field(default="full", validator=[_text, attrs.validators.in_(SIZES)])
     resolution: str = attrs.field(default="keep", validator=_matches(_RESOLUTION, "keep, max-side:N or HxW"))
-    anchor: str = attrs.field(default="middle", converter=_typed("anchor"), validator=_matches(_ANCHOR, "middle, first, none or a frame index"))
+    anchor: str = attrs.field(
+        default="middle",
+        converter=_anchor_value,
+        validator=_matches(_ANCHOR, "middle, first, none or a frame index"),
+    )
     device: str = attrs.field(default="cpu", validator=_matches(_DEVICE, "cpu, auto, mps, cuda or cuda:N"))
     dtype: str = attrs.field(default="float32", validator=[_text, attrs.validators.in_(DTYPES)])
-    # which weight files of a model folder: "fp16" reads *.fp16.safetensors (None: the plain ones, else the only variant)
-    variant: str | None = attrs.field(default=None, validator=attrs.validators.optional(_matches(_VARIANT, "a weights variant such as fp16")))
+    # which weight files of a model folder: "fp16" reads *.fp16.safetensors
+    # (None: the plain ones, else the only variant)
+    variant: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_matches(_VARIANT, "a weights variant such as fp16"))
+    )
     # Clockwork: the full network runs every clock-th step (or on the steps clock_schedule lists), the adaptor
     # stands in for its low-resolution core on the others (movie_core.clockwork)
     clock: int = attrs.field(default=1, validator=_positive)
@@ -146,15 +170,17 @@ class Recipe:
 
     def __attrs_post_init__(self) -> None:
         if self.clock_schedule is not None and self.clock != 1:
-            raise ValueError(f"give clock or clock_schedule, not both (clock {self.clock}, clock_schedule "
-                             f"{','.join(map(str, self.clock_schedule))})")
+            raise ValueError(
+                f"give clock or clock_schedule, not both (clock {self.clock}, clock_schedule "
+                f"{','.join(map(str, self.clock_schedule))})"
+            )
 
     @property
     def clocked(self) -> bool:
         """Whether Clockwork is on: some steps run the adaptor instead of the low-resolution core."""
         return self.clock > 1 or self.clock_schedule is not None
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed; `vae=X` sets encoder and decoder together."""
         vae = changes.pop("vae", None)
         if vae is not None:
@@ -232,7 +258,9 @@ def from_toml(text: str, source: str = "recipe") -> Recipe:
                 raise UsageError(f"{source}: '{key}' belongs in [components], not [options]")
             flat[key] = value
     if data:
-        raise UsageError(f"{source}: unknown recipe key '{sorted(data)[0]}'; expected tables [components] and [options]")
+        raise UsageError(
+            f"{source}: unknown recipe key '{sorted(data)[0]}'; expected tables [components] and [options]"
+        )
     try:
         return make_recipe(flat)
     except UsageError as exc:
@@ -255,11 +283,11 @@ def preset(name: str) -> Recipe:
         from movie_core.registry import UnknownComponentError
 
         raise UnknownComponentError("preset", name, list(PRESETS))
-    text = resources.files("movie_core").joinpath("presets", f"{name}.toml").read_text()
+    text = (resources.files("movie_core") / "presets" / f"{name}.toml").read_text()
     return from_toml(text, source=f"preset {name}")
 
 
-def load_recipe(spec: "Recipe | str | Path") -> Recipe:
+def load_recipe(spec: Recipe | str | Path) -> Recipe:
     """A Recipe from a preset name (base, mobile, mmg, movie), a recipe TOML file, or a Recipe (returned as is)."""
     if isinstance(spec, Recipe):
         return spec

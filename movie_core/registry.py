@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 
@@ -55,7 +56,7 @@ class ComponentSpec:
     base: str | None = None
     defaults: dict = attrs.field(factory=dict, converter=dict)
 
-    def derive(self, base: "ComponentSpec") -> "ComponentSpec":
+    def derive(self, base: ComponentSpec) -> ComponentSpec:
         """This derived spec with everything it leaves out taken from its (resolved) base."""
         return attrs.evolve(
             self,
@@ -116,7 +117,8 @@ class ComponentSpec:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(
-                f"unknown option {unknown[0]!r} for {self.family} '{self.name}'; known: {', '.join(sorted(known)) or 'none'}"
+                f"unknown option {unknown[0]!r} for {self.family} '{self.name}'; "
+                f"known: {', '.join(sorted(known)) or 'none'}"
             )
         try:
             return self.config(**values)
@@ -160,12 +162,15 @@ class Registry:
         self._specs[spec.family][spec.name] = spec
         return spec
 
-    def for_plugin(self, plugin: str, version: str = "") -> "PluginRegistry":
+    def for_plugin(self, plugin: str, version: str = "") -> PluginRegistry:
         """A view that stamps the owning plugin on every spec registered through it."""
         return PluginRegistry(self, plugin, version)
 
     def get(self, family: str, name: str) -> ComponentSpec:
-        """The spec for a name (a derived one resolved through its base), or UnknownComponentError naming what exists."""
+        """The spec for a name (a derived one resolved through its base).
+
+        An unknown name raises UnknownComponentError, naming what exists.
+        """
         if family not in self._specs:
             raise UsageError(f"unknown family '{family}'; available: {', '.join(FAMILIES)}")
         return self._resolve(family, name, ())

@@ -41,7 +41,7 @@ import secrets
 import shutil
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -340,11 +340,13 @@ class VideoSource(Source):
             raise CorruptVideoError(f"corrupt video: {self.path} ({_reason(e)})") from None
         finally:
             container.close()
-        self._pts_index = None if None in pts else sorted(pts)
+        known = [p for p in pts if p is not None]
+        self._pts_index = sorted(known) if len(known) == len(pts) else None
         self._indexed = True
         return len(pts)
 
-    def _decoded(self, container: av.container.InputContainer, check_count: bool) -> Iterator[av.VideoFrame]:
+    def _decoded(self, container: av.container.InputContainer,
+                 check_count: bool) -> Generator[av.VideoFrame, None, None]:
         """Decode the video stream, raising CorruptVideoError on decode errors or a short stream."""
         stream = container.streams.video[0]
         count = 0
@@ -697,7 +699,7 @@ class VideoSink(Sink):
         streams = self._audio_in.streams.audio
         for stream in streams:
             try:
-                self._audio_map[stream.index] = self._out.add_stream_from_template(stream)
+                self._audio_map[stream.index] = self._container.add_stream_from_template(stream)
             except ValueError:
                 raise UsageError(
                     f"cannot copy {stream.codec_context.name} audio into {self.path.suffix} files; use .mkv"
@@ -717,7 +719,7 @@ class VideoSink(Sink):
                 self._held = packet
                 return
             packet.stream = self._audio_map[packet.stream_index]
-            self._out.mux(packet)
+            self._container.mux(packet)
 
     def _write(self, frame: np.ndarray, pts: int) -> None:
         if self.source.rotation:
@@ -727,13 +729,19 @@ class VideoSink(Sink):
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = pts
         video_frame.time_base = self.source.time_base
-        self._out.mux(self._video.encode(video_frame))
+        self._container.mux(self._video.encode(video_frame))
         self._copy_audio(float(pts * self.source.time_base))
 
+    @property
+    def _container(self) -> av.container.OutputContainer:
+        """The output container, open between _start and _finish."""
+        assert self._out is not None, "the sink is not open"
+        return self._out
+
     def _finish(self) -> None:
-        self._out.mux(self._video.encode())
+        self._container.mux(self._video.encode())
         self._copy_audio(None)
-        out, self._out = self._out, None
+        out, self._out = self._container, None
         out.close()
         self._discard()
 

@@ -1,4 +1,7 @@
-"""Model folders: diffusers layout + movie.json manifest; single-file safetensors; the HF cache; no silent unpickling."""
+"""Model folders: diffusers layout + movie.json manifest; single-file safetensors; the HF cache.
+
+Nothing is unpickled silently.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +32,10 @@ def allow_pickle() -> bool:
 
 
 def use_safetensors() -> bool | None:
-    """`use_safetensors` for from_pretrained: True (safetensors only) unless pickles are allowed (None: fall back to .bin)."""
+    """`use_safetensors` for from_pretrained: True (safetensors only) unless pickles are allowed.
+
+    With pickles allowed it is None: diffusers falls back to .bin files.
+    """
     return None if allow_pickle() else True
 
 
@@ -137,13 +143,21 @@ def weights_in(folder: Path, stem: str, variant: str | None = None) -> tuple[lis
                 raise MovieError(f"{index}: unreadable shard index: {exc}") from None
             return [folder / _safe_name(index, shard, "shard name") for shard in shards], tag
         if not variant and len(tags) > 2:  # several variants and no plain file: the user picks
-            raise MovieError(f"{folder} holds the weight variants {', '.join(tags[1:])} and no plain weights: "
+            found = ", ".join(str(t) for t in tags[1:])
+            raise MovieError(f"{folder} holds the weight variants {found} and no plain weights: "
                              "pass --variant NAME")
     have = sorted(f.name for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
     wanted = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
-    raise MovieError(f"{folder} has no {wanted} (it holds {', '.join(have) or 'nothing'})"
-                     + ("; rename the weights file to that name" if not variant and any(h.endswith(".safetensors") for h in have)
-                        else "; leave out --variant to read the plain weights" if variant else ""))
+    raise MovieError(
+        f"{folder} has no {wanted} (it holds {', '.join(have) or 'nothing'})"
+        + (
+            "; rename the weights file to that name"
+            if not variant and any(h.endswith(".safetensors") for h in have)
+            else "; leave out --variant to read the plain weights"
+            if variant
+            else ""
+        )
+    )
 
 
 def _variants(folder: Path, stem: str) -> set[str]:
@@ -206,7 +220,9 @@ def check_model_folder(root: Path, variant: str | None = None) -> list[str]:
         elif "config.json" in names:
             stem = "diffusion_pytorch_model" if any(n.startswith("diffusion_pytorch_model") for n in names) else "model"
             check_component(folder, stem, variant)
-            files, _ = weights_in(folder, stem, variant) if any(n.endswith(".safetensors") for n in names) else ([], None)
+            files, _ = (
+                weights_in(folder, stem, variant) if any(n.endswith(".safetensors") for n in names) else ([], None)
+            )
             checked += [f"{sub.name}/config.json"] + [f"{sub.name}/{f.name}" for f in files]
     return checked
 
@@ -253,7 +269,7 @@ def recipe_from_index(root: Path) -> tuple[str, dict[str, str], str] | None:
     vae = index.get("vae")
     if isinstance(vae, list) and len(vae) == 2 and vae[1] in VAE_CLASSES:
         changes["vae"] = VAE_CLASSES[vae[1]]
-    what = f"{name}" + (f" with {vae[1]}" if changes else "")
+    what = f"{name} with {changes['vae']}" if changes else f"{name}"
     return PIPELINE_PRESETS[name], changes, what
 
 
@@ -279,7 +295,7 @@ def resolve_model(spec: str | Path) -> Path:
             raise UsageError(f"{path}: single-file pickle checkpoints are not supported; convert it to a model folder")
         raise UsageError(f"{path}: not a model folder or a .safetensors file")
     if str(spec).startswith(BUILTIN_PREFIX):
-        stage = str(spec)[len(BUILTIN_PREFIX):]
+        stage = str(spec)[len(BUILTIN_PREFIX) :]
         found = builtin_model(stage)
         if found is None:
             have = ", ".join(BUILTIN_PREFIX + s for s in builtin_stages()) or "none installed"
@@ -410,7 +426,7 @@ def expand_single_file(path: Path) -> Path:
 def remove_stale_unpacked() -> None:
     """Remove the unpacked single-file models that processes of this user left in the temp folder when killed."""
     for entry in Path(tempfile.gettempdir()).glob(f"{_UNPACK_PREFIX}*-*"):
-        pid = entry.name[len(_UNPACK_PREFIX):].partition("-")[0]
+        pid = entry.name[len(_UNPACK_PREFIX) :].partition("-")[0]
         try:
             owned = entry.lstat().st_uid == os.getuid() and entry.is_dir() and not entry.is_symlink()
         except OSError:

@@ -74,9 +74,12 @@ def main() -> None:
           f"{a['tflops_clocked']:.2f} TFLOPs, saving {100 * a['saving']:.1f}%")
     print("movie flops at 480x480, clock 2 (full size):")
     for r in rows:
-        print(f"  {r['preset']:7} {r['steps']} steps: {r['tflops_paper']:.3f} -> {r['tflops_paper_clocked']:.3f} TFLOPs/frame "
-              f"(paper conv.), frame -{100 * r['frame_saving_paper']:.1f}%, UNet -{100 * r['unet_saving_paper']:.1f}% "
-              f"(all: {r['tflops_all']:.3f} -> {r['tflops_all_clocked']:.3f}, UNet -{100 * r['unet_saving_all']:.1f}%)")
+        print(
+            f"  {r['preset']:7} {r['steps']} steps: {r['tflops_paper']:.3f} -> "
+            f"{r['tflops_paper_clocked']:.3f} TFLOPs/frame "
+            f"(paper conv.), frame -{100 * r['frame_saving_paper']:.1f}%, UNet -{100 * r['unet_saving_paper']:.1f}% "
+            f"(all: {r['tflops_all']:.3f} -> {r['tflops_all_clocked']:.3f}, UNet -{100 * r['unet_saving_all']:.1f}%)"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"paper": PAPER, "table1": t1, "presets_480": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

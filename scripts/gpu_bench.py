@@ -116,8 +116,8 @@ def run_backend(args: argparse.Namespace, result: dict, save) -> dict:
 
     from movie_core import backends
     from movie_core.composer import compose
-    from movie_core.loading import build
     from movie_core.edit import FrameEditor
+    from movie_core.loading import build
     from movie_core.recipe import preset
 
     name = args.child

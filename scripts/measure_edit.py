@@ -134,8 +134,8 @@ def edit_and_capture(recipe, src: Path, prompt: str) -> dict:
     import numpy as np
 
     from movie_core.composer import compose
-    from movie_core.loading import build
     from movie_core.edit import SizePolicy, edit_video
+    from movie_core.loading import build
     from movie_core.video import open_source
 
     pipe = build(compose(recipe))
@@ -203,8 +203,9 @@ def temporal(work: Path, n_frames: int) -> dict:
                     "edited_pixel_std": float(pixels.std()),
                     "wall_s": time.perf_counter() - start,
                 }
-            row["anchor_over_none_pixel"] = ratio(row["middle"]["pixel_consecutive_mad"], row["none"]["pixel_consecutive_mad"])
-            row["anchor_over_none_latent"] = ratio(row["middle"]["latent_consecutive_mad"], row["none"]["latent_consecutive_mad"])
+            middle, none = row["middle"], row["none"]
+            row["anchor_over_none_pixel"] = ratio(middle["pixel_consecutive_mad"], none["pixel_consecutive_mad"])
+            row["anchor_over_none_latent"] = ratio(middle["latent_consecutive_mad"], none["latent_consecutive_mad"])
             results["runs"][f"{name}_seed{seed}"] = row
     return results
 

@@ -14,9 +14,10 @@ Every call is appended to `calls` so tests can check the sequence.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ RUNTIMES = ("tflite", "qnn_lib_aarch64_android", "qnn_context_binary", "onnx", "
 
 calls: list[tuple[str, dict[str, Any]]] = []
 _ids = itertools.count(1)
-_models: dict[str, "Model"] = {}
+_models: dict[str, Model] = {}
 
 
 class StandInError(AssertionError):
@@ -199,7 +200,8 @@ def submit_inference_job(model: Any, device: Any, inputs: Any = None, name: str 
     _check_device(device)
     _check_options(options)
     _check(isinstance(inputs, Mapping), "inputs: a mapping of input name -> list of numpy arrays")
-    _check(list(inputs) == list(model.input_specs), f"inputs {list(inputs)} != compiled inputs {list(model.input_specs)}")
+    _check(list(inputs) == list(model.input_specs),
+           f"inputs {list(inputs)} != compiled inputs {list(model.input_specs)}")
     for key, arrays in inputs.items():
         _check(isinstance(arrays, list) and all(isinstance(a, np.ndarray) for a in arrays),
                f"inputs[{key!r}] must be a list of numpy arrays")

@@ -15,6 +15,7 @@ import pytest
 import movie_core
 from movie_core import ablation
 from movie_core.errors import UsageError
+
 from cli_helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_plugins")
@@ -84,6 +85,7 @@ def test_objective_of_a_model_against_itself_is_a_ratio_of_one(data):
 # --- movie ablate ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a 2x2 grid measured end to end with eval (~50 s)
 def test_encoder_by_decoder_grid_with_flops_and_eval(data, tmp_path, capsys):
     out = tmp_path / "grid"
     code, stdout, err = run_cli(capsys, "ablate", "movie", "--vary", "encoder=sd-vae,taesd", "--vary",
@@ -108,7 +110,8 @@ def test_encoder_by_decoder_grid_with_flops_and_eval(data, tmp_path, capsys):
         assert code == 0, err
         assert row["tflops_full"] == json.loads(flops_out)["tflops_paper"]
     by = {(r["encoder"], r["decoder"]): r for r in table["rows"]}
-    assert by["taesd", "taesd"]["tflops_full"] < by["sd-vae", "taesd"]["tflops_full"] < by["sd-vae", "sd-vae"]["tflops_full"]
+    flops = {pair: row["tflops_full"] for pair, row in by.items()}
+    assert flops["taesd", "taesd"] < flops["sd-vae", "taesd"] < flops["sd-vae", "sd-vae"]
     assert by["taesd", "taesd"]["tflops_full"] == pytest.approx(0.758, abs=0.001)  # paper Table 1: 0.76
     # each cell evaluated its own autoencoders: four different scores from the same denoiser weights
     psnr = [r["psnr"] for r in table["rows"]]
@@ -116,6 +119,8 @@ def test_encoder_by_decoder_grid_with_flops_and_eval(data, tmp_path, capsys):
     assert all(r["tflops_nano"] < 0.01 for r in table["rows"])  # nano at the data's 64x64
 
 
+# runs an ablation twice (~30 s); test_a_plugin_version_change_measures_the_cells_again checks cell reuse fast
+@pytest.mark.slow
 def test_an_interrupted_ablation_resumes_without_recomputing_finished_cells(tmp_path, capsys, monkeypatch):
     real = ablation.MEASURE_FUNCTIONS["flops"]
     measured: list[str] = []
@@ -286,5 +291,6 @@ def test_without_matplotlib_the_tables_are_written_and_the_charts_skipped_with_a
     result = movie_core.run_grid([{"x": 1}, {"x": 2}], lambda cell: {"y": cell["x"] / 2}, out=tmp_path / "t",
                                  quality="y", cost="x")
     assert result["charts"] == [] and any("matplotlib is not installed" in n for n in result["notes"])
-    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["ablation.csv", "ablation.json", "ablation.md", "cells"]
+    written = sorted(p.name for p in (tmp_path / "t").iterdir())
+    assert written == ["ablation.csv", "ablation.json", "ablation.md", "cells"]
     assert "matplotlib is not installed" in (tmp_path / "t" / "ablation.md").read_text()

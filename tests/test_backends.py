@@ -14,9 +14,9 @@ import torch
 
 from movie_core import backends
 from movie_core.composer import compose
-from movie_core.loading import build
 from movie_core.edit import FrameEditor, SizePolicy, to_tensor
 from movie_core.errors import MovieError, UsageError
+from movie_core.loading import build
 from movie_core.recipe import preset
 
 SIZE = (64, 64)
@@ -246,6 +246,9 @@ def test_onnx_dynamic_batch_serves_every_batch_size(tmp_path):
 # --- onnx ------------------------------------------------------------------------------------------
 
 
+# the whole nano recipe through onnxruntime (~3 min); onnx parity stays in the fast lane through
+# test_onnx_dynamic_batch_serves_every_batch_size and test_contract_fixture's export test
+@pytest.mark.slow
 @needs_onnx
 def test_onnx_backend_matches_eager_end_to_end():
     """The nano movie recipe through onnx: every component exported, the edited frames equal eager's."""
@@ -281,6 +284,7 @@ def qnn_session(path: Path, arch: str = "75", soc: str = "57"):
     return ort.InferenceSession(str(path), sess_options=so)
 
 
+@pytest.mark.slow  # end to end through the HTP emulator (~1 min); test_compose_with_hexagon_backend stays fast
 @needs_qnn
 def test_export_hexagon_writes_context_binaries_that_match_eager(run_movie, tmp_path):
     """Acceptance: `movie export --backend hexagon --preset movie --size nano` -> QNN context binaries for the
@@ -418,6 +422,7 @@ def test_aihub_standin_matches_the_real_client_signatures(standin_hub):
         assert list(inspect.signature(getattr(getattr(standin_hub, cls), method)).parameters) == want
 
 
+@pytest.mark.slow  # end to end through the qai-hub stand-in (~25 s); the stand-in's signatures are checked fast
 @needs_onnx
 def test_aihub_export_compiles_profiles_and_runs_each_component(standin_hub, tmp_path):
     from movie_plugins.backends._export import export_recipe
@@ -482,6 +487,7 @@ def test_tensorrt_available_or_says_why():
 # --- compile ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # torch.compile on CPU builds C++ kernels (~20 s)
 def test_compile_backend_matches_eager():
     from movie_plugins.backends.compile import CompileBackend
 

@@ -182,7 +182,8 @@ def test_flops_count_the_clock_exactly(name):
         5 * passes, 3 * passes, 2 * passes)
     for conv in ("paper", "all"):
         key = f"tflops_{conv}"
-        per_pass = comps["unet_high"][key] / comps["unet_high"]["calls"] + comps["unet_core"][key] / comps["unet_core"]["calls"]
+        high, core = comps["unet_high"], comps["unet_core"]
+        per_pass = high[key] / high["calls"] + core[key] / core["calls"]
         assert per_pass == pytest.approx(unet[key] / unet["calls"], rel=1e-9)  # the split costs what the network does
         assert comps["adaptor"][key] == 0  # identity
         saved = comps["unet_core"][key] / 3 * 2  # two core runs skipped

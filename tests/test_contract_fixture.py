@@ -20,10 +20,11 @@ import diffusers  # noqa: F401
 import numpy as np
 import pytest
 import transformers  # noqa: F401
-from cli_helpers import pip_install_fixture, run_cli
 from PIL import Image
 
 from movie_core import crossframe, plugins
+
+from cli_helpers import pip_install_fixture, run_cli
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "handwritten_denoiser"
 TINY = ["--denoiser", "tiny-convattn", "--size", "nano", "--init", "random"]
@@ -259,7 +260,8 @@ def test_ablate_flops_and_bench(tmp_path, capsys):
 
 
 def test_export_onnx_has_anchor_kv_and_runs_like_eager(frames_dir, tiny_model, tmp_path, capsys, monkeypatch):
-    onnx = pytest.importorskip("onnx", reason="export --backend onnx needs the onnx package (pip install 'movie[onnx]')")
+    onnx = pytest.importorskip("onnx",
+                               reason="export --backend onnx needs the onnx package (pip install 'movie[onnx]')")
     pytest.importorskip("onnxruntime", reason="the onnx backend runs on onnxruntime (pip install 'movie[onnx]')")
     out = tmp_path / "export"
     code, stdout, err = run_cli(capsys, "export", "--backend", "onnx", "--model", str(tiny_model), "--height", "32",

@@ -67,12 +67,14 @@ def contract_denoiser(ctx, config):
 class ContractPlugin:
     @hookimpl
     def movie_register_autoencoders(self, registry):
-        registry.register(ComponentSpec(family="autoencoder", name="contract-taesd", summary="TAESD behind its contract",
+        registry.register(ComponentSpec(family="autoencoder", name="contract-taesd",
+                                        summary="TAESD behind its contract",
                                         factory=f"{__name__}:_taesd_proxy", latent_space="sd1"))
 
     @hookimpl
     def movie_register_denoisers(self, registry):
-        registry.register(ComponentSpec(family="denoiser", name="contract-1step", summary="1-step denoiser behind its contract",
+        registry.register(ComponentSpec(family="denoiser", name="contract-1step",
+                                        summary="1-step denoiser behind its contract",
                                         factory=f"{__name__}:contract_denoiser", extra={"latent_space": "sd1"}))
 
 
@@ -130,6 +132,9 @@ def test_edit_bench_eval_flops_use_only_the_contracts(contract_pipe, tmp_path):
     assert {"sample", "encode_prompt", "set_kv_hook", "networks", "graph_inputs"} <= TOUCHED["denoiser"]
 
 
+# exports and runs every component through onnx (~80 s); test_edit_bench_eval_flops_use_only_the_contracts
+# is the fast check of the same proxy
+@pytest.mark.slow
 def test_onnx_backend_uses_only_the_contracts(contract_pipe, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="the onnx backend needs onnxruntime (the test extra installs it)")
     from movie_core.edit import FrameEditor

@@ -8,8 +8,8 @@ import torch
 
 from movie_core import crossframe
 from movie_core.composer import compose
-from movie_core.loading import build
 from movie_core.edit import FrameEditor, SizePolicy, edit_video, to_tensor
+from movie_core.loading import build
 from movie_core.recipe import preset
 from movie_plugins.denoisers._pix2pix import KVHookAttnProcessor
 

@@ -8,13 +8,13 @@ import types
 import numpy as np
 import pytest
 import torch
-from movie_plugins.backends.cuda_graphs import CudaGraphsBackend, StaticGraph
 
 from movie_core import overlap
 from movie_core.composer import compose
-from movie_core.loading import build
 from movie_core.edit import FrameEditor
+from movie_core.loading import build
 from movie_core.recipe import preset
+from movie_plugins.backends.cuda_graphs import CudaGraphsBackend, StaticGraph
 
 
 def test_available_says_why_not_without_a_gpu():

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from movie_core.errors import MovieError, UsageError
 from movie_core.data import datasets as data
 from movie_core.data import procedural
 from movie_core.data.datasets import ImageFolderDataset, ParquetDataset, VideoDataset, open_dataset
 from movie_core.data.procedural import EDITS, apply_edit, make_sample, make_scene, make_video
+from movie_core.errors import MovieError, UsageError
 
 try:
     import pyarrow  # noqa: F401

@@ -17,8 +17,9 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from cli_helpers import run_cli  # noqa: E402
 from diffusers_folders import write_ip2p  # noqa: E402
+
+from cli_helpers import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +64,38 @@ def _wrong_name(folder: Path) -> None:
 
 
 DAMAGE = {
-    "truncated unet": ("unet/diffusion_pytorch_model.safetensors", lambda f: _truncate(f / "unet/diffusion_pytorch_model.safetensors")),
-    "zero-byte unet": ("unet/diffusion_pytorch_model.safetensors", lambda f: (f / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"")),
-    "truncated vae": ("vae/diffusion_pytorch_model.safetensors", lambda f: _truncate(f / "vae/diffusion_pytorch_model.safetensors")),
-    "zero-byte vae": ("vae/diffusion_pytorch_model.safetensors", lambda f: (f / "vae/diffusion_pytorch_model.safetensors").write_bytes(b"")),
-    "truncated text encoder": ("text_encoder/model.safetensors", lambda f: _truncate(f / "text_encoder/model.safetensors")),
+    "truncated unet": (
+        "unet/diffusion_pytorch_model.safetensors",
+        lambda f: _truncate(f / "unet/diffusion_pytorch_model.safetensors"),
+    ),
+    "zero-byte unet": (
+        "unet/diffusion_pytorch_model.safetensors",
+        lambda f: (f / "unet/diffusion_pytorch_model.safetensors").write_bytes(b""),
+    ),
+    "truncated vae": (
+        "vae/diffusion_pytorch_model.safetensors",
+        lambda f: _truncate(f / "vae/diffusion_pytorch_model.safetensors"),
+    ),
+    "zero-byte vae": (
+        "vae/diffusion_pytorch_model.safetensors",
+        lambda f: (f / "vae/diffusion_pytorch_model.safetensors").write_bytes(b""),
+    ),
+    "truncated text encoder": (
+        "text_encoder/model.safetensors",
+        lambda f: _truncate(f / "text_encoder/model.safetensors"),
+    ),
     "unet config syntax": ("unet/config.json", lambda f: (f / "unet/config.json").write_text('{"in_channels": 8,')),
     "vae config syntax": ("vae/config.json", lambda f: (f / "vae/config.json").write_text('{"_class_name": ')),
     "empty tokenizer": ("tokenizer", lambda f: [p.unlink() for p in (f / "tokenizer").iterdir()]),
     "wrongly named unet weights": ("unet", _wrong_name),
-    "header of 2^40 bytes": ("unet/diffusion_pytorch_model.safetensors",
-                             lambda f: _header(f / "unet/diffusion_pytorch_model.safetensors", lambda h, n: struct.pack("<Q", 2 ** 40))),
-    "4 PB tensor": ("unet/diffusion_pytorch_model.safetensors",
-                    lambda f: _header(f / "unet/diffusion_pytorch_model.safetensors", _huge_tensor)),
+    "header of 2^40 bytes": (
+        "unet/diffusion_pytorch_model.safetensors",
+        lambda f: _header(f / "unet/diffusion_pytorch_model.safetensors", lambda h, n: struct.pack("<Q", 2**40)),
+    ),
+    "4 PB tensor": (
+        "unet/diffusion_pytorch_model.safetensors",
+        lambda f: _header(f / "unet/diffusion_pytorch_model.safetensors", _huge_tensor),
+    ),
 }
 
 
@@ -88,7 +108,9 @@ def test_damaged_folder_is_one_line_naming_the_file(case, command, plain, tmp_pa
     named, damage = DAMAGE[case]
     damage(folder)
     before = digest(folder)
-    args = ["compose", "--json"] if command == "compose" else ["bench", "--frames", "1", "--height", "32", "--width", "32"]
+    args = (
+        ["compose", "--json"] if command == "compose" else ["bench", "--frames", "1", "--height", "32", "--width", "32"]
+    )
     code, out, err = run_cli(capsys, *args, "--model", str(folder), "--preset", "base")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0 and out == "", (code, out)
@@ -105,8 +127,14 @@ def test_compose_validates_a_sound_folder(plain, capsys):
     assert code == 0, err
     model = json.loads(out)["model"]
     assert model["loads"] is True and model["path"] == str(plain)
-    for name in ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
-                 "text_encoder/model.safetensors", "tokenizer/", "scheduler/scheduler_config.json"):
+    for name in (
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/",
+        "scheduler/scheduler_config.json",
+    ):
         assert name in model["checked"], model["checked"]
 
 
@@ -149,7 +177,9 @@ def test_fp16_variant_loads(fp16, flags):
 
 
 def test_variant_flag_for_a_missing_variant_is_one_line(plain, capsys):
-    code, out, err = run_cli(capsys, "compose", "--model", str(plain), "--preset", "base", "--variant", "fp16", "--json")
+    code, out, err = run_cli(
+        capsys, "compose", "--model", str(plain), "--preset", "base", "--variant", "fp16", "--json"
+    )
     assert code != 0 and out == ""
     assert "fp16.safetensors" in err and "--variant" in err and len(err.strip().splitlines()) == 1, err
 
@@ -163,12 +193,20 @@ def test_plain_weights_win_over_a_variant(plain, fp16, tmp_path):
 
     folder = tmp_path / "both"
     shutil.copytree(plain, folder)
-    for sub, stem in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+    for sub, stem in (
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ):
         shutil.copy(fp16 / sub / f"{stem}.fp16.safetensors", folder / sub)
         data = load_file(str(folder / sub / f"{stem}.fp16.safetensors"))  # mark the variant: scaled weights
         from safetensors.torch import save_file
 
-        save_file({k: v * 2 for k, v in data.items()}, str(folder / sub / f"{stem}.fp16.safetensors"), metadata={"format": "pt"})
+        save_file(
+            {k: v * 2 for k, v in data.items()},
+            str(folder / sub / f"{stem}.fp16.safetensors"),
+            metadata={"format": "pt"},
+        )
     plain_w = load_file(str(plain / "unet/diffusion_pytorch_model.safetensors"))["conv_in.weight"]
     for variant, expected in ((None, plain_w), ("fp16", None)):
         recipe, model, _ = resolve_recipe({"model": str(folder), "preset": "base", "variant": variant})
@@ -195,14 +233,22 @@ def diffusers_edit(folder: Path, src, seed: int = 0):
     import torch
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(folder, safety_checker=None,
-                                                                  requires_safety_checker=False)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     image = torch.from_numpy(np.array(src)).permute(2, 0, 1)[None].float() / 127.5 - 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # [-1, 1] tensors pass through un-normalised
-        out = pipe(PROMPT, image=image, num_inference_steps=10, guidance_scale=7.5, image_guidance_scale=1.5,
-                   generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+        out = pipe(
+            PROMPT,
+            image=image,
+            num_inference_steps=10,
+            guidance_scale=7.5,
+            image_guidance_scale=1.5,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        ).images[0]
     return out * 255
 
 
@@ -221,15 +267,30 @@ def movie_edit(capsys, frame: Path, folder: Path, out: Path, *flags: str):
     import numpy as np
     from PIL import Image
 
-    code, _, err = run_cli(capsys, "edit", str(frame), "-p", PROMPT, "-o", str(out), "--model", str(folder),
-                           "--anchor", "none", "--no-progress", *flags)
+    code, _, err = run_cli(
+        capsys,
+        "edit",
+        str(frame),
+        "-p",
+        PROMPT,
+        "-o",
+        str(out),
+        "--model",
+        str(folder),
+        "--anchor",
+        "none",
+        "--no-progress",
+        *flags,
+    )
     assert code == 0, err
     return np.asarray(Image.open(out)).astype(float), err
 
 
-@pytest.mark.parametrize("scheduler, extra", [("ddim", {}), ("euler-ancestral", {}),
-                                              ("ddim", {"prediction_type": "v_prediction", "scaling_factor": 0.13025})],
-                         ids=["ddim", "euler-ancestral", "v-prediction-0.13025"])
+@pytest.mark.parametrize(
+    "scheduler, extra",
+    [("ddim", {}), ("euler-ancestral", {}), ("ddim", {"prediction_type": "v_prediction", "scaling_factor": 0.13025})],
+    ids=["ddim", "euler-ancestral", "v-prediction-0.13025"],
+)
 def test_no_flags_edit_matches_diffusers_on_the_folder(scheduler, extra, frame, tmp_path, capsys, record_property):
     """Issue 20 item 7 acceptance: with no flags, `movie edit --model FOLDER --anchor none` on a folder written by
     StableDiffusionInstructPix2PixPipeline.save_pretrained picks the base recipe from model_index.json, samples

@@ -13,20 +13,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
-
 # Import the model libraries while pytest's session-wide capture is in place, so their logging
 # handlers bind to a stream that outlives any one test's capfd.
 import diffusers  # noqa: F401
+import numpy as np
+import pytest
 import transformers  # noqa: F401
+from PIL import Image
 
 from movie_core.cli import main
 from movie_core.edit import FrameEditor, SizePolicy, anchor_index, contact_sheet
 from movie_core.errors import UsageError
 from movie_core.video import make_test_video, open_source, probe
-from media_helpers import digest, zero_frame_video, faststart_copy, cut_in_half
+
+from media_helpers import cut_in_half, digest, faststart_copy, zero_frame_video
 
 NANO = ["--size", "nano", "--init", "random", "--no-progress"]
 SUMMARY = re.compile(r"^edited (\d+) frames in ([\d.]+) s \(([\d.]+) frames/s\) at (\d+)x(\d+) -> (.+)$", re.M)
@@ -154,7 +154,8 @@ def _truncated_mid_stream(d: Path, clip: Path) -> tuple[Path, list]:
 
 def _truncated_mid_stream_first(d: Path, clip: Path) -> tuple[Path, list]:
     # anchor on frame 0: the error surfaces inside the frame loop, after frames went to the sink
-    return cut_in_half(faststart_copy(make_test_video(d / "a.mp4"), d / "t.mp4")), ["--anchor", "first", "--max-side", "16"]
+    truncated = cut_in_half(faststart_copy(make_test_video(d / "a.mp4"), d / "t.mp4"))
+    return truncated, ["--anchor", "first", "--max-side", "16"]
 
 
 ERROR_CASES: dict[str, tuple[Callable[[Path, Path], tuple[Path, list]], list, str]] = {
@@ -171,7 +172,8 @@ ERROR_CASES: dict[str, tuple[Callable[[Path, Path], tuple[Path, list]], list, st
     "text-guidance-not-a-number": (lambda d, c: (c, []), ["--text-guidance", "abc"], "'abc' is not a valid float"),
     "image-guidance-nan": (lambda d, c: (c, []), ["--image-guidance", "nan"], "--image-guidance"),
     "anchor-past-the-end": (lambda d, c: (c, []), ["--anchor", "99999"], "--anchor 99999 is past the last frame (7)"),
-    "anchor-not-a-policy": (lambda d, c: (c, []), ["--anchor", "last"], "anchor must be middle, first, none or a frame index"),
+    "anchor-not-a-policy": (lambda d, c: (c, []), ["--anchor", "last"],
+                            "anchor must be middle, first, none or a frame index"),
 }
 
 

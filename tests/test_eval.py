@@ -1,4 +1,7 @@
-"""`movie eval` and movie_core.evaluate: metrics, known cases (ground truth > identity > random model), CLIP, sweeps, videos."""
+"""`movie eval` and movie_core.evaluate.
+
+Metrics, known cases (ground truth > identity > random model), CLIP, sweeps, videos.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pytest
 
 from movie_core import evaluate as ev
 from movie_core.errors import MovieError, UsageError
+
 from cli_helpers import run_cli
 
 
@@ -189,9 +193,9 @@ def test_clip_scores(nano_data, tiny_clip, capsys):
 
 def test_controllability_grid(nano_data):
     from movie_core.composer import compose
+    from movie_core.data.datasets import open_dataset
     from movie_core.loading import build
     from movie_core.recipe import preset
-    from movie_core.data.datasets import open_dataset
 
     pipe = build(compose(preset("mobile").replace(size="nano", steps=2)))  # three-pass CFG: the scales act
     result = ev.controllability(ev.PipelinePredictor(pipe), open_dataset(nano_data, "test"), limit=2)

@@ -73,15 +73,31 @@ def test_torch_free_app_loop_matches_movie_edit(run_movie, tmp_path, cache, anch
                        "--size", "nano", "--anchor", anchor, "--height", str(HEIGHT), "--width", str(WIDTH),
                        "--fps", "10", "--no-progress", timeout=600)
     assert result.returncode == 0, result.stderr
-    app = subprocess.run([sys.executable, "-c", BLOCKED, str(ROOT / "examples" / "app_loop.py"), str(export), PROMPT,
-                          *map(str, paths), "--out", str(tmp_path / "app")], capture_output=True, text=True, timeout=300)
+    app = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BLOCKED,
+            str(ROOT / "examples" / "app_loop.py"),
+            str(export),
+            PROMPT,
+            *map(str, paths),
+            "--out",
+            str(tmp_path / "app"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert app.returncode == 0, app.stderr
     got, expected = read_frames(tmp_path / "app"), read_frames(tmp_path / "edit")
     assert got.shape == expected.shape == (count, HEIGHT, WIDTH, 3)
     diff = np.abs(got - expected)
     print(f"app loop vs movie edit, anchor {anchor}, {count} frame(s): max {diff.max()} mean {diff.mean():.6f}")
     assert diff.max() <= 1, (diff.max(), diff.mean())
-    assert np.abs(got - np.stack([np.asarray(__import__("PIL.Image").Image.open(p)) for p in paths])).mean() > 2  # it edited
+    assert (
+        np.abs(got - np.stack([np.asarray(__import__("PIL.Image").Image.open(p)) for p in paths])).mean() > 2
+    )  # it edited
 
 
 def flat(d, prefix=""):
@@ -92,9 +108,8 @@ def flat(d, prefix=""):
 
 
 def test_manifests_differ_in_exactly_the_export_settings(tmp_path, cache, monkeypatch):
-    from movie_plugins.backends._export import export_recipe
-
     from movie_core.recipe import preset
+    from movie_plugins.backends._export import export_recipe
 
     monkeypatch.setenv("MOVIE_CACHE_DIR", cache["MOVIE_CACHE_DIR"])
     base = preset("movie").replace(size="nano", backend="onnx", anchor="none")
@@ -123,8 +138,9 @@ def test_manifests_differ_in_exactly_the_export_settings(tmp_path, cache, monkey
     assert changed["seed"][0] == {"settings.seed"}
     assert changed["guidance"][0] == {"settings.text_guidance", "host.guidance.s_T"}
     assert not np.array_equal(np.load(ref_dir / "initial_noise.npy"), np.load(changed["seed"][1] / "initial_noise.npy"))
-    assert not np.array_equal(np.load(ref_dir / "guidance_features.npy"),
-                              np.load(changed["guidance"][1] / "guidance_features.npy"))
+    assert not np.array_equal(
+        np.load(ref_dir / "guidance_features.npy"), np.load(changed["guidance"][1] / "guidance_features.npy")
+    )
     # steps: the sampler's schedule and the unet graph (2 steps are not fused: the app runs the listed update)
     assert all(k.startswith(("settings.", "host.", "components.unet.", "latent_scaling.")) for k in changed["steps"][0])
     two = json.loads((changed["steps"][1] / "manifest.json").read_text())["host"]["sampler"]

@@ -1,4 +1,4 @@
-"""The loading layer: a component's own defaults, derived components, -O options everywhere, eval through its backend."""
+"""The loading layer: a component's own defaults, derived components, -O options everywhere, eval via its backend."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from cli_helpers import run_cli
 from movie_core import plugins
 from movie_core.composer import compose
 from movie_core.errors import UsageError
@@ -14,6 +13,8 @@ from movie_core.hookspecs import hookimpl
 from movie_core.loading import build, builtin_stage, component_options, parse_options, resolve_recipe
 from movie_core.recipe import preset
 from movie_core.registry import ComponentSpec
+
+from cli_helpers import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +90,8 @@ def test_a_derived_denoiser_edits_with_its_bases_builtin_weights(capsys):
 
 
 def test_option_parser():
-    assert parse_options(["a=1", "b-c=true", "d=text", 'e="quoted"']) == {"a": 1, "b_c": True, "d": "text", "e": "quoted"}
+    parsed = parse_options(["a=1", "b-c=true", "d=text", 'e="quoted"'])
+    assert parsed == {"a": 1, "b_c": True, "d": "text", "e": "quoted"}
     assert component_options(["opset=17", "denoiser.scheduler=ddim", "vae.x=1"]) == {
         "backend": {"opset": 17}, "denoiser": {"scheduler": "ddim"}, "encoder": {"x": 1}, "decoder": {"x": 1}}
     with pytest.raises(UsageError, match="key=value"):

@@ -125,7 +125,8 @@ def test_chain_refuses_another_budget_in_the_same_folder(chain):
 def test_chain_budget_refuses_an_unknown_vpred_weighting(tmp_path):
     result = invoke("nano-train", "--out", str(tmp_path / "work"), "-B", "vpred_weighting=cubic", "--no-progress")
     message = str(result.exception)
-    assert result.exit_code != 0 and message == "--budget: 'vpred_weighting' must be in ('uniform', 'relative') (got 'cubic')"
+    assert result.exit_code != 0
+    assert message == "--budget: 'vpred_weighting' must be in ('uniform', 'relative') (got 'cubic')"
     assert not (tmp_path / "work").exists()
 
 
@@ -147,8 +148,9 @@ def test_a_stage_with_its_own_text_tower_keeps_it(chain, tmp_path):
     """Sharing is by content: a stage whose text encoder differs from the first stage's ships its own copy."""
     import shutil
 
-    from movie_plugins.nano.chain import ship
     from safetensors.torch import load_file, save_file
+
+    from movie_plugins.nano.chain import ship
 
     work = tmp_path / "work"
     shutil.copytree(chain["work"], work, ignore=shutil.ignore_patterns("data", "*.train"))
@@ -244,7 +246,8 @@ def test_edit_without_model_uses_the_builtin_movie_model(tmp_path):
     assert result.exit_code != 0 and "no built-in full-size weights" in str(result.exception)
 
 
-needs_builtin = pytest.mark.skipif(not builtin_stages(), reason="the built-in nano weights are not installed in this checkout")
+needs_builtin = pytest.mark.skipif(not builtin_stages(),
+                                   reason="the built-in nano weights are not installed in this checkout")
 
 
 @pytest.fixture(scope="module")
@@ -340,14 +343,14 @@ def test_shipped_taesd_pair_carries_tints_and_keeps_grey_grey():
     TAESD round trip and an exactly grey photo comes back grey (the ceiling of every colour edit), at 128 px,
     the results page's photo size. Before the grey pass (taesd-decoder-grey) grey came back with saturation
     0.153 / chroma 0.045; the pass traded a little of the green tint's carry for it (0.68 -> 0.65)."""
-    from movie_plugins.nano import train as nano_train
-
     from movie_core.weights import builtin_root
+    from movie_plugins.nano import train as nano_train
 
     real = nano_train.photos(128)
     if real is None:
         pytest.skip("scikit-image (its sample photographs) is not installed")
     from diffusers import AutoencoderTiny
+
     from movie_plugins.autoencoders._sd1 import TAESD
 
     tae = TAESD(AutoencoderTiny.from_pretrained(builtin_root() / "autoencoders" / "taesd")).eval()

@@ -128,7 +128,8 @@ def test_controllability_and_photo_sections(quick_run):
         ceiling = row["autoencoder"]
         assert ceiling["psnr"] > 0 and 0 <= ceiling["right"] <= row["photos"], name
         assert ceiling["identity_psnr"] == pytest.approx(row["identity_psnr"]), name
-    assert photos["per_edit"]["brighter"]["reference_luma_change"] > 0 > photos["per_edit"]["darker"]["reference_luma_change"]
+    per_edit = photos["per_edit"]
+    assert per_edit["brighter"]["reference_luma_change"] > 0 > per_edit["darker"]["reference_luma_change"]
     for tint in ("red_tint", "green_tint", "blue_tint"):
         assert photos["per_edit"][tint]["reference_channel_shift"] > 0
 
@@ -147,7 +148,8 @@ def test_markdown_links_files_that_exist(quick_run):
     assert "Quick run" in page
     assert "How this family was put together: the instruct-pix2pix stage retrained by hand." in page  # chain note
     # a noted family's recorded stage times are not claimed as the time the whole family took
-    assert "stage times recorded in its chain.json: 0.1 min" in page and "from scratch on cpu (2 threads) in" not in page
+    assert "stage times recorded in its chain.json: 0.1 min" in page
+    assert "from scratch on cpu (2 threads) in" not in page
 
 
 def test_photo_measures_known_cases():
@@ -165,7 +167,8 @@ def test_photo_measures_known_cases():
     row = script.photo_measures("red_tint", photo, apply_edit("blue_tint", photo), apply_edit("red_tint", photo))
     assert not row["right"]
     row = script.photo_measures("grayscale", photo, photo, apply_edit("grayscale", photo))
-    assert not row["right"] and row["saturation"] == row["source_saturation"] and row["chroma"] == row["source_chroma"] > 0
+    assert not row["right"] and row["saturation"] == row["source_saturation"]
+    assert row["chroma"] == row["source_chroma"] > 0
     grey = apply_edit("grayscale", photo)
     assert script.chroma(grey) == 0.0 and script.chroma(__import__("numpy").array([[[255, 0, 0]]], "uint8")) == 1.0
 

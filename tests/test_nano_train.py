@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from movie_core.components import BuildContext
+from movie_core.data import procedural
 from movie_core.errors import MovieError
 from movie_core.plugins import get_registry
-from movie_core.data import procedural
 from movie_plugins.nano import train as nano_train
 
 RES = 16  # the smallest size the nano VAE takes (2x2 latents): fast enough for the default test run

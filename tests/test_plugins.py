@@ -13,13 +13,14 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli_helpers import pip_install_fixture
 from movie_core import cli as cli_module
 from movie_core import hookspecs, plugins
 from movie_core.composer import compose
 from movie_core.hookspecs import hookimpl
 from movie_core.recipe import Recipe
 from movie_core.registry import ComponentSpec, DuplicateComponentError
+
+from cli_helpers import pip_install_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "plugin_hooks.md"
@@ -371,7 +372,8 @@ def test_blocking_a_broken_plugin_by_name_lets_movie_run(tmp_path, on_path, monk
 
 def test_block_plugins_warns_about_names_that_match_no_plugin(tmp_path, on_path, monkeypatch, capsys):
     plugin = ("from movie_core.hookspecs import hookimpl\n\n@hookimpl\ndef movie_register_backends(registry):\n"
-              f"    registry.register(family='backend', name='toy', summary='toy', factory='{THIS_MODULE}:ToyBackend')\n")
+              "    registry.register(family='backend', name='toy', summary='toy', "
+              f"factory='{THIS_MODULE}:ToyBackend')\n")
     on_path(fake_distribution(tmp_path, "movie-plugin-toy", "0.1", {"toy": "movie_toy_plugin"},
                               {"movie_toy_plugin": plugin}))
     monkeypatch.setenv("MOVIE_BLOCK_PLUGINS", "movie-plugin-toy,taesd")

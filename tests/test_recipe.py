@@ -37,7 +37,8 @@ def test_presets_are_the_four_rows():
     assert set(PRESETS) == set(TABLE_1)
 
 
-@pytest.mark.parametrize("recipe", [CUSTOM, Recipe(), *(preset(p) for p in PRESETS)], ids=["custom", "default", *PRESETS])
+@pytest.mark.parametrize("recipe", [CUSTOM, Recipe(), *(preset(p) for p in PRESETS)],
+                         ids=["custom", "default", *PRESETS])
 def test_toml_round_trip(recipe, tmp_path):
     path = tmp_path / "r.toml"
     recipe.save(path)
@@ -184,7 +185,8 @@ def test_replace_vae_sets_both_and_leaves_original():
     assert hybrid.denoiser == "instruct-pix2pix" and hybrid.steps is None
 
 
-@pytest.mark.parametrize("scheduler, expected", [(None, "ddim"), ("euler-ancestral", "euler-ancestral"), ("euler", "euler")])
+@pytest.mark.parametrize("scheduler, expected",
+                         [(None, "ddim"), ("euler-ancestral", "euler-ancestral"), ("euler", "euler")])
 def test_recipe_scheduler_reaches_the_denoiser(scheduler, expected):
     """The multi-step stages default to DDIM; the recipe's `scheduler` picks another sampler."""
     from movie_core.composer import compose

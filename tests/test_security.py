@@ -23,10 +23,11 @@ from PIL import Image
 from movie_core import video
 from movie_core.cli import main, resolve_recipe
 from movie_core.composer import compose
-from movie_core.loading import build
 from movie_core.errors import MovieError, MovieWarning
+from movie_core.loading import build
 from movie_core.video import TEMP_TAG, make_test_video, open_sink, open_source, probe, rename_no_replace
 from movie_core.weights import builtin_root, component_folder, remove_stale_unpacked
+
 from media_helpers import png16, with_subtitles
 
 MODEL = ["--model", "nano:mobile-pix2pix-1step", "--no-progress"]

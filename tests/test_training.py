@@ -58,7 +58,8 @@ def distiller(name: str, **options):
 
 
 def config(**kw) -> TrainConfig:
-    base = {"steps": 20, "batch_size": 4, "lr": 1e-3, "resolution": RES, "log_every": 1, "checkpoint_every": 10, "seed": 3}
+    base = {"steps": 20, "batch_size": 4, "lr": 1e-3, "resolution": RES, "log_every": 1, "checkpoint_every": 10,
+            "seed": 3}
     return TrainConfig(**(base | kw))
 
 

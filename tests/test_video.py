@@ -24,7 +24,8 @@ from movie_core.video import (
     open_source,
     probe,
 )
-from media_helpers import digest, zero_frame_video, faststart_copy, cut_in_half
+
+from media_helpers import cut_in_half, digest, faststart_copy, zero_frame_video
 
 
 def leftovers(folder: Path) -> list[str]:

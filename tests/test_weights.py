@@ -157,7 +157,8 @@ def test_save_model_single_file(tmp_path, saved, in_memory, capsys):
 
 
 def test_save_model_needs_weights(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "compose", "--preset", "movie", "--size", "nano", "--save-model", str(tmp_path / "m"))
+    code, _, err = run_cli(capsys, "compose", "--preset", "movie", "--size", "nano",
+                           "--save-model", str(tmp_path / "m"))
     assert_one_line_error(code, err, "--init random")
     assert not (tmp_path / "m").exists()
 
@@ -221,7 +222,8 @@ def test_convert_errors(tmp_path, saved, capsys):
     base = saved("base")
 
     # a folder that is not a model
-    code, _, err = run_cli(capsys, "convert", str(tmp_path / "missing"), "--to", "mobile-pix2pix", "--out", str(tmp_path / "o"))
+    code, _, err = run_cli(capsys, "convert", str(tmp_path / "missing"), "--to", "mobile-pix2pix",
+                           "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "not a model folder")
 
     # the wrong thing: a guidance-embedded UNet cannot lose its embedding

@@ -253,7 +253,7 @@ class ParquetDataset(EditDataset):
             source = next((c for c in PARQUET_SOURCE_COLUMNS if c in names), None)
             missing = [c for c in (source or PARQUET_SOURCE_COLUMNS[0], PARQUET_EDITED_COLUMN, PARQUET_PROMPT_COLUMN)
                        if c not in names]
-            if missing:
+            if missing or source is None:
                 raise MovieError(f"{file}: no column {missing[0]!r} (has {', '.join(sorted(names))})")
             self._files.append((file, handle))
             self._columns.append((source, PARQUET_EDITED_COLUMN, PARQUET_PROMPT_COLUMN))

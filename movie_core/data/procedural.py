@@ -414,6 +414,7 @@ def _inside(shape: _Shape, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (np.abs(u) <= a) & (np.abs(v) <= b)
     inside = np.zeros(u.shape, dtype=bool)  # even-odd crossing test over the polygon's edges
     verts = shape.vertices
+    assert verts is not None, "a polygon has vertices"
     for (x1, y1), (x2, y2) in zip(verts.tolist(), np.roll(verts, -1, axis=0).tolist()):
         if y1 == y2:
             continue
@@ -437,6 +438,7 @@ def _reach(shape: _Shape) -> float:
         return max(a, b)
     if shape.kind == "rect":
         return math.hypot(a, b)
+    assert shape.vertices is not None, "a polygon has vertices"
     return float(np.hypot(shape.vertices[:, 0], shape.vertices[:, 1]).max())
 
 
@@ -458,7 +460,7 @@ def _render(scene: _Scene, t: float = 0.0) -> np.ndarray:
     # world coordinates seen by the camera; float32 throughout the render for speed
     xs, ys = (fx + scene.pan[0] * t).astype(np.float32), (fy + scene.pan[1] * t).astype(np.float32)
     x, y = np.meshgrid(xs, ys)
-    image = np.array(scene.background(x, y), dtype=np.float32)
+    image: np.ndarray = np.array(scene.background(x, y), dtype=np.float32)
     for shape in scene.shapes:
         centre, reach = shape.centre + shape.velocity * t, _reach(shape)
         if shape.shadow:
@@ -475,7 +477,7 @@ def _render(scene: _Scene, t: float = 0.0) -> np.ndarray:
         mask = _inside(shape, u, v)
         if not mask.any():
             continue
-        fill = np.array(shape.fill(u, v), dtype=np.float32)
+        fill: np.ndarray = np.array(shape.fill(u, v), dtype=np.float32)
         if shape.sphere:
             a, b = shape.half
             # highlight towards the light: brighter near (-0.4, -0.4) of the unit disc, darker at the rim
@@ -489,7 +491,8 @@ def _render(scene: _Scene, t: float = 0.0) -> np.ndarray:
     nx, ny = nx[None, :], ny[:, None]
     shade = 1.0 + strength * (nx * lc + ny * ls) - scene.vignette * (nx * nx + ny * ny)
     image = image * (scene.exposure * shade)[..., None]
-    image = sum(image[i::ss, j::ss] for i in range(ss) for j in range(ss)) * (1.0 / (ss * ss))  # box filter
+    tiles = sum(image[i::ss, j::ss] for i in range(ss) for j in range(ss))
+    image = np.asarray(tiles) * (1.0 / (ss * ss))  # box filter
     return quantize(image)
 
 

@@ -14,8 +14,8 @@ from movie_core.errors import UsageError
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DDP / compile wrapper."""
-    while hasattr(module, "module"):
-        module = module.module
+    while isinstance(inner := getattr(module, "module", None), torch.nn.Module):
+        module = inner
     return module
 
 
@@ -47,7 +47,8 @@ class Distiller:
         root = resolve_model(teacher_dir)
         manifest = read_manifest(root)
         if not manifest or "recipe" not in manifest:
-            raise UsageError(f"{teacher_dir}: no movie.json with a recipe; save the teacher with `movie compose --save-model`")
+            raise UsageError(f"{teacher_dir}: no movie.json with a recipe; "
+                             "save the teacher with `movie compose --save-model`")
         recipe = make_recipe(manifest["recipe"]) if manifest else preset("base")
         pipe = build(compose(recipe), model=root)
         pipe.to(device=device)
@@ -66,8 +67,11 @@ class Distiller:
         """A model folder as a frozen CPU pipeline (for objectives)."""
         return cls().load_teacher(folder, torch.device("cpu"))
 
-    def make_student(self, teacher) -> torch.nn.Module:
-        """The student denoiser, initialised from the teacher (a deep copy, converted if needed)."""
+    def make_student(self, teacher: Any) -> Any:
+        """The student denoiser, initialised from the teacher (a deep copy, converted if needed).
+
+        Its class is the teacher's denoiser's; the distillers train its `unet` network.
+        """
         return copy.deepcopy(teacher.denoiser)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -84,7 +88,7 @@ class Distiller:
         optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
         self.student.unet, optimizer = accelerator.prepare(self.student.unet, optimizer)
         self.optimizers = [optimizer]
-        self.latent_cache = {} if cfg.cache_latents else None
+        self.latent_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] | None = {} if cfg.cache_latents else None
         self.setup_extra(accelerator, cfg)
 
     def setup_extra(self, accelerator, cfg) -> None:

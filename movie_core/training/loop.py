@@ -121,7 +121,7 @@ class BatchSource:
         def at_size(image: np.ndarray) -> np.ndarray:
             if image.shape[:2] == (res, res):
                 return image
-            return np.asarray(Image.fromarray(image).resize((res, res), Image.BICUBIC))
+            return np.asarray(Image.fromarray(image).resize((res, res), Image.Resampling.BICUBIC))
 
         rng = np.random.default_rng([self.seed, step, self.rank])
         idx = rng.integers(0, len(self.dataset), batch)

@@ -14,7 +14,10 @@ PROMPT = "make it look like a watercolor painting"
 
 def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: int, batch_size: int = 1,
                   option_pairs: tuple[str, ...] = (), overwrite: bool = False, cache=None) -> dict[str, Any]:
-    """Prepare every component for `recipe.backend` at these shapes; write them and manifest.json to `out` atomically."""
+    """Prepare every component for `recipe.backend` at these shapes.
+
+    The prepared components and manifest.json are written to `out` atomically.
+    """
     from movie_core import __version__, backends
     from movie_core.bench import synthetic_frames
     from movie_core.composer import compose
@@ -25,7 +28,8 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
     if option_pairs:  # KEY=VALUE pairs for the backend, over the recipe's own backend options
         extra = component_options(option_pairs)
         recipe = recipe.replace(component_options={
-            slot: recipe.component_options.get(slot, {}) | extra.get(slot, {}) for slot in {*recipe.component_options, *extra}})
+            slot: recipe.component_options.get(slot, {}) | extra.get(slot, {})
+            for slot in {*recipe.component_options, *extra}})
     comp = compose(recipe)
     spec = comp.specs["backend"]
     if not getattr(spec.load_factory(), "exports", False):

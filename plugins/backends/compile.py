@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -48,7 +49,8 @@ class CompileBackend:
 
         import torch
 
-        if not torch.cuda.is_available() and not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        has_compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+        if not torch.cuda.is_available() and not has_compiler:
             return False, "torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH"
         where = "cuda (CUDA graphs, channels_last)" if torch.cuda.is_available() else "cpu (inductor C++ kernels)"
         return True, f"torch.compile with inductor, PyTorch {torch.__version__}, on {where}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from movie_core.hookspecs import hookimpl
 from movie_core.registry import ComponentSpec

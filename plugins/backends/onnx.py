@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 
@@ -75,7 +76,11 @@ class OnnxBackend:
         import torch
 
         from movie_plugins.backends._onnx import (
-            DEFAULT_OPSET, OrtCallable, copy_onnx, quiet_session_options, source_onnx,
+            DEFAULT_OPSET,
+            OrtCallable,
+            copy_onnx,
+            quiet_session_options,
+            source_onnx,
         )
 
         options = options or {}

@@ -20,10 +20,13 @@ EPILOG = (
 def movie_register_commands(cli):
     @cli.command("ablate", epilog=EPILOG)
     @click.argument("base")
-    @click.option("--vary", "varies", multiple=True, metavar="KEY=V1,V2,...", help="A factor and its values (repeatable).")
-    @click.option("--one-at-a-time", is_flag=True, help="The base plus one change at a time, instead of every combination.")
+    @click.option("--vary", "varies", multiple=True, metavar="KEY=V1,V2,...",
+                  help="A factor and its values (repeatable).")
+    @click.option("--one-at-a-time", is_flag=True,
+                  help="The base plus one change at a time, instead of every combination.")
     @click.option("--measure", default="flops", show_default=True, help="Comma-separated: flops, bench, eval.")
-    @click.option("--data", type=click.Path(), help="Dataset with ground truth for eval (e.g. `movie data nano` output).")
+    @click.option("--data", type=click.Path(),
+                  help="Dataset with ground truth for eval (e.g. `movie data nano` output).")
     @click.option("--out", default="ablation", show_default=True, type=click.Path(),
                   help="Folder for the table, charts and finished cells.")
     @click.option("--size", type=click.Choice(["full", "nano"]),
@@ -32,11 +35,15 @@ def movie_register_commands(cli):
                                   "(default: each cell's built-in nano model).")
     @click.option("--split", default="test", show_default=True, help="Dataset split for eval.")
     @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N samples.")
-    @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch (eval).")
-    @click.option("--height", type=click.IntRange(min=8), default=480, show_default=True, help="Full-size FLOPs height.")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                  help="Images per batch (eval).")
+    @click.option("--height", type=click.IntRange(min=8), default=480, show_default=True,
+                  help="Full-size FLOPs height.")
     @click.option("--width", type=click.IntRange(min=8), default=480, show_default=True, help="Full-size FLOPs width.")
-    @click.option("--bench-size", type=click.IntRange(min=8), default=128, show_default=True, help="Square frame size for bench.")
-    @click.option("--bench-frames", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per bench batch.")
+    @click.option("--bench-size", type=click.IntRange(min=8), default=128, show_default=True,
+                  help="Square frame size for bench.")
+    @click.option("--bench-frames", type=click.IntRange(min=1), default=4, show_default=True,
+                  help="Frames per bench batch.")
     @click.option("--bench-repeats", type=click.IntRange(min=1), default=2, show_default=True,
                   help="Timed repeats after a warm-up (the median is kept).")
     @click.option("-O", "--option", "options", multiple=True, metavar="SLOT.KEY=VALUE",
@@ -77,6 +84,7 @@ def movie_register_commands(cli):
             click.echo(f"note: {note}")
         run = result["run"]
         files = result["files"]
-        click.echo(f"{run['cells']} cells: {run['computed']} measured, {run['reused']} reused, {run['skipped']} skipped; "
+        click.echo(f"{run['cells']} cells: {run['computed']} measured, {run['reused']} reused, "
+                   f"{run['skipped']} skipped; "
                    f"wrote {files['csv']}, {files['json']}, {files['markdown']}"
                    + "".join(f", {c}" for c in files["charts"]))

@@ -19,7 +19,10 @@ def movie_register_commands(cli):
     @click.option("--out", required=True, type=click.Path(), help="Output model folder.")
     @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
     def convert(source: str, target: str, out: str, overwrite: bool) -> None:
-        """Convert an InstructPix2Pix model folder: drop top-level attention (mobile), add zeroed guidance layers (mmg)."""
+        """Convert an InstructPix2Pix model folder.
+
+        Drops the top-level attention (mobile), adds zeroed guidance layers (mmg).
+        """
         from movie_plugins.denoisers._convert import convert_folder
 
         dest = convert_folder(Path(source), target, Path(out), overwrite=overwrite)

@@ -34,7 +34,8 @@ def _load(model_arg: str, kw: dict[str, Any]):
             kw["init"] = "random"
     else:
         if kw.get("init"):
-            raise UsageError(f"--init random and MODEL {model_arg} are exclusive: use MODEL `random` for random weights")
+            raise UsageError(f"--init random and MODEL {model_arg} are exclusive: "
+                             "use MODEL `random` for random weights")
         kw["model"] = model_arg
     recipe, model, init = resolve_recipe(kw)
     pipe = load_pipeline(recipe, model)
@@ -48,12 +49,16 @@ def movie_register_commands(cli):
 
     @cli.command("eval", epilog=MODEL_HELP)
     @click.argument("model_arg", metavar="MODEL")
-    @click.option("--data", required=True, type=click.Path(), help="Dataset with ground truth (imagefolder, parquet, `movie data nano` folder).")
+    @click.option("--data", required=True, type=click.Path(),
+                  help="Dataset with ground truth (imagefolder, parquet, `movie data nano` folder).")
     @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
     @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N samples (and N videos).")
-    @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images (or frames) per batch.")
-    @click.option("--clip", "clip_path", type=click.Path(), help="Local CLIP model folder: CLIP-image and directional CLIP similarity.")
-    @click.option("--controllability", is_flag=True, help="Edit strength as a function of s_T and of s_I (paper Fig. 4).")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                  help="Images (or frames) per batch.")
+    @click.option("--clip", "clip_path", type=click.Path(),
+                  help="Local CLIP model folder: CLIP-image and directional CLIP similarity.")
+    @click.option("--controllability", is_flag=True,
+                  help="Edit strength as a function of s_T and of s_I (paper Fig. 4).")
     @click.option("--control-samples", type=click.IntRange(min=1), default=8, show_default=True,
                   help="Samples the controllability sweeps use.")
     @click.option("--videos", is_flag=True, help="Temporal consistency and per-frame PSNR/SSIM on the split's videos.")
@@ -66,8 +71,8 @@ def movie_register_commands(cli):
               progress: bool, **kw: Any) -> None:
         """Score MODEL's edits against the ground truth of a dataset split: PSNR, SSIM (and more on request)."""
         from movie_core import evaluate as ev
-        from movie_core.errors import MovieError, UsageError
         from movie_core.data.datasets import VideoDataset, open_dataset
+        from movie_core.errors import MovieError, UsageError
 
         data_path = Path(data)
         if not data_path.exists():
@@ -83,7 +88,8 @@ def movie_register_commands(cli):
         scorer = ev.ClipScorer(clip_path) if clip_path else None
         predictor, label, recipe = _load(model_arg, kw)
         if controllability and not isinstance(predictor, ev.PipelinePredictor):
-            raise UsageError("--controllability needs a model: guidance scales mean nothing to identity or ground-truth")
+            raise UsageError("--controllability needs a model: "
+                             "guidance scales mean nothing to identity or ground-truth")
         result = ev.evaluate(
             predictor, data_path, split=split, limit=limit, batch_size=batch_size, clip=scorer,
             controllability_samples=control_samples if controllability else None, videos=videos,

@@ -15,7 +15,8 @@ from movie_core.hookspecs import hookimpl
 @hookimpl
 def movie_register_commands(cli):
     @cli.command("nano-train")
-    @click.option("--out", required=True, type=click.Path(file_okay=False), help="Work folder (every stage's output; resumable).")
+    @click.option("--out", required=True, type=click.Path(file_okay=False),
+                  help="Work folder (every stage's output; resumable).")
     @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
     @click.option("--scale", type=click.FloatRange(min=1e-4), default=1.0, show_default=True,
                   help="Multiply every step count and the dataset size (e.g. 0.01 for a smoke run).")

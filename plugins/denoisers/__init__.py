@@ -11,7 +11,8 @@ SCHEDULERS = ("euler-ancestral", "euler", "ddim", "lcm")
 class DenoiserConfig:
     """Options shared by the built-in denoisers; None keeps the stage's default."""
 
-    scheduler: str | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(SCHEDULERS)))
+    scheduler: str | None = attrs.field(default=None,
+                                        validator=attrs.validators.optional(attrs.validators.in_(SCHEDULERS)))
 
 
 def denoiser_spec(name: str, module: str, summary: str):

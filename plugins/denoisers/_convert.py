@@ -9,7 +9,12 @@ from diffusers import UNet2DConditionModel
 
 from movie_core.errors import MovieError, UsageError
 from movie_core.weights import (
-    check_folder, component_folder, read_manifest, replace_folder, use_safetensors, write_manifest,
+    check_folder,
+    component_folder,
+    read_manifest,
+    replace_folder,
+    use_safetensors,
+    write_manifest,
 )
 from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
 

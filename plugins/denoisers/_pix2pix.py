@@ -16,10 +16,10 @@ option) brings the ancestral sampler back.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -38,7 +38,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from movie_core.components import BuildContext, Denoiser, KVHook, Network, NetworkSplit
 from movie_core.errors import MovieError
 from movie_core.weights import (
-    check_component, check_tokenizer, component_folder, load_checked, read_config, read_manifest,
+    check_component,
+    check_tokenizer,
+    component_folder,
+    load_checked,
+    read_config,
+    read_manifest,
 )
 from movie_plugins.denoisers._tokenizer import CLIP_VOCAB_SIZE, byte_tokenizer
 
@@ -62,16 +67,20 @@ STAGES = {
         Stage("instruct-pix2pix", mobile=False, embedded=False, prediction_type="epsilon", scheduler="ddim", steps=10),
         Stage("mobile-pix2pix", mobile=True, embedded=False, prediction_type="epsilon", scheduler="ddim", steps=10),
         Stage("mobile-pix2pix-mmg", mobile=True, embedded=True, prediction_type="epsilon", scheduler="ddim", steps=10),
-        Stage("mobile-pix2pix-1step", mobile=True, embedded=True, prediction_type="v_prediction", scheduler="lcm", steps=1),
+        Stage("mobile-pix2pix-1step", mobile=True, embedded=True, prediction_type="v_prediction", scheduler="lcm",
+              steps=1),
     )
 }
 
 _UNET_SIZES = {
-    "full": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8, sample_size=64),
-    "nano": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, cross_attention_dim=64, attention_head_dim=4, sample_size=32),
+    "full": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+                 attention_head_dim=8, sample_size=64),
+    "nano": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, cross_attention_dim=64,
+                 attention_head_dim=4, sample_size=32),
 }
 _TEXT_SIZES = {
-    "full": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, projection_dim=768),
+    "full": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 projection_dim=768),
     "nano": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, projection_dim=64),
 }
 
@@ -132,11 +141,12 @@ def zero_guidance_embedding(unet: UNet2DConditionModel) -> None:
 class KVHookAttnProcessor:
     """diffusers self-attention (SDPA) whose keys and values pass through the denoiser's KV hook."""
 
-    def __init__(self, denoiser: "Pix2PixDenoiser", name: str) -> None:
+    def __init__(self, denoiser: Pix2PixDenoiser, name: str) -> None:
         self.denoiser = denoiser
         self.name = name
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
         residual = hidden_states
         input_ndim = hidden_states.ndim
         if input_ndim == 4:
@@ -334,8 +344,18 @@ class UNetTail(torch.nn.Module):
 class Pix2PixDenoiser(Denoiser):
     """Tokenizer + CLIP text encoder + 8-channel UNet + the stage's sampling defaults."""
 
-    def __init__(self, stage: Stage, unet, text_encoder, tokenizer, scheduler_name: str, standin_tokenizer: bool = False,
-                 folder_scheduler: Any = None, latent_scale: float = SD_SCALING_FACTOR, notes: list[str] | None = None):
+    def __init__(
+        self,
+        stage: Stage,
+        unet,
+        text_encoder,
+        tokenizer,
+        scheduler_name: str,
+        standin_tokenizer: bool = False,
+        folder_scheduler: Any = None,
+        latent_scale: float = SD_SCALING_FACTOR,
+        notes: list[str] | None = None,
+    ):
         super().__init__()
         self.stage_info = stage
         self.stage = stage.name
@@ -347,7 +367,9 @@ class Pix2PixDenoiser(Denoiser):
         self.guidance = "embedded" if stage.embedded else "cfg3"
         # a model folder's own scheduler (scheduler/scheduler_config.json): sampled with unless --scheduler overrides
         self.folder_scheduler = folder_scheduler
-        self.prediction_type = folder_scheduler.config.prediction_type if folder_scheduler is not None else stage.prediction_type
+        self.prediction_type = (
+            folder_scheduler.config.prediction_type if folder_scheduler is not None else stage.prediction_type
+        )
         self.latent_scale = latent_scale  # the folder's VAE scaling_factor: image latents are unscaled by it
         self.load_notes = list(notes or [])
         self.default_steps = stage.steps
@@ -359,11 +381,16 @@ class Pix2PixDenoiser(Denoiser):
         # built on demand (not submodules: the denoiser's own state dict stays unet + text encoder)
         nets = self.__dict__.get("_nets")
         if nets is None or nets[0] is not self.unet or nets[1] is not self.text_encoder:
-            unet_inputs = ("sample", "time_features", "text_emb") + (("guidance_features",) if self.stage_info.embedded else ())
-            nets = (self.unet, self.text_encoder, {
-                "text_encoder": Network(TextEncoderNet(self.text_encoder), ("input_ids",), ("text_emb",)),
-                "unet": Network(UNetNet(self.unet, self.stage_info.embedded), unet_inputs, ("noise",)),
-            })
+            guidance = ("guidance_features",) if self.stage_info.embedded else ()
+            unet_inputs = ("sample", "time_features", "text_emb", *guidance)
+            nets = (
+                self.unet,
+                self.text_encoder,
+                {
+                    "text_encoder": Network(TextEncoderNet(self.text_encoder), ("input_ids",), ("text_emb",)),
+                    "unet": Network(UNetNet(self.unet, self.stage_info.embedded), unet_inputs, ("noise",)),
+                },
+            )
             self.__dict__["_nets"] = nets
         return nets[2]
 
@@ -373,8 +400,14 @@ class Pix2PixDenoiser(Denoiser):
             return None
         split = self.__dict__.get("_split")
         if split is None or split[0] is not self.unet:
-            split = (self.unet, NetworkSplit(head=UNetHead(self.unet, self.stage_info.embedded),
-                                             core=UNetCore(self.unet), tail=UNetTail(self.unet)))
+            split = (
+                self.unet,
+                NetworkSplit(
+                    head=UNetHead(self.unet, self.stage_info.embedded),
+                    core=UNetCore(self.unet),
+                    tail=UNetTail(self.unet),
+                ),
+            )
             self.__dict__["_split"] = split
         return split[1]
 
@@ -404,25 +437,32 @@ class Pix2PixDenoiser(Denoiser):
             "guidance_embed_scale": GUIDANCE_EMBED_SCALE if self.guidance == "embedded" else None,
             "standin_tokenizer": self.standin_tokenizer,
             "host": {
-                "text": f"input_ids: the tokenizer's ids padded to {self.max_prompt_tokens} (tokenizer/ in the model folder)",
+                "text": f"input_ids: the tokenizer's ids padded to {self.max_prompt_tokens} "
+                "(tokenizer/ in the model folder)",
                 "time_features": f"sinusoidal timestep embedding, dim {unet.block_out_channels[0]}, "
-                                 f"flip_sin_to_cos={unet.flip_sin_to_cos}, freq_shift={unet.freq_shift}",
+                f"flip_sin_to_cos={unet.flip_sin_to_cos}, freq_shift={unet.freq_shift}",
                 "sample": f"concat(noisy latents, image latents / {self.latent_scale:g}) on channels",
             },
         }
         if self.guidance == "embedded":
-            facts["host"]["guidance_features"] = (f"concat(sinusoid({GUIDANCE_EMBED_SCALE:g} * s_I), "
-                                                  f"sinusoid({GUIDANCE_EMBED_SCALE:g} * s_T)), each like time_features")
+            facts["host"]["guidance_features"] = (
+                f"concat(sinusoid({GUIDANCE_EMBED_SCALE:g} * s_I), "
+                f"sinusoid({GUIDANCE_EMBED_SCALE:g} * s_T)), each like time_features"
+            )
         else:
-            facts["host"]["cfg"] = ("3 passes per step in one batch: (text, image), (null text, image), "
-                                    "(null text, zero image)")
+            facts["host"]["cfg"] = (
+                "3 passes per step in one batch: (text, image), (null text, image), (null text, zero image)"
+            )
         if self.load_notes:
             facts["notes"] = list(self.load_notes)
         if self.standin_tokenizer:
-            facts.setdefault("notes", []).extend([
-                "random init at full size: a stand-in byte-level tokenizer with CLIP's vocabulary size (49408) "
-                "and length (77) replaces CLIP's BPE vocabulary (not available offline); prompts are not CLIP tokens"
-            ])
+            facts.setdefault("notes", []).extend(
+                [
+                    "random init at full size: a stand-in byte-level tokenizer with CLIP's vocabulary size (49408) "
+                    "and length (77) replaces CLIP's BPE vocabulary (not available offline); "
+                    "prompts are not CLIP tokens"
+                ]
+            )
         return facts
 
     # --- export: what an app computes around the graphs ------------------------------------
@@ -454,9 +494,15 @@ class Pix2PixDenoiser(Denoiser):
             return None
         sched, (row,) = self._schedule(1)
         unet = self.networks()["unet"]
-        module = OneStepNet(unet.module, init_sigma=float(sched.init_noise_sigma), alpha=row["alpha_bar"] ** 0.5,
-                            sigma=(1 - row["alpha_bar"]) ** 0.5, c_skip=row["c_skip"], c_out=row["c_out"],
-                            prediction_type=self.prediction_type)
+        module = OneStepNet(
+            unet.module,
+            init_sigma=float(sched.init_noise_sigma),
+            alpha=row["alpha_bar"] ** 0.5,
+            sigma=(1 - row["alpha_bar"]) ** 0.5,
+            c_skip=row["c_skip"],
+            c_out=row["c_out"],
+            prediction_type=self.prediction_type,
+        )
         inputs = ("initial_noise", "image_latents") + tuple(unet.inputs[1:])
         return Network(module, inputs, ("edited_latents",))
 
@@ -487,35 +533,52 @@ class Pix2PixDenoiser(Denoiser):
         tok_info = self._export_tokenizer(folder)
         fused = self.fused_step(steps) is not None
         formula = {
-            "lcm": "x0 = sqrt(alpha_bar) * x - sqrt(1 - alpha_bar) * v (v_prediction) or (x - sqrt(1 - alpha_bar) * eps) "
-                   "/ sqrt(alpha_bar) (epsilon); denoised = c_out * x0 + c_skip * x; x_next = sqrt(alpha_bar_prev) * "
-                   "denoised + sqrt(1 - alpha_bar_prev) * step_noise_i, the last step returns denoised",
+            "lcm": "x0 = sqrt(alpha_bar) * x - sqrt(1 - alpha_bar) * v (v_prediction) "
+                   "or (x - sqrt(1 - alpha_bar) * eps) "
+            "/ sqrt(alpha_bar) (epsilon); denoised = c_out * x0 + c_skip * x; x_next = sqrt(alpha_bar_prev) * "
+            "denoised + sqrt(1 - alpha_bar_prev) * step_noise_i, the last step returns denoised",
             "ddim": "eps = model output (epsilon) or sqrt(alpha_bar) * v + sqrt(1 - alpha_bar) * x (v_prediction); "
-                    "x0 = (x - sqrt(1 - alpha_bar) * eps) / sqrt(alpha_bar); x_next = sqrt(alpha_bar_prev) * x0 + "
-                    "sqrt(1 - alpha_bar_prev) * eps (eta 0: no noise)",
+            "x0 = (x - sqrt(1 - alpha_bar) * eps) / sqrt(alpha_bar); x_next = sqrt(alpha_bar_prev) * x0 + "
+            "sqrt(1 - alpha_bar_prev) * eps (eta 0: no noise)",
             "euler": "Karras-style Euler on sigma: x starts at initial_noise * init_noise_sigma; model input "
-                     "x / sqrt(sigma^2 + 1); x0 from the output; x_next = x + (x - x0) / sigma * (sigma_next - sigma)",
-            "euler-ancestral": "as euler, with ancestral noise step_noise_i (sigma_up, sigma_down from sigma, sigma_next)",
+            "x / sqrt(sigma^2 + 1); x0 from the output; x_next = x + (x - x0) / sigma * (sigma_next - sigma)",
+            "euler-ancestral": "as euler, with ancestral noise step_noise_i "
+                               "(sigma_up, sigma_down from sigma, sigma_next)",
         }[self.scheduler_name]
         return {
             "tokenizer": tok_info,
             "tensors": files,
             "sampler": {
-                "name": self.scheduler_name, "prediction_type": self.prediction_type, "steps": steps,
-                "init_noise_sigma": float(sched.init_noise_sigma), "schedule": "scaled_linear 0.00085-0.012, 1000 steps",
-                "per_step": rows, "update": formula, "fused_in_unet": fused,
+                "name": self.scheduler_name,
+                "prediction_type": self.prediction_type,
+                "steps": steps,
+                "init_noise_sigma": float(sched.init_noise_sigma),
+                "schedule": "scaled_linear 0.00085-0.012, 1000 steps",
+                "per_step": rows,
+                "update": formula,
+                "fused_in_unet": fused,
             },
-            "guidance": ({"mode": "embedded", "s_I": s_I, "s_T": s_T, "features": "guidance_features.npy"}
-                         if self.guidance == "embedded" else
-                         {"mode": "cfg3", "s_I": s_I, "s_T": s_T, "passes": "(text, image), (null text, image), "
-                          "(null text, zero image) in one batch", "combine": "u + s_T * (t - i) + s_I * (i - u)"}),
-            "unet_sample": (None if fused else
-                            f"concat(x, image_latents / {SD_SCALING_FACTOR}) on channels (x: the current latents)"),
+            "guidance": (
+                {"mode": "embedded", "s_I": s_I, "s_T": s_T, "features": "guidance_features.npy"}
+                if self.guidance == "embedded"
+                else {
+                    "mode": "cfg3",
+                    "s_I": s_I,
+                    "s_T": s_T,
+                    "passes": "(text, image), (null text, image), (null text, zero image) in one batch",
+                    "combine": "u + s_T * (t - i) + s_I * (i - u)",
+                }
+            ),
+            "unet_sample": (
+                None
+                if fused
+                else f"concat(x, image_latents / {SD_SCALING_FACTOR}) on channels (x: the current latents)"
+            ),
             "decoder_input": "the sampler's output as it is (no scaling)",
         }
 
     def _export_tokenizer(self, folder: Path) -> dict[str, Any]:
-        """tokenizer.json (Hugging Face tokenizers format) with its truncation and padding to the text encoder's length."""
+        """tokenizer.json (Hugging Face tokenizers format), truncating and padding to the text encoder's length."""
         import tempfile
 
         from transformers import CLIPTokenizerFast
@@ -528,10 +591,16 @@ class Pix2PixDenoiser(Denoiser):
         backend.enable_truncation(length)
         backend.enable_padding(length=length, pad_id=pad, pad_token=self.tokenizer.pad_token)
         backend.save(str(folder / "tokenizer.json"))
-        return {"file": "tokenizer.json", "max_length": length, "bos_id": self.tokenizer.bos_token_id,
-                "eos_id": self.tokenizer.eos_token_id, "pad_id": pad, "input": "input_ids int64 (1, max_length)",
-                "rule": "start id, the prompt's ids, end id, padded with pad_id to max_length (truncation and "
-                        "padding are set in tokenizer.json: Tokenizer.from_file(...).encode(prompt).ids)"}
+        return {
+            "file": "tokenizer.json",
+            "max_length": length,
+            "bos_id": self.tokenizer.bos_token_id,
+            "eos_id": self.tokenizer.eos_token_id,
+            "pad_id": pad,
+            "input": "input_ids int64 (1, max_length)",
+            "rule": "start id, the prompt's ids, end id, padded with pad_id to max_length (truncation and "
+            "padding are set in tokenizer.json: Tokenizer.from_file(...).encode(prompt).ids)",
+        }
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -546,7 +615,6 @@ class Pix2PixDenoiser(Denoiser):
         ).input_ids
         return ids, [len(f) > self.max_prompt_tokens for f in full]
 
-
     def guidance_labels(self, s_I, s_T, batch: int, like: torch.Tensor) -> torch.Tensor:
         """Sinusoidal embeddings of both guidance scales, concatenated: the UNet's class labels."""
         config = getattr(self.unet, "module", self.unet).config  # the UNet may be DDP-wrapped in training
@@ -556,8 +624,10 @@ class Pix2PixDenoiser(Denoiser):
             s = torch.as_tensor(s, dtype=torch.float32, device=like.device).reshape(-1).expand(batch)
             parts.append(
                 get_timestep_embedding(
-                    s * GUIDANCE_EMBED_SCALE, dim,
-                    flip_sin_to_cos=config.flip_sin_to_cos, downscale_freq_shift=config.freq_shift,
+                    s * GUIDANCE_EMBED_SCALE,
+                    dim,
+                    flip_sin_to_cos=config.flip_sin_to_cos,
+                    downscale_freq_shift=config.freq_shift,
                 )
             )
         return torch.cat(parts, dim=1).to(like.dtype)
@@ -581,7 +651,11 @@ class Pix2PixDenoiser(Denoiser):
         batch = x.shape[0]
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(batch)
         time_features = self.unet.time_proj(t).to(x.dtype)
-        inputs = [torch.cat([x, image_latents / self.latent_scale], dim=1), time_features, text_emb.expand(batch, -1, -1)]
+        inputs = [
+            torch.cat([x, image_latents / self.latent_scale], dim=1),
+            time_features,
+            text_emb.expand(batch, -1, -1),
+        ]
         if self.stage_info.embedded:
             inputs.append(self.guidance_labels(s_I, s_T, batch, x))
         return inputs
@@ -620,8 +694,14 @@ class Pix2PixDenoiser(Denoiser):
         if vae is None:
             raise MovieError("the diffusers comparison needs the SD VAE (sd-vae) as the autoencoder")
         ref = StableDiffusionInstructPix2PixPipeline(
-            vae=vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=self.make_scheduler(), safety_checker=None, feature_extractor=None, image_encoder=None,
+            vae=vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.make_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
             requires_safety_checker=False,
         )
         ref.set_progress_bar_config(disable=True)
@@ -629,19 +709,40 @@ class Pix2PixDenoiser(Denoiser):
 
         def call(frame, prompt: str, *, steps: int, s_T: float, s_I: float, seed: int):
             image = torch.from_numpy(frame).permute(2, 0, 1)[None].float().div(255).to(device)
-            return ref(prompt, image=image, num_inference_steps=steps, guidance_scale=s_T, image_guidance_scale=s_I,
-                       generator=torch.Generator(device).manual_seed(seed), output_type="np")
+            return ref(
+                prompt,
+                image=image,
+                num_inference_steps=steps,
+                guidance_scale=s_T,
+                image_guidance_scale=s_I,
+                generator=torch.Generator(device).manual_seed(seed),
+                output_type="np",
+            )
 
         return call, "StableDiffusionInstructPix2PixPipeline"
 
     @torch.no_grad()
-    def sample(self, image_latents, text_emb, *, steps=None, s_T=7.5, s_I=1.5, null_emb=None,
-               generator=None, latents=None, scheduler=None, on_step=None) -> torch.Tensor:
+    def sample(
+        self,
+        image_latents,
+        text_emb,
+        *,
+        steps=None,
+        s_T=7.5,
+        s_I=1.5,
+        null_emb=None,
+        generator=None,
+        latents=None,
+        scheduler=None,
+        on_step=None,
+    ) -> torch.Tensor:
         """Edit latents: sample from noise conditioned on the source latents, the prompt and the scales."""
         scheduler = scheduler or self.make_scheduler()
         scheduler.set_timesteps(steps or self.default_steps, device=image_latents.device)
         if latents is None:
-            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype)
+            latents = randn_tensor(
+                image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype
+            )
         latents = latents * scheduler.init_noise_sigma
         if self.guidance == "cfg3" and null_emb is None:
             null_emb = self.encode_prompt([""]).to(text_emb)
@@ -689,8 +790,12 @@ def build(stage_name: str, ctx: BuildContext, config) -> Pix2PixDenoiser:
     return den.eval().requires_grad_(False)
 
 
-SCHEDULER_NAMES = {"DDIMScheduler": "ddim", "EulerAncestralDiscreteScheduler": "euler-ancestral",
-                   "EulerDiscreteScheduler": "euler", "LCMScheduler": "lcm"}
+SCHEDULER_NAMES = {
+    "DDIMScheduler": "ddim",
+    "EulerAncestralDiscreteScheduler": "euler-ancestral",
+    "EulerDiscreteScheduler": "euler",
+    "LCMScheduler": "lcm",
+}
 
 
 def folder_scheduler(root: Path) -> Any:
@@ -715,14 +820,19 @@ def folder_latent_scale(root: Path) -> float:
     if folder is None or not (folder / "config.json").is_file():
         return SD_SCALING_FACTOR
     config = read_config(folder / "config.json")
-    value = config.get("scaling_factor", SD_SCALING_FACTOR) if config.get("_class_name") == "AutoencoderKL" else SD_SCALING_FACTOR
+    value = (
+        config.get("scaling_factor", SD_SCALING_FACTOR)
+        if config.get("_class_name") == "AutoencoderKL"
+        else SD_SCALING_FACTOR
+    )
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise MovieError(f"{folder / 'config.json'}: scaling_factor must be a positive number, got {value!r}")
     return float(value)
 
 
-def load(stage: Stage, root: Path, scheduler: str, variant: str | None = None,
-         asked: str | None = None) -> Pix2PixDenoiser:
+def load(
+    stage: Stage, root: Path, scheduler: str, variant: str | None = None, asked: str | None = None
+) -> Pix2PixDenoiser:
     """Load a diffusers-format folder (unet/, text_encoder/, tokenizer/), checking the architecture.
 
     The folder's own scheduler (scheduler/) is sampled with unless a scheduler was `asked` for, and its VAE's
@@ -740,7 +850,9 @@ def load(stage: Stage, root: Path, scheduler: str, variant: str | None = None,
     expected = unet_config("nano", stage)
     have_top = unet.config.down_block_types[0]
     if unet.config.in_channels != 8:
-        raise MovieError(f"{root}/unet has {unet.config.in_channels} input channels; '{stage.name}' needs 8 (image-conditioned)")
+        raise MovieError(
+            f"{root}/unet has {unet.config.in_channels} input channels; '{stage.name}' needs 8 (image-conditioned)"
+        )
     if have_top != expected["down_block_types"][0]:
         raise MovieError(
             f"{root}/unet is not the '{stage.name}' architecture (top block {have_top}); use `movie convert` first"
@@ -752,13 +864,17 @@ def load(stage: Stage, root: Path, scheduler: str, variant: str | None = None,
         raise MovieError(
             f"{root} predicts {manifest['prediction_type']}, but '{stage.name}' expects {stage.prediction_type}"
         )
-    text = load_checked(folders["text_encoder"], lambda: CLIPTextModel.from_pretrained(folders["text_encoder"], **text_kw))
+    text = load_checked(
+        folders["text_encoder"], lambda: CLIPTextModel.from_pretrained(folders["text_encoder"], **text_kw)
+    )
     tokenizer = load_checked(folders["tokenizer"], lambda: CLIPTokenizer.from_pretrained(folders["tokenizer"]))
     standin = bool(manifest and manifest.get("standin_tokenizer"))  # saved from a full-size random init
     own, notes, prediction = folder_scheduler(root), [], None
     if own is not None:
-        what = (f"{type(own).__name__} ({own.config.prediction_type}, timestep spacing "
-                f"{own.config.get('timestep_spacing', 'leading')}, {own.config.beta_schedule} betas)")
+        what = (
+            f"{type(own).__name__} ({own.config.prediction_type}, timestep spacing "
+            f"{own.config.get('timestep_spacing', 'leading')}, {own.config.beta_schedule} betas)"
+        )
         if asked:
             prediction = own.config.prediction_type
             notes.append(f"--scheduler {asked} overrides the folder's scheduler/scheduler_config.json {what}")
@@ -766,13 +882,23 @@ def load(stage: Stage, root: Path, scheduler: str, variant: str | None = None,
         else:
             scheduler = SCHEDULER_NAMES.get(type(own).__name__, type(own).__name__)
             if (scheduler, own.config.prediction_type) != (stage.scheduler, stage.prediction_type):  # news only
-                notes.append(f"sampling with the folder's scheduler/scheduler_config.json: {what}; "
-                             "--scheduler overrides it")
+                notes.append(
+                    f"sampling with the folder's scheduler/scheduler_config.json: {what}; --scheduler overrides it"
+                )
     scale = folder_latent_scale(root)
     if scale != SD_SCALING_FACTOR:
         notes.append(f"VAE scaling_factor {scale:g} from vae/config.json")
-    den = Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin, folder_scheduler=own,
-                          latent_scale=scale, notes=notes)
+    den = Pix2PixDenoiser(
+        stage,
+        unet,
+        text,
+        tokenizer,
+        scheduler,
+        standin_tokenizer=standin,
+        folder_scheduler=own,
+        latent_scale=scale,
+        notes=notes,
+    )
     if prediction is not None:  # the asked-for sampler runs on the folder's prediction type
         den.prediction_type = prediction
     return den
@@ -799,11 +925,15 @@ def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionMode
         raise MovieError(f"cannot convert to '{target}': weights {bad[:3]} have no place in the target")
     added = [k for k in dst if k not in src]
     if any(not k.startswith("class_embedding.") for k in added):
-        raise MovieError(f"cannot convert to '{target}': the target has new layers {added[:3]} beyond the guidance embedding")
+        raise MovieError(
+            f"cannot convert to '{target}': the target has new layers {added[:3]} beyond the guidance embedding"
+        )
     for k in dst:
         if k in src:
             if src[k].shape != dst[k].shape:
-                raise MovieError(f"cannot convert to '{target}': {k} is {tuple(src[k].shape)}, target wants {tuple(dst[k].shape)}")
+                raise MovieError(
+                    f"cannot convert to '{target}': {k} is {tuple(src[k].shape)}, target wants {tuple(dst[k].shape)}"
+                )
             dst[k] = src[k]
     new.load_state_dict(dst)
     return new

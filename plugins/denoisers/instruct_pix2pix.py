@@ -1,4 +1,7 @@
-"""Registers the `instruct-pix2pix` denoiser: SD-1.5 InstructPix2Pix UNet (8 input channels), CLIP-L text encoder, 3-pass CFG, 10 steps."""
+"""Registers the `instruct-pix2pix` denoiser.
+
+SD-1.5 InstructPix2Pix UNet (8 input channels), CLIP-L text encoder, 3-pass CFG, 10 steps.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ from movie_core.hookspecs import hookimpl
 from movie_plugins.denoisers import denoiser_spec
 
 NAME = "instruct-pix2pix"
+SUMMARY = "SD-1.5 InstructPix2Pix UNet (8 input channels), CLIP-L text encoder, 3-pass CFG, 10 steps"
 
 
 @hookimpl
 def movie_register_denoisers(registry):
-    registry.register(denoiser_spec(NAME, __name__, "SD-1.5 InstructPix2Pix UNet (8 input channels), CLIP-L text encoder, 3-pass CFG, 10 steps"))
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY))
 
 
 def build(ctx, config):

@@ -1,4 +1,7 @@
-"""Registers the `mobile-pix2pix` denoiser: InstructPix2Pix without attention at the highest UNet resolution (-12% UNet FLOPs), 3-pass CFG."""
+"""Registers the `mobile-pix2pix` denoiser.
+
+InstructPix2Pix without attention at the highest UNet resolution (-12% UNet FLOPs), 3-pass CFG.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ from movie_core.hookspecs import hookimpl
 from movie_plugins.denoisers import denoiser_spec
 
 NAME = "mobile-pix2pix"
+SUMMARY = "InstructPix2Pix without attention at the highest UNet resolution (-12% UNet FLOPs), 3-pass CFG"
 
 
 @hookimpl
 def movie_register_denoisers(registry):
-    registry.register(denoiser_spec(NAME, __name__, "InstructPix2Pix without attention at the highest UNet resolution (-12% UNet FLOPs), 3-pass CFG"))
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY))
 
 
 def build(ctx, config):

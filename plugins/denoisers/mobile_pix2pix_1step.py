@@ -1,4 +1,7 @@
-"""Registers the `mobile-pix2pix-1step` denoiser: Guidance-embedded Mobile-Pix2Pix, v-prediction, LCM, 1 step (MoViE)."""
+"""Registers the `mobile-pix2pix-1step` denoiser.
+
+Guidance-embedded Mobile-Pix2Pix, v-prediction, LCM, 1 step (MoViE).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ from movie_core.hookspecs import hookimpl
 from movie_plugins.denoisers import denoiser_spec
 
 NAME = "mobile-pix2pix-1step"
+SUMMARY = "Guidance-embedded Mobile-Pix2Pix, v-prediction, LCM, 1 step (MoViE)"
 
 
 @hookimpl
 def movie_register_denoisers(registry):
-    registry.register(denoiser_spec(NAME, __name__, "Guidance-embedded Mobile-Pix2Pix, v-prediction, LCM, 1 step (MoViE)"))
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY))
 
 
 def build(ctx, config):

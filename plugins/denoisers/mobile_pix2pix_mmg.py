@@ -1,4 +1,7 @@
-"""Registers the `mobile-pix2pix-mmg` denoiser: Mobile-Pix2Pix with image/text guidance-scale embeddings: one UNet pass per step."""
+"""Registers the `mobile-pix2pix-mmg` denoiser.
+
+Mobile-Pix2Pix with image/text guidance-scale embeddings: one UNet pass per step.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ from movie_core.hookspecs import hookimpl
 from movie_plugins.denoisers import denoiser_spec
 
 NAME = "mobile-pix2pix-mmg"
+SUMMARY = "Mobile-Pix2Pix with image/text guidance-scale embeddings: one UNet pass per step"
 
 
 @hookimpl
 def movie_register_denoisers(registry):
-    registry.register(denoiser_spec(NAME, __name__, "Mobile-Pix2Pix with image/text guidance-scale embeddings: one UNet pass per step"))
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY))
 
 
 def build(ctx, config):

@@ -35,6 +35,9 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from movie_core.errors import UsageError
 from movie_plugins.denoisers._pix2pix import SD_SCALING_FACTOR, make_scheduler
 from movie_plugins.distillers._common import (
     NUM_TRAIN_TIMESTEPS,
@@ -46,16 +49,8 @@ from movie_plugins.distillers._common import (
     vp_coefficients,
     x0_from_output,
 )
-from movie_plugins.distillers._discriminator import (
-    Discriminator,
-    hinge_d_loss,
-    hinge_g_loss,
-    score,
-)
+from movie_plugins.distillers._discriminator import Discriminator, hinge_d_loss, hinge_g_loss, score
 from movie_plugins.distillers._options import AdversarialOptions
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from movie_core.errors import UsageError
 
 STUDENT_STAGE = "mobile-pix2pix-1step"
 

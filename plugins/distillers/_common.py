@@ -13,15 +13,10 @@ import copy
 from typing import Any, ClassVar
 
 import torch
-from movie_plugins.denoisers._pix2pix import (
-    STAGES,
-    Pix2PixDenoiser,
-    convert_unet,
-    make_scheduler,
-)
 
 from movie_core.errors import UsageError
 from movie_core.training.distiller import Distiller
+from movie_plugins.denoisers._pix2pix import STAGES, Pix2PixDenoiser, convert_unet, make_scheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 

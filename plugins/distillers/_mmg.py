@@ -13,14 +13,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from movie_plugins.distillers._common import (
-    GuidedRegressionDistiller,
-    pix2pix_denoiser,
-    to_mmg,
-)
-from movie_plugins.distillers._options import MMGOptions
 
 from movie_core.errors import UsageError
+from movie_plugins.distillers._common import GuidedRegressionDistiller, pix2pix_denoiser, to_mmg
+from movie_plugins.distillers._options import MMGOptions
 
 
 def cfg_target(teacher, x_t, t, src, emb, s_i, s_t, null_emb) -> torch.Tensor:

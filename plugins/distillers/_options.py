@@ -35,7 +35,8 @@ class GuidanceRanges:
 class Pix2PixFinetuneOptions:
     """InstructPix2Pix training (Brooks et al.): conditioning dropout 5% text, 5% image, 5% both."""
 
-    stage: str | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(CFG3_STAGES)))
+    stage: str | None = attrs.field(default=None,
+                                    validator=attrs.validators.optional(attrs.validators.in_(CFG3_STAGES)))
     drop_text: float = _float(default=0.05, validator=_prob)
     drop_image: float = _float(default=0.05, validator=_prob)
     drop_both: float = _float(default=0.05, validator=_prob)
@@ -48,7 +49,10 @@ class Pix2PixFinetuneOptions:
 
 @attrs.frozen(kw_only=True)
 class MMGOptions(GuidanceRanges):
-    """Algorithm 1: loss = loss_weight * ||student(x_t, c_I, c_T, s_I, s_T) - CFG_teacher(x_t, c_I, c_T; s_I, s_T)||^2."""
+    """Algorithm 1: multimodal guidance distillation.
+
+    loss = loss_weight * ||student(x_t, c_I, c_T, s_I, s_T) - CFG_teacher(x_t, c_I, c_T; s_I, s_T)||^2
+    """
 
     loss_weight: float = _float(default=1.0, validator=_pos)
 
@@ -81,7 +85,8 @@ class AdversarialOptions(GuidanceRanges):
 
     teacher_sampler_model: str | None = None  # multi-step teacher folder; default: the --teacher folder
     teacher_steps: int = attrs.field(default=5, converter=int, validator=attrs.validators.ge(1))
-    teacher_scheduler: str = attrs.field(default="lcm", validator=attrs.validators.in_(("lcm", "euler", "euler-ancestral", "ddim")))
+    teacher_scheduler: str = attrs.field(default="lcm",
+                                         validator=attrs.validators.in_(("lcm", "euler", "euler-ancestral", "ddim")))
     student_timesteps: int = attrs.field(default=8, converter=int, validator=attrs.validators.ge(1))
     lambda_mse: float = _float(default=1.0, validator=_ge0)
     lambda_gen: float = _float(default=0.1, validator=_ge0)

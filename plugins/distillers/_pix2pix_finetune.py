@@ -13,17 +13,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
-from movie_plugins.distillers._common import (
-    BuiltinDistiller,
-    model_target,
-    pix2pix_denoiser,
-    restage,
-    sample_timesteps,
-)
-from movie_plugins.distillers._options import Pix2PixFinetuneOptions
 
 from movie_core.errors import UsageError
+from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
+from movie_plugins.distillers._common import BuiltinDistiller, model_target, pix2pix_denoiser, restage, sample_timesteps
+from movie_plugins.distillers._options import Pix2PixFinetuneOptions
 
 
 def dropout_masks(batch: int, drop_text: float, drop_image: float, drop_both: float,

@@ -15,15 +15,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from movie_plugins.distillers._common import (
-    GuidedRegressionDistiller,
-    pix2pix_denoiser,
-    restage,
-    v_from_epsilon,
-)
-from movie_plugins.distillers._options import VPredOptions
 
 from movie_core.errors import UsageError
+from movie_plugins.distillers._common import GuidedRegressionDistiller, pix2pix_denoiser, restage, v_from_epsilon
+from movie_plugins.distillers._options import VPredOptions
 
 
 def v_target(teacher, x_t, t, src, emb, s_i, s_t, alpha, sigma) -> torch.Tensor:

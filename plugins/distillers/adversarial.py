@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from movie_core.hookspecs import hookimpl
 from movie_plugins.distillers import distiller_spec
 from movie_plugins.distillers._options import AdversarialOptions
-
-from movie_core.hookspecs import hookimpl
 
 NAME = "adversarial"
 SUMMARY = "Adversarial step distillation (Alg. 2): 5-step LCM teacher -> 1-step student, hinge GAN + MSE"

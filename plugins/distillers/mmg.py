@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from movie_core.hookspecs import hookimpl
 from movie_plugins.distillers import distiller_spec
 from movie_plugins.distillers._options import MMGOptions
-
-from movie_core.hookspecs import hookimpl
 
 NAME = "mmg"
 SUMMARY = "Multimodal guidance distillation (Alg. 1): 3-pass CFG teacher -> one pass with s_I, s_T embedded"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from movie_core.hookspecs import hookimpl
 from movie_plugins.distillers import distiller_spec
 from movie_plugins.distillers._options import VPredOptions
-
-from movie_core.hookspecs import hookimpl
 
 NAME = "vpred"
 SUMMARY = "epsilon -> v-prediction finetune of the guidance-distilled model (Stage-4 prep)"

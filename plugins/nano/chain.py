@@ -80,7 +80,8 @@ class ChainBudget:
 
     def scaled(self, factor: float) -> ChainBudget:
         """Every step count (and the dataset size) times `factor`, at least 2."""
-        keys = [f.name for f in attrs.fields(ChainBudget) if f.name.endswith("_steps") or f.name in ("count", "videos", "ae_pool")]
+        keys = [f.name for f in attrs.fields(ChainBudget)
+                if f.name.endswith("_steps") or f.name in ("count", "videos", "ae_pool")]
         return attrs.evolve(self, **{k: max(2, round(getattr(self, k) * factor)) for k in keys})
 
 
@@ -218,7 +219,10 @@ TAESD_GREY_DONE = "taesd_decoder_grey.json"
 
 
 def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """The TAESD decoder learns the colours of the TAESD encoder's latents (nano_train.finetune_taesd_decoder_colour)."""
+    """The TAESD decoder learns the colours of the TAESD encoder's latents.
+
+    See nano_train.finetune_taesd_decoder_colour.
+    """
     from movie_plugins.nano import train as nano_train
 
     metrics = nano_train.finetune_taesd_decoder_colour(work / "autoencoders", steps=b.taesd_decoder_steps,
@@ -305,10 +309,10 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every stage into `work`; returns the per-stage record also saved as work/chain.json."""
     import torch
-    from movie_plugins.nano import train as nano_train
 
     from movie_core.components import resolve_device
     from movie_core.data.procedural import write_nano
+    from movie_plugins.nano import train as nano_train
 
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "chain.json"
@@ -360,13 +364,15 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
         "pix2pix-finetune", work / "instruct-pix2pix-taesd", data, work / "mobile-pix2pix", b, steps=b.mobile_steps,
         lr=b.mobile_lr, progress=progress, stage="mobile-pix2pix"))
-    stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure("mobile-pix2pix-mmg", work, data, lambda: _train(
+    stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure(
+        "mobile-pix2pix-mmg", work, data, lambda: _train(
         "mmg", work / "mobile-pix2pix", data, work / "mobile-pix2pix-mmg", b, steps=b.mmg_steps, lr=b.mmg_lr,
         progress=progress)))
     stage("vpred", work / "vpred", lambda: _then_measure("vpred", work, data, lambda: _train(
         "vpred", work / "mobile-pix2pix-mmg", data, work / "vpred", b, steps=b.vpred_steps, lr=b.vpred_lr,
         progress=progress, weighting=b.vpred_weighting)))
-    stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure("mobile-pix2pix-1step", work, data, lambda: _train(
+    stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure(
+        "mobile-pix2pix-1step", work, data, lambda: _train(
         "adversarial", work / "vpred", data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
         lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
         data_weight=b.adversarial_data_weight,

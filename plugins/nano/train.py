@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 
-from movie_core.errors import MovieError
 from movie_core.data import procedural
+from movie_core.errors import MovieError
 from movie_core.weights import replace_folder
 from movie_plugins.autoencoders._sd1 import SD_SCALING_FACTOR, SDVAE, TAESD, TAESD_SIZES, VAE_SIZES
 from movie_plugins.denoisers._tokenizer import CLIP_MAX_LENGTH, _bytes_to_unicode, byte_vocab
@@ -244,7 +244,10 @@ def _train(
     name: str, model: torch.nn.Module, loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
     *, steps: int, lr: float, state_file: Path | None, checkpoint_seconds: float, log: Log, weight_decay: float = 0.0,
 ) -> dict[str, Any]:
-    """AdamW over `model` for `steps` steps of loss_fn(step), resumable from state_file (if any); returns its history."""
+    """AdamW over `model` for `steps` steps of loss_fn(step); returns its history.
+
+    Resumable from state_file (if any).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_scale(s, steps))
@@ -261,7 +264,8 @@ def _train(
         if state_file is None:
             return
         tmp = state_file.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "state": state}, tmp)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "state": state}, tmp)
         tmp.replace(state_file)
 
     model.train()
@@ -681,7 +685,8 @@ def _train_taesd(ckpt: Path, pool: torch.Tensor, vae: AutoencoderKL, config: dic
     with torch.no_grad():
         probe_target = teacher.encode(probe)
         distill_init = F.mse_loss(tae.encoder(probe), probe_target).item()
-    targets = _cached(ckpt / "taesd_targets.pt", lambda: _pool_latents(teacher, pool, device), "taesd: VAE latents", log)
+    targets = _cached(ckpt / "taesd_targets.pt", lambda: _pool_latents(teacher, pool, device),
+                      "taesd: VAE latents", log)
 
     def loss_fn(step: int):
         g = torch.Generator().manual_seed(seed * 104729 + step)
@@ -936,7 +941,8 @@ def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def learn_bpe(texts: Iterable[str], min_frequency: int = BPE_MIN_FREQUENCY, max_merges: int = 10_000) -> list[tuple[str, str]]:
+def learn_bpe(texts: Iterable[str], min_frequency: int = BPE_MIN_FREQUENCY,
+              max_merges: int = 10_000) -> list[tuple[str, str]]:
     """BPE merges learned from `texts`, most frequent pair first, while a pair occurs `min_frequency` times.
 
     With 2, words used more than once become single tokens and the rest split into shared pieces
@@ -958,7 +964,10 @@ def learn_bpe(texts: Iterable[str], min_frequency: int = BPE_MIN_FREQUENCY, max_
 
 
 def write_bpe_tokenizer(folder: Path, merges: list[tuple[str, str]], max_length: int = CLIP_MAX_LENGTH) -> Path:
-    """vocab.json (bytes, their end-of-word forms, the specials, then the merged tokens), merges.txt, tokenizer_config.json."""
+    """Writes vocab.json, merges.txt and tokenizer_config.json.
+
+    vocab.json lists the bytes, their end-of-word forms, the specials, then the merged tokens.
+    """
     vocab = byte_vocab()
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
