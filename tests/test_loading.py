@@ -242,3 +242,17 @@ def test_cuda_graphs_is_not_picked_where_it_cannot_run():
         pytest.skip("a CUDA GPU is present")
     recipe, _, _ = resolve_recipe({"size": "nano", "init": "random", "device": "cpu"})
     assert recipe.backend == "eager"
+
+
+def test_ablate_and_eval_take_component_options(capsys, tmp_path, tiny_data):
+    """-O on ablate reaches every cell's recipe; on eval a wrong key is one line naming it."""
+    code, out, err = run_cli(capsys, "ablate", "movie", "--vary", "steps=1,2", "--measure", "flops", "--size", "nano",
+                             "-O", "denoiser.scheduler=ddim", "--out", str(tmp_path / "ab"), "--json", "--no-progress")
+    assert code == 0, err
+    assert [c["status"] for c in json.loads(out)["cells"]] == ["ok", "ok"]
+    saved = [json.loads(p.read_text()) for p in sorted((tmp_path / "ab" / "cells").glob("*.json"))]
+    assert len(saved) == 2
+    assert all(c["config"]["recipe"]["component_options"] == {"denoiser": {"scheduler": "ddim"}} for c in saved)
+    code, out, err = run_cli(capsys, "eval", "random", "--data", str(tiny_data), "--size", "nano",
+                             "-O", "denoiser.colour=blue", "--json", "--no-progress")
+    assert code != 0 and "unknown option 'colour'" in err.strip().splitlines()[-1]
