@@ -564,6 +564,8 @@ def test_edit_with_unavailable_backend_is_one_line(run_movie, tmp_path):
     assert not (tmp_path / "out.png").exists()
 
 
+# shares the onnx parity test's artifacts (cache hits); alone it exports every component (~80 s)
+@pytest.mark.slow
 @needs_onnx
 def test_bench_compares_backends(tmp_path):
     """`movie bench --backend eager,onnx` times both in one run (same shapes as the parity test: cache hits)."""
