@@ -62,6 +62,7 @@ def read_frames(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("frame_*.png"))]).astype(int)
 
 
+@pytest.mark.slow  # seven ONNX graphs at 256x192 and a movie edit per case: minutes on two cores
 @pytest.mark.parametrize("anchor,count", [("none", 1), ("middle", 3)])
 def test_torch_free_app_loop_matches_movie_edit(run_movie, tmp_path, cache, anchor, count):
     export = tmp_path / "export"
@@ -107,6 +108,7 @@ def flat(d, prefix=""):
     return {prefix[:-1]: d}
 
 
+@pytest.mark.slow  # four exports
 def test_manifests_differ_in_exactly_the_export_settings(tmp_path, cache, monkeypatch):
     from movie_core.recipe import preset
     from movie_plugins.backends._export import export_recipe
