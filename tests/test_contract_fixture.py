@@ -279,8 +279,9 @@ def test_export_onnx_has_anchor_kv_and_runs_like_eager(frames_dir, tiny_model, t
         io[name] = ([i.name for i in graph.input], [o.name for o in graph.output])
     kv = ["anchor_k_0", "anchor_v_0"]
     sample_inputs = ["sample", "time_features", "text_emb", "guidance_features"]
-    assert io["unet"] == (sample_inputs, ["noise", *kv])  # the anchor frame's pass returns its K/V
-    assert io["unet_replay"] == (sample_inputs + kv, ["noise"])  # the other frames' pass takes them
+    # the network's own output name (the fixture predicts x0), then the anchor frame's K/V
+    assert io["unet"] == (sample_inputs, ["x0", *kv])
+    assert io["unet_replay"] == (sample_inputs + kv, ["x0"])  # the other frames' pass takes them
 
     # the same graphs edit a video with anchor attention as the torch modules do (record on the anchor, replay)
     ort = pytest.importorskip("onnxruntime")
@@ -300,8 +301,8 @@ def test_export_onnx_has_anchor_kv_and_runs_like_eager(frames_dir, tiny_model, t
         assert code == 0, err
         edits[backend] = read_frames(tmp_path / backend)
     # onnx ran every step of the anchor (4 steps, returning K/V) and of the 2 batches (4 steps each, taking K/V)
-    assert sum(outputs == ("noise", *kv) for outputs, _ in runs) == 4
-    assert sum(outputs == ("noise",) and inputs == (*sample_inputs, *kv) for outputs, inputs in runs) == 8
+    assert sum(outputs == ("x0", *kv) for outputs, _ in runs) == 4
+    assert sum(outputs == ("x0",) and inputs == (*sample_inputs, *kv) for outputs, inputs in runs) == 8
     for a, b in zip(edits["onnx"], edits["eager"]):
         assert np.abs(a - b).max() <= 2
 
