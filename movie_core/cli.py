@@ -21,6 +21,15 @@ def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _save_or_emit(result: dict[str, Any], save: str | None, as_json: bool) -> bool:
+    """Write the result to --save, print it with --json; True when it was printed (nothing else to show)."""
+    if save:
+        Path(save).write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        _emit(result)
+    return as_json
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="movie")
 def cli() -> None:
@@ -301,10 +310,7 @@ def bench(
             batch_size=batch_size,
             repeats=repeats,
         )
-        if save:
-            Path(save).write_text(json.dumps(result, indent=2) + "\n")
-        if as_json:
-            _emit(result)
+        if _save_or_emit(result, save, as_json):
             return
         r = result["recipe"]
         click.echo(
@@ -330,10 +336,7 @@ def bench(
         repeats=repeats,
         compare=compare,
     )
-    if save:
-        Path(save).write_text(json.dumps(result, indent=2) + "\n")
-    if as_json:
-        _emit(result)
+    if _save_or_emit(result, save, as_json):
         return
     c = result["components"]
     click.echo(
