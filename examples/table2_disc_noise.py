@@ -4,7 +4,8 @@
 Teacher: the shipped nano v-prediction model (`nano:vpred`, the paper's "Stage-3 model finetuned for
 v-prediction" that Table 2 starts from). Each setting trains the 1-step student from it with the same seed, steps
 and learning rate; only the noise differs. Scores: the adversarial objective (MSE in latents, at 1 step, to the
-teacher's 5-step LCM output) and PSNR/SSIM of the 1-step student's edits.
+teacher's 5-step LCM output) and PSNR/SSIM of the 1-step student's edits at the paper's evaluation scales
+(Sec. 5: s_T 7.5, s_I 1.2; the project's default s_I is 1.5).
 Writes docs/results/ablations/table2_disc_noise/ by default.
 """
 
@@ -29,6 +30,8 @@ parser.add_argument("--steps", type=int, default=150, help="adversarial steps pe
 parser.add_argument("--batch-size", type=int, default=16)
 parser.add_argument("--lr", type=float, default=1e-4, help="student and discriminator learning rate")
 parser.add_argument("--limit", type=int, default=48, help="held-out images to score")
+parser.add_argument("--text-guidance", type=float, default=7.5, help="s_T of the scored edits (paper: 7.5)")
+parser.add_argument("--image-guidance", type=float, default=1.2, help="s_I of the scored edits (paper: 1.2)")
 args = parser.parse_args()
 
 started = time.perf_counter()
@@ -51,7 +54,8 @@ def measure(cell):
         movie.distill("adversarial", teacher=teacher, data=train, out=student, steps=args.steps, lr=args.lr,
                       options=dict(cell, lr_d=args.lr), **train_opts)
     objective = movie.objective("adversarial", student=student, teacher=teacher, data=heldout)
-    quality = movie.run_eval(movie.preset("movie").replace(size="nano"), model=student, data=heldout, limit=args.limit)
+    quality = movie.run_eval(movie.preset("movie").replace(size="nano", text_guidance=args.text_guidance,
+                                                           image_guidance=args.image_guidance), model=student, data=heldout, limit=args.limit)
     return {"one_step_mse": objective["student_mse"], "teacher_1_step_mse": objective["teacher_at_1_step_mse"],
             "psnr": quality["psnr"], "ssim": quality["ssim"]}
 
