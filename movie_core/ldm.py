@@ -190,7 +190,7 @@ def convert_file(path: Path, dest: Path, config: str | Path | None = None) -> Pa
     tensors = read_checkpoint(path)
     if not is_ldm(tensors):
         raise MovieError(f"{path}: not an original (LDM-layout) checkpoint: no tensors named {UNET_PREFIX}*")
-    models = build_models(path, tensors, folder)
+    models = build_models(path, tensors, config)
     dest.mkdir(parents=True)
     for name, model in models.items():
         model.save_pretrained(dest / name, safe_serialization=True)
