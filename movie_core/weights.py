@@ -196,10 +196,11 @@ def check_tokenizer(folder: Path) -> None:
             read_config(folder / name)
 
 
-def check_model_folder(root: Path, variant: str | None = None) -> list[str]:
+def check_model_folder(root: Path, variant: str | None = None, only: tuple[str, ...] | None = None) -> list[str]:
     """Cheap checks of a whole model folder without loading tensors: model_index.json, movie.json and every
     component's config parse, weights are present and their safetensors headers sound, tokenizers are not empty.
-    Returns the files checked (relative names); a problem is one MovieError naming the file."""
+    only: check just these component folders. Returns the files checked (relative names); a problem is one
+    MovieError naming the file."""
     root = Path(root)
     checked: list[str] = []
     for name in ("model_index.json", MANIFEST):
@@ -207,6 +208,8 @@ def check_model_folder(root: Path, variant: str | None = None) -> list[str]:
             read_config(root / name)
             checked.append(name)
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if only is not None and sub.name not in only:
+            continue
         folder = component_folder(root, sub.name)
         if folder is None:
             continue

@@ -122,6 +122,7 @@ def write_ldm(path: Path, pipe: Any, drop: tuple[str, ...] = ()) -> Path:
 
     state = {k: v.contiguous().clone() for k, v in ldm_state_dict(pipe.unet, pipe.vae, pipe.text_encoder).items()
              if k not in drop}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"format": "pt"})
     return Path(path)
 

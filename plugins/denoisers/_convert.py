@@ -11,6 +11,7 @@ from movie_core.weights import (
     _REPO_ID,
     PICKLE_SUFFIXES,
     check_folder,
+    check_model_folder,
     component_folder,
     read_config,
     read_manifest,
@@ -48,6 +49,7 @@ def _source_folder(source: str) -> Path:
     for entry in folder.iterdir():
         if entry.is_dir():
             component_folder(folder, entry.name)  # refuses a linked folder that leaves the model's parent
+    check_model_folder(folder)  # a damaged component is one line naming it, not copied into the output
     return folder
 
 
