@@ -66,7 +66,8 @@ def _mapped(path: Path, name: str, tensors: Mapping[str, Any], cfg: dict[str, An
             return dict(convert_ldm_vae_checkpoint(part, cfg))
     except Exception as exc:  # diffusers' mapping indexes the names it expects: a missing one is a KeyError
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise MovieError(f"{path}: incomplete {WHAT[name]} in this checkpoint ({type(exc).__name__}: {reason})") from None
+        what = f"{type(exc).__name__}: {reason}"
+        raise MovieError(f"{path}: incomplete {WHAT[name]} in this checkpoint ({what})") from None
     # CLIP: transformers' CLIPTextModel keeps its layers at the top level (older files nest them in text_model.)
     out = {}
     for key, value in part.items():

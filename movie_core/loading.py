@@ -107,7 +107,7 @@ def resolve_recipe(
     model = resolve_model(flags["model"]) if flags["model"] else None
     manifest = read_manifest(model) if model else None
     index = recipe_from_index(model) if model and not (manifest and "recipe" in manifest) else None
-    if index and note and flags["model"]:  # a damaged folder is its one error line, without a note before it
+    if index and note and model is not None:  # a damaged folder is its one error line, without a note before it
         from movie_core.weights import check_model_folder
 
         check_model_folder(model, flags["variant"], only=DIFFUSERS_COMPONENTS)

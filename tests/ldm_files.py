@@ -136,7 +136,8 @@ def write_config_folder(folder: Path, pipe: Any) -> Path:
     pipe.scheduler.save_config(folder / "scheduler")
     pipe.tokenizer.save_pretrained(folder / "tokenizer")
     (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionInstructPix2PixPipeline", "scheduler": ["diffusers", type(pipe.scheduler).__name__],
+        "_class_name": "StableDiffusionInstructPix2PixPipeline",
+        "scheduler": ["diffusers", type(pipe.scheduler).__name__],
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}))
     return folder

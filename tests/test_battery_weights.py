@@ -88,7 +88,7 @@ def make_cases(root: Path) -> dict[str, dict]:
         cases[name] = {"model": folder, "named": str(folder / named)}
 
     absolute = root / "abs-target.txt"
-    for name, (files, keys, named) in ATTACKS.items():
+    for name, (files, keys, _named) in ATTACKS.items():
         work = root / "inputs" / name
         work.mkdir(parents=True)
         files = {k.replace("@ABS@", str(absolute)): v for k, v in files.items()}

@@ -21,10 +21,11 @@ from diffusers_folders import tiny_pipeline  # noqa: E402
 from ldm_files import ldm_state_dict, write_config_folder, write_ldm  # noqa: E402
 from test_weights import empty_hf_cache  # noqa: E402,F401  (the fixture: an empty offline Hugging Face cache)
 
-from cli_helpers import run_cli  # noqa: E402
 from movie_core import ldm  # noqa: E402
 from movie_core.errors import MovieError  # noqa: E402
 from movie_core.weights import read_manifest  # noqa: E402
+
+from cli_helpers import run_cli  # noqa: E402
 
 CLI = [sys.executable, "-c", "import sys; from movie_core.cli import main; main(sys.argv[1:])"]
 
@@ -85,7 +86,8 @@ def test_full_size_ldm_key_set_is_detected_and_mapped_on_meta():
     assert models["unet"].config.in_channels == 8 and models["unet"].config.cross_attention_dim == 768
     for name, original in (("unet", unet), ("vae", vae), ("text_encoder", text)):
         got = models[name].state_dict()
-        assert {k: tuple(v.shape) for k, v in got.items()} == {k: tuple(v.shape) for k, v in original.state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in original.state_dict().items()}
+        assert {k: tuple(v.shape) for k, v in got.items()} == want
         assert all(v.is_meta for v in got.values())
 
     missing = dict(tensors)
@@ -161,8 +163,9 @@ def test_model_file_unpacks_into_a_private_temp_folder_that_is_removed(tiny, tmp
     _, path, configs = tiny
     temp = tmp_path / "temp"
     temp.mkdir()
+    env = os.environ | {"TMPDIR": str(temp), ldm.CONFIG_ENV: str(configs)}
     proc = subprocess.run([*CLI, "compose", "--model", str(path), "--json"], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path, env=os.environ | {"TMPDIR": str(temp), ldm.CONFIG_ENV: str(configs)})
+                          timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["encoder"]["name"] == "sd-vae"
     assert list(temp.iterdir()) == []
