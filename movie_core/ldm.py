@@ -148,11 +148,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         if not isinstance(state, dict):
             raise MovieError(f"{path}: not a checkpoint of named tensors")
         return state
-    check_safetensors(path)
-    from safetensors.torch import load_file
+    names = check_safetensors(path)
+    from safetensors import safe_open
 
-    try:
-        return load_file(str(path))
+    wanted = [k for k in names if k.startswith(tuple(PREFIXES.values()))] if is_ldm(names) else list(names)
+    try:  # only the tensors the models use: EMA copies and the rest of a training checkpoint stay on disk
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in wanted}
     except Exception as exc:
         raise MovieError(f"{path}: cannot read: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
 
