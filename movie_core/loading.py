@@ -44,6 +44,10 @@ _CHANGES = (
 )
 
 
+# the component folders of a diffusers Stable Diffusion / InstructPix2Pix folder that movie reads
+DIFFUSERS_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
 def parse_value(raw: str) -> Any:
     """A value as a TOML scalar (true, 3, 0.5, "text"), else the raw string."""
     try:
@@ -103,6 +107,10 @@ def resolve_recipe(
     model = resolve_model(flags["model"]) if flags["model"] else None
     manifest = read_manifest(model) if model else None
     index = recipe_from_index(model) if model and not (manifest and "recipe" in manifest) else None
+    if index and note and model is not None:  # a damaged folder is its one error line, without a note before it
+        from movie_core.weights import check_model_folder
+
+        check_model_folder(model, flags["variant"], only=DIFFUSERS_COMPONENTS)
     if index and note:  # what the folder asks for, and which flags override it
         name, slots, what = index
         if flags["preset"] == name:

@@ -196,10 +196,11 @@ def check_tokenizer(folder: Path) -> None:
             read_config(folder / name)
 
 
-def check_model_folder(root: Path, variant: str | None = None) -> list[str]:
+def check_model_folder(root: Path, variant: str | None = None, only: tuple[str, ...] | None = None) -> list[str]:
     """Cheap checks of a whole model folder without loading tensors: model_index.json, movie.json and every
     component's config parse, weights are present and their safetensors headers sound, tokenizers are not empty.
-    Returns the files checked (relative names); a problem is one MovieError naming the file."""
+    only: check just these component folders. Returns the files checked (relative names); a problem is one
+    MovieError naming the file."""
     root = Path(root)
     checked: list[str] = []
     for name in ("model_index.json", MANIFEST):
@@ -207,6 +208,8 @@ def check_model_folder(root: Path, variant: str | None = None) -> list[str]:
             read_config(root / name)
             checked.append(name)
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if only is not None and sub.name not in only:
+            continue
         folder = component_folder(root, sub.name)
         if folder is None:
             continue
@@ -292,7 +295,7 @@ def resolve_model(spec: str | Path) -> Path:
                     f"{path} is a pickle checkpoint; loading it can run arbitrary code. "
                     "Use a .safetensors file, or set MOVIE_ALLOW_PICKLE=1 if you trust it"
                 )
-            raise UsageError(f"{path}: single-file pickle checkpoints are not supported; convert it to a model folder")
+            return expand_single_file(path)
         raise UsageError(f"{path}: not a model folder or a .safetensors file")
     if str(spec).startswith(BUILTIN_PREFIX):
         stage = str(spec)[len(BUILTIN_PREFIX) :]
@@ -389,12 +392,19 @@ def expand_single_file(path: Path) -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from movie_core import ldm
+
+    if path.suffix != ".safetensors":  # a pickle the user opted in to (resolve_model checked): an LDM checkpoint
+        return _unpack_ldm(path)
+    shapes = check_safetensors(path)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if "movie.files" not in meta:
+            if ldm.is_ldm(shapes):
+                return _unpack_ldm(path)
             raise UsageError(
-                f"{path}: not a movie single-file model (no 'movie.files' metadata); "
-                "pass a diffusers-format model folder instead"
+                f"{path}: not a movie single-file model (no 'movie.files' metadata) and not an original "
+                f"LDM-layout checkpoint (no {ldm.UNET_PREFIX}* tensors); pass a diffusers-format model folder"
             )
         try:
             files = json.loads(meta["movie.files"])
@@ -409,9 +419,7 @@ def expand_single_file(path: Path) -> Path:
             if not sep or not name:
                 raise MovieError(f"{path}: refusing tensor key {key!r}: expected 'component/name'")
             groups.setdefault(_safe_name(path, sub, "tensor key"), {})[name] = f.get_tensor(key)
-    remove_stale_unpacked()
-    root = Path(tempfile.mkdtemp(prefix=f"{_UNPACK_PREFIX}{os.getpid()}-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    root = _private_folder()
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
@@ -421,6 +429,29 @@ def expand_single_file(path: Path) -> Path:
         save_file(group, str(root / sub / weight_name), metadata={"format": "pt"})
     _SINGLE_FILE_CACHE[path] = root
     return root
+
+
+def _private_folder() -> Path:
+    """A new private temporary folder (mode 0700) that is removed when the process exits (and by a later run when
+    this process is killed)."""
+    remove_stale_unpacked()
+    root = Path(tempfile.mkdtemp(prefix=f"{_UNPACK_PREFIX}{os.getpid()}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+def _unpack_ldm(path: Path) -> Path:
+    """An original LDM-layout checkpoint converted into a private temporary diffusers folder (movie_core.ldm)."""
+    from movie_core import ldm
+
+    root = _private_folder()
+    try:
+        folder = ldm.convert_file(path, root / "model")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    _SINGLE_FILE_CACHE[path] = folder
+    return folder
 
 
 def remove_stale_unpacked() -> None:

@@ -1,4 +1,5 @@
-"""Adds `movie convert`: carry an InstructPix2Pix folder's weights into the Mobile-Pix2Pix architectures."""
+"""Adds `movie convert`: any model source to a model folder, optionally carrying an InstructPix2Pix UNet into the
+Mobile-Pix2Pix architectures."""
 
 from __future__ import annotations
 
@@ -14,16 +15,20 @@ TARGETS = ("mobile-pix2pix", "mobile-pix2pix-mmg")
 @hookimpl
 def movie_register_commands(cli):
     @cli.command()
-    @click.argument("source", type=click.Path(file_okay=False))
-    @click.option("--to", "target", type=click.Choice(TARGETS), required=True, help="Target architecture.")
+    @click.argument("source")
+    @click.option("--to", "target", type=click.Choice(TARGETS), default=None,
+                  help="Target architecture (default: keep the source's, only write it as a model folder).")
     @click.option("--out", required=True, type=click.Path(), help="Output model folder.")
     @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-    def convert(source: str, target: str, out: str, overwrite: bool) -> None:
-        """Convert an InstructPix2Pix model folder.
+    def convert(source: str, target: str | None, out: str, overwrite: bool) -> None:
+        """Write SOURCE as a model folder, its UNet converted with --to.
 
-        Drops the top-level attention (mobile), adds zeroed guidance layers (mmg).
+        SOURCE: a model folder, a Hugging Face cache snapshot or a repo id in the local cache (never downloaded),
+        a .safetensors single file (movie's, or an original LDM-layout checkpoint such as
+        instruct-pix2pix-00-22000.safetensors, converted with the SD-1.5 configs that ship with movie). --to drops
+        the top-level attention (mobile) or adds zeroed guidance layers (mmg).
         """
         from movie_plugins.denoisers._convert import convert_folder
 
-        dest = convert_folder(Path(source), target, Path(out), overwrite=overwrite)
-        click.echo(f"wrote {target} model {dest}")
+        dest = convert_folder(source, target, Path(out), overwrite=overwrite)
+        click.echo(f"wrote {target} model {dest}" if target else f"wrote model folder {dest}")

@@ -1,61 +1,136 @@
-"""Folder-level conversion between denoiser stages (weights carried over, removed blocks dropped)."""
+"""Folder-level conversion: any model source to a diffusers model folder, optionally with its UNet carried into
+another denoiser stage's architecture (weights carried over, removed blocks dropped)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from diffusers import UNet2DConditionModel
-
 from movie_core.errors import MovieError, UsageError
 from movie_core.weights import (
+    _REPO_ID,
+    PICKLE_SUFFIXES,
     check_folder,
+    check_model_folder,
     component_folder,
+    read_config,
     read_manifest,
     replace_folder,
-    use_safetensors,
+    resolve_model,
     write_manifest,
 )
-from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
+
+# the autoencoder a folder's vae/config.json class is (what the manifest records, so the folder runs without --vae)
+_VAE_CLASSES = {"AutoencoderKL": "sd-vae", "AutoencoderTiny": "taesd"}
 
 
-def convert_folder(source: Path, target: str, out: Path, overwrite: bool = False) -> Path:
-    """Write `out`: source's components copied, its UNet converted to `target`'s architecture."""
-    if not (source / "unet").is_dir():
+def _ldm_file(source: str) -> Path | None:
+    """`source` when it is an original LDM-layout checkpoint file (converted straight into the output)."""
+    from movie_core import ldm
+    from movie_core.weights import check_safetensors
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        return None
+    if path.suffix in PICKLE_SUFFIXES:
+        return path  # refused by ldm.read_checkpoint unless MOVIE_ALLOW_PICKLE=1
+    if path.suffix == ".safetensors" and ldm.is_ldm(check_safetensors(path)):
+        return path
+    return None
+
+
+def _source_folder(source: str) -> Path:
+    path = Path(source).expanduser()
+    if not path.exists() and not _REPO_ID.match(source):
+        raise UsageError(f"{source} is not a model folder (no such file or folder)")
+    folder = resolve_model(source)  # folder, HF-cache snapshot, repo id in the local cache, single file
+    if not (folder / "unet").is_dir():
         raise UsageError(f"{source} is not a model folder (no unet/)")
-    for entry in source.iterdir():
+    for entry in folder.iterdir():
         if entry.is_dir():
-            component_folder(source, entry.name)  # refuses a linked folder that leaves the model's parent
+            component_folder(folder, entry.name)  # refuses a linked folder that leaves the model's parent
+    check_model_folder(folder)  # a damaged component is one line naming it, not copied into the output
+    return folder
+
+
+def autoencoder_of(folder: Path) -> str | None:
+    """The movie autoencoder a model folder's vae/ holds ('sd-vae' for AutoencoderKL), or None."""
+    config = Path(folder) / "vae" / "config.json"
+    if not config.is_file():
+        return None
+    return _VAE_CLASSES.get(str(read_config(config).get("_class_name")))
+
+
+def convert_folder(source: str | Path, target: str | None, out: Path, overwrite: bool = False) -> Path:
+    """Write `out`: the source (model folder, HF-cache snapshot or repo id, movie single file or original LDM
+    checkpoint) as a model folder, its UNet converted to `target`'s architecture when a target is given."""
+    source = str(source)
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists; pass --overwrite")
-    if out.resolve() == source.resolve():
-        raise UsageError("the output folder must differ from the source")
     if not out.parent.is_dir():
         raise UsageError(f"cannot write to folder {out.parent}: it does not exist")
-    check_folder(source / "unet")
-    unet = UNet2DConditionModel.from_pretrained(source / "unet", use_safetensors=use_safetensors())
-    if unet.config.in_channels != 8:
-        raise MovieError(f"{source}/unet has {unet.config.in_channels} input channels; an InstructPix2Pix UNet has 8")
-    new = convert_unet(unet, target)
+    ldm_file = _ldm_file(source)
+    folder = None if ldm_file else _source_folder(source)
+    if folder is not None and out.resolve() == folder.resolve():
+        raise UsageError("the output folder must differ from the source")
+    if ldm_file is not None and out.resolve() == ldm_file.resolve():
+        raise UsageError("the output folder must differ from the source")
     tmp = out.with_name(f".{out.name}.movie-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("unet", "movie.json"))
-        new.save_pretrained(tmp / "unet", safe_serialization=True)
-        manifest = {k: v for k, v in (read_manifest(source) or {}).items() if k != "provenance"}
-        recipe = dict(manifest.get("recipe", {}), denoiser=target)
-        stage = STAGES[target]
-        write_manifest(tmp, manifest | {
-            "format": "movie-model/1",
-            "recipe": recipe,
-            "stage": target,
-            "prediction_type": stage.prediction_type,
-            "guidance": "embedded" if stage.embedded else "cfg3",
-            "default_steps": stage.steps,
-            "converted_from": manifest.get("stage", "instruct-pix2pix"),
-        })
+        if ldm_file is not None:
+            from movie_core import ldm
+
+            ldm.convert_file(ldm_file, tmp)
+            origin = tmp
+        else:
+            assert folder is not None
+            origin = folder
+            skip = ("unet", "movie.json") if target else ("movie.json",)
+            shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(*skip))
+        manifest = {k: v for k, v in (read_manifest(origin) or {}).items() if k != "provenance"}
+        vae = autoencoder_of(tmp)
+        if target:
+            _convert_unet(origin, tmp, target, manifest, vae)
+        elif manifest:
+            if vae and "recipe" in manifest:
+                manifest["recipe"] = {"encoder": vae, "decoder": vae} | manifest["recipe"]
+            write_manifest(tmp, manifest)
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str | None) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from movie_core.weights import check_component, load_checked
+    from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
+
+    unet_dir = origin / "unet"
+    check_folder(unet_dir)
+    kw = check_component(unet_dir, "diffusion_pytorch_model")
+    unet = load_checked(unet_dir, lambda: UNet2DConditionModel.from_pretrained(unet_dir, **kw))
+    if unet.config.in_channels != 8:
+        raise MovieError(f"{unet_dir} has {unet.config.in_channels} input channels; an InstructPix2Pix UNet has 8")
+    new = convert_unet(unet, target)
+    if (tmp / "unet").exists():
+        shutil.rmtree(tmp / "unet")
+    new.save_pretrained(tmp / "unet", safe_serialization=True)
+    recipe = dict(manifest.get("recipe", {}), denoiser=target)
+    if vae:  # the folder's own autoencoder, so it runs without --vae (a recipe that names its own keeps it)
+        recipe.setdefault("encoder", vae)
+        recipe.setdefault("decoder", vae)
+    stage = STAGES[target]
+    write_manifest(tmp, manifest | {
+        "format": "movie-model/1",
+        "recipe": recipe,
+        "stage": target,
+        "prediction_type": stage.prediction_type,
+        "guidance": "embedded" if stage.embedded else "cfg3",
+        "default_steps": stage.steps,
+        "converted_from": manifest.get("stage", "instruct-pix2pix"),
+        **({"autoencoder": vae} if vae else {}),
+    })

@@ -908,9 +908,14 @@ def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionMode
     """Carry UNet weights into another stage's architecture: drop removed blocks, add zeroed guidance layers."""
     stage = STAGES[target]
     cfg = dict(unet.config)
-    cfg.update(unet_config("nano", stage))
-    for key in _UNET_SIZES["nano"]:
-        cfg[key] = unet.config[key]
+    # the source's own levels (any count): only the top level's attention and the guidance embedding change
+    down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
+    if not down or not up:
+        raise MovieError(f"cannot convert to '{target}': the UNet has no down or up blocks")
+    top = unet_config("nano", stage)
+    down[0], up[-1] = top["down_block_types"][0], top["up_block_types"][-1]
+    cfg.update(down_block_types=tuple(down), up_block_types=tuple(up), class_embed_type=top["class_embed_type"],
+               projection_class_embeddings_input_dim=top["projection_class_embeddings_input_dim"])
     if stage.embedded:  # sized to the source's channels, as unet_config does (not nano's)
         cfg["projection_class_embeddings_input_dim"] = 2 * cfg["block_out_channels"][0]
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
