@@ -329,3 +329,42 @@ def test_frame_clock_refusals_and_notes(run_movie):
     ok = run_movie("compose", "--preset", "movie", "--frame-clock", "3", "--json")
     assert ok.returncode == 0, ok.stderr
     assert '"frame_clock": 3' in ok.stdout
+
+
+@pytest.mark.parametrize("every", [2, 3])
+def test_flops_average_the_frame_clock_per_frame(every):
+    from movie_core import flops
+    from movie_core.composer import compose
+    from movie_core.recipe import preset
+
+    recipe = preset("movie").replace(size="nano")
+    plain = flops.count(compose(recipe), height=64, width=64)
+    clocked = flops.count(compose(recipe.replace(frame_clock=every, adaptor="trained")), height=64, width=64)
+    comps, unet = clocked["components"], plain["components"]["unet"]
+    evaluations = unet["calls"]
+    assert comps["unet_high"]["calls"] == evaluations
+    assert comps["unet_core"]["calls"] == pytest.approx(evaluations / every)
+    assert comps["adaptor"]["calls"] == pytest.approx(evaluations * (every - 1) / every)
+    assert clocked["clock"]["adaptor_params"] > 0 and comps["adaptor"]["tflops_paper"] > 0  # a trained adaptor costs
+    for conv in ("paper", "all"):
+        key = f"tflops_{conv}"
+        core_per_call = comps["unet_core"][key] / comps["unet_core"]["calls"]
+        adaptor_per_call = comps["adaptor"][key] / comps["adaptor"]["calls"]
+        saved = (core_per_call - adaptor_per_call) * evaluations * (every - 1) / every
+        assert clocked[key] == pytest.approx(plain[key] - saved, rel=1e-6)
+        assert clocked["clock"][f"unet_saving_{conv}"] == pytest.approx(saved / unet[key], rel=1e-6)
+
+
+def test_adaptor_paper_flops_count_the_transposed_conv_by_its_input():
+    from movie_core import flops
+
+    up = torch.nn.ConvTranspose2d(8, 16, 4, stride=2, padding=1)
+    h = torch.zeros(1, 8, 5, 5)
+    paper, all_ = flops._measure(lambda: up(h, output_size=[10, 10]))
+    assert paper == 2 * (8 * 5 * 5) * 16 * 16 == all_  # input elements x output channels x 4x4 kernel, as torch counts
+
+
+def test_list_shows_the_clock_options(run_movie):
+    out = run_movie("list", "denoiser")
+    assert out.returncode == 0, out.stderr
+    assert "--frame-clock N" in out.stdout and "--adaptor identity|trained|PATH" in out.stdout

@@ -71,8 +71,8 @@ class ClockworkDistiller(Distiller):
             raise UsageError(f"a step clock needs several sampling steps; the teacher samples {self.steps} "
                              "(pass -O steps=N, or train a frame clock: -O kind=frame)")
         self.sampler = den.describe().get("scheduler")
-        shapes = self._probe(cfg.resolution)
-        adaptor = clockwork.ClockworkAdaptor.for_tensors(*shapes, hidden=self.options.hidden)
+        r_in, r_out, emb, text_emb = self._probe(cfg.resolution)
+        adaptor = clockwork.ClockworkAdaptor.for_tensors(r_in, r_out, emb, text_emb, hidden=self.options.hidden)
         adaptor.train()
         optimizer = torch.optim.AdamW(adaptor.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.adaptor, optimizer = accelerator.prepare(adaptor, optimizer)
@@ -80,7 +80,7 @@ class ClockworkDistiller(Distiller):
         self.latent_cache = {} if cfg.cache_latents else None
 
     @torch.no_grad()
-    def _probe(self, resolution: int) -> tuple[torch.Tensor, ...]:
+    def _probe(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(r_in, r_out, emb, text_emb) of one teacher pass at the training size: what sizes the adaptor."""
         recorder = Recorder(self.split)
         image = torch.zeros(1, 3, resolution, resolution, device=self.accelerator.device)
@@ -205,7 +205,9 @@ class ClockworkDistiller(Distiller):
         trained_for = self.trained_for()
         self.teacher.save_pretrained(out, extra=extra | {"clockwork": trained_for})
         try:
-            clockwork.save_adaptor(unwrap(self.adaptor), out, trained_for)
+            adaptor = unwrap(self.adaptor)
+            assert isinstance(adaptor, clockwork.ClockworkAdaptor)
+            clockwork.save_adaptor(adaptor, out, trained_for)
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
