@@ -178,8 +178,8 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
     from movie_core import flops as fl
     from movie_core.composer import compose as do_compose
 
-    recipe, _, _ = resolve_recipe(kw)
-    result = fl.count(do_compose(recipe), height=height, width=width)
+    recipe, model, _ = resolve_recipe(kw)
+    result = fl.count(do_compose(recipe), height=height, width=width, model=model)
     if plot:
         fl.plot_presets(plot, height=height, width=width, size=recipe.size)
     if as_json:

@@ -61,8 +61,9 @@ def _measure(fn: Callable[[], Any]) -> tuple[int, int]:
     return paper, counter.get_total_flops()
 
 
-def count(composition: Composition, height: int = 480, width: int = 480) -> dict[str, Any]:
-    """Per-frame TFLOPs of a composed recipe at HxW, per component and in total."""
+def count(composition: Composition, height: int = 480, width: int = 480, model: Any = None) -> dict[str, Any]:
+    """Per-frame TFLOPs of a composed recipe at HxW, per component and in total (model: the folder whose trained
+    adaptor's size to count, for `adaptor = "trained"`; without one, an adaptor of the default size)."""
     pipe = build(composition, meta=True)
     enc, dec, den = pipe.encoder, pipe.decoder, pipe.denoiser
     down = enc.downscale
@@ -93,7 +94,7 @@ def count(composition: Composition, height: int = 480, width: int = 480) -> dict
         with torch.no_grad():
             r_in, *context = split.head(*unet_inputs)
             r_out = split.core(r_in, *context)
-        adaptor = clockwork.make_adaptor(recipe.adaptor, shapes=(r_in, r_out, *context))
+        adaptor = clockwork.make_adaptor(recipe.adaptor, shapes=(r_in, r_out, *context), model=model)
         evaluations = steps * passes
         if recipe.frame_clock > 1:  # per frame, averaged over the clock's N frames: one full, N - 1 adapted
             core_calls: float = evaluations / recipe.frame_clock
