@@ -88,3 +88,21 @@ def test_frame_clock_adaptor_trains_on_video_frames_and_runs(data, tmp_path):
     editor.record_anchor(clip["source_frames"][2], 2)
     edited = editor.edit(list(clip["source_frames"]), (RES, RES))
     assert len(edited) == 4 and pipe.frame_clock.adaptor_frames == 2  # frames 1 and 3; 0 and 2 (the anchor) full
+
+
+def test_cli_trains_a_frame_adaptor_for_a_cfg3_teacher_and_refuses_a_step_clock_at_one_step(run_movie, data,
+                                                                                             tmp_path):
+    from movie_core import clockwork
+
+    out = tmp_path / "mobile-clockwork"
+    ok = run_movie("distill", "clockwork", "--teacher", "nano:mobile-pix2pix", "--data", str(data), "--out", str(out),
+                   "--steps", "2", "--batch-size", "4", "--resolution", str(RES), "--no-progress",
+                   "-O", "kind=frame", "-O", "clock=2", "-O", "steps=2")
+    assert ok.returncode == 0, ok.stderr
+    trained_for = clockwork.load_adaptor(out / "adaptor").trained_for
+    assert (trained_for["kind"], trained_for["steps"]) == ("frame", 2)  # 3 guidance branches per frame went through
+    bad = run_movie("distill", "clockwork", "--teacher", "nano:mobile-pix2pix-1step", "--data", str(data),
+                    "--out", str(tmp_path / "no"), "--steps", "2", "--no-progress", "-O", "kind=step")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("movie: error: a step clock needs several sampling steps")
+    assert not (tmp_path / "no").exists() and not (tmp_path / "no.train").exists()
