@@ -76,12 +76,12 @@ def bench_pipeline(pipe, *, height: int, width: int, frames: int = 8, batch_size
     batches = [editor.tensor(b) for b in batched(iter(src), batch_size)]
     try:
         if pipe.recipe.anchor != "none":
-            editor.record_anchor(src[len(src) // 2])
+            editor.record_anchor(src[len(src) // 2], len(src) // 2)
         per: dict[str, list[float]] = {"encoder": [], "denoiser": [], "decoder": [], "total": []}
         for rep in range(repeats + 1):
             sums: dict[str, float] = {}
-            for x in batches:
-                editor.edit_tensor(x, timings=sums)
+            for i, x in enumerate(batches):  # each repeat edits the frames as one video (the frame clock)
+                editor.edit_tensor(x, timings=sums, frame=i * batch_size)
             if rep == 0:
                 continue  # warm-up
             sums["total"] = sums["encoder"] + sums["denoiser"] + sums["decoder"]

@@ -83,6 +83,17 @@ def list_(family: str | None, as_json: bool) -> None:
             for opt in s.options():
                 click.echo(f"      -O {_SLOT_OF.get(s.family, s.family)}.{opt['name']}={opt['default']!r}"
                            f"  ({opt['type']})")
+    if family in (None, "denoiser"):
+        click.echo(CLOCK_OPTIONS)
+
+
+CLOCK_OPTIONS = """clock options (Clockwork; for every denoiser whose UNet exposes network_split; eager backend):
+  --clock N                 the full UNet every N-th step, the adaptor for its low-resolution core on the others
+  --clock-schedule I,J,...  the steps that run the full UNet (instead of --clock; starts at 0)
+  --frame-clock N           the full UNet on every N-th video frame and the anchor, the adaptor between (not with
+                            --clock; the only clock that saves anything at 1 step)
+  --adaptor identity|trained|PATH  identity: reuse the last full features; trained: the model folder's adaptor/
+                            (`movie distill clockwork`), tied to the clock kind, sampler and steps it was trained for"""
 
 
 @cli.command()
@@ -167,8 +178,8 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
     from movie_core import flops as fl
     from movie_core.composer import compose as do_compose
 
-    recipe, _, _ = resolve_recipe(kw)
-    result = fl.count(do_compose(recipe), height=height, width=width)
+    recipe, model, _ = resolve_recipe(kw)
+    result = fl.count(do_compose(recipe), height=height, width=width, model=model)
     if plot:
         fl.plot_presets(plot, height=height, width=width, size=recipe.size)
     if as_json:
@@ -179,14 +190,16 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
     for name, c in result["components"].items():
         per = "per video" if c.get("per_video") else "per frame"
         click.echo(f"  {name:13} {c['tflops_paper']:9.4f} paper {c['tflops_all']:9.4f} all  "
-                   f"({per}, {c['calls']} call(s))")
+                   f"({per}, {c['calls']:g} call(s))")
     if "clock" in result:
         c = result["clock"]
+        where = (f"1 frame in {c['frame_clock']} (average per frame)" if "frame_clock" in c else
+                 f"steps {','.join(map(str, c['full_steps']))} of {result['steps']}")
         click.echo(
-            f"  clock: full UNet on steps {','.join(map(str, c['full_steps']))} of {result['steps']}, "
-            f"{c['adaptor']} adaptor on the others; UNet {c['unet_tflops_paper_unclocked']:.3f} -> "
+            f"  clock: full UNet on {where}, {c['adaptor']} adaptor ({c['adaptor_params'] / 1e6:.2f}M parameters) "
+            f"on the others; UNet {c['unet_tflops_paper_unclocked']:.3f} -> "
             f"{c['unet_tflops_paper']:.3f} TFLOPs (paper), saving {100 * c['unet_saving_paper']:.1f}% "
-            f"({100 * c['unet_saving_all']:.1f}% all)"
+            f"({100 * c['unet_saving_all']:.1f}% all), frame {100 * c['frame_saving_paper']:.1f}%"
         )
     if plot:
         click.echo(f"wrote {plot}")

@@ -10,12 +10,24 @@ the training-free baseline of the paper's official code).
 The clock is the 'unet' network's runner (`set_runner`) while a batch is sampled, and follows the steps
 through the sampler's `on_step` callback. Every pass of a step gets its own r_out: with 3-pass guidance
 in one batch each branch reuses its own branch's features.
+
+The frame clock (`frame_clock` N, beyond the paper) is the same cut across the frames of a video: frames 0, N,
+2N, ... (and the anchor frame) run the whole network; the others run the head, the adaptor fed with the last full
+frame's r_out at the same step and pass, and the tail. Only that last r_out is kept (streaming, constant memory).
+
+A trained adaptor (`ClockworkAdaptor`, paper Sec. 4: no attention; strided conv down, the pooled prompt projected,
+2 ResNet blocks on the time embedding, transposed conv up, a residual from r_out_prev) lives in a model folder's
+`adaptor/` (adaptor.safetensors + adaptor.json: its shapes and the clock kind, clock, sampler and steps it was
+trained for); `adaptor = "trained"` reads the recipe's model folder, `adaptor = "DIR"` another folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,10 +58,160 @@ class IdentityAdaptor(torch.nn.Module):
         return r_out_prev
 
 
-def make_adaptor(name: str) -> torch.nn.Module:
+ADAPTOR_DIR = "adaptor"
+ADAPTOR_WEIGHTS = "adaptor.safetensors"
+ADAPTOR_CONFIG = "adaptor.json"
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: up to 32 that divide the channels."""
+    return math.gcd(channels, 32)
+
+
+class AdaptorResBlock(torch.nn.Module):
+    """A ResNet block conditioned on the time embedding (GroupNorm, SiLU, 3x3 conv; the embedding added between)."""
+
+    def __init__(self, channels: int, emb_dim: int) -> None:
+        super().__init__()
+        self.norm1 = torch.nn.GroupNorm(_groups(channels), channels)
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.emb = torch.nn.Linear(emb_dim, channels)
+        self.norm2 = torch.nn.GroupNorm(_groups(channels), channels)
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(torch.nn.functional.silu(self.norm1(h)))
+        x = x + self.emb(torch.nn.functional.silu(emb))[:, :, None, None]
+        x = self.conv2(torch.nn.functional.silu(self.norm2(x)))
+        return h + x
+
+
+class ClockworkAdaptor(torch.nn.Module):
+    """The paper's lightweight adaptor (Sec. 4), sized from the split's tensors.
+
+    (r_in, r_out_prev, emb, text_emb, *rest) -> r_out_prev + up(res(res(down(r_out_prev) + proj(r_in) +
+    text(mean over tokens of text_emb)), emb), emb)): r_in (B, C_in, h, w) enters the core, r_out_prev (B, C_out,
+    H, W) the last full evaluation's core output, emb (B, E) the time (and guidance) embedding, text_emb (B, L, D).
+    The up convolution starts at zero, so an untrained adaptor is exactly the identity adaptor."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, text_dim: int,
+                 hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or in_channels
+        self.config = {"in_channels": in_channels, "out_channels": out_channels, "emb_dim": emb_dim,
+                       "text_dim": text_dim, "hidden": hidden}
+        self.down = torch.nn.Conv2d(out_channels, hidden, 3, stride=2, padding=1)
+        self.proj_in = torch.nn.Conv2d(in_channels, hidden, 1)
+        self.text = torch.nn.Linear(text_dim, hidden)
+        self.blocks = torch.nn.ModuleList([AdaptorResBlock(hidden, emb_dim) for _ in range(2)])
+        self.norm_out = torch.nn.GroupNorm(_groups(hidden), hidden)
+        self.up = torch.nn.ConvTranspose2d(hidden, out_channels, 4, stride=2, padding=1)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)  # type: ignore[arg-type]
+
+    @classmethod
+    def for_tensors(cls, r_in: torch.Tensor, r_out: torch.Tensor, emb: torch.Tensor, text_emb: torch.Tensor,
+                    hidden: int | None = None) -> ClockworkAdaptor:
+        """An (untrained) adaptor for a split whose tensors have these shapes, on their device and dtype."""
+        adaptor = cls(r_in.shape[1], r_out.shape[1], emb.shape[-1], text_emb.shape[-1], hidden)
+        return adaptor.to(device=r_in.device, dtype=r_in.dtype)
+
+    def forward(self, r_in: torch.Tensor, r_out_prev: torch.Tensor, emb: torch.Tensor, text_emb: torch.Tensor,
+                *rest: torch.Tensor) -> torch.Tensor:
+        h = self.down(r_out_prev)
+        if h.shape[-2:] != r_in.shape[-2:]:
+            h = torch.nn.functional.interpolate(h, size=r_in.shape[-2:], mode="nearest")
+        h = h + self.proj_in(r_in) + self.text(text_emb.mean(dim=1))[:, :, None, None]
+        for block in self.blocks:
+            h = block(h, emb)
+        h = self.up(torch.nn.functional.silu(self.norm_out(h)), output_size=list(r_out_prev.shape[-2:]))
+        return r_out_prev + h
+
+
+def save_adaptor(adaptor: ClockworkAdaptor, folder: str | Path, trained_for: dict[str, Any]) -> Path:
+    """Write adaptor/ into a model folder: weights (safetensors) and adaptor.json (shapes + what it was trained for)."""
+    from safetensors.torch import save_file
+
+    out = Path(folder) / ADAPTOR_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in adaptor.state_dict().items()}
+    save_file(state, str(out / ADAPTOR_WEIGHTS))
+    (out / ADAPTOR_CONFIG).write_text(json.dumps({"format": "movie-clockwork-adaptor/1", **adaptor.config,
+                                                   "trained_for": trained_for}, indent=2) + "\n")
+    return out
+
+
+def adaptor_folder(name: str, model: Path | None) -> Path:
+    """The adaptor/ folder a recipe's `adaptor` names: `trained` in the model folder, else the given path."""
+    if name == "trained":
+        if model is None:
+            raise UsageError("adaptor 'trained' reads the model folder's adaptor/, but the recipe runs without one "
+                             "(pass --model DIR, or --adaptor PATH to an adaptor folder)")
+        base = Path(model)
+    else:
+        base = Path(name).expanduser()
+    folder = base / ADAPTOR_DIR if (base / ADAPTOR_DIR / ADAPTOR_CONFIG).is_file() else base
+    if not (folder / ADAPTOR_CONFIG).is_file() or not (folder / ADAPTOR_WEIGHTS).is_file():
+        raise UsageError(f"no trained adaptor in {base}: it needs {ADAPTOR_DIR}/{ADAPTOR_CONFIG} and "
+                         f"{ADAPTOR_DIR}/{ADAPTOR_WEIGHTS} (train one with `movie distill clockwork`)")
+    return folder
+
+
+def read_adaptor_config(folder: Path) -> dict[str, Any]:
+    try:
+        config: dict[str, Any] = json.loads((folder / ADAPTOR_CONFIG).read_text())
+        for key in ("in_channels", "out_channels", "emb_dim", "text_dim", "hidden", "trained_for"):
+            config[key]  # noqa: B018 - present, or the folder is not an adaptor
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{folder / ADAPTOR_CONFIG}: not an adaptor config ({type(exc).__name__}: {exc})") from None
+    return config
+
+
+def load_adaptor(folder: Path, device: Any = "cpu", dtype: torch.dtype = torch.float32) -> ClockworkAdaptor:
+    """A trained adaptor from its folder (adaptor.json + adaptor.safetensors)."""
+    from safetensors.torch import load_file
+
+    c = read_adaptor_config(folder)
+    adaptor = ClockworkAdaptor(c["in_channels"], c["out_channels"], c["emb_dim"], c["text_dim"], c["hidden"])
+    try:
+        adaptor.load_state_dict(load_file(str(folder / ADAPTOR_WEIGHTS)))
+    except (OSError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise UsageError(f"{folder / ADAPTOR_WEIGHTS} does not fit its adaptor.json: {reason}") from None
+    adaptor.trained_for = dict(c["trained_for"])  # type: ignore[assignment]
+    return adaptor.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def describe_training(trained_for: dict[str, Any]) -> str:
+    kind = trained_for.get("kind", "step")
+    return (f"the {kind} clock {trained_for.get('clock')} with the {trained_for.get('sampler')} sampler at "
+            f"{trained_for.get('steps')} step(s)")
+
+
+def check_trained_for(trained_for: dict[str, Any], *, kind: str, sampler: str | None, steps: int,
+                      where: Path) -> None:
+    """One line when a recipe runs an adaptor with another clock kind, sampler or step count than it was trained for."""
+    asked = {"kind": kind, "sampler": sampler, "steps": steps}
+    wrong = [k for k, v in asked.items() if trained_for.get(k) is not None and trained_for.get(k) != v]
+    if wrong:
+        raise UsageError(f"adaptor {where} was trained for {describe_training(trained_for)}; this recipe runs the "
+                         f"{kind} clock with the {sampler} sampler at {steps} step(s)")
+
+
+def make_adaptor(name: str, shapes: tuple[torch.Tensor, ...] | None = None, model: Path | None = None,
+                 device: Any = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The recipe's adaptor: identity, or a trained one (from the model folder / a path). With `shapes` (r_in, r_out,
+    emb, text_emb) and no folder to read (FLOPs on the meta device), an untrained adaptor of the same size."""
     if name == "identity":
         return IdentityAdaptor()
-    raise UsageError(f"unknown adaptor '{name}'; adaptors: identity")
+    if model is None and name == "trained" and shapes is not None:
+        return ClockworkAdaptor.for_tensors(shapes[0], shapes[1], shapes[2], shapes[3])
+    folder = adaptor_folder(name, model)
+    if shapes is not None and shapes[0].device.type == "meta":
+        c = read_adaptor_config(folder)
+        return ClockworkAdaptor(c["in_channels"], c["out_channels"], c["emb_dim"], c["text_dim"], c["hidden"]).to(
+            device="meta")
+    return load_adaptor(folder, device, dtype)
 
 
 def network_split(denoiser: Any, name: str) -> Any:
@@ -113,8 +275,108 @@ class StepClock:
             self._r_out.clear()
 
 
-def build_clock(pipe: Any) -> StepClock | None:
-    """The step clock of a built pipeline, or None when its recipe has no clock; one line when it cannot run."""
+class FrameClock:
+    """The 'unet' runner of a frame-clocked recipe: frames 0, N, 2N, ... (and the anchor frame) run the whole network,
+    the others head -> adaptor -> tail, the adaptor fed with the nearest earlier full frame's r_out at the same step
+    and pass. Batches of frames: rows are guidance-branch major (row = branch * frames + frame), as the anchor's K/V.
+
+    `frames(start, count)` says which video frames the next batch holds (None: not video frames, all run full and
+    nothing is kept). Only the last full frame's r_out per (step, pass) is kept. Counts `core_frames` and
+    `adaptor_frames` (frame evaluations per pass) for tests and benchmarks."""
+
+    def __init__(self, split: Any, adaptor: torch.nn.Module, every: int) -> None:
+        self.split, self.adaptor, self.every = split, adaptor, every
+        self.anchor: int | None = None
+        self.step = 0
+        self._call = 0
+        self._frames: tuple[int | None, int] | None = None
+        self._r_out: dict[tuple[int, int], torch.Tensor] = {}
+        self.core_frames = 0
+        self.adaptor_frames = 0
+
+    def is_full(self, frame: int) -> bool:
+        return frame % self.every == 0 or frame == self.anchor
+
+    def frames(self, start: int | None, count: int) -> None:
+        """The next batch holds video frames start .. start + count - 1 (start None: not video frames); frame 0
+        starts a new video (the kept r_out is dropped)."""
+        if start == 0 or start is None:
+            self._r_out.clear()
+        self._frames = (start, count)
+
+    def on_step(self, index: int, timestep: Any) -> None:
+        self.step, self._call = index, 0
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        r_in, *context = self.split.head(*inputs)
+        key = (self.step, self._call)
+        self._call += 1
+        rows = r_in.shape[0]
+        start, count = self._frames if self._frames is not None else (None, rows)
+        if start is None or rows % count:
+            r_out = self.split.core(r_in, *context)
+            self.core_frames += count if rows % count == 0 else rows
+            return self.split.tail(r_out, *context)
+        branches = rows // count
+        previous = self._r_out.get(key)
+        full = [self.is_full(start + f) for f in range(count)]
+        if previous is None or previous.shape[0] != branches:
+            previous = None
+            full[0] = True  # nothing to adapt from: the batch's first frame runs full
+        source: list[int | None] = []  # per frame: the batch frame whose r_out it adapts (None: the kept one)
+        last: int | None = None
+        for f in range(count):
+            if full[f]:
+                last = f
+            source.append(last)
+        full_rows = [b * count + f for b in range(branches) for f in range(count) if full[f]]
+        adapt_rows = [b * count + f for b in range(branches) for f in range(count) if not full[f]]
+
+        def rows_of(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
+            return t[idx] if t.ndim and t.shape[0] == rows else t
+
+        r_out = None
+        if full_rows:
+            core_out = self.split.core(rows_of(r_in, full_rows), *(rows_of(c, full_rows) for c in context))
+            r_out = core_out.new_empty((rows, *core_out.shape[1:]))
+            r_out[full_rows] = core_out
+            self.core_frames += len(full_rows) // branches
+        if adapt_rows:
+            prev_rows = []
+            for row in adapt_rows:
+                b, f = divmod(row, count)
+                src = source[f]
+                prev_rows.append(r_out[b * count + src] if src is not None else previous[b])  # type: ignore[index]
+            adapted = self.adaptor(rows_of(r_in, adapt_rows), torch.stack(prev_rows),
+                                   *(rows_of(c, adapt_rows) for c in context))
+            if r_out is None:
+                r_out = adapted.new_empty((rows, *adapted.shape[1:]))
+            r_out[adapt_rows] = adapted
+            self.adaptor_frames += len(adapt_rows) // branches
+        assert r_out is not None
+        if last is not None:  # keep the batch's last full frame's r_out, one row per branch
+            self._r_out[key] = r_out[[b * count + last for b in range(branches)]].detach()
+        return self.split.tail(r_out, *context)
+
+    @contextlib.contextmanager
+    def running(self, denoiser: Any) -> Iterator[FrameClock]:
+        """Route the denoiser's 'unet' network through this clock for the duration of one batch."""
+        self.on_step(0, None)
+        denoiser.set_runner("unet", self)
+        try:
+            yield self
+        finally:
+            denoiser.set_runner("unet", None)
+            self._frames = None
+
+    def reset(self) -> None:
+        """Forget the kept r_out (a new video)."""
+        self._r_out.clear()
+
+
+def build_clock(pipe: Any, model: Path | None = None) -> StepClock | FrameClock | None:
+    """The clock of a built pipeline (step or frame), or None when its recipe has no clock; one line when it cannot
+    run. A trained adaptor must have been trained for this clock kind, sampler and step count."""
     recipe = pipe.recipe
     if not recipe.clocked:
         return None
@@ -122,5 +384,15 @@ def build_clock(pipe: Any) -> StepClock | None:
     if pipe.runtime is not None:
         raise UsageError(f"the clock runs on the eager backend for now (backend '{recipe.backend}' would need the "
                          "split graphs, which are not exported yet): use --backend eager")
-    check_schedule(recipe, pipe.steps)
-    return StepClock(split, make_adaptor(recipe.adaptor), recipe.clock, recipe.clock_schedule)
+    kind = "frame" if recipe.frame_clock > 1 else "step"
+    if kind == "step":
+        check_schedule(recipe, pipe.steps)
+    adaptor = make_adaptor(recipe.adaptor, model=model, device=pipe.device, dtype=pipe.dtype)
+    trained_for = getattr(adaptor, "trained_for", None)
+    if trained_for is not None:
+        where = adaptor_folder(recipe.adaptor, model)
+        check_trained_for(trained_for, kind=kind, sampler=pipe.denoiser.describe().get("scheduler"),
+                          steps=pipe.steps, where=where)
+    if kind == "frame":
+        return FrameClock(split, adaptor, recipe.frame_clock)
+    return StepClock(split, adaptor, recipe.clock, recipe.clock_schedule)

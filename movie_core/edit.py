@@ -90,13 +90,17 @@ class FrameEditor:
         self.anchor: crossframe.AnchorController | None = None
         self.fast: Any = None  # the backend's fused frame function (backends.frame_function), found on first use
         self.fast_reason: str | None = None
+        self.next_frame = 0  # the video index of the next frame `run` edits (the frame clock counts on it)
 
     def tensor(self, frames: list[np.ndarray]) -> torch.Tensor:
         """uint8 frames -> the pipeline's input batch at this editor's size."""
         return to_tensor(frames, self.size, self.padded, self.pipe.device, self.pipe.dtype)
 
-    def record_anchor(self, frame: np.ndarray) -> None:
-        """Sample the anchor frame once, storing its self-attention K/V for every step."""
+    def record_anchor(self, frame: np.ndarray, index: int | None = None) -> None:
+        """Sample the anchor frame (video index `index`, if known) once, storing its self-attention K/V for every
+        step. The frame clock runs the anchor full, here and where the stream reaches it."""
+        if self.pipe.frame_clock is not None:
+            self.pipe.frame_clock.anchor = index
         self.anchor = crossframe.AnchorController()
         self.anchor.record()
         self.edit_tensor(self.tensor([frame]))
@@ -105,8 +109,10 @@ class FrameEditor:
                              "layers never called the KV hook (set_kv_hook); run with --anchor none")
         self.anchor.replay()
 
-    def edit_tensor(self, x: torch.Tensor, timings: dict[str, float] | None = None) -> torch.Tensor:
-        return self.pipe.edit_batch(x, self.prompt, anchor=self.anchor, timings=timings)
+    def edit_tensor(self, x: torch.Tensor, timings: dict[str, float] | None = None,
+                    frame: int | None = None) -> torch.Tensor:
+        """Edit a batch; frame: the video index of its first frame (the frame clock), None for a lone image."""
+        return self.pipe.edit_batch(x, self.prompt, anchor=self.anchor, timings=timings, frame=frame)
 
     def edit(self, frames: list[np.ndarray], out_size: tuple[int, int]) -> list[np.ndarray]:
         """Edit a batch of uint8 frames; returns uint8 frames at out_size."""
@@ -119,10 +125,11 @@ class FrameEditor:
 
             store = self.anchor.store if self.anchor is not None else None
             self.fast, self.fast_reason = backends.frame_function(self.pipe, self.prompt, store, self.pipe.steps)
+        frame, self.next_frame = self.next_frame, self.next_frame + x.shape[0]
         out = self.fast(x) if self.fast is not None else None
         if out is None and self.fast is not None:  # it could not be built for this batch (say, capture failed)
             self.fast, self.fast_reason = None, getattr(self.fast, "error", "") or "the fused frame function declined"
-        return out if out is not None else self.edit_tensor(x)
+        return out if out is not None else self.edit_tensor(x, frame=frame)
 
     def close(self) -> None:
         if self.anchor is not None:
@@ -184,7 +191,7 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
             except (IndexError, StopIteration) as e:  # the file holds fewer frames than its header claims
                 raise CorruptVideoError(
                     f"truncated video: {source.path} (anchor frame {index}: {e or 'not found'})") from None
-            editor.record_anchor(anchor)
+            editor.record_anchor(anchor, index)
         bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="editing")
 
         def write(item: tuple[list, torch.Tensor]) -> None:  # the writer thread: to uint8, encode

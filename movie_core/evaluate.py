@@ -284,7 +284,7 @@ class PipelinePredictor:
         try:
             index = anchor_index(self.pipe.recipe.anchor, len(frames), True)
             if index is not None:
-                editor.record_anchor(frames[min(index, len(frames) - 1)])
+                editor.record_anchor(frames[min(index, len(frames) - 1)], min(index, len(frames) - 1))
             for start in range(0, len(frames), batch_size):
                 edited.extend(editor.edit(list(frames[start:start + batch_size]), (h, w)))
         finally:

@@ -5,7 +5,9 @@ leaves out attention score/value matmuls and the once-per-video text encoder; th
 MoViE paper's Table 1. `all` is everything torch's FlopCounterMode counts for a frame.
 
 A clocked recipe (Clockwork) counts the UNet as its split: the high-resolution path (head and tail) on
-every pass, the low-resolution core on the full steps' passes, the adaptor on the others.
+every pass, the low-resolution core on the full steps' passes, the adaptor on the others. A frame clock N is
+averaged per frame over its N frames: the core on 1/N of the passes, the adaptor on the rest (the anchor's extra
+full pass, once per video, is left out).
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ from movie_core.errors import UsageError
 from movie_core.loading import build
 
 
-def _paper_flops(module: torch.nn.Module, output: Any) -> int:
+def _paper_flops(module: torch.nn.Module, inputs: Any, output: Any) -> int:
     """2 FLOPs per multiply-add of a convolution or linear layer (bias adds not counted)."""
     if not isinstance(output, torch.Tensor):
         return 0
     if isinstance(module, torch.nn.Linear):
         return 2 * output.numel() * module.in_features
+    if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):  # each input element meets the whole kernel
+        kernel = 1
+        for k in module.kernel_size:
+            kernel *= k
+        return 2 * inputs[0].numel() * (module.out_channels // module.groups) * kernel
     if isinstance(module, torch.nn.modules.conv._ConvNd):
         kernel = 1
         for k in module.kernel_size:
@@ -43,7 +50,7 @@ def _measure(fn: Callable[[], Any]) -> tuple[int, int]:
 
     def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
         nonlocal paper
-        paper += _paper_flops(module, output)
+        paper += _paper_flops(module, inputs, output)
 
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     try:
@@ -54,8 +61,9 @@ def _measure(fn: Callable[[], Any]) -> tuple[int, int]:
     return paper, counter.get_total_flops()
 
 
-def count(composition: Composition, height: int = 480, width: int = 480) -> dict[str, Any]:
-    """Per-frame TFLOPs of a composed recipe at HxW, per component and in total."""
+def count(composition: Composition, height: int = 480, width: int = 480, model: Any = None) -> dict[str, Any]:
+    """Per-frame TFLOPs of a composed recipe at HxW, per component and in total (model: the folder whose trained
+    adaptor's size to count, for `adaptor = "trained"`; without one, an adaptor of the default size)."""
     pipe = build(composition, meta=True)
     enc, dec, den = pipe.encoder, pipe.decoder, pipe.denoiser
     down = enc.downscale
@@ -79,21 +87,27 @@ def count(composition: Composition, height: int = 480, width: int = 480) -> dict
             return nets["unet"].module(*unet_inputs)
 
     recipe = composition.recipe
-    parts: dict[str, tuple[Callable[[], Any], int, bool]] = {"encoder": (lambda: enc.encode(image), 1, False)}
+    parts: dict[str, tuple[Callable[[], Any], float, bool]] = {"encoder": (lambda: enc.encode(image), 1, False)}
     clock: dict[str, Any] | None = None
     if recipe.clocked:
-        full = clockwork.check_schedule(recipe, steps)
-        n_full = sum(full)
         split = clockwork.network_split(den, recipe.denoiser)
-        adaptor = clockwork.make_adaptor(recipe.adaptor)
         with torch.no_grad():
             r_in, *context = split.head(*unet_inputs)
             r_out = split.core(r_in, *context)
-        parts["unet_high"] = (lambda: split.tail(r_out, *split.head(*unet_inputs)[1:]), steps * passes, False)
-        parts["unet_core"] = (lambda: split.core(r_in, *context), n_full * passes, False)
-        parts["adaptor"] = (lambda: adaptor(r_in, r_out, *context), (steps - n_full) * passes, False)
-        clock = {"clock": recipe.clock, "clock_schedule": recipe.clock_schedule, "adaptor": recipe.adaptor,
-                 "full_steps": [i for i, f in enumerate(full) if f]}
+        adaptor = clockwork.make_adaptor(recipe.adaptor, shapes=(r_in, r_out, *context), model=model)
+        evaluations = steps * passes
+        if recipe.frame_clock > 1:  # per frame, averaged over the clock's N frames: one full, N - 1 adapted
+            core_calls: float = evaluations / recipe.frame_clock
+            clock = {"frame_clock": recipe.frame_clock, "adaptor": recipe.adaptor,
+                     "full_frames": f"1 in {recipe.frame_clock} (and the anchor, once per video)"}
+        else:
+            full = clockwork.check_schedule(recipe, steps)
+            core_calls = sum(full) * passes
+            clock = {"clock": recipe.clock, "clock_schedule": recipe.clock_schedule, "adaptor": recipe.adaptor,
+                     "full_steps": [i for i, f in enumerate(full) if f]}
+        parts["unet_high"] = (lambda: split.tail(r_out, *split.head(*unet_inputs)[1:]), evaluations, False)
+        parts["unet_core"] = (lambda: split.core(r_in, *context), core_calls, False)
+        parts["adaptor"] = (lambda: adaptor(r_in, r_out, *context), evaluations - core_calls, False)
     else:
         parts["unet"] = (unet_pass, steps * passes, False)
     parts["decoder"] = (lambda: dec.decode(latents), 1, False)
@@ -112,8 +126,8 @@ def count(composition: Composition, height: int = 480, width: int = 480) -> dict
                 "per_video": per_video,
             }
             if not per_video:
-                total_paper += paper * calls
-                total_all += all_ * calls
+                total_paper += round(paper * calls)
+                total_all += round(all_ * calls)
     result = {
         "tflops_paper": total_paper / 1e12,
         "tflops_all": total_all / 1e12,
@@ -132,6 +146,9 @@ def count(composition: Composition, height: int = 480, width: int = 480) -> dict
             clock[f"unet_tflops_{conv}_unclocked"] = unclocked / 1e12
             clock[f"unet_tflops_{conv}"] = clocked / 1e12
             clock[f"unet_saving_{conv}"] = 1 - clocked / unclocked
+            frame = result[f"tflops_{conv}"] * 1e12
+            clock[f"frame_saving_{conv}"] = (unclocked - clocked) / (frame + unclocked - clocked)
+        clock["adaptor_params"] = sum(p.numel() for p in adaptor.parameters())
         result["clock"] = clock
     return result
 

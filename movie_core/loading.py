@@ -20,7 +20,7 @@ from movie_core.recipe import SLOTS, Recipe, load_recipe, make_recipe, preset, t
 RECIPE_FLAGS = (
     "preset", "recipe_file", "vae", "encoder", "decoder", "denoiser", "backend", "size", "init", "model",
     "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "variant", "clock",
-    "clock_schedule", "adaptor", "options",
+    "clock_schedule", "adaptor", "frame_clock", "options",
 )
 _CHANGES = (
     "encoder",
@@ -41,6 +41,7 @@ _CHANGES = (
     "clock",
     "clock_schedule",
     "adaptor",
+    "frame_clock",
 )
 
 

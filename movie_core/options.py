@@ -57,7 +57,14 @@ def recipe_options(fn: Callable) -> Callable:
         ),
         click.option(
             "--adaptor",
-            help="Clockwork: what replaces the low-resolution core: identity (reuse the last full step's features).",
+            help="Clockwork: what replaces the low-resolution core: identity (reuse the last full evaluation's "
+            "features), trained (the model folder's adaptor/, from `movie distill clockwork`) or a path to one.",
+        ),
+        click.option(
+            "--frame-clock",
+            type=click.IntRange(min=1),
+            help="Clockwork across video frames: the full UNet runs on every N-th frame (and the anchor), the "
+            "adaptor on the others from the last full frame's features (1: off; not with --clock).",
         ),
         click.option(
             "-O",

@@ -46,7 +46,9 @@ class Pipeline:
         self.device = device
         self.dtype = dtype
         self.runtime: Any = None  # movie_core.backends.Runtime when the backend routes the components
-        self.step_clock: Any = None  # movie_core.clockwork.StepClock when the recipe sets a clock
+        self.step_clock: Any = None  # movie_core.clockwork.StepClock when the recipe sets a step clock
+        self.frame_clock: Any = None  # movie_core.clockwork.FrameClock when the recipe sets frame_clock
+        self.clock_notes: list[str] = []
 
     @classmethod
     def build(cls, composition: Composition, model: Path | None = None, meta: bool = False,
@@ -72,9 +74,16 @@ class Pipeline:
 
             options = composition.component_options("backend") | dict(backend_options or {})
             pipe.runtime = bind(pipe, options, cache)
-            from movie_core.clockwork import build_clock
+            from movie_core.clockwork import FrameClock, build_clock
 
-            pipe.step_clock = build_clock(pipe)
+            clock = build_clock(pipe, model)
+            if isinstance(clock, FrameClock):
+                pipe.frame_clock = clock
+            else:
+                pipe.step_clock = clock
+                if clock is not None and pipe.steps == 1:
+                    pipe.clock_notes.append("a step clock at 1 step saves nothing (step 0 always runs the full UNet): "
+                                            "use --frame-clock N to reuse work across video frames")
         return pipe
 
     # --- what the recipe asks for, with the components' own defaults -----------------------
@@ -88,7 +97,7 @@ class Pipeline:
     @property
     def notes(self) -> list[str]:
         """Things the user should know about how this pipeline was built."""
-        return list(self.denoiser.describe().get("notes", []))
+        return list(self.denoiser.describe().get("notes", [])) + self.clock_notes
 
     def backend_info(self) -> dict[str, Any]:
         """Which backend ran the components, and what it reported (providers, artifacts)."""
@@ -127,17 +136,23 @@ class Pipeline:
     def edit_batch(self, images: torch.Tensor, prompt: str | list[str] | Prompt, *,
                    anchor: AnchorController | None = None, steps: int | None = None, s_T: float | None = None,
                    s_I: float | None = None, seed: int | None = None, latents: torch.Tensor | None = None,
-                   generator: Any = None, timings: dict[str, float] | None = None) -> torch.Tensor:
+                   generator: Any = None, timings: dict[str, float] | None = None,
+                   frame: int | None = None) -> torch.Tensor:
         """Edit a batch of images in [-1, 1] (NCHW): encode, sample, decode; returns images in [-1, 1].
 
         anchor: cross-frame attention state (record it on the anchor frame, then replay it on the others);
         None runs plain self-attention. Steps, scales and seed default to the recipe (steps: the denoiser's);
         generator replaces the per-frame generators seeded alike.
-        timings: if given, receives milliseconds per phase (encoder, denoiser, decoder), device-synchronised."""
+        timings: if given, receives milliseconds per phase (encoder, denoiser, decoder), device-synchronised.
+        frame: the video index of the batch's first frame, for the frame clock (None: not video frames, all run the
+        full network; 0 starts a new video)."""
         r = self.recipe
         p = prompt if isinstance(prompt, Prompt) else self.prompt(prompt)
         clock = _Clock(self.device, timings)
-        on_step = _both(self.step_clock.on_step if self.step_clock is not None else None,
+        runner = self.step_clock or self.frame_clock
+        if self.frame_clock is not None:
+            self.frame_clock.frames(frame, images.shape[0])
+        on_step = _both(runner.on_step if runner is not None else None,
                         anchor.on_step if anchor is not None else None)
         with self._anchored(anchor), self._clocked():
             lat = clock("encoder", lambda: self.encode(images))
@@ -161,10 +176,11 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _clocked(self) -> Iterator[None]:
-        if self.step_clock is None:
+        runner = self.step_clock or self.frame_clock
+        if runner is None:
             yield
             return
-        with self.step_clock.running(self.denoiser):
+        with runner.running(self.denoiser):
             yield
 
     @contextlib.contextmanager

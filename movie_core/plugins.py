@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.distillers.mmg",
     "movie_plugins.distillers.vpred",
     "movie_plugins.distillers.adversarial",
+    "movie_plugins.distillers.clockwork",
     "movie_plugins.commands.convert",
     "movie_plugins.commands.export",
     "movie_plugins.commands.data",

@@ -27,7 +27,9 @@ _ANCHOR = re.compile(r"^(middle|first|none|\d+)$")
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 _VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SCHEDULER = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # which names exist is the denoiser's to say
-ADAPTORS = ("identity",)  # Clockwork: what stands in for the low-resolution core on the clock's other steps
+# Clockwork: what stands in for the low-resolution core on the clock's other steps/frames: identity, the model
+# folder's trained adaptor, or a path to an adaptor folder (anything with a path separator)
+ADAPTORS = ("identity", "trained")
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -120,6 +122,12 @@ def _check_schedule(instance: Any, attribute: attrs.Attribute, value: tuple[int,
                          f"runs the full network), got {','.join(map(str, value))}")
 
 
+def _adaptor(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value not in ADAPTORS and "/" not in value and "\\" not in value:
+        raise ValueError(f"adaptor must be identity, trained (the model folder's adaptor/) or a path to an adaptor "
+                         f"folder such as ./my-model/adaptor, got {value!r}")
+
+
 def _component_options(instance: Any, attribute: attrs.Attribute, value: dict) -> None:
     for slot, opts in value.items():
         if slot not in SLOTS:
@@ -164,7 +172,9 @@ class Recipe:
     # stands in for its low-resolution core on the others (movie_core.clockwork)
     clock: int = attrs.field(default=1, validator=_positive)
     clock_schedule: tuple[int, ...] | None = attrs.field(default=None, converter=_schedule, validator=_check_schedule)
-    adaptor: str = attrs.field(default="identity", validator=[_text, attrs.validators.in_(ADAPTORS)])
+    adaptor: str = attrs.field(default="identity", validator=[_text, _adaptor])
+    # Clockwork across video frames (beyond the paper): frames 0, N, 2N, ... and the anchor run the full network
+    frame_clock: int = attrs.field(default=1, validator=_positive)
     # per slot, the component's own options: {"backend": {"dynamic_batch": False}, "denoiser": {...}}
     component_options: dict = attrs.field(factory=dict, converter=dict, validator=_component_options)
 
@@ -174,11 +184,14 @@ class Recipe:
                 f"give clock or clock_schedule, not both (clock {self.clock}, clock_schedule "
                 f"{','.join(map(str, self.clock_schedule))})"
             )
+        if self.frame_clock != 1 and (self.clock != 1 or self.clock_schedule is not None):
+            raise ValueError(f"give a step clock (clock, clock_schedule) or frame_clock, not both (frame_clock "
+                             f"{self.frame_clock}, clock {self.clock})")
 
     @property
     def clocked(self) -> bool:
         """Whether Clockwork is on: some steps run the adaptor instead of the low-resolution core."""
-        return self.clock > 1 or self.clock_schedule is not None
+        return self.clock > 1 or self.clock_schedule is not None or self.frame_clock > 1
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with some fields changed; `vae=X` sets encoder and decoder together."""

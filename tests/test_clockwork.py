@@ -195,3 +195,176 @@ def test_flops_cli_prints_the_clock(run_movie):
     out = run_movie("flops", "--preset", "mmg", "--size", "nano", "--clock", "3", "--height", "64", "--width", "64")
     assert out.returncode == 0, out.stderr
     assert "clock: full UNet on steps 0,3,6,9 of 10" in out.stdout and "unet_core" in out.stdout
+
+
+# --- the trained adaptor ----------------------------------------------------------------------------------
+
+
+def split_tensors(pipe, batch: int = 2, hw: int = 8):
+    den = pipe.denoiser
+    inputs = unet_inputs(den, batch, hw, hw)
+    split = den.network_split()
+    with torch.no_grad():
+        r_in, *context = split.head(*inputs)
+        r_out = split.core(r_in, *context)
+    return r_in, r_out, context
+
+
+def test_adaptor_starts_as_identity_and_round_trips(tmp_path):
+    from movie_core import clockwork
+
+    pipe = nano_pipe("mmg", steps=4)
+    r_in, r_out, context = split_tensors(pipe)
+    adaptor = clockwork.ClockworkAdaptor.for_tensors(r_in, r_out, *context[:2])
+    with torch.no_grad():
+        assert torch.equal(adaptor(r_in, r_out, *context), r_out)  # zero-initialised up conv: the identity adaptor
+        for p in adaptor.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        moved = adaptor(r_in, r_out, *context)
+    assert moved.shape == r_out.shape and (moved - r_out).abs().max() > 1e-4
+    folder = clockwork.save_adaptor(adaptor, tmp_path, {"kind": "step", "clock": 2, "sampler": "x", "steps": 4})
+    assert (folder / "adaptor.safetensors").is_file() and folder.name == "adaptor"
+    loaded = clockwork.load_adaptor(folder)
+    assert loaded.trained_for["clock"] == 2
+    with torch.no_grad():
+        assert torch.equal(loaded(r_in, r_out, *context), moved)
+    # odd sizes: the transposed conv lands on r_out's size
+    r_in, r_out, context = split_tensors(pipe, hw=6)
+    with torch.no_grad():
+        assert loaded(r_in, r_out, *context).shape == r_out.shape
+
+
+def test_trained_adaptor_in_a_recipe_and_its_sampler_check(tmp_path):
+    from movie_core import clockwork
+    from movie_core.errors import UsageError
+
+    probe = nano_pipe("mmg", steps=4)
+    sampler = probe.denoiser.describe()["scheduler"]
+    r_in, r_out, context = split_tensors(probe)
+    adaptor = clockwork.ClockworkAdaptor.for_tensors(r_in, r_out, *context[:2])
+    clockwork.save_adaptor(adaptor, tmp_path, {"kind": "step", "clock": 2, "sampler": sampler, "steps": 4})
+    plain = nano_pipe("mmg", steps=4, clock=2)
+    trained = nano_pipe("mmg", steps=4, clock=2, adaptor=str(tmp_path))  # the model folder holding adaptor/
+    assert isinstance(trained.step_clock.adaptor, clockwork.ClockworkAdaptor)
+    out = trained.edit_batch(images(), "make it sepia", seed=5)
+    assert trained.step_clock.adaptor_calls == 2
+    assert torch.equal(out, plain.edit_batch(images(), "make it sepia", seed=5))  # untrained == identity
+    with pytest.raises(UsageError, match=f"trained for the step clock 2 with the {sampler} sampler at 4 step"):
+        nano_pipe("mmg", steps=6, clock=2, adaptor=str(tmp_path / "adaptor"))
+    with pytest.raises(UsageError, match="trained for the step clock"):
+        nano_pipe("movie", frame_clock=2, adaptor=str(tmp_path))
+    with pytest.raises(UsageError, match="no trained adaptor in"):
+        nano_pipe("mmg", steps=4, clock=2, adaptor=str(tmp_path / "nothing"))
+    with pytest.raises(UsageError, match="without one"):
+        nano_pipe("mmg", steps=4, clock=2, adaptor="trained")
+
+
+# --- the frame clock ----------------------------------------------------------------------------------------
+
+
+def video(frames: int = 6, size: int = 32):
+    from movie_core.data.procedural import make_video
+
+    return make_video(4, frames=frames, size=size)
+
+
+def edit_clip(pipe, clip, anchor: int | None, batch: int = 4):
+    import numpy as np
+
+    from movie_core.edit import FrameEditor
+
+    frames = clip["source_frames"]
+    h, w = frames.shape[1:3]
+    editor = FrameEditor(pipe, clip["instruction"], size=(h, w), padded=(h, w))
+    if anchor is not None:
+        editor.record_anchor(frames[anchor], anchor)
+    out = []
+    for start in range(0, len(frames), batch):
+        out += editor.run(editor.tensor(list(frames[start:start + batch])))
+    editor.close()
+    return torch.stack(out), np.stack(frames)
+
+
+@pytest.mark.parametrize("name", ["movie", "base"])  # one embedded pass, and 3 guidance branches per frame
+def test_frame_clock_runs_the_core_on_every_nth_frame_and_the_anchor(name):
+    changes = {"steps": 2} if name == "base" else {}
+    plain = nano_pipe(name, **changes)
+    clocked = nano_pipe(name, frame_clock=3, **changes)
+    clock = clocked.frame_clock
+    assert clocked.step_clock is None and clock is not None
+    clip = video(7)
+    core_rows: list[int] = []
+    clock.split.core.register_forward_hook(lambda m, inp, out: core_rows.append(out.shape[0]))
+    ref, _ = edit_clip(plain, clip, anchor=4)
+    out, _ = edit_clip(clocked, clip, anchor=4)
+    steps, passes = clocked.steps, 3 if name == "base" else 1
+    # full: the anchor's own pass, then frames 0, 3, 4 (the anchor), 6 of 7; adapted: 1, 2, 5
+    assert clock.core_frames == 5 * steps and clock.adaptor_frames == 3 * steps
+    assert sum(core_rows) == 5 * steps * passes
+    # streaming: one r_out per (step, pass) kept, for the last full frame's guidance branches only
+    assert len(clock._r_out) == steps and all(t.shape[0] == passes for t in clock._r_out.values())
+    full_same = (out[[0, 3, 4, 6]] - ref[[0, 3, 4, 6]]).abs().max().item()
+    adapted = (out[[1, 2, 5]] - ref[[1, 2, 5]]).abs().max().item()
+    assert full_same < 1e-5 < adapted  # full frames are exactly the unclocked ones; the others move
+
+
+def test_frame_clock_1_and_no_video_frames_run_full():
+    plain = nano_pipe("movie")
+    clocked = nano_pipe("movie", frame_clock=2)
+    ref = plain.edit_batch(images(3), "make it sepia", seed=5)
+    out = clocked.edit_batch(images(3), "make it sepia", seed=5)  # lone images: frame=None, all full
+    assert torch.equal(out, ref) and clocked.frame_clock.adaptor_frames == 0
+
+
+def test_frame_clock_refusals_and_notes(run_movie):
+    from movie_core.errors import UsageError
+    from movie_core.recipe import preset
+
+    with pytest.raises(UsageError, match="not both"):
+        preset("mmg").replace(clock=2, frame_clock=2)
+    with pytest.raises(UsageError, match="frame_clock must be a whole number"):
+        preset("movie").replace(frame_clock=0)
+    one_step = nano_pipe("movie", clock=2)
+    assert any("saves nothing" in n for n in one_step.notes)
+    ok = run_movie("compose", "--preset", "movie", "--frame-clock", "3", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert '"frame_clock": 3' in ok.stdout
+
+
+@pytest.mark.parametrize("every", [2, 3])
+def test_flops_average_the_frame_clock_per_frame(every):
+    from movie_core import flops
+    from movie_core.composer import compose
+    from movie_core.recipe import preset
+
+    recipe = preset("movie").replace(size="nano")
+    plain = flops.count(compose(recipe), height=64, width=64)
+    clocked = flops.count(compose(recipe.replace(frame_clock=every, adaptor="trained")), height=64, width=64)
+    comps, unet = clocked["components"], plain["components"]["unet"]
+    evaluations = unet["calls"]
+    assert comps["unet_high"]["calls"] == evaluations
+    assert comps["unet_core"]["calls"] == pytest.approx(evaluations / every)
+    assert comps["adaptor"]["calls"] == pytest.approx(evaluations * (every - 1) / every)
+    assert clocked["clock"]["adaptor_params"] > 0 and comps["adaptor"]["tflops_paper"] > 0  # a trained adaptor costs
+    for conv in ("paper", "all"):
+        key = f"tflops_{conv}"
+        core_per_call = comps["unet_core"][key] / comps["unet_core"]["calls"]
+        adaptor_per_call = comps["adaptor"][key] / comps["adaptor"]["calls"]
+        saved = (core_per_call - adaptor_per_call) * evaluations * (every - 1) / every
+        assert clocked[key] == pytest.approx(plain[key] - saved, rel=1e-6)
+        assert clocked["clock"][f"unet_saving_{conv}"] == pytest.approx(saved / unet[key], rel=1e-6)
+
+
+def test_adaptor_paper_flops_count_the_transposed_conv_by_its_input():
+    from movie_core import flops
+
+    up = torch.nn.ConvTranspose2d(8, 16, 4, stride=2, padding=1)
+    h = torch.zeros(1, 8, 5, 5)
+    paper, all_ = flops._measure(lambda: up(h, output_size=[10, 10]))
+    assert paper == 2 * (8 * 5 * 5) * 16 * 16 == all_  # input elements x output channels x 4x4 kernel, as torch counts
+
+
+def test_list_shows_the_clock_options(run_movie):
+    out = run_movie("list", "denoiser")
+    assert out.returncode == 0, out.stderr
+    assert "--frame-clock N" in out.stdout and "--adaptor identity|trained|PATH" in out.stdout

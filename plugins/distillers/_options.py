@@ -99,3 +99,21 @@ class AdversarialOptions(GuidanceRanges):
     data_weight: float = _float(default=0.0, validator=_prob)
     data_image_guidance: float = _float(default=1.5, validator=_ge0)
     data_text_guidance: float = _float(default=7.5, validator=_ge0)
+
+
+@attrs.frozen(kw_only=True)
+class ClockworkOptions:
+    """Clockwork adaptor distillation (model-step distillation, Clockwork Sec. 4; the frame clock is ours).
+
+    kind 'step': trajectories the frozen teacher unrolls from noise with its own sampler and `steps` (default: the
+    teacher recipe's) on the dataset's images and instructions; the adaptor learns r_out at the steps the clock
+    skips from r_in there and r_out at the last full step. kind 'frame': consecutive frames of procedural videos
+    (movie_core.data.procedural, rendered per step from the run's seed; the dataset is not read), every clock-th
+    frame full, the others learn their r_out from their r_in and the last full frame's r_out at the same step."""
+
+    kind: str = attrs.field(default="step", validator=attrs.validators.in_(("step", "frame")))
+    clock: int = attrs.field(default=2, converter=int, validator=attrs.validators.ge(2))
+    steps: int | None = attrs.field(default=None, converter=attrs.converters.optional(int),
+                                    validator=attrs.validators.optional(attrs.validators.ge(1)))
+    hidden: int | None = attrs.field(default=None, converter=attrs.converters.optional(int),
+                                     validator=attrs.validators.optional(attrs.validators.ge(1)))
