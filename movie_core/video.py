@@ -841,9 +841,9 @@ def _mov_text_to_srt(packet: av.Packet) -> av.Packet:
 
 
 def _subtitle_codec(stream: av.stream.Stream) -> str:
-    """The codec's name (SubRip's decoder calls itself 'srt')."""
+    """The codec's name (the decoders of SubRip and ASS call themselves 'srt' and 'ssa')."""
     name = stream.codec_context.name
-    return "subrip" if name == "srt" else name
+    return {"srt": "subrip", "ssa": "ass"}.get(name, name)
 
 
 def _subtitle_stream(out: av.container.OutputContainer, stream: av.stream.Stream,
