@@ -258,7 +258,7 @@ def edit(
             multiple=int(pipe.encoder.downscale),
         )
         size = policy.target(source.height, source.width)
-        per_frame = edit_mod.frame_bytes(recipe.size, pipe.dtype, policy.padded(*size))
+        per_frame = edit_mod.frame_bytes(recipe.size, pipe.dtype, policy.padded(*size), (source.height, source.width))
         batch, why_batch = edit_mod.choose_batch(per_frame, edit_mod.available_memory(pipe.device), batch_size)
         if size != (source.height, source.width) or (why_batch == "memory" and batch < edit_mod.DEFAULT_MAX_BATCH):
             click.echo(

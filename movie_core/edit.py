@@ -52,6 +52,9 @@ DEFAULT_MAX_BATCH = 4  # frames per batch when memory allows (more gains little 
 # for the shipped components at each model size: what scripts/measure_memory.py measured on the CPU at 256x256,
 # rounded up (nano: 870 base, 1680 movie; full: see the README); what batch sizes are chosen from.
 PEAK_BYTES_PER_PIXEL = {"nano": 2048, "full": 4096}
+# and per source pixel: the frame as uint8 queued ahead and behind, and as float32 around the resize in and out
+# (a 4K 2-frame edit at 256x144, batch 4, peaked at 1.34 GB: about 25 bytes per source pixel per frame over the rest)
+SOURCE_BYTES_PER_PIXEL = 48
 MEMORY_SHARE = 0.5  # the share of the available memory a batch's frames may take (the rest: slack, other programs)
 
 
@@ -108,11 +111,11 @@ def available_memory(device: torch.device) -> int | None:
     return free
 
 
-def frame_bytes(size: str, dtype: torch.dtype, padded: tuple[int, int]) -> int:
-    """Estimated peak memory one frame of a batch adds at the padded processing size."""
+def frame_bytes(size: str, dtype: torch.dtype, padded: tuple[int, int], source: tuple[int, int] = (0, 0)) -> int:
+    """Estimated peak memory one frame of a batch adds at the padded processing size (and its source size)."""
     per_pixel = PEAK_BYTES_PER_PIXEL.get(size, max(PEAK_BYTES_PER_PIXEL.values()))
     scale = torch.finfo(dtype).bits / 32 if dtype.is_floating_point else 1.0
-    return int(per_pixel * scale * padded[0] * padded[1])
+    return int(per_pixel * scale * padded[0] * padded[1]) + SOURCE_BYTES_PER_PIXEL * source[0] * source[1]
 
 
 def choose_batch(per_frame: int, available: int | None, requested: int | None = None,

@@ -737,14 +737,15 @@ class VideoSink(Sink):
                 raise UsageError(
                     f"cannot copy {stream.codec_context.name} audio into {self.path.suffix} files; use .mkv"
                 ) from None
-        subtitles, refused = [], []
-        for stream in self._copy_in.streams.subtitles:
-            mapped = _subtitle_stream(self._container, stream, self.path.suffix.lower())
+        subtitles: list[av.stream.Stream] = []
+        refused: list[str] = []
+        for text_stream in self._copy_in.streams.subtitles:
+            mapped = _subtitle_stream(self._container, text_stream, self.path.suffix.lower())
             if mapped is None:
-                refused.append(_subtitle_codec(stream))
+                refused.append(_subtitle_codec(text_stream))
             else:
-                self._copy_map[stream.index] = mapped
-                subtitles.append(stream)
+                self._copy_map[text_stream.index] = mapped
+                subtitles.append(text_stream)
         if refused:
             takes = "mov_text" if self.path.suffix.lower() in (".mp4", ".mov") else "text or bitmap"
             warnings.warn(
@@ -859,7 +860,7 @@ def _subtitle_stream(out: av.container.OutputContainer, stream: av.stream.Stream
     for (source_codec, target), function in rewrap.items():
         if codec == source_codec and target in takes:
             made = out.add_stream(target)
-            made.codec_context.subtitle_header = _ASS_HEADER
+            made.codec_context.subtitle_header = _ASS_HEADER  # type: ignore[union-attr]
             made.time_base = stream.time_base
             if stream.language:
                 made.metadata["language"] = stream.language

@@ -120,6 +120,8 @@ def test_batch_fits_the_memory_available() -> None:
     working = edit_mod.frame_bytes("nano", torch.float32, (288, 512))
     assert four_k == 2160 * 3840 * edit_mod.PEAK_BYTES_PER_PIXEL["nano"]
     assert edit_mod.frame_bytes("nano", torch.float16, (288, 512)) == working // 2
+    with_source = edit_mod.frame_bytes("nano", torch.float32, (288, 512), (2160, 3840))
+    assert with_source == working + 2160 * 3840 * edit_mod.SOURCE_BYTES_PER_PIXEL  # the resize buffers count too
     most = max(edit_mod.PEAK_BYTES_PER_PIXEL.values())
     assert edit_mod.frame_bytes("unknown-size", torch.float32, (8, 8)) == 64 * most
     assert edit_mod.choose_batch(working, 8 * gib) == (4, "memory")  # capped at the default
