@@ -49,8 +49,10 @@ class SizePolicy:
 
 DEFAULT_MAX_BATCH = 4  # frames per batch when memory allows (more gains little on a CPU)
 # Peak resident bytes one more frame in a batch adds, per processed pixel, at float32 (half for 16-bit dtypes),
-# for the shipped components at each model size: what scripts/measure_memory.py measured on the CPU at 256x256,
-# rounded up (nano: 870 base, 1680 movie; full: see the README); what batch sizes are chosen from.
+# for the shipped components at each model size, rounded up to a safe bound: scripts/measure_memory.py on the CPU
+# (docs/results/memory-*.json) gave nano 870 (base) and 1680 (movie) at 256x256, full 660 and 213 at 128x128 (too
+# small to show the SD VAE's 128-channel full-resolution layers, about 1 kB per pixel at 512x512); `movie edit` of
+# 1920x1080 at full size took 1.03 GB more at batch 2 than at batch 1 (nano, about 500 per pixel).
 PEAK_BYTES_PER_PIXEL = {"nano": 2048, "full": 4096}
 # and per source pixel: the frame as uint8 queued ahead and behind, and as float32 around the resize in and out
 # (a 4K 2-frame edit at 256x144, batch 4, peaked at 1.34 GB: about 25 bytes per source pixel per frame over the rest)
