@@ -260,7 +260,9 @@ def edit(
         size = policy.target(source.height, source.width)
         per_frame = edit_mod.frame_bytes(recipe.size, pipe.dtype, policy.padded(*size), (source.height, source.width))
         batch, why_batch = edit_mod.choose_batch(per_frame, edit_mod.available_memory(pipe.device), batch_size)
-        if size != (source.height, source.width) or (why_batch == "memory" and batch < edit_mod.DEFAULT_MAX_BATCH):
+        # say what was chosen for the user (not what they asked for): a resize to the model's size, a smaller batch
+        resized = size != (source.height, source.width) and why_size.startswith("the model's")
+        if resized or (why_batch == "memory" and batch < edit_mod.DEFAULT_MAX_BATCH):
             click.echo(
                 "note: " + edit_mod.plan_line((source.height, source.width), size, why_size, batch, why_batch),
                 err=True,
