@@ -212,8 +212,14 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
 @recipe_options
 @click.option("--height", type=click.IntRange(min=8), help="Processing height (aspect kept when --width is not given).")
 @click.option("--width", type=click.IntRange(min=8), help="Processing width.")
-@click.option("--max-side", type=click.IntRange(min=8), help="Shrink frames whose longer side exceeds this.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per batch.")
+@click.option(
+    "--max-side",
+    type=click.IntRange(min=8),
+    help="Shrink frames whose longer side exceeds this (default: the model's working size, e.g. 512).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="Frames per batch (default: as many as fit memory, at most 4)."
+)
 @click.option(
     "--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower is better)."
 )
@@ -228,7 +234,7 @@ def edit(
     height: int | None,
     width: int | None,
     max_side: int | None,
-    batch_size: int,
+    batch_size: int | None,
     crf: int,
     overwrite: bool,
     preview: str | None,
@@ -239,9 +245,9 @@ def edit(
     """Edit a video (or an image, or a folder of frames) with a text instruction."""
     from fractions import Fraction
 
+    from movie_core import edit as edit_mod
     from movie_core import video
     from movie_core.composer import compose as do_compose
-    from movie_core.edit import SizePolicy, edit_video
     from movie_core.loading import load_pipeline
 
     if not prompt.strip():
@@ -260,14 +266,28 @@ def edit(
         ids, truncated = pipe.denoiser.tokenize([prompt])
         if truncated[0]:
             click.echo(f"warning: prompt truncated to the text encoder's {ids.shape[-1]} tokens", err=True)
+        policy, why_size = edit_mod.size_policy(
+            recipe.resolution, edit_mod.working_side(pipe), height=height, width=width, max_side=max_side,
+            multiple=int(pipe.encoder.downscale),
+        )
+        size = policy.target(source.height, source.width)
+        per_frame = edit_mod.frame_bytes(recipe.size, pipe.dtype, policy.padded(*size), (source.height, source.width))
+        batch, why_batch = edit_mod.choose_batch(per_frame, edit_mod.available_memory(pipe.device), batch_size)
+        # say what was chosen for the user (not what they asked for): a resize to the model's size, a smaller batch
+        resized = size != (source.height, source.width) and why_size.startswith("the model's")
+        if resized or (why_batch == "memory" and batch < edit_mod.DEFAULT_MAX_BATCH):
+            click.echo(
+                "note: " + edit_mod.plan_line((source.height, source.width), size, why_size, batch, why_batch),
+                err=True,
+            )
         with video.open_sink(output, source, crf=crf, overwrite=overwrite) as sink:
-            summary = edit_video(
+            summary = edit_mod.edit_video(
                 pipe,
                 source,
                 sink,
                 prompt,
-                policy=SizePolicy(height=height, width=width, max_side=max_side),
-                batch_size=batch_size,
+                policy=policy,
+                batch_size=batch,
                 preview=Path(preview) if preview else None,
                 progress=progress,
             )

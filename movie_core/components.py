@@ -232,6 +232,11 @@ class Denoiser(torch.nn.Module):
     default_steps: int = 10
     stage: str = ""
 
+    def native_latent_size(self) -> int | None:
+        """The latent side the network was trained at (SD 1.5: 64, so 512 pixels); None: not stated. Optional
+        contract member: `movie edit` caps the long side of frames at it times the encoder's downscale."""
+        return None
+
     def __init__(self) -> None:
         super().__init__()
         self._runners: dict[str, Callable[..., torch.Tensor]] = {}

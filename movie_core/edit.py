@@ -47,6 +47,99 @@ class SizePolicy:
         return max(math.ceil(h / m) * m, self.min_side), max(math.ceil(w / m) * m, self.min_side)
 
 
+DEFAULT_MAX_BATCH = 4  # frames per batch when memory allows (more gains little on a CPU)
+# Peak resident bytes one more frame in a batch adds, per processed pixel, at float32 (half for 16-bit dtypes),
+# for the shipped components at each model size, rounded up to a safe bound: scripts/measure_memory.py on the CPU
+# (docs/results/memory-*.json) gave nano 870 (base) and 1680 (movie) at 256x256, full 660 and 213 at 128x128 (too
+# small to show the SD VAE's 128-channel full-resolution layers, about 1 kB per pixel at 512x512); `movie edit` of
+# 1920x1080 at full size took 1.03 GB more at batch 2 than at batch 1 (nano, about 500 per pixel).
+PEAK_BYTES_PER_PIXEL = {"nano": 2048, "full": 4096}
+# and per source pixel: the frame as uint8 queued ahead and behind, and as float32 around the resize in and out
+# (a 4K 2-frame edit at 256x144, batch 4, peaked at 1.34 GB: about 25 bytes per source pixel per frame over the rest)
+SOURCE_BYTES_PER_PIXEL = 48
+MEMORY_SHARE = 0.5  # the share of the available memory a batch's frames may take (the rest: slack, other programs)
+
+
+def working_side(pipe: Pipeline) -> int | None:
+    """The longest side, in pixels, the model works at: its denoiser's native latent size (DenoiserContract's
+    optional `native_latent_size()`; a model folder's unet `sample_size`) times the encoder's downscale."""
+    native = getattr(pipe.denoiser, "native_latent_size", None)
+    latent = native() if callable(native) else None
+    return int(latent) * int(pipe.encoder.downscale) if latent else None
+
+
+def size_policy(recipe_resolution: str, working: int | None, *, height: int | None = None,
+                width: int | None = None, max_side: int | None = None, multiple: int = 8) -> tuple[SizePolicy, str]:
+    """The processing size policy and why: --height/--width, else --max-side, else the recipe's `resolution`
+    (HxW, max-side:N, keep: the source size), else (auto) the model's working size as the longest side."""
+    if height or width:
+        return SizePolicy(height=height, width=width, multiple=multiple), "--height/--width"
+    if max_side:
+        return SizePolicy(max_side=max_side, multiple=multiple), "--max-side"
+    if recipe_resolution == "keep":
+        return SizePolicy(multiple=multiple), "resolution = keep"
+    if recipe_resolution.startswith("max-side:"):
+        return SizePolicy(max_side=int(recipe_resolution.split(":")[1]), multiple=multiple), "the recipe's resolution"
+    if "x" in recipe_resolution:
+        h, w = (int(v) for v in recipe_resolution.split("x"))
+        return SizePolicy(height=h, width=w, multiple=multiple), "the recipe's resolution"
+    if working:
+        return SizePolicy(max_side=working, multiple=multiple), f"the model's working size, {working} on the long side"
+    return SizePolicy(multiple=multiple), "the model states no working size"
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for this run: the GPU's free memory, else the system's available memory (within a cgroup's
+    limit where one is set); None when unknown."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    free: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max" and free is not None:
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def frame_bytes(size: str, dtype: torch.dtype, padded: tuple[int, int], source: tuple[int, int] = (0, 0)) -> int:
+    """Estimated peak memory one frame of a batch adds at the padded processing size (and its source size)."""
+    per_pixel = PEAK_BYTES_PER_PIXEL.get(size, max(PEAK_BYTES_PER_PIXEL.values()))
+    scale = torch.finfo(dtype).bits / 32 if dtype.is_floating_point else 1.0
+    return int(per_pixel * scale * padded[0] * padded[1]) + SOURCE_BYTES_PER_PIXEL * source[0] * source[1]
+
+
+def choose_batch(per_frame: int, available: int | None, requested: int | None = None,
+                 most: int = DEFAULT_MAX_BATCH) -> tuple[int, str]:
+    """Frames per batch and why: the requested number, else as many as fit MEMORY_SHARE of the available memory
+    (at least 1, at most `most`)."""
+    if requested:
+        return requested, "--batch-size"
+    if available is None:
+        return most, "memory unknown"
+    fits = int(MEMORY_SHARE * available // max(per_frame, 1))
+    return max(1, min(most, fits)), "memory"
+
+
+def plan_line(source_hw: tuple[int, int], size: tuple[int, int], why_size: str, batch: int, why_batch: str) -> str:
+    """The one line that says what size and batch an edit runs at."""
+    (sh, sw), (h, w) = source_hw, size
+    where = "at its own size" if (h, w) == (sh, sw) else f"at {w}x{h} ({why_size})"
+    back = f"; output resized back to {sw}x{sh}" if (h, w) != (sh, sw) else ""
+    return f"processing {sw}x{sh} {where}, batch {batch} ({why_batch}){back}"
+
+
 def to_tensor(frames: list[np.ndarray], size: tuple[int, int], padded: tuple[int, int], device, dtype) -> torch.Tensor:
     """uint8 HxWx3 frames -> NCHW in [-1, 1], resized to `size` and edge-padded to `padded`."""
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0

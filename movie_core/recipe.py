@@ -22,7 +22,7 @@ SLOTS = ("encoder", "decoder", "denoiser", "backend")
 PRESETS = ("base", "mobile", "mmg", "movie")
 SIZES = ("full", "nano")
 DTYPES = ("float32", "float16", "bfloat16")
-_RESOLUTION = re.compile(r"^(keep|max-side:\d+|\d+x\d+)$")
+_RESOLUTION = re.compile(r"^(auto|keep|max-side:\d+|\d+x\d+)$")
 _ANCHOR = re.compile(r"^(middle|first|none|\d+)$")
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 _VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -155,7 +155,8 @@ class Recipe:
     image_guidance: float = attrs.field(default=1.5, converter=_image_guidance, validator=_non_negative)
     seed: int = attrs.field(default=0, converter=_seed)
     size: str = attrs.field(default="full", validator=[_text, attrs.validators.in_(SIZES)])
-    resolution: str = attrs.field(default="keep", validator=_matches(_RESOLUTION, "keep, max-side:N or HxW"))
+    # processing size: auto (the model's working size on the long side), keep (the source's), max-side:N or HxW
+    resolution: str = attrs.field(default="auto", validator=_matches(_RESOLUTION, "auto, keep, max-side:N or HxW"))
     anchor: str = attrs.field(
         default="middle",
         converter=_anchor_value,

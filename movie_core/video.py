@@ -6,22 +6,27 @@ yields upright HxWx3 uint8 RGB arrays one at a time (memory does not grow with v
 Writing: `open_sink` writes to a temporary file beside the output and renames it onto the output
 only when the `with` block ends without an exception; on any exception (KeyboardInterrupt too)
 the temporary file is removed and no output exists. Videos are H.264 (libx264, yuv420p) at the
-source's frame timing, and the source's audio packets are copied unchanged.
+source's frame timing, and the source's audio and subtitle packets are copied.
 
 Conventions (documented here once):
 - `rotation` is the counter-clockwise angle (0, 90, 180 or 270) that turns the coded picture
   upright, read from the display matrix (PyAV's `VideoFrame.rotation`) or the legacy 'rotate'
   tag. Frames are yielded upright; a video sink turns them back and writes the same display
   matrix, so the output has the input's coded size and rotation.
-- yuv420p needs even sizes: an odd coded width or height is encoded one pixel larger, filled by
-  repeating the last column/row, and nothing else is changed (no crop flag is written).
+- yuv420p needs even sizes: an odd coded width or height is encoded as yuv444p (full-resolution
+  colour; H.264 High 4:4:4, which some players and browsers do not play), so sizes stay exact.
 - Matroska stores time in milliseconds, so an .mkv output has a 1/1000 time base; MP4 and MOV
-  keep the source's time base.
+  keep the source's time base (a Matroska source's 1/1000 too) and its timestamps.
+- A frame count is trusted only from an MP4/MOV index (a stream that ends clearly short of it is
+  truncated); a Matroska header states a duration, and the frame count it suggests is only an
+  estimate (wrong for a variable frame rate), so there the decoded timestamps must reach it.
 - A frames-folder output holds `frame_000001.png`, `frame_000002.png`, ... (numbered from 1).
 - Images are read with their EXIF orientation applied and written without it.
 - Audio is copied only from seekable (regular file) video sources; a pipe's audio is dropped
   with a warning, and so is the audio of a source written as a folder of frames or an image.
-  Subtitle streams are not copied (a warning says so).
+  Subtitle streams are copied where the output container takes them: .mkv takes text and bitmap
+  subtitles, .mp4/.mov take mov_text (SubRip text is rewrapped to it, and back for .mkv); the
+  others, and all of them in a folder of frames or an image, are dropped with a warning.
 - 16-bit images are scaled to 8 bits; transparency is dropped with a warning (the stored
   colour of each pixel is kept).
 - The temporary path is `.NAME.movie-tmp-PID-RANDOM[.ext]` beside the output; opening a sink
@@ -303,7 +308,10 @@ class VideoSource(Source):
             stream_seconds = _hms_seconds(stream.metadata.get("DURATION"))
         container_seconds = self._container.duration / av.time_base if self._container.duration else None
         self.duration_s = stream_seconds or container_seconds
-        self._expected = stream.frames or (round(stream_seconds * self.fps) if stream_seconds else None)
+        # an MP4/MOV index counts its frames exactly; a Matroska header states only a duration (the frame count
+        # it suggests is an estimate, wrong for a variable frame rate), so there the timeline must reach that end
+        self._expected = stream.frames or None
+        self._stream_seconds = stream_seconds
 
         decoded = self._decoded(self._container, check_count=False)
         first = next(decoded, None)
@@ -328,45 +336,64 @@ class VideoSource(Source):
             self.frame_count = stream.frames
         else:
             self.frame_count = self._count_frames()
-            self._check_count(self.frame_count)
 
     def _count_frames(self) -> int:
         """Count video packets by demuxing (no decoding); build the pts index on the way."""
         container = self._open()
         try:
             stream = container.streams.video[0]
-            pts = [p.pts for p in container.demux(stream) if p.size and not p.is_discard]
+            packets = [(p.pts, p.duration) for p in container.demux(stream) if p.size and not p.is_discard]
         except av.FFmpegError as e:
             raise CorruptVideoError(f"corrupt video: {self.path} ({_reason(e)})") from None
         finally:
             container.close()
-        known = [p for p in pts if p is not None]
-        self._pts_index = sorted(known) if len(known) == len(pts) else None
+        known = [p for p, _ in packets if p is not None]
+        self._pts_index = sorted(known) if len(known) == len(packets) else None
         self._indexed = True
-        return len(pts)
+        ends = [p + (d or 0) for p, d in packets if p is not None]
+        self._check_end(len(packets), max(ends, default=None), any(d for _, d in packets))
+        return len(packets)
 
     def _decoded(self, container: av.container.InputContainer,
                  check_count: bool) -> Generator[av.VideoFrame, None, None]:
         """Decode the video stream, raising CorruptVideoError on decode errors or a short stream."""
         stream = container.streams.video[0]
         count = 0
+        end: int | None = None
+        timed = False
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     yield frame
                     count += 1
+                    if frame.pts is not None:
+                        end = max(end or frame.pts, frame.pts + (frame.duration or 0))
+                        timed = timed or bool(frame.duration)
         except av.FFmpegError as e:
             raise CorruptVideoError(
                 f"corrupt video: {self.path} (decoding failed after frame {count}: {_reason(e)})"
             ) from None
         if check_count:
-            self._check_count(count)
+            self._check_end(count, end, timed)
 
-    def _check_count(self, count: int) -> None:
-        """Raise CorruptVideoError when `count` frames fall clearly short of what the container states."""
-        if self._expected is not None and count < self._expected - max(2, self._expected // 50):
+    def _check_end(self, count: int, end_pts: int | None, timed: bool) -> None:
+        """Raise CorruptVideoError when the stream falls clearly short of what the container states: the frame
+        count of an MP4/MOV index, else (Matroska) the stated duration, by the timestamps reached (`end_pts`: the
+        end of the last frame, `timed`: whether frames carried their duration)."""
+        if self._expected is not None:
+            if count < self._expected - max(2, self._expected // 50):
+                raise CorruptVideoError(
+                    f"truncated video: {self.path} (stream ends at frame {count} of {self._expected})"
+                )
+            return
+        if not self._stream_seconds or end_pts is None:
+            return
+        frame_s = 1 / float(self.fps)
+        reached = float((end_pts - self.start_pts) * self.time_base) + (0 if timed else frame_s)
+        if reached < self._stream_seconds - max(3 * frame_s, 0.03 * self._stream_seconds):
             raise CorruptVideoError(
-                f"truncated video: {self.path} (stream ends at frame {count} of {self._expected})"
+                f"truncated video: {self.path} (stream ends at {reached:.2f} s of {self._stream_seconds:.2f} s, "
+                f"after frame {count})"
             )
 
     def _frames(self) -> Iterator[tuple[np.ndarray, int]]:
@@ -548,7 +575,7 @@ class Sink:
         if source.has_audio and not self.keeps_audio:
             what = "a folder of frames" if self.is_folder else "an image"
             warnings.warn(f"{output} is {what}: the audio of {source.path} is not kept", MovieWarning, stacklevel=3)
-        if source.subtitle_streams:
+        if source.subtitle_streams and not self.keeps_audio:
             warnings.warn(f"{source.subtitle_streams} subtitle stream(s) of {source.path} are not copied to {output}",
                           MovieWarning, stacklevel=3)
 
@@ -657,14 +684,15 @@ class FramesSink(Sink):
 
 
 class VideoSink(Sink):
-    """Encodes H.264 (libx264, yuv420p) at the source's timing and copies its audio packets."""
+    """Encodes H.264 (libx264; yuv420p, yuv444p for odd sizes) at the source's timing and copies its audio and
+    subtitle packets."""
 
     keeps_audio = True
 
     def __init__(self, output: Path, source: Source, crf: int = 18, overwrite: bool = False) -> None:
         self._crf = crf
         self._out: av.container.OutputContainer | None = None
-        self._audio_in: av.container.InputContainer | None = None
+        self._copy_in: av.container.InputContainer | None = None
         super().__init__(output, source, overwrite)
 
     def _start(self) -> None:
@@ -672,60 +700,81 @@ class VideoSink(Sink):
         width, height = source.width, source.height
         if source.rotation % 180:  # frames arrive upright; encode them in the coded orientation
             width, height = height, width
-        self._pad = (height % 2, width % 2)
-        self._out = av.open(str(self.temp_path), "w")
+        options = {}
+        if self.path.suffix.lower() in (".mp4", ".mov") and source.time_base.numerator == 1:
+            # the MP4 muxer raises a time scale under 10000 (Matroska's 1/1000) unless told to keep it
+            options["video_track_timescale"] = str(source.time_base.denominator)
+        self._out = av.open(str(self.temp_path), "w", options=options)
         video = self._out.add_stream("libx264", rate=source.fps)
-        video.width, video.height = width + self._pad[1], height + self._pad[0]
-        video.pix_fmt = "yuv420p"
+        video.width, video.height = width, height
+        video.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"  # 4:2:0 needs even sizes
         video.time_base = source.time_base
         video.codec_context.time_base = source.time_base
         video.options = {"crf": str(self._crf)}
         if source.rotation:
             video.set_display_rotation(source.rotation)
         self._video = video
-        self._audio_map: dict[int, av.stream.Stream] = {}
-        self._audio_packets: Iterator[av.Packet] = iter(())
+        self._copy_map: dict[int, tuple[av.stream.Stream, Any]] = {}
+        self._copy_packets: Iterator[av.Packet] = iter(())
         self._held: av.Packet | None = None
-        if source.kind == "video" and source.has_audio:
+        if source.kind == "video" and (source.has_audio or source.subtitle_streams):
             if source.is_seekable:
-                self._open_audio()
+                self._open_copies()
             else:
-                warnings.warn(f"{source.path} is not seekable: its audio is not copied", MovieWarning, stacklevel=3)
+                warnings.warn(f"{source.path} is not seekable: its audio and subtitles are not copied", MovieWarning,
+                              stacklevel=3)
         self._out.start_encoding()
 
-    def _open_audio(self) -> None:
-        """Map the source's audio streams to output streams that take their packets unchanged."""
-        self._audio_in = av.open(str(self.source.path))
-        streams = self._audio_in.streams.audio
-        for stream in streams:
+    def _open_copies(self) -> None:
+        """Map the source's audio and subtitle streams to output streams that take their packets (unchanged, or
+        text subtitles rewrapped for the output container)."""
+        self._copy_in = av.open(str(self.source.path))
+        audio = list(self._copy_in.streams.audio)
+        for stream in audio:
             try:
-                self._audio_map[stream.index] = self._container.add_stream_from_template(stream)
+                self._copy_map[stream.index] = (self._container.add_stream_from_template(stream), None)
             except ValueError:
                 raise UsageError(
                     f"cannot copy {stream.codec_context.name} audio into {self.path.suffix} files; use .mkv"
                 ) from None
-        self._audio_packets = self._audio_in.demux(*streams)
+        subtitles: list[av.stream.Stream] = []
+        refused: list[str] = []
+        for text_stream in self._copy_in.streams.subtitles:
+            mapped = _subtitle_stream(self._container, text_stream, self.path.suffix.lower())
+            if mapped is None:
+                refused.append(_subtitle_codec(text_stream))
+            else:
+                self._copy_map[text_stream.index] = mapped
+                subtitles.append(text_stream)
+        if refused:
+            takes = "mov_text" if self.path.suffix.lower() in (".mp4", ".mov") else "text or bitmap"
+            warnings.warn(
+                f"{len(refused)} subtitle stream(s) of {self.source.path} ({', '.join(refused)}) are not copied: "
+                f"{self.path.suffix} files take {takes} subtitles (.mkv takes most kinds)", MovieWarning, stacklevel=4)
+        if audio or subtitles:  # (demux() of no streams would read them all)
+            self._copy_packets = self._copy_in.demux(*audio, *subtitles)
 
     def _copy_audio(self, until_s: float | None) -> None:
-        """Mux the source's audio packets that start before `until_s` seconds (all when None)."""
+        """Mux the source's audio and subtitle packets that start before `until_s` seconds (all when None)."""
         while True:
-            packet = self._held or next(self._audio_packets, None)
+            packet = self._held or next(self._copy_packets, None)
             self._held = None
             if packet is None:
                 return
-            if packet.dts is None:
+            if packet.dts is None or not packet.size:  # the demuxer's empty end-of-stream packets
                 continue
             if until_s is not None and packet.dts * packet.time_base > until_s:
                 self._held = packet
                 return
-            packet.stream = self._audio_map[packet.stream_index]
+            stream, rewrap = self._copy_map[packet.stream.index]
+            if rewrap is not None:
+                packet = rewrap(packet)
+            packet.stream = stream
             self._container.mux(packet)
 
     def _write(self, frame: np.ndarray, pts: int) -> None:
         if self.source.rotation:
             frame = np.rot90(frame, -(self.source.rotation // 90))
-        if any(self._pad):
-            frame = np.pad(frame, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = pts
         video_frame.time_base = self.source.time_base
@@ -746,13 +795,77 @@ class VideoSink(Sink):
         self._discard()
 
     def _discard(self) -> None:
-        for container in (self._out, self._audio_in):
+        for container in (self._out, self._copy_in):
             if container is not None:
                 try:
                     container.close()
                 except av.FFmpegError:
                     pass
-        self._out = self._audio_in = None
+        self._out = self._copy_in = None
+
+
+# subtitle codecs each output container takes as they are
+_SUBTITLES_IN = {
+    ".mkv": frozenset({"subrip", "ass", "ssa", "webvtt", "dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle"}),
+    ".mp4": frozenset({"mov_text"}),
+    ".mov": frozenset({"mov_text"}),
+}
+# a minimal ASS header: the text subtitle encoders want one to open (the packets themselves are rewrapped, not encoded)
+_ASS_HEADER = (
+    b"[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n[V4+ Styles]\n"
+    b"Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, "
+    b"Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, "
+    b"MarginR, MarginV, Encoding\n"
+    b"Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0\n\n"
+    b"[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n"
+)
+
+
+def _rewrapped(packet: av.Packet, data: bytes) -> av.Packet:
+    """A packet holding `data` at `packet`'s timing."""
+    out = av.Packet(data)
+    out.pts, out.dts, out.duration, out.time_base = packet.pts, packet.dts, packet.duration, packet.time_base
+    return out
+
+
+def _srt_to_mov_text(packet: av.Packet) -> av.Packet:
+    """A SubRip packet (plain UTF-8 text) as a 3GPP timed-text sample: a 16-bit length, then the text."""
+    text = bytes(packet)[:0xFFFF]
+    return _rewrapped(packet, len(text).to_bytes(2, "big") + text)
+
+
+def _mov_text_to_srt(packet: av.Packet) -> av.Packet:
+    """A 3GPP timed-text sample as SubRip text (its style boxes after the text are dropped)."""
+    data = bytes(packet)
+    length = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
+    return _rewrapped(packet, data[2 : 2 + length])
+
+
+def _subtitle_codec(stream: av.stream.Stream) -> str:
+    """The codec's name (the decoders of SubRip and ASS call themselves 'srt' and 'ssa')."""
+    name = stream.codec_context.name
+    return {"srt": "subrip", "ssa": "ass"}.get(name, name)
+
+
+def _subtitle_stream(out: av.container.OutputContainer, stream: av.stream.Stream,
+                     suffix: str) -> tuple[av.stream.Stream, Any] | None:
+    """An output stream for a source subtitle stream and how its packets are rewrapped (None: copied as
+    they are); None when the container takes no such subtitles."""
+    codec = _subtitle_codec(stream)
+    takes = _SUBTITLES_IN.get(suffix, frozenset())
+    if codec in takes:
+        return out.add_stream_from_template(stream), None
+    rewrap = {("subrip", "mov_text"): _srt_to_mov_text, ("text", "mov_text"): _srt_to_mov_text,
+              ("mov_text", "subrip"): _mov_text_to_srt}
+    for (source_codec, target), function in rewrap.items():
+        if codec == source_codec and target in takes:
+            made = out.add_stream(target)
+            made.codec_context.subtitle_header = _ASS_HEADER  # type: ignore[union-attr]
+            made.time_base = stream.time_base
+            if stream.language:
+                made.metadata["language"] = stream.language
+            return made, function
+    return None
 
 
 def _output_kind(output: Path) -> str:

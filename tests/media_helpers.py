@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -85,3 +86,20 @@ def with_subtitles(video: Path, dst: Path) -> Path:
                     out.mux(packet)
     srt.unlink()
     return dst
+
+
+def vfr_mkv(path: Path, gaps_ms: list[int], size: int = 16) -> Path:
+    """A complete variable-frame-rate Matroska file: one frame per gap (ms to the next frame), declared at 30 fps,
+    so its duration suggests more frames than it holds."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = size, size, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        t = 0
+        for i, gap in enumerate(gaps_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), (i * 37) % 256, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            out.mux(video.encode(frame))
+            t += gap
+        out.mux(video.encode())
+    return path

@@ -414,6 +414,13 @@ class Pix2PixDenoiser(Denoiser):
     def anchor_layers(self) -> list[str]:
         return sorted(name for name in self.unet.attn_processors if name.endswith("attn1.processor"))
 
+    def native_latent_size(self) -> int | None:
+        """The unet config's `sample_size` (the latent side it was trained at; its larger side when a pair)."""
+        size = getattr(getattr(self.unet, "config", None), "sample_size", None)
+        if isinstance(size, (list, tuple)):
+            size = max(size)
+        return int(size) if isinstance(size, int) and size > 0 else None
+
     def set_kv_hook(self, hook: KVHook | None) -> KVHook | None:
         """Install KV-hook processors on the self-attention layers while a hook is set (set directly:
         set_attn_processor walks the whole UNet on every call); restore diffusers' own when it is removed."""
