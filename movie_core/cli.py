@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -506,8 +507,18 @@ def _add_plugin_commands() -> None:
     get_plugin_manager().hook.movie_register_commands(cli=cli)
 
 
+def quiet_libraries() -> None:
+    """The command line's stderr carries movie's own lines: the model libraries' info/warning logs and their loading
+    progress bars are off unless the user sets their variables (DIFFUSERS_VERBOSITY, TRANSFORMERS_VERBOSITY,
+    HF_HUB_DISABLE_PROGRESS_BARS) otherwise. Set before those libraries are imported, which read them then."""
+    for var, value in (("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_VERBOSITY", "error"),
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(var, value)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: plugin commands added, user errors as one line with a non-zero exit."""
+    quiet_libraries()
     try:
         with terminate_like_interrupt(), warnings_as_lines():
             _add_plugin_commands()
