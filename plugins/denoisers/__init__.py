@@ -1,4 +1,4 @@
-"""Built-in denoisers: the four stages of the MoViE recipe."""
+"""Built-in denoisers: the four stages of the MoViE recipe, and the text-to-image ones (SD-1.5, MobileDiffusion)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ class DenoiserConfig:
                                         validator=attrs.validators.optional(attrs.validators.in_(SCHEDULERS)))
 
 
-def denoiser_spec(name: str, module: str, summary: str):
+@attrs.frozen(kw_only=True)
+class MobileDiffusionConfig(DenoiserConfig):
+    """The MobileDiffusion denoisers' options: softmax or relu attention (None keeps the weights' own)."""
+
+    attention: str | None = attrs.field(default=None,
+                                        validator=attrs.validators.optional(attrs.validators.in_(("softmax", "relu"))))
+
+
+def denoiser_spec(name: str, module: str, summary: str, config: type = DenoiserConfig):
     """The spec every built-in stage registers: its module's `build` is the factory."""
     from movie_core.registry import ComponentSpec
 
@@ -24,6 +32,6 @@ def denoiser_spec(name: str, module: str, summary: str):
         name=name,
         summary=summary,
         factory=f"{module}:build",
-        config=DenoiserConfig,
+        config=config,
         extra={"latent_space": "sd1", "stage": name},
     )
