@@ -84,7 +84,7 @@ class MDConfig:
             raise ValueError("every level's channels must divide by norm_groups and head_dim")
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self, recurse=True, retain_collection_types=False)
+        return attrs.asdict(self, recurse=True)
 
 
 SIZES: dict[str, dict[str, Any]] = {
