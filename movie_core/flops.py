@@ -106,7 +106,7 @@ def count(composition: Composition, height: int = 480, width: int = 480,
                               "text_encoder": nets["text_encoder"].module}
     components: dict[str, Any] = {}
     per_call: dict[str, tuple[int, int]] = {}
-    total_paper = total_all = total_conv = 0
+    total_paper = total_all = total_named = 0
     with torch.no_grad():
         for name, (fn, calls, per_video) in parts.items():
             paper, all_ = _measure(fn)
@@ -120,10 +120,10 @@ def count(composition: Composition, height: int = 480, width: int = 480,
             if name in owners:
                 components[name]["params"] = flops_conventions.parameters(owners[name])
             if convention:
-                conv = flops_conventions.count(convention, fn)
-                components[name][f"tflops_{convention}"] = conv * calls / 1e12
-                components[name][f"gflops_{convention}_per_call"] = conv / 1e9
-                total_conv += 0 if per_video else conv * calls
+                named = flops_conventions.count(convention, fn)
+                components[name][f"tflops_{convention}"] = named * calls / 1e12
+                components[name][f"gflops_{convention}_per_call"] = named / 1e9
+                total_named += 0 if per_video else named * calls
             if not per_video:
                 total_paper += paper * calls
                 total_all += all_ * calls
@@ -140,7 +140,7 @@ def count(composition: Composition, height: int = 480, width: int = 480,
     }
     if convention:
         result["convention"] = convention
-        result[f"tflops_{convention}"] = total_conv / 1e12
+        result[f"tflops_{convention}"] = total_named / 1e12
     if clock is not None:
         for i, conv in enumerate(("paper", "all")):
             unclocked = (per_call["unet_high"][i] + per_call["unet_core"][i]) * steps * passes

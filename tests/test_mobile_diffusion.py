@@ -12,9 +12,8 @@ import torch
 
 from movie_core.components import BuildContext
 from movie_core.flops_conventions import measure, parameters
-from movie_plugins.denoisers import MobileDiffusionConfig
+from movie_plugins.denoisers import MobileDiffusionConfig, _t2i
 from movie_plugins.denoisers import _mobile_diffusion as md
-from movie_plugins.denoisers import _t2i
 from tests.cli_helpers import run_cli
 
 

@@ -10,7 +10,8 @@ from movie_core.hookspecs import hookimpl
 from movie_plugins.denoisers import MobileDiffusionConfig, denoiser_spec
 
 NAME = "mobile-diffusion"
-SUMMARY = "MobileDiffusion UNet (320, 640, 1024; SA x3 + CA x3 innermost), CLIP-L text encoder, 2-pass CFG, DDIM 25 steps"
+SUMMARY = ("MobileDiffusion UNet (320, 640, 1024; SA x3 + CA x3 innermost), CLIP-L text encoder, "
+           "2-pass CFG, DDIM 25 steps")
 
 
 @hookimpl

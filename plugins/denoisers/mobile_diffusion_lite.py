@@ -10,7 +10,8 @@ from movie_core.hookspecs import hookimpl
 from movie_plugins.denoisers import MobileDiffusionConfig, denoiser_spec
 
 NAME = "mobile-diffusion-lite"
-SUMMARY = "MobileDiffusion-Lite UNet (innermost 896, Up-3 SA x2 + CA x2), CLIP-L text encoder, 2-pass CFG, DDIM 25 steps"
+SUMMARY = ("MobileDiffusion-Lite UNet (innermost 896, Up-3 SA x2 + CA x2), CLIP-L text encoder, "
+           "2-pass CFG, DDIM 25 steps")
 
 
 @hookimpl
