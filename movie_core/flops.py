@@ -117,8 +117,9 @@ def count(composition: Composition, height: int = 480, width: int = 480,
                 "calls": calls,
                 "per_video": per_video,
             }
-            if name in owners:
-                components[name]["params"] = flops_conventions.parameters(owners[name])
+            params = flops_conventions.parameters(owners.get(name))
+            if params is not None:  # torch-module components; the networks of a denoiser always are
+                components[name]["params"] = params
             if convention:
                 named = flops_conventions.count(convention, fn)
                 components[name][f"tflops_{convention}"] = named * calls / 1e12

@@ -99,9 +99,9 @@ def count(name: str, fn: Callable[[], Any]) -> int:
     return parts["layers"] + parts["attention"]
 
 
-def parameters(module: Any) -> int:
-    """Parameter count of a module (shared tensors once); 0 for objects without parameters."""
-    params = getattr(module, "parameters", None)
-    if params is None:
-        return 0
-    return sum(p.numel() for p in {id(p): p for p in params()}.values())
+def parameters(module: Any) -> int | None:
+    """Parameter count of a torch module (shared tensors once); None for a component that is not a torch module
+    (the contracts list no parameters: such a component's count is unknown)."""
+    if not isinstance(module, torch.nn.Module):
+        return None
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())

@@ -170,9 +170,12 @@ class TextToImageDenoiser(Denoiser):
             return self.unet(x, torch.as_tensor(t, device=x.device), text_emb)
         return self.unet(x, t, encoder_hidden_states=text_emb).sample
 
-    def predict(self, x_t, t, text_emb, s_T, null_emb) -> torch.Tensor:
-        """Classifier-free guidance with two passes in one batch (empty prompt first, as diffusers)."""
+    def predict(self, x_t, t, image_latents, text_emb, s_I=None, s_T=7.5, null_emb=None) -> torch.Tensor:
+        """Classifier-free guidance with two passes in one batch (empty prompt first, as diffusers); the
+        signature of the editing denoisers' predict, image_latents and s_I unused."""
         batch = x_t.shape[0]
+        if null_emb is None:
+            null_emb = self.encode_prompt([""]).to(text_emb)
         emb = torch.cat([null_emb.expand(batch, -1, -1), text_emb.expand(batch, -1, -1)])
         eps_uncond, eps_text = self.unet_forward(torch.cat([x_t] * 2), t, emb).chunk(2)
         return eps_uncond + s_T * (eps_text - eps_uncond)
@@ -198,7 +201,7 @@ class TextToImageDenoiser(Denoiser):
             if on_step is not None:
                 on_step(i, t)
             model_in = scheduler.scale_model_input(latents, t)
-            out = self.predict(model_in, t, text_emb, s_T, null_emb)
+            out = self.predict(model_in, t, image_latents, text_emb, s_T=s_T, null_emb=null_emb)
             latents = scheduler.step(out, t, latents, generator=generator).prev_sample
         return latents
 
