@@ -5,6 +5,7 @@ Full sizes are built on the meta device only; everything that runs uses tiny or 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -15,6 +16,10 @@ from movie_core.flops_conventions import measure, parameters
 from movie_plugins.denoisers import MobileDiffusionConfig, _t2i
 from movie_plugins.denoisers import _mobile_diffusion as md
 from tests.cli_helpers import run_cli
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _count_layers(unet: md.MobileDiffusionUNet) -> tuple[int, int, int]:
@@ -191,3 +196,34 @@ def test_flops_json_params_and_convention(capsys):
     assert result["components"]["text_encoder"]["params"] > 100e6  # CLIP-L text tower
     code, _, err = run_cli(capsys, "flops", "--size", "nano", "--convention", "nope")
     assert code != 0 and "unknown FLOPs convention" in err
+
+
+def _md_net_and_inputs(attention: str):
+    torch.manual_seed(0)
+    unet = md.build_unet("mobile-diffusion", "nano", attention=attention).eval()
+    x, c = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 64)
+    return _t2i.MDNet(unet), (x, unet.time_proj(torch.tensor([999, 999])), c)
+
+
+@pytest.mark.skipif(not (has("onnx") and has("onnxruntime")), reason="onnx/onnxruntime not installed ('.[onnx]')")
+def test_onnx_export_of_the_md_unet_matches_eager(attention="softmax"):  # relu: the hexagon test below
+    from movie_plugins.backends.onnx import OnnxBackend
+
+    net, inputs = _md_net_and_inputs(attention)
+    with torch.no_grad():
+        want = net(*inputs)
+        got = torch.as_tensor(OnnxBackend().prepare(net, inputs, {"name": f"md-{attention}"})(*inputs))
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-4
+
+
+@pytest.mark.slow  # the QNN HTP emulator compiles the graph (~40 s)
+@pytest.mark.skipif(not (has("onnxruntime_qnn") and has("onnxscript")),
+                    reason="onnxruntime-qnn is not installed (pip install '.[hexagon]')")
+def test_hexagon_compiles_the_md_unet_without_cpu_fallback():
+    from movie_plugins.backends.hexagon import HexagonBackend
+
+    net, inputs = _md_net_and_inputs("relu")
+    with torch.no_grad():
+        want = net(*inputs)
+        got = torch.as_tensor(HexagonBackend().prepare(net, inputs, {"name": "md-relu"})(*inputs)).float()
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-2  # fp16 on the HTP
