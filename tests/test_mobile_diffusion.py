@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,11 +177,17 @@ def test_generate_on_a_diffusers_sd_folder(capsys, tmp_path):
     folder = tmp_path / "sd"
     _tiny_sd_pipeline().save_pretrained(folder, safe_serialization=True)
     out = tmp_path / "img.png"
+    # no --denoiser or --vae: the folder's UNet class and model_index.json's VAE decide (stable-diffusion, sd-vae)
     code, stdout, err = run_cli(capsys, "generate", "-p", "a boat", "-o", str(out), "--model", str(folder),
-                                "--denoiser", "stable-diffusion", "--vae", "sd-vae", "--size", "nano",
                                 "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu")
     assert code == 0, err
     assert Image.open(out).size == (64, 64) and "stable-diffusion" in stdout
+    # the image is the diffusers pipeline's own, decoded by the folder's VAE
+    pipe = _tiny_sd_pipeline()
+    want = pipe("a boat", height=64, width=64, num_inference_steps=2, guidance_scale=7.5,
+                generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    got = np.asarray(Image.open(out), dtype=np.float32) / 255
+    assert np.abs(got - want).max() <= 1.5 / 255
 
 
 def test_flops_json_params_and_convention(capsys):

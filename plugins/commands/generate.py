@@ -39,8 +39,7 @@ def generate_image(prompt: str, output: Path, *, height: int | None, width: int 
     if not flags["model"] and not flags["init"]:
         raise UsageError("no weights: pass --model DIR (a diffusers text-to-image folder) or --init random")
     recipe, model, _ = resolve_recipe(flags)
-    if flags["denoiser"] is None and not (model and (model / "movie.json").is_file()):
-        recipe = recipe.replace(denoiser=DEFAULT_DENOISER)
+    recipe = _folder_defaults(recipe, model, flags)
     pipe = load_pipeline(recipe, model)
     den = pipe.denoiser
     if den.describe().get("task") != "text-to-image":
@@ -72,6 +71,27 @@ def generate_image(prompt: str, output: Path, *, height: int | None, width: int 
         raise
     return {"output": str(output), "denoiser": recipe.denoiser, "steps": steps, "text_guidance": s_T,
             "seed": recipe.seed, "height": height, "width": width, "model": str(model) if model else "random"}
+
+
+def _folder_defaults(recipe, model: Path | None, flags: dict[str, Any]):
+    """What a model folder without a movie.json implies when no flag says: the denoiser from unet/config.json's
+    class (the MobileDiffusion UNet, else SD's) and the autoencoder from model_index.json's vae entry."""
+    from movie_core.weights import MANIFEST, VAE_CLASSES, read_config
+
+    if model is not None and (model / MANIFEST).is_file():
+        return recipe
+    changes: dict[str, Any] = {}
+    if flags["denoiser"] is None:
+        unet_config = model / "unet" / "config.json" if model is not None else None
+        md = unet_config is not None and unet_config.is_file() and \
+            read_config(unet_config).get("_class_name") == "MobileDiffusionUNet"
+        changes["denoiser"] = "mobile-diffusion" if md else DEFAULT_DENOISER
+    if model is not None and not (flags["vae"] or flags["encoder"] or flags["decoder"]):
+        index = model / "model_index.json"
+        vae = read_config(index).get("vae") if index.is_file() else None
+        if isinstance(vae, list) and len(vae) == 2 and vae[1] in VAE_CLASSES:
+            changes["vae"] = VAE_CLASSES[vae[1]]
+    return recipe.replace(**changes) if changes else recipe
 
 
 @hookimpl
