@@ -41,7 +41,9 @@ def _levels(value: Any) -> tuple[Level, ...]:
 class MDConfig:
     """Every architectural choice of the MobileDiffusion UNet."""
 
-    in_channels: int = 4
+    in_channels: int = 4  # 8 as an editing backbone: noisy latents + the source image's latents (InstructPix2Pix)
+    # MoViE's guidance embedding: sinusoids of (s_I, s_T) -> MLP added to the time embedding (zero-initialised)
+    guidance_embed: bool = False
     out_channels: int = 4
     channels: tuple[int, ...] = attrs.field(default=(320, 640, 1024), converter=tuple)
     # Table 6, outermost level first. The transformer after a conv block has max(SA, CA) layers; a layer is
@@ -283,6 +285,11 @@ class MobileDiffusionUNet(nn.Module):
         cfg, ch = config, config.channels
         temb = cfg.time_embed_mult * ch[0]
         self.time_embed = nn.Sequential(nn.Linear(ch[0], temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.guidance_embed = None
+        if cfg.guidance_embed:
+            self.guidance_embed = nn.Sequential(nn.Linear(2 * ch[0], temb), nn.SiLU(), nn.Linear(temb, temb))
+            nn.init.zeros_(self.guidance_embed[2].weight)
+            nn.init.zeros_(self.guidance_embed[2].bias)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.down_attn = nn.ModuleList()
@@ -344,12 +351,17 @@ class MobileDiffusionUNet(nn.Module):
         return timestep_features(t, cfg.channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text_emb: torch.Tensor,
-                time_features: bool = False) -> torch.Tensor:
-        """timestep: (B,) timesteps, or with time_features=True the (B, channels[0]) sinusoids themselves."""
+                time_features: bool = False, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """timestep: (B,) timesteps, or with time_features=True the (B, channels[0]) sinusoids themselves;
+        guidance: (B, 2 channels[0]) guidance-scale sinusoids when the config has guidance_embed."""
         if not time_features:
             t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
             timestep = self.time_proj(t)
         temb = self.time_embed(timestep.to(sample.dtype))
+        if self.guidance_embed is not None:
+            if guidance is None:
+                raise ValueError("this UNet embeds the guidance scales: pass guidance features")
+            temb = temb + self.guidance_embed(guidance.to(sample.dtype))
         h = self.conv_in(sample)
         skips = [h]
         for i, (blocks, attns) in enumerate(zip(self.down_blocks, self.down_attn)):
