@@ -266,3 +266,35 @@ def test_md_editing_backbone_starts_guidance_free_and_edits(tmp_path):
     assert torch.equal(a, b)  # zero-initialised guidance embedding: the scales do not matter yet
     assert not torch.allclose(a, c)  # the source latents do
     assert den.describe()["task"] == "edit"
+
+
+def test_convert_text_to_image_md_into_the_editing_stages(capsys, tmp_path):
+    """`movie convert` carries a text-to-image MobileDiffusion folder into the editing stages: with the source
+    latents zeroed out and the guidance embedding at its zero init, the edit model is its text-to-image self."""
+    t2i = _t2i.build("mobile-diffusion", BuildContext(size="nano"), None)
+    for p in t2i.unet.parameters():  # away from init so carried weights are recognisable
+        p.data.add_(torch.randn_like(p) * 0.02)
+    t2i.save_pretrained(tmp_path / "t2i")
+    emb = t2i.encode_prompt(["a boat"])
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = t2i.unet(x, torch.tensor([500]), emb)
+    for target in ("mobile-diffusion-pix2pix", "mobile-diffusion-pix2pix-1step"):
+        out = tmp_path / target
+        code, stdout, err = run_cli(capsys, "convert", str(tmp_path / "t2i"), "--to", target, "--out", str(out))
+        assert code == 0, err
+        den = _md_edit_build(target, out)
+        assert den.unet.config.in_channels == 8
+        with torch.no_grad():
+            got = den.edit_forward(x, torch.tensor([500]), torch.randn(1, 4, 8, 8) * 0, emb, 1.5, 7.5)
+        assert torch.allclose(got, want, atol=1e-5)
+        assert json.loads((out / "movie.json").read_text())["stage"] == target
+    code, _, err = run_cli(capsys, "convert", str(tmp_path / "t2i"), "--to", "mobile-pix2pix", "--out",
+                           str(tmp_path / "bad"))
+    assert code != 0 and "Traceback" not in err and not (tmp_path / "bad").exists()
+
+
+def _md_edit_build(target, folder):
+    from movie_plugins.denoisers import _md_edit
+
+    return _md_edit.build(target, BuildContext(size="nano", weights=folder), None)

@@ -1,4 +1,5 @@
-"""Adds `movie convert`: carry an InstructPix2Pix folder's weights into the Mobile-Pix2Pix architectures."""
+"""Adds `movie convert`: carry an InstructPix2Pix folder's weights into the Mobile-Pix2Pix architectures, and a
+MobileDiffusion folder's into its editing stages."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import click
 
 from movie_core.hookspecs import hookimpl
 
-TARGETS = ("mobile-pix2pix", "mobile-pix2pix-mmg")
+TARGETS = ("mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-diffusion-pix2pix", "mobile-diffusion-pix2pix-1step")
 
 
 @hookimpl
@@ -19,9 +20,10 @@ def movie_register_commands(cli):
     @click.option("--out", required=True, type=click.Path(), help="Output model folder.")
     @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
     def convert(source: str, target: str, out: str, overwrite: bool) -> None:
-        """Convert an InstructPix2Pix model folder.
+        """Convert an InstructPix2Pix or MobileDiffusion model folder.
 
-        Drops the top-level attention (mobile), adds zeroed guidance layers (mmg).
+        Drops the top-level attention (mobile), adds zeroed guidance layers (mmg); a MobileDiffusion UNet gets
+        zeroed source-latent input channels and guidance layers (mobile-diffusion-pix2pix[-1step]).
         """
         from movie_plugins.denoisers._convert import convert_folder
 

@@ -174,3 +174,22 @@ def build(name: str, ctx: BuildContext, config) -> MDEditDenoiser:
     if not ctx.meta:
         den = den.to(device=ctx.torch_device, dtype=ctx.torch_dtype)
     return den.eval().requires_grad_(False)
+
+
+def convert_md_unet(unet: md.MobileDiffusionUNet, target: str) -> md.MobileDiffusionUNet:
+    """Carry a MobileDiffusion UNet's weights into `target`'s architecture: a 4-channel (text-to-image) input conv
+    gets zero weights for the 4 source-latent channels (InstructPix2Pix's initialisation, so the model starts as
+    its text-to-image self), and a guidance embedding is added zeroed (or dropped when the target has none)."""
+    stage = EDIT_STAGES[target]
+    cfg = attrs.evolve(unet.config, in_channels=8, guidance_embed=stage.embedded)
+    new = md.MobileDiffusionUNet(cfg)
+    src, dst = unet.state_dict(), new.state_dict()
+    for key, value in dst.items():
+        if key == "conv_in.weight" and src[key].shape[1] != value.shape[1]:
+            if src[key].shape[1] != 4:
+                raise ValueError(f"conv_in has {src[key].shape[1]} input channels; 4 or 8 convert")
+            dst[key] = torch.cat([src[key], torch.zeros_like(src[key])], dim=1)
+        elif key in src:
+            dst[key] = src[key]
+    new.load_state_dict(dst)
+    return new
