@@ -5,7 +5,8 @@ Everything is built on the meta device (no weights, a few seconds each). The SD-
 (the UNet's count per pass); SD-XL has no denoiser here, so its UNet is diffusers' UNet2DConditionModel with
 SD-XL base 1.0's published config typed in, counted by the same convention code. Each row also gets MoViE's
 `paper` convention (2 FLOPs per multiply-add, no attention matmuls) for comparison, and SD-XL two diagnostics
-(at 1024^2, and without its mid block) that bear on its gap. Prints a table and writes
+(at 1024^2, without its mid block, with a depth-1 mid block) that bear on its gap; and MoViE's 1-step recipe at
+480x480 beside the same stage on the MobileDiffusion UNet (MoViE's Table 1 ladder row). Prints a table and writes
 docs/results/mobilediffusion_table1.json.
 """
 
@@ -112,7 +113,17 @@ for name, row in diagnostics.items():
     paper = PAPER["SD-XL" if name.startswith("SD-XL") else "SD-1.5"]
     print(f"  ({name}: {row['gflops']:.1f} GFLOPs ({100 * (row['gflops'] / paper[1] - 1):+.1f}%), "
           f"{row['params_M']:.1f}M params)")
+# MoViE's Table 1 setting (480x480, MoViE's paper convention): its 1-step recipe, and the same stage on the MD UNet
+ladder = {}
+for label, recipe in (("movie (paper 0.76)", preset("movie").replace(size="full")),
+                      ("movie on the MobileDiffusion UNet", preset("movie").replace(
+                          size="full", denoiser="mobile-diffusion-pix2pix-1step", encoder="taesd", decoder="taesd"))):
+    r = flops.count(compose(recipe), height=480, width=480)
+    ladder[label] = {"tflops_per_frame_paper": r["tflops_paper"], "recipe": r["recipe"],
+                     "unet_params_M": r["components"]["unet"]["params"] / 1e6}
+    print(f"{label:36} {r['tflops_paper']:.3f} TFLOPs per frame at 480x480 (MoViE paper convention)")
 result = {"convention": "mobilediffusion", "side": args.size, "rows": rows, "diagnostics": diagnostics,
+          "movie_table1_ladder_480": ladder,
           "command": " ".join(["python", "examples/mobilediffusion_table1.py", *sys.argv[1:]])}
 args.out.parent.mkdir(parents=True, exist_ok=True)
 args.out.write_text(json.dumps(result, indent=2) + "\n")

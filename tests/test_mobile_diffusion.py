@@ -298,3 +298,45 @@ def _md_edit_build(target, folder):
     from movie_plugins.denoisers import _md_edit
 
     return _md_edit.build(target, BuildContext(size="nano", weights=folder), None)
+
+
+def test_img2img_strength_parity_with_diffusers():
+    """-O denoiser.strength=S (SDEdit) follows diffusers' StableDiffusionImg2ImgPipeline on the same weights."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    pipe = _tiny_sd_pipeline()
+    img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    den = _t2i.TextToImageDenoiser("stable-diffusion", pipe.unet, pipe.text_encoder, pipe.tokenizer, "ddim",
+                                   folder_scheduler=pipe.scheduler).eval()
+    den.strength = 0.5
+    source = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    prompt, steps, s_T = "a watercolor harbour", 6, 6.0
+    ref = img2img(prompt, image=source, strength=0.5, num_inference_steps=steps, guidance_scale=s_T,
+                  generator=torch.Generator().manual_seed(3), output_type="latent").images
+    ours = den.sample(source, den.encode_prompt([prompt]), steps=steps, s_T=s_T,
+                      generator=torch.Generator().manual_seed(3))
+    assert (ours - ref).abs().max().item() <= 1e-4
+    den.strength = 1.0  # the whole schedule: the source hardly matters any more
+    far = den.sample(source, den.encode_prompt([prompt]), steps=steps, s_T=s_T,
+                     generator=torch.Generator().manual_seed(3))
+    assert (far - source).abs().mean() > (ours - source).abs().mean()
+
+
+def test_edit_with_a_text_to_image_denoiser_at_strength_keeps_the_video(capsys, tmp_path):
+    """img2img video stylization: `movie edit -O denoiser.strength=0.5` with a text-to-image denoiser keeps frame
+    count, fps, size and audio (random nano weights)."""
+    from movie_core.video import make_test_video, probe
+
+    src = make_test_video(tmp_path / "in.mp4", seconds=1, fps=8, width=64, height=48, audio=True)
+    out = tmp_path / "out.mp4"
+    code, _, err = run_cli(capsys, "edit", str(src), "-p", "a watercolor painting", "-o", str(out), "--denoiser",
+                           "mobile-diffusion", "--init", "random", "--size", "nano", "--vae", "taesd", "--steps", "2",
+                           "-O", "denoiser.strength=0.5", "--no-progress")
+    assert code == 0, err
+    want, got = probe(src), probe(out)
+    for key in ("frame_count", "fps", "width", "height", "audio_codec"):
+        assert got[key] == want[key], key
+    code, _, err = run_cli(capsys, "generate", "-p", "x", "-o", str(tmp_path / "g.png"), "--denoiser",
+                           "mobile-diffusion", "--init", "random", "--size", "nano", "-O", "denoiser.strength=0.5")
+    assert code != 0 and "strength is for `movie edit`" in err and not (tmp_path / "g.png").exists()

@@ -45,6 +45,8 @@ def generate_image(prompt: str, output: Path, *, height: int | None, width: int 
     if den.describe().get("task") != "text-to-image":
         raise UsageError(f"denoiser '{recipe.denoiser}' edits images; `movie generate` needs a text-to-image one "
                          f"(e.g. {DEFAULT_DENOISER}, mobile-diffusion)")
+    if den.describe().get("strength") is not None:
+        raise UsageError("strength is for `movie edit` (img2img); `movie generate` starts from noise: drop it")
     down = pipe.decoder.downscale
     side = 512 if recipe.size == "full" else 128
     height, width = height or side, width or side

@@ -15,8 +15,21 @@ class DenoiserConfig:
                                         validator=attrs.validators.optional(attrs.validators.in_(SCHEDULERS)))
 
 
+def _strength(instance, attribute, value) -> None:
+    if value is not None and not 0 < value <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {value}")
+
+
 @attrs.frozen(kw_only=True)
-class MobileDiffusionConfig(DenoiserConfig):
+class TextToImageConfig(DenoiserConfig):
+    """Text-to-image denoisers' options: `strength` makes `movie edit` an img2img (SDEdit) stylization: the source
+    latents are noised to that fraction of the schedule and denoised with the prompt (None: from pure noise)."""
+
+    strength: float | None = attrs.field(default=None, validator=_strength)
+
+
+@attrs.frozen(kw_only=True)
+class MobileDiffusionConfig(TextToImageConfig):
     """The MobileDiffusion denoisers' options: softmax or relu attention (None keeps the weights' own)."""
 
     attention: str | None = attrs.field(default=None,

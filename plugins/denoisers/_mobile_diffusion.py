@@ -377,7 +377,8 @@ class MobileDiffusionUNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), temb)
                 h = attn(h, text_emb) if isinstance(attn, Transformer) else h
             if i < len(self.upsamplers):
-                h = self.upsamplers[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+                # to the next skip's size: x2, or the odd size a strided conv rounded down (as diffusers' UNet)
+                h = self.upsamplers[i](F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

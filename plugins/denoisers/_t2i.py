@@ -83,6 +83,7 @@ class TextToImageDenoiser(Denoiser):
             self.prediction_type = folder_scheduler.config.prediction_type
         self.latent_scale = latent_scale
         self.standin_tokenizer = standin_tokenizer
+        self.strength: float | None = None  # img2img (SDEdit): the fraction of the schedule the source is noised to
         self._saved_processors: list[tuple[Any, Any]] | None = None
 
     @property
@@ -132,6 +133,7 @@ class TextToImageDenoiser(Denoiser):
         facts = super().describe() | {
             "scheduler": self.scheduler_name,
             "task": "text-to-image",
+            "strength": self.strength,
             "unet": MD_CLASS if self.is_md else "UNet2DConditionModel",
             "host": {"cfg": "2 passes per step in one batch: (empty prompt, prompt); "
                             "eps_uncond + s_T * (eps_text - eps_uncond)",
@@ -188,16 +190,27 @@ class TextToImageDenoiser(Denoiser):
     @torch.no_grad()
     def sample(self, image_latents, text_emb, *, steps=None, s_T=7.5, s_I=1.5, null_emb=None, generator=None,
                latents=None, on_step=None, scheduler=None) -> torch.Tensor:
-        """Latents from noise for the prompt (image_latents: shape, device and dtype only)."""
+        """Latents from noise for the prompt (image_latents: shape, device and dtype only), or with `strength` set
+        the source latents noised to that point of the schedule and denoised from there (SDEdit, the order of
+        diffusers' StableDiffusionImg2ImgPipeline): int(steps * strength) steps run. `latents` is the noise."""
         scheduler = scheduler or self.make_scheduler()
-        scheduler.set_timesteps(steps or self.default_steps, device=image_latents.device)
+        steps = steps or self.default_steps
+        scheduler.set_timesteps(steps, device=image_latents.device)
         if latents is None:
             latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
                                    dtype=image_latents.dtype)
-        latents = latents * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        if self.strength is None:
+            latents = latents * scheduler.init_noise_sigma
+        else:
+            start = steps - min(max(int(steps * self.strength), 1), steps)
+            timesteps = timesteps[start * scheduler.order:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(start * scheduler.order)
+            latents = scheduler.add_noise(image_latents, latents, timesteps[:1].repeat(image_latents.shape[0]))
         if null_emb is None:
             null_emb = self.encode_prompt([""]).to(text_emb)
-        for i, t in enumerate(scheduler.timesteps):
+        for i, t in enumerate(timesteps):
             if on_step is not None:
                 on_step(i, t)
             model_in = scheduler.scale_model_input(latents, t)
@@ -257,6 +270,7 @@ def build(name: str, ctx: BuildContext, config) -> TextToImageDenoiser:
             unet = _random_unet(name, ctx.size)
             text = CLIPTextModel(text_config(ctx.size, tokenizer))
         den = TextToImageDenoiser(name, unet, text, tokenizer, scheduler, standin_tokenizer=standin)
+    den.strength = getattr(config, "strength", None)
     attention = getattr(config, "attention", None)
     if attention and isinstance(den.unet, md.MobileDiffusionUNet):  # softmax <-> relu on the same weights
         den.unet.set_attention(attention)

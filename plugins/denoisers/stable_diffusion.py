@@ -6,7 +6,7 @@ SD-1.5 text-to-image UNet (4 input channels), CLIP-L text encoder, 2-pass CFG, D
 from __future__ import annotations
 
 from movie_core.hookspecs import hookimpl
-from movie_plugins.denoisers import denoiser_spec
+from movie_plugins.denoisers import TextToImageConfig, denoiser_spec
 
 NAME = "stable-diffusion"
 SUMMARY = "SD-1.5 text-to-image UNet (4 input channels), CLIP-L text encoder, 2-pass CFG, DDIM 25 steps"
@@ -14,7 +14,7 @@ SUMMARY = "SD-1.5 text-to-image UNet (4 input channels), CLIP-L text encoder, 2-
 
 @hookimpl
 def movie_register_denoisers(registry):
-    registry.register(denoiser_spec(NAME, __name__, SUMMARY))
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY, config=TextToImageConfig))
 
 
 def build(ctx, config):
