@@ -104,7 +104,7 @@ def bench_pipeline(pipe, *, height: int, width: int, frames: int = 8, batch_size
             "text_encoder_ms_per_video": text_ms,
         },
         "height": height, "width": width, "frames": frames, "batch_size": batch_size, "repeats": repeats,
-        "steps": pipe.steps, "unet_passes_per_step": 3 if pipe.denoiser.guidance == "cfg3" else 1,
+        "steps": pipe.steps, "unet_passes_per_step": {"cfg3": 3, "cfg2": 2}.get(pipe.denoiser.guidance, 1),
         "device": str(device), "dtype": r.dtype, "threads": torch.get_num_threads(),
         "recipe": r.components() | {"size": r.size}, "backend": pipe.backend_info(),
     }

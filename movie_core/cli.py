@@ -174,13 +174,14 @@ def _save_model(comp, model: Path | None, init: str | None, dest: Path) -> list[
 @click.option("--width", type=click.IntRange(min=8), default=480, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Bar chart of the four presets (log scale) to PNG.")
-def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -> None:
-    """Per-frame TFLOPs on the meta device (no weights): paper and all conventions."""
+@click.option("--convention", help="Also count in a named convention (mobilediffusion: MobileDiffusion's Table 1).")
+def flops(height: int, width: int, as_json: bool, plot: str | None, convention: str | None, **kw: Any) -> None:
+    """Per-frame TFLOPs on the meta device (no weights): paper and all conventions, and parameters."""
     from movie_core import flops as fl
     from movie_core.composer import compose as do_compose
 
     recipe, model, _ = resolve_recipe(kw)
-    result = fl.count(do_compose(recipe), height=height, width=width, model=model)
+    result = fl.count(do_compose(recipe), height=height, width=width, model=model, convention=convention)
     if plot:
         fl.plot_presets(plot, height=height, width=width, size=recipe.size)
     if as_json:
@@ -190,8 +191,10 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, **kw: Any) -
                f"{result['tflops_all']:.3f} TFLOPs (all)")
     for name, c in result["components"].items():
         per = "per video" if c.get("per_video") else "per frame"
-        click.echo(f"  {name:13} {c['tflops_paper']:9.4f} paper {c['tflops_all']:9.4f} all  "
-                   f"({per}, {c['calls']:g} call(s))")
+        extra = f" {c[f'tflops_{convention}']:9.4f} {convention}" if convention else ""
+        params = f", {c['params'] / 1e6:.1f}M params" if "params" in c else ""
+        click.echo(f"  {name:13} {c['tflops_paper']:9.4f} paper {c['tflops_all']:9.4f} all{extra}  "
+                   f"({per}, {c['calls']:g} call(s){params})")
     if "clock" in result:
         c = result["clock"]
         where = (f"1 frame in {c['frame_clock']} (average per frame)" if "frame_clock" in c else

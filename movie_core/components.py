@@ -111,8 +111,9 @@ class AutoencoderContract(Protocol):
 class DenoiserContract(Protocol):
     """Text encoder, denoising network and sampler of one editing model.
 
-    guidance: 'cfg3' (three network passes per step, MoViE Eq. 1; `sample` needs `null_emb`) or
-    'embedded' (one pass; the scales enter the network). default_steps: steps when the recipe sets none.
+    guidance: 'cfg3' (three network passes per step, MoViE Eq. 1; `sample` needs `null_emb`), 'cfg2' (two passes,
+    text-to-image guidance; `null_emb` too) or 'embedded' (one pass; the scales enter the network).
+    default_steps: steps when the recipe sets none.
     """
 
     guidance: str

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from movie_core import clockwork
+from movie_core import clockwork, flops_conventions
 from movie_core.backends import active
 from movie_core.composer import Composition, compose
 from movie_core.errors import UsageError
@@ -61,9 +61,13 @@ def _measure(fn: Callable[[], Any]) -> tuple[int, int]:
     return paper, counter.get_total_flops()
 
 
-def count(composition: Composition, height: int = 480, width: int = 480, model: Any = None) -> dict[str, Any]:
-    """Per-frame TFLOPs of a composed recipe at HxW, per component and in total (model: the folder whose trained
-    adaptor's size to count, for `adaptor = "trained"`; without one, an adaptor of the default size)."""
+def count(composition: Composition, height: int = 480, width: int = 480, model: Any = None,
+          convention: str | None = None) -> dict[str, Any]:
+    """Per-frame TFLOPs of a composed recipe at HxW, per component and in total (and in a named convention of
+    movie_core.flops_conventions when given), with each component's parameter count. model: the folder whose
+    trained adaptor's size to count, for `adaptor = "trained"`; without one, an adaptor of the default size."""
+    if convention and convention not in flops_conventions.CONVENTIONS:
+        raise UsageError(f"unknown FLOPs convention '{convention}' (known: {', '.join(flops_conventions.CONVENTIONS)})")
     pipe = build(composition, meta=True)
     enc, dec, den = pipe.encoder, pipe.decoder, pipe.denoiser
     down = enc.downscale
@@ -72,7 +76,7 @@ def count(composition: Composition, height: int = 480, width: int = 480, model: 
                          f"got {height}x{width}")
     dev = torch.device("meta")
     steps = pipe.steps
-    passes = 3 if den.guidance == "cfg3" else 1
+    passes = {"cfg3": 3, "cfg2": 2}.get(den.guidance, 1)
     image = torch.empty(1, 3, height, width, device=dev)
     latents = torch.empty(1, enc.latent_channels, height // down, width // down, device=dev)
     nets = den.networks()
@@ -112,9 +116,11 @@ def count(composition: Composition, height: int = 480, width: int = 480, model: 
         parts["unet"] = (unet_pass, steps * passes, False)
     parts["decoder"] = (lambda: dec.decode(latents), 1, False)
     parts["text_encoder"] = (lambda: nets["text_encoder"].module(ids), 1, True)
+    owners: dict[str, Any] = {"encoder": enc, "decoder": dec, "unet": nets["unet"].module,
+                              "text_encoder": nets["text_encoder"].module}
     components: dict[str, Any] = {}
     per_call: dict[str, tuple[int, int]] = {}
-    total_paper = total_all = 0
+    total_paper = total_all = total_named = 0
     with torch.no_grad():
         for name, (fn, calls, per_video) in parts.items():
             paper, all_ = _measure(fn)
@@ -125,6 +131,14 @@ def count(composition: Composition, height: int = 480, width: int = 480, model: 
                 "calls": calls,
                 "per_video": per_video,
             }
+            params = flops_conventions.parameters(owners.get(name))
+            if params is not None:  # torch-module components; the networks of a denoiser always are
+                components[name]["params"] = params
+            if convention:
+                named = flops_conventions.count(convention, fn)
+                components[name][f"tflops_{convention}"] = named * calls / 1e12
+                components[name][f"gflops_{convention}_per_call"] = named / 1e9
+                total_named += 0 if per_video else named * calls
             if not per_video:
                 total_paper += round(paper * calls)
                 total_all += round(all_ * calls)
@@ -139,6 +153,9 @@ def count(composition: Composition, height: int = 480, width: int = 480, model: 
         "components": components,
         "recipe": recipe.components(),
     }
+    if convention:
+        result["convention"] = convention
+        result[f"tflops_{convention}"] = total_named / 1e12
     if clock is not None:
         for i, conv in enumerate(("paper", "all")):
             unclocked = (per_call["unet_high"][i] + per_call["unet_core"][i]) * steps * passes

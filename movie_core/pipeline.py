@@ -123,7 +123,7 @@ class Pipeline:
         """Encode a prompt (or one prompt per image) once, with the empty prompt when guidance takes 3 passes."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         den = self.denoiser
-        null = den.encode_prompt([""]) if den.guidance == "cfg3" else None
+        null = den.encode_prompt([""]) if den.guidance in ("cfg3", "cfg2") else None
         return Prompt(den.encode_prompt(prompts), null)
 
     def generators(self, n: int, seed: int | None = None) -> list[torch.Generator]:

@@ -23,6 +23,11 @@ DEFAULT_PLUGINS = (
     "movie_plugins.denoisers.mobile_pix2pix",
     "movie_plugins.denoisers.mobile_pix2pix_mmg",
     "movie_plugins.denoisers.mobile_pix2pix_1step",
+    "movie_plugins.denoisers.stable_diffusion",
+    "movie_plugins.denoisers.mobile_diffusion",
+    "movie_plugins.denoisers.mobile_diffusion_lite",
+    "movie_plugins.denoisers.mobile_diffusion_pix2pix",
+    "movie_plugins.denoisers.mobile_diffusion_pix2pix_1step",
     "movie_plugins.backends.eager",
     "movie_plugins.backends.compile",
     "movie_plugins.backends.cuda_graphs",
@@ -41,6 +46,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.commands.nano_train",
     "movie_plugins.commands.eval",
     "movie_plugins.commands.ablate",
+    "movie_plugins.commands.generate",
 )
 
 REGISTER_HOOKS = {f"movie_register_{family}s": family for family in FAMILIES}

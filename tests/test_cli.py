@@ -81,7 +81,9 @@ def test_torch_probe_can_see_torch():
         (["compose", "--vae", "taesdd"], "autoencoder", "sd-vae, taesd", "taesd"),
         (["compose", "--decoder", "sd_vae"], "autoencoder", "sd-vae, taesd", "sd-vae"),
         (["compose", "--denoiser", "mobile-pix2pix-1stp"], "denoiser",
-         "instruct-pix2pix, mobile-pix2pix, mobile-pix2pix-1step, mobile-pix2pix-mmg", "mobile-pix2pix-1step"),
+         "instruct-pix2pix, mobile-diffusion, mobile-diffusion-lite, mobile-diffusion-pix2pix, "
+         "mobile-diffusion-pix2pix-1step, mobile-pix2pix, mobile-pix2pix-1step, mobile-pix2pix-mmg, stable-diffusion",
+         "mobile-pix2pix-1step"),
         (["compose", "--backend", "eagre"], "backend",
          "aihub, compile, cuda-graphs, eager, hexagon, onnx, tensorrt", "eager"),
         (["compose", "--preset", "mobil"], "preset", "base, mobile, mmg, movie", "mobile"),

@@ -100,7 +100,7 @@ def first_timestep(den) -> torch.Tensor:
 def test_denoiser_forward_and_round_trip(spec, tmp_path):
     den = make(spec)
     assert isinstance(den, Denoiser)
-    assert den.guidance in ("cfg3", "embedded")
+    assert den.guidance in ("cfg3", "cfg2", "embedded")
     g = torch.Generator().manual_seed(0)
     x_t = torch.randn(1, 4, 8, 8, generator=g)
     image_latents = torch.randn(1, 4, 8, 8, generator=g)
@@ -183,7 +183,7 @@ def test_one_step_denoiser_is_lcm_v_prediction(builtin):
 
 @pytest.mark.parametrize("spec", DENOISERS, ids=lambda s: s.name)
 def test_unet_passes_per_step(spec, builtin):
-    """cfg3: three UNet passes per step (one batched call of 3x the frames); embedded: one pass."""
+    """cfg3: three UNet passes per step (one batched call of 3x the frames); cfg2: two; embedded: one pass."""
     den = builtin[spec.name] if spec.name in builtin else make(spec)
     if not (hasattr(den, "unet") and hasattr(den, "sample")):
         pytest.skip(f"{spec.name} has no UNet sampling loop to count")
@@ -198,7 +198,7 @@ def test_unet_passes_per_step(spec, builtin):
         handle.remove()
     assert out.shape == image_latents.shape and torch.isfinite(out).all()
     passes = sum(calls) / frames
-    assert passes == steps * (3 if den.guidance == "cfg3" else 1), calls
+    assert passes == steps * {"cfg3": 3, "cfg2": 2}.get(den.guidance, 1), calls
     assert len(calls) == steps  # one batched UNet call per step either way
     if spec.name in GUIDANCE:
         assert den.guidance == GUIDANCE[spec.name]

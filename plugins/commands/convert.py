@@ -1,5 +1,5 @@
 """Adds `movie convert`: any model source to a model folder, optionally carrying an InstructPix2Pix UNet into the
-Mobile-Pix2Pix architectures."""
+Mobile-Pix2Pix architectures or a MobileDiffusion UNet into its editing stages."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 
 from movie_core.hookspecs import hookimpl
 
-TARGETS = ("mobile-pix2pix", "mobile-pix2pix-mmg")
+TARGETS = ("mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-diffusion-pix2pix", "mobile-diffusion-pix2pix-1step")
 
 
 @hookimpl
@@ -26,7 +26,8 @@ def movie_register_commands(cli):
         SOURCE: a model folder, a Hugging Face cache snapshot or a repo id in the local cache (never downloaded),
         a .safetensors single file (movie's, or an original LDM-layout checkpoint such as
         instruct-pix2pix-00-22000.safetensors, converted with the SD-1.5 configs that ship with movie). --to drops
-        the top-level attention (mobile) or adds zeroed guidance layers (mmg).
+        the top-level attention (mobile) or adds zeroed guidance layers (mmg); a MobileDiffusion UNet gets zeroed
+        source-latent input channels and guidance layers (mobile-diffusion-pix2pix[-1step]).
         """
         from movie_plugins.denoisers._convert import convert_folder
 

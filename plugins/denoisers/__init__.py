@@ -1,4 +1,4 @@
-"""Built-in denoisers: the four stages of the MoViE recipe."""
+"""Built-in denoisers: the four stages of the MoViE recipe, and the text-to-image ones (SD-1.5, MobileDiffusion)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,28 @@ class DenoiserConfig:
                                         validator=attrs.validators.optional(attrs.validators.in_(SCHEDULERS)))
 
 
-def denoiser_spec(name: str, module: str, summary: str):
+def _strength(instance, attribute, value) -> None:
+    if value is not None and not 0 < value <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class TextToImageConfig(DenoiserConfig):
+    """Text-to-image denoisers' options: `strength` makes `movie edit` an img2img (SDEdit) stylization: the source
+    latents are noised to that fraction of the schedule and denoised with the prompt (None: from pure noise)."""
+
+    strength: float | None = attrs.field(default=None, validator=_strength)
+
+
+@attrs.frozen(kw_only=True)
+class MobileDiffusionConfig(TextToImageConfig):
+    """The MobileDiffusion denoisers' options: softmax or relu attention (None keeps the weights' own)."""
+
+    attention: str | None = attrs.field(default=None,
+                                        validator=attrs.validators.optional(attrs.validators.in_(("softmax", "relu"))))
+
+
+def denoiser_spec(name: str, module: str, summary: str, config: type = DenoiserConfig):
     """The spec every built-in stage registers: its module's `build` is the factory."""
     from movie_core.registry import ComponentSpec
 
@@ -24,6 +45,6 @@ def denoiser_spec(name: str, module: str, summary: str):
         name=name,
         summary=summary,
         factory=f"{module}:build",
-        config=DenoiserConfig,
+        config=config,
         extra={"latent_space": "sd1", "stage": name},
     )

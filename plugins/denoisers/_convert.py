@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from movie_core.errors import MovieError, UsageError
 from movie_core.weights import (
@@ -22,6 +23,8 @@ from movie_core.weights import (
 
 # the autoencoder a folder's vae/config.json class is (what the manifest records, so the folder runs without --vae)
 _VAE_CLASSES = {"AutoencoderKL": "sd-vae", "AutoencoderTiny": "taesd"}
+
+MD_TARGETS = ("mobile-diffusion-pix2pix", "mobile-diffusion-pix2pix-1step")
 
 
 def _ldm_file(source: str) -> Path | None:
@@ -103,6 +106,22 @@ def convert_folder(source: str | Path, target: str | None, out: Path, overwrite:
     return out
 
 
+def _convert_md(unet_dir: Path, tmp: Path, target: str) -> Any:
+    """A MobileDiffusion UNet (text-to-image or editing) -> an editing stage on the same weights; its stage."""
+    from movie_plugins.denoisers import _md_edit, _t2i
+
+    if read_config(unet_dir / "config.json").get("_class_name") != _t2i.MD_CLASS:
+        raise MovieError(f"{unet_dir} is not a MobileDiffusion UNet; '{target}' converts from one")
+    try:
+        new = _md_edit.convert_md_unet(_t2i.load_md_unet(unet_dir), target)
+    except ValueError as exc:
+        raise MovieError(f"cannot convert {unet_dir} to '{target}': {exc}") from None
+    if (tmp / "unet").exists():
+        shutil.rmtree(tmp / "unet")
+    _t2i.save_md_unet(new, tmp / "unet")
+    return _md_edit.EDIT_STAGES[target]
+
+
 def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str | None) -> None:
     from diffusers import UNet2DConditionModel
 
@@ -111,19 +130,27 @@ def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str
 
     unet_dir = origin / "unet"
     check_folder(unet_dir)
-    kw = check_component(unet_dir, "diffusion_pytorch_model")
-    unet = load_checked(unet_dir, lambda: UNet2DConditionModel.from_pretrained(unet_dir, **kw))
-    if unet.config.in_channels != 8:
-        raise MovieError(f"{unet_dir} has {unet.config.in_channels} input channels; an InstructPix2Pix UNet has 8")
-    new = convert_unet(unet, target)
-    if (tmp / "unet").exists():
-        shutil.rmtree(tmp / "unet")
-    new.save_pretrained(tmp / "unet", safe_serialization=True)
+    if target in MD_TARGETS:
+        stage = _convert_md(unet_dir, tmp, target)
+        was = "mobile-diffusion"
+    else:
+        kind = read_config(unet_dir / "config.json").get("_class_name")
+        if kind != "UNet2DConditionModel":
+            raise MovieError(f"{unet_dir} is a {kind}, not an InstructPix2Pix UNet; '{target}' converts from one")
+        kw = check_component(unet_dir, "diffusion_pytorch_model")
+        unet = load_checked(unet_dir, lambda: UNet2DConditionModel.from_pretrained(unet_dir, **kw))
+        if unet.config.in_channels != 8:
+            raise MovieError(f"{unet_dir} has {unet.config.in_channels} input channels; an InstructPix2Pix UNet "
+                             "has 8")
+        new = convert_unet(unet, target)
+        if (tmp / "unet").exists():
+            shutil.rmtree(tmp / "unet")
+        new.save_pretrained(tmp / "unet", safe_serialization=True)
+        stage, was = STAGES[target], "instruct-pix2pix"
     recipe = dict(manifest.get("recipe", {}), denoiser=target)
     if vae:  # the folder's own autoencoder, so it runs without --vae (a recipe that names its own keeps it)
         recipe.setdefault("encoder", vae)
         recipe.setdefault("decoder", vae)
-    stage = STAGES[target]
     write_manifest(tmp, manifest | {
         "format": "movie-model/1",
         "recipe": recipe,
@@ -131,6 +158,6 @@ def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str
         "prediction_type": stage.prediction_type,
         "guidance": "embedded" if stage.embedded else "cfg3",
         "default_steps": stage.steps,
-        "converted_from": manifest.get("stage", "instruct-pix2pix"),
+        "converted_from": manifest.get("stage", was),
         **({"autoencoder": vae} if vae else {}),
     })

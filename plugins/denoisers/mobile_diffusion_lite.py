@@ -1,0 +1,26 @@
+"""Registers the `mobile-diffusion-lite` denoiser (text-to-image, MobileDiffusion Table 6).
+
+MobileDiffusion-Lite UNet (innermost 896, Up-3 SA x2 + CA x2), CLIP-L text encoder, 2-pass CFG, DDIM 25 steps.
+Option `attention=relu` runs the attention with relu instead of softmax (the paper's mobile fine-tune).
+"""
+
+from __future__ import annotations
+
+from movie_core.hookspecs import hookimpl
+from movie_plugins.denoisers import MobileDiffusionConfig, denoiser_spec
+
+NAME = "mobile-diffusion-lite"
+SUMMARY = ("MobileDiffusion-Lite UNet (innermost 896, Up-3 SA x2 + CA x2), CLIP-L text encoder, "
+           "2-pass CFG, DDIM 25 steps")
+
+
+@hookimpl
+def movie_register_denoisers(registry):
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY, config=MobileDiffusionConfig))
+
+
+def build(ctx, config):
+    """Build the denoiser (imports torch)."""
+    from movie_plugins.denoisers import _t2i
+
+    return _t2i.build(NAME, ctx, config)

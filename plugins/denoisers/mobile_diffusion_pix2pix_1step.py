@@ -1,0 +1,24 @@
+"""Registers the `mobile-diffusion-pix2pix-1step` denoiser (the MobileDiffusion UNet as an editing backbone).
+
+MobileDiffusion UNet, 8 input channels + guidance embeddings, v-pred, LCM, 1 step.
+"""
+
+from __future__ import annotations
+
+from movie_core.hookspecs import hookimpl
+from movie_plugins.denoisers import denoiser_spec
+
+NAME = "mobile-diffusion-pix2pix-1step"
+SUMMARY = "MobileDiffusion UNet, 8 input channels + guidance embeddings, v-pred, LCM, 1 step"
+
+
+@hookimpl
+def movie_register_denoisers(registry):
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY))
+
+
+def build(ctx, config):
+    """Build the denoiser (imports torch)."""
+    from movie_plugins.denoisers import _md_edit
+
+    return _md_edit.build(NAME, ctx, config)
