@@ -174,7 +174,8 @@ def _save_model(comp, model: Path | None, init: str | None, dest: Path) -> list[
 @click.option("--width", type=click.IntRange(min=8), default=480, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Bar chart of the four presets (log scale) to PNG.")
-@click.option("--convention", help="Also count in a named convention (mobilediffusion: MobileDiffusion's Table 1).")
+@click.option("--convention", help="Also count in a named convention (mobilediffusion: MobileDiffusion's Table 1; deepspeed: "
+              "DeepSpeed's profiler rules, which the MoViE paper names).")
 def flops(height: int, width: int, as_json: bool, plot: str | None, convention: str | None, **kw: Any) -> None:
     """Per-frame TFLOPs on the meta device (no weights): paper and all conventions, and parameters."""
     from movie_core import flops as fl
@@ -187,8 +188,9 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, convention: 
     if as_json:
         _emit(result)
         return
+    named = f", {result[f'tflops_{convention}']:.3f} TFLOPs ({convention})" if convention else ""
     click.echo(f"{height}x{width}, per frame: {result['tflops_paper']:.3f} TFLOPs (paper), "
-               f"{result['tflops_all']:.3f} TFLOPs (all)")
+               f"{result['tflops_all']:.3f} TFLOPs (all){named}")
     for name, c in result["components"].items():
         per = "per video" if c.get("per_video") else "per frame"
         extra = f" {c[f'tflops_{convention}']:9.4f} {convention}" if convention else ""
