@@ -19,23 +19,81 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "make it look like a watercolor painting"
 HEIGHT, WIDTH = 192, 256  # the acceptance's 256x192
 
-pytest.importorskip("onnxruntime", reason="the onnx export needs onnxruntime (pip install '.[onnx]')")
-pytest.importorskip("onnxscript", reason="the onnx export needs onnxscript (pip install '.[onnx]')")
-pytest.importorskip("tokenizers", reason="the app loop reads tokenizer.json with tokenizers")
+pytest.importorskip("onnxruntime", reason="the app loop and the onnx export need onnxruntime (pip install '.[onnx]')")
 
-# run a script with torch, diffusers and transformers unimportable (a meta-path finder refusing them)
+# run a script with torch, diffusers, transformers and tokenizers unimportable (a meta-path finder refusing them)
 BLOCKED = """
 import runpy, sys
+NAMES = ("torch", "diffusers", "transformers", "tokenizers")
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "diffusers", "transformers"):
+        if name.split(".")[0] in NAMES:
             raise ImportError(f"{name} is blocked: the app loop must not need it")
 sys.meta_path.insert(0, Block())
 script, *sys.argv = sys.argv[1:]
 sys.argv.insert(0, script)
 runpy.run_path(script, run_name="__main__")
-assert not {"torch", "diffusers", "transformers"} & set(sys.modules), "a blocked module was imported"
+assert not set(NAMES) & {m.split(".")[0] for m in sys.modules}, "a blocked module was imported"
 """
+PROMPTS = [
+    PROMPT,
+    "",
+    "   Make   it\tSEPIA,\nplease!!  ",
+    "don't; it's 'quoted' -- you'll we're I'm they've he'd ''s ?'s",
+    "add 3 cats, 42 dogs and 1,000.5 birds (x2) @ 10:30pm #tag $5 50% a+b=c",
+    "café naïve Ünïcödé straße İstanbul ÉCOLE",
+    "日本語のテキスト 中文 한국어 Ελληνικά русский عربى",
+    "emoji 🎨🖌️ ✨ and symbols ½ ² ³ ⅷ ١٢٣ — “smart quotes” …",
+    "e\u0301 composed (NFC) vs é; tabs\t\tand\u00a0nbsp; under_score snake_case_name",
+    "<|startoftext|>special<|endoftext|> inside",
+    " ".join(f"word{i} painting watercolor" for i in range(40)),  # far past 77 tokens: truncated
+    "watercolor" * 30,  # one long word
+]
+
+
+def app_loop_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app_loop", ROOT / "examples" / "app_loop.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def exported_tokenizers(folder: Path):
+    """tokenizer.json as `movie export` writes it, for the built-in nano tokenizer and one with many merges
+    learned from text with punctuation, numbers and non-Latin scripts."""
+    from transformers import CLIPTokenizer
+
+    from movie_plugins.denoisers._pix2pix import export_tokenizer
+    from movie_plugins.nano.train import learn_bpe, write_bpe_tokenizer
+
+    corpus = [p for p in PROMPTS if "<|" not in p] * 3
+    learned = write_bpe_tokenizer(folder / "learned-src", learn_bpe(corpus, min_frequency=2, max_merges=400))
+    for name, source in [("nano", ROOT / "plugins" / "nano" / "text" / "tokenizer"), ("learned", learned)]:
+        tok = CLIPTokenizer.from_pretrained(source)
+        (folder / name).mkdir()
+        yield name, folder / name / "tokenizer.json", export_tokenizer(tok, 77, folder / name), tok
+
+
+def test_app_loop_tokenizer_gives_the_ids_of_tokenizers(tmp_path):
+    """The app loop's standard-library reader of tokenizer.json: the same ids as Hugging Face `tokenizers` (and
+    transformers' CLIP tokenizer) for punctuation, numbers, unicode, specials and prompts past 77 tokens."""
+    tokenizers = pytest.importorskip("tokenizers", reason="the reference ids come from tokenizers")
+    app = app_loop_module()
+    for name, path, info, tok in exported_tokenizers(tmp_path):
+        merges = json.loads(path.read_text())["model"]["merges"]
+        assert name == "nano" or len(merges) >= 100, (name, len(merges))  # the BPE merges are exercised
+        reference = tokenizers.Tokenizer.from_file(str(path))
+        ours = app.ClipTokenizer(path, info)
+        for prompt in PROMPTS:
+            want = reference.encode(prompt).ids
+            assert len(want) == 77 and want[0] == info["bos_id"]
+            assert ours(prompt) == want, (name, prompt)
+            if "<|" not in prompt:  # transformers' tokenizer splits specials differently from tokenizer.json
+                assert want == tok(prompt, padding="max_length", max_length=77, truncation=True).input_ids
+        reference.no_truncation()
+        assert len(reference.encode(PROMPTS[-2]).ids) > 77  # the long prompt was truncated above
 
 
 @pytest.fixture(scope="module")
