@@ -269,3 +269,32 @@ def test_tensorrt_and_aihub_exports_write_the_app_manifest(request, tmp_path, ca
     else:
         assert rt["runtime"] == "qnn" and rt["target_runtime"] == "qnn_context_binary"
         assert rt["device"] == "Samsung Galaxy S24 (Family)" and rt["model"] == "{component}.bin"
+
+
+def test_every_exporting_backend_says_what_the_app_sets_up():
+    """runtime(options) of each exporting backend: the manifest's runtime, with the same keys everywhere; the
+    hexagon one names the target's options and library files that exist where onnxruntime-qnn installed them."""
+    from movie_core import backends
+    from movie_plugins.backends.aihub import AIHubBackend
+    from movie_plugins.backends.onnx import OnnxBackend
+    from movie_plugins.backends.tensorrt import TensorRTBackend
+
+    found = {"onnx": OnnxBackend, "tensorrt": TensorRTBackend, "aihub": AIHubBackend}
+    for name, cls in found.items():
+        rt = cls().runtime(backends.resolve_options(name, {}))
+        assert RUNTIME_KEYS <= set(rt) and rt["model"] and rt["precision"], name
+    assert TensorRTBackend().runtime({"batch_profile": (1, 4, 8)})["batch_profile"] == [1, 4, 8]
+    assert AIHubBackend().runtime({"target_runtime": "precompiled_qnn_onnx"})["provider"] == "QNNExecutionProvider"
+    if not has("onnxruntime_qnn"):
+        pytest.skip("the hexagon part needs onnxruntime-qnn ('.[hexagon]')")
+    import onnxruntime_qnn
+
+    from movie_plugins.backends.hexagon import HexagonBackend
+
+    rt = HexagonBackend().runtime(backends.resolve_options("hexagon", {"htp_arch": "v79"}))
+    assert rt["provider"] == "QNNExecutionProvider" and rt["model"] == "{component}.onnx"
+    assert rt["options"] == {"htp_arch": "79", "soc_model": "69", "enable_htp_fp16_precision": "1"}
+    assert rt["session_config"] == {"session.disable_cpu_ep_fallback": "1"}
+    lib = Path(__import__(rt["library_package"]).__path__[0])
+    assert (lib / rt["library"]).is_file() and (lib / rt["library_options"]["backend_path"]).is_file()
+    assert str(lib / rt["library"]) == onnxruntime_qnn.get_library_path()
