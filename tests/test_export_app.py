@@ -104,10 +104,11 @@ def has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-# (backend, the largest uint8 difference from `movie edit` allowed): onnx runs the graphs in float32 like movie
-# edit (rounding only); hexagon runs them in fp16 on the emulated HTP (docs/results/export_app_loop.json)
+# (backend, the largest and the mean uint8 difference from `movie edit` allowed): onnx runs the graphs in float32
+# like movie edit (rounding only); hexagon in fp16 on the emulated HTP: measured max 1, mean 0.11 at 256x192
+# (docs/results/export_app_loop.json), allowed a few grey levels of fp16 rounding
 BACKENDS = [pytest.param("onnx", 1, 0.01, id="onnx"),
-            pytest.param("hexagon", 24, 1.5, id="hexagon", marks=pytest.mark.skipif(
+            pytest.param("hexagon", 4, 0.5, id="hexagon", marks=pytest.mark.skipif(
                 not has("onnxruntime_qnn"), reason="the hexagon export needs onnxruntime-qnn ('.[hexagon]')"))]
 
 
