@@ -1,19 +1,63 @@
-"""Edit frames with the files `movie export --backend onnx` wrote: numpy, PIL, onnxruntime and tokenizers only.
+"""Edit frames with what `movie export --backend onnx` (or `hexagon`) wrote, using numpy, PIL and onnxruntime only.
 
     python examples/app_loop.py EXPORT_DIR "make it sepia" frame1.png [frame2.png ...] --out OUT_DIR
 
-Every constant comes from EXPORT_DIR (manifest.json, tokenizer.json, *.npy); with an anchor in the manifest the
-anchor frame (manifest "anchor.index") is run first and its keys/values replayed for every frame.
+Constants come from EXPORT_DIR (manifest.json, tokenizer.json, *.npy); the execution provider and its options
+from the manifest's "runtime" (--runtime '{"options": {"htp_arch": "79"}}' overrides keys).
 """
 
 import argparse
 import json
+import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
-from tokenizers import Tokenizer
+
+
+class ClipTokenizer:
+    """A Hugging Face tokenizer.json of CLIP's BPE, read with the standard library: the ids `tokenizers` gives."""
+
+    def __init__(self, path: Path, info: dict):  # info: the manifest's bos_id, eos_id, pad_id, max_length
+        t, self.info = json.loads(path.read_text(encoding="utf-8")), info
+        self.vocab, self.suffix = t["model"]["vocab"], t["model"]["end_of_word_suffix"]
+        self.ranks = {tuple(m.split(" ") if isinstance(m, str) else m): i for i, m in enumerate(t["model"]["merges"])}
+        self.special = {a["content"]: a["id"] for a in t["added_tokens"] if a["special"]}
+        keep = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's bytes-to-characters table
+        self.byte = [chr(b) if b in keep else chr(256 + sum(c not in keep for c in range(b))) for b in range(256)]
+
+    def words(self, text: str):  # 's 't 're 've 'm 'll 'd, a letter run, one number, a run of other non-spaces
+        kind = [" " if c.isspace() else unicodedata.category(c)[0] if unicodedata.category(c)[0] in "LN" else "o"
+                for c in text]
+        i = 0
+        while i < len(text):
+            j = i + (len(m.group()) if (m := re.match(r"'(s|t|re|ve|m|ll|d)", text[i:])) else 1)
+            while not m and kind[i] in "Lo" and j < len(text) and kind[j] == kind[i]:
+                j += 1
+            if m or kind[i] != " ":
+                yield text[i:j]
+            i = j
+
+    def bpe(self, word: str) -> list[int]:  # UTF-8 bytes as characters, the last ending in </w>, merged by rank
+        parts = [self.byte[b] for b in word.encode("utf-8")]
+        parts[-1] += self.suffix
+        while len(parts) > 1:
+            rank, i = min((self.ranks.get(p, len(self.ranks)), i) for i, p in enumerate(zip(parts, parts[1:])))
+            if rank == len(self.ranks):
+                break
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        return [self.vocab[p] for p in parts]
+
+    def __call__(self, prompt: str) -> list[int]:  # bos, ids (truncated), eos, padded to max_length
+        ids: list[int] = []
+        for piece in re.split("(" + "|".join(map(re.escape, self.special)) + ")", prompt):
+            text = re.sub(r"\s+", " ", unicodedata.normalize("NFC", piece)).lower()
+            ids += [self.special[piece]] if piece in self.special else sum(map(self.bpe, self.words(text)), [])
+        n = self.info["max_length"]
+        ids = [self.info["bos_id"], *ids[:n - 2], self.info["eos_id"]]
+        return ids + [self.info["pad_id"]] * (n - len(ids))
 
 
 def main() -> None:
@@ -22,65 +66,52 @@ def main() -> None:
     ap.add_argument("prompt")
     ap.add_argument("frames", nargs="+")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--provider-options", default="", help="JSON: {provider: options} for the sessions")
+    ap.add_argument("--runtime", help="JSON over the manifest's runtime")
+    ap.add_argument("--lib-dir", help="the provider's libraries (default: its Python package's folder)")
     a = ap.parse_args()
     root = Path(a.export)
     m = json.loads((root / "manifest.json").read_text())
-    host, frame = m["host"], m["frame"]
+    host, frame, rt = m["host"], m["frame"], m["runtime"]
+    rt |= {k: rt.get(k, {}) | v if isinstance(v, dict) else v for k, v in json.loads(a.runtime or "{}").items()}
     assert host["sampler"]["fused_in_unet"], "this loop runs exports whose unet holds the sampler (1 step)"
-    providers = json.loads(a.provider_options) if a.provider_options else {"CPUExecutionProvider": {}}
-
-    def session(name: str) -> ort.InferenceSession:
-        files = m["components"][name]["files"]
-        model = next(f for f in files if f.endswith(".onnx"))
-        return ort.InferenceSession(str(root / name / model), providers=list(providers.items()))
-
-    def run(name: str, **feeds: np.ndarray) -> list[np.ndarray]:
-        return sessions[name].run(None, feeds)
-
-    sessions = {n: session(n) for n in m["components"]}
+    so, providers = ort.SessionOptions(), [(rt["provider"], rt["options"])]
+    for key, value in rt["session_config"].items():
+        so.add_session_config_entry(key, value)
+    if rt["library"]:  # a plugin execution provider (QNN): register its library; some options name its files
+        lib = Path(a.lib_dir or __import__(rt["library_package"]).__path__[0])
+        ort.register_execution_provider_library(rt["provider"], str(lib / rt["library"]))
+        so.add_provider_for_devices([d for d in ort.get_ep_devices() if d.ep_name == rt["provider"]],
+                                    rt["options"] | {k: str(lib / v) for k, v in rt["library_options"].items()})
+        providers = None
+    sessions = {n: ort.InferenceSession(str(root / n / rt["model"].format(component=n)), sess_options=so,
+                                        providers=providers) for n in m["components"]}
     const = {n: np.load(root / t["file"]) for n, t in host["tensors"].items()}
-    ids = Tokenizer.from_file(str(root / host["tokenizer"]["file"])).encode(a.prompt).ids
-    text_emb = run("text_encoder", input_ids=np.array([ids], dtype=np.int64))[0]
-
-    h, w = frame["height"], frame["width"]
-    ph, pw = frame["padded"]
+    ids = ClipTokenizer(root / host["tokenizer"]["file"], host["tokenizer"])(a.prompt)
+    text_emb = sessions["text_encoder"].run(None, {"input_ids": np.array([ids], dtype=np.int64)})[0]
+    h, w, (ph, pw) = frame["height"], frame["width"], frame["padded"]
     sources = [np.asarray(Image.open(p).convert("RGB")) for p in a.frames]
 
-    def to_input(img: np.ndarray) -> np.ndarray:  # uint8 HxWx3 -> 1x3xPHxPW in [-1, 1]
-        if img.shape[:2] != (h, w):
+    def unet(name: str, img: np.ndarray, kv: list[np.ndarray]) -> list[np.ndarray]:
+        if img.shape[:2] != (h, w):  # bicubic to the exported size, x / 127.5 - 1, edge-padded, NCHW
             img = np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
-        x = img.astype(np.float32) / 127.5 - 1.0
-        x = np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-        return x.transpose(2, 0, 1)[None]
-
-    def unet(name: str, image: np.ndarray, kv: list[np.ndarray]) -> list[np.ndarray]:
-        lat = run("encoder", images=image)[0]
-        feeds = {
-            "initial_noise": const["initial_noise"],
-            "image_latents": lat,
-            "time_features": const["time_features"][:1],
-            "text_emb": text_emb,
-            "guidance_features": const["guidance_features"],
-        }
+        x = np.pad(img.astype(np.float32) / 127.5 - 1.0, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+        feeds = {"initial_noise": const["initial_noise"], "text_emb": text_emb,
+                 "image_latents": sessions["encoder"].run(None, {"images": x.transpose(2, 0, 1)[None]})[0],
+                 "time_features": const["time_features"][:1], "guidance_features": const["guidance_features"]}
         names = [i.name for i in sessions[name].get_inputs()]
         feeds.update(zip([n for n in names if n.startswith("anchor_")], kv))
-        return run(name, **{n: feeds[n] for n in names})
+        return sessions[name].run(None, {n: feeds[n] for n in names})
 
-    kv: list[np.ndarray] = []
-    if "unet_replay" in sessions:  # record the anchor frame's self-attention keys/values
-        policy = m["anchor"]["policy"]  # middle: frame_count // 2, first: 0, or a frame index
-        index = len(sources) // 2 if policy == "middle" else 0 if policy == "first" else int(policy)
-        kv = unet("unet", to_input(sources[index]), [])[1:]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    policy, pick, kv = m["anchor"]["policy"], {"middle": len(sources) // 2, "first": 0}, []
+    if "unet_replay" in sessions:  # the anchor frame's self-attention keys/values, replayed for every frame
+        kv = unet("unet", sources[pick[policy] if policy in pick else int(policy)], [])[1:]
+    Path(a.out).mkdir(parents=True, exist_ok=True)
     for i, src in enumerate(sources):
-        edited = unet("unet_replay" if kv else "unet", to_input(src), kv)[0]
-        y = run("decoder", latents=edited)[0][0, :, :h, :w].transpose(1, 2, 0)
-        y = np.round((np.clip(y, -1, 1) + 1) * 127.5).astype(np.uint8)
-        if y.shape[:2] != src.shape[:2]:
+        y = sessions["decoder"].run(None, {"latents": unet("unet_replay" if kv else "unet", src, kv)[0]})[0]
+        y = np.round((np.clip(y[0, :, :h, :w].transpose(1, 2, 0), -1, 1) + 1) * 127.5).astype(np.uint8)
+        if y.shape[:2] != src.shape[:2]:  # back to the source's size
             y = np.asarray(Image.fromarray(y).resize((src.shape[1], src.shape[0]), Image.BICUBIC))
-        Image.fromarray(y).save(out / f"frame_{i + 1:06d}.png")
+        Image.fromarray(y).save(Path(a.out) / f"frame_{i + 1:06d}.png")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ and optionally `passthrough = True` (it runs torch modules as they are: nothing 
 `exports = True` (it writes deployable artifacts into `options["artifact_dir"]`, which this module
 caches and `movie export` collects), `toolchain(options) -> dict` (the versions and target that
 make an artifact stale), `precision(options, example_inputs) -> str`, `dynamic_batch(options) ->
-bool` (one artifact serves every batch size) and `report() -> dict` (how it ran, e.g. providers).
+bool` (one artifact serves every batch size), `runtime(options) -> dict` (what an app sets up to run
+the exported artifacts: provider, options, model file; the export manifest's `runtime`) and `report() -> dict`
+(how it ran, e.g. providers).
 
 A pipeline is cut into separately prepared components: `text_encoder` and `unet` (the denoiser's
 networks, `Denoiser.networks()`), `encoder` and `decoder` (plus `unet_replay` when frames replay

@@ -42,7 +42,7 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
         raise UsageError(f"{out} exists and is not a folder")
     if not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: folder {out.parent} does not exist")
-    backends.get_backend(spec.name)  # unavailable: one line, before the pipeline is built
+    backend = backends.get_backend(spec.name)  # unavailable: one line, before the pipeline is built
     pipe = load_pipeline(comp, model, cache=cache)
     policy = SizePolicy(height=height, width=width)
     size = (height, width)
@@ -88,6 +88,8 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
                 "decoder": "takes the sampler's (the unet's edited_latents) output as it is",
             },
             "anchor": _anchor_rule(recipe.anchor, shapes),
+            # what the app sets to run the artifacts: runtime, execution provider and its options, model file
+            "runtime": backend.runtime(options) if hasattr(backend, "runtime") else None,
             "versions": {"movie": __version__, **next(iter(components.values()))["toolchain"]},
             "components": components,
             "host": host,

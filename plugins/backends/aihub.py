@@ -93,6 +93,22 @@ class AIHubBackend:
     def precision(self, options: dict, inputs: tuple) -> str:
         return "float16"
 
+    def runtime(self, options: dict) -> dict[str, Any]:
+        """What an app sets to run the export: AI Hub's compiled model for its target runtime on the device."""
+        runtime = options.get("target_runtime", "qnn_context_binary")
+        onnx = runtime in ("onnx", "precompiled_qnn_onnx")
+        return {
+            "runtime": {"tflite": "tflite", "qnn_context_binary": "qnn"}.get(runtime, "onnxruntime"),
+            "target_runtime": runtime, "device": options.get("device", DEFAULT_DEVICE),
+            "provider": "QNNExecutionProvider" if onnx else None,
+            "options": {"backend_path": "libQnnHtp.so", "enable_htp_fp16_precision": "1"} if onnx else {},
+            "library": None, "library_options": {}, "session_config": {},
+            "model": "{component}" + {"qnn_context_binary": ".bin", "tflite": ".tflite"}.get(runtime, ".onnx"),
+            "precision": "float16",
+            "note": "the model AI Hub compiled for `device` (see each component's aihub.json); a QNN context binary "
+                    "is loaded by the QNN HTP backend of the app's QNN SDK; inputs and outputs stay float32",
+        }
+
     def _device(self, hub: Any, name: str) -> Any:
         from movie_core.errors import UsageError
 

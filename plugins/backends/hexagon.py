@@ -135,11 +135,33 @@ class HexagonBackend:
             so.add_session_config_entry("ep.context_enable", "1")
             so.add_session_config_entry("ep.context_file_path", str(context_path))
         devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
-        so.add_provider_for_devices(devices, {
-            "backend_path": qnn.get_qnn_htp_path(), "htp_arch": target["htp_arch"][1:],
-            "soc_model": target["soc_model"], "enable_htp_fp16_precision": "1",
-        })
+        so.add_provider_for_devices(devices, {"backend_path": qnn.get_qnn_htp_path(), **self._ep_options(target)})
         return so
+
+    @staticmethod
+    def _ep_options(target: dict) -> dict[str, str]:
+        """The QNN execution provider's options for a target (besides backend_path, the HTP library)."""
+        return {"htp_arch": target["htp_arch"][1:], "soc_model": target["soc_model"],
+                "enable_htp_fp16_precision": "1"}
+
+    def runtime(self, options: dict) -> dict[str, Any]:
+        """What an app sets to run the export: onnxruntime with the QNN EP (a plugin library) on the HTP."""
+        from onnxruntime_qnn import get_library_path, get_qnn_htp_path
+
+        target = self.target(options)
+        return {
+            "runtime": "onnxruntime", "provider": "QNNExecutionProvider", "options": self._ep_options(target),
+            "library": Path(get_library_path()).name, "library_package": "onnxruntime_qnn",
+            "library_options": {"backend_path": Path(get_qnn_htp_path()).name},
+            "session_config": {"session.disable_cpu_ep_fallback": "1"},
+            "model": "{component}.onnx", "precision": "float16",
+            "target": target,
+            "note": "register `library` as the provider's plugin library (ort.register_execution_provider_library; "
+                    "in an app: the QNN libraries shipped beside it), add the provider for its devices with "
+                    "`options` and `library_options` (file names resolved in the library's folder); "
+                    "{component}.onnx is an EPContext model whose QNN context binary {component}_qnn.bin lies "
+                    "beside it; inputs and outputs stay float32",
+        }
 
     def unsupported_nodes(self, onnx_path: Path, target: dict) -> list[str]:
         """Operators the QNN EP leaves to the CPU: 'OpType (node name)' for each."""

@@ -71,6 +71,13 @@ class OnnxBackend:
         floats = [str(t.dtype).replace("torch.", "") for t in inputs if t.is_floating_point()]
         return floats[0] if floats else "float32"
 
+    def runtime(self, options: dict) -> dict[str, Any]:
+        """What an app sets to run the export: onnxruntime's CPU provider, no options."""
+        return {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "options": {}, "library": None,
+                "library_options": {}, "session_config": {}, "model": "model.onnx",
+                "precision": "as the graph (components.*.precision)",
+                "note": "any onnxruntime execution provider runs model.onnx; CPU is the one the export checked"}
+
     def prepare(self, module: Any, example_inputs: tuple = (), options: dict | None = None) -> Callable:
         import onnxruntime as ort
         import torch

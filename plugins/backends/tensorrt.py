@@ -84,6 +84,19 @@ class TensorRTBackend:
         graph = str(floats[0]).replace("torch.", "") if floats else "float32"
         return "float16" if graph == "float16" else options.get("precision", "float16")
 
+    def runtime(self, options: dict) -> dict[str, Any]:
+        """What an app sets to run the export: the TensorRT runtime on engine.plan (no onnxruntime)."""
+        profile = list(options["batch_profile"]) if options.get("batch_profile") else None
+        return {
+            "runtime": "tensorrt", "provider": None, "options": {}, "library": None, "library_options": {},
+            "session_config": {}, "model": "engine.plan", "precision": options.get("precision", "float16"),
+            "batch_profile": profile, "device": "cuda",
+            "note": "deserialize engine.plan with the TensorRT version and GPU in `versions` "
+                    "(trt.Runtime.deserialize_cuda_engine), set each input's shape "
+                    + ("(batch within batch_profile [min, opt, max]) " if profile else "(static: as listed) ")
+                    + "and bind inputs and outputs by name as float32 CUDA buffers (execute_async_v3)",
+        }
+
     def _build(self, onnx_path: Path, plan: Path, inputs: tuple, names: list[str], options: dict) -> None:
         import tensorrt as trt
         import torch

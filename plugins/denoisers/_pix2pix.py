@@ -585,29 +585,7 @@ class Pix2PixDenoiser(Denoiser):
         }
 
     def _export_tokenizer(self, folder: Path) -> dict[str, Any]:
-        """tokenizer.json (Hugging Face tokenizers format), truncating and padding to the text encoder's length."""
-        import tempfile
-
-        from transformers import CLIPTokenizerFast
-
-        with tempfile.TemporaryDirectory() as tmp:
-            self.tokenizer.save_pretrained(tmp)
-            fast = CLIPTokenizerFast.from_pretrained(tmp, from_slow=True)
-        backend = fast.backend_tokenizer
-        length, pad = self.max_prompt_tokens, self.tokenizer.pad_token_id
-        backend.enable_truncation(length)
-        backend.enable_padding(length=length, pad_id=pad, pad_token=self.tokenizer.pad_token)
-        backend.save(str(folder / "tokenizer.json"))
-        return {
-            "file": "tokenizer.json",
-            "max_length": length,
-            "bos_id": self.tokenizer.bos_token_id,
-            "eos_id": self.tokenizer.eos_token_id,
-            "pad_id": pad,
-            "input": "input_ids int64 (1, max_length)",
-            "rule": "start id, the prompt's ids, end id, padded with pad_id to max_length (truncation and "
-            "padding are set in tokenizer.json: Tokenizer.from_file(...).encode(prompt).ids)",
-        }
+        return export_tokenizer(self.tokenizer, self.max_prompt_tokens, folder)
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -949,3 +927,32 @@ def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionMode
             dst[k] = src[k]
     new.load_state_dict(dst)
     return new
+
+
+def export_tokenizer(tokenizer: Any, length: int, folder: Path) -> dict[str, Any]:
+    """tokenizer.json (Hugging Face tokenizers format) of a CLIP tokenizer, truncating and padding to length."""
+    import tempfile
+
+    from transformers import CLIPTokenizerFast
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        fast = CLIPTokenizerFast.from_pretrained(tmp, from_slow=True)
+    backend = fast.backend_tokenizer
+    pad = tokenizer.pad_token_id
+    backend.enable_truncation(length)
+    backend.enable_padding(length=length, pad_id=pad, pad_token=tokenizer.pad_token)
+    backend.save(str(Path(folder) / "tokenizer.json"))
+    return {
+        "file": "tokenizer.json",
+        "max_length": length,
+        "bos_id": tokenizer.bos_token_id,
+        "eos_id": tokenizer.eos_token_id,
+        "pad_id": pad,
+        "input": "input_ids int64 (1, max_length)",
+        "rule": "CLIP BPE: NFC, whitespace runs to one space, lowercase; split into 's 't 're 've 'm 'll 'd, "
+        "letter runs, single digits and runs of other non-space characters; each piece's UTF-8 bytes as "
+        "GPT-2 byte characters, the last with the suffix </w>, merged by the rank of model.merges; then "
+        "bos_id, the ids (truncated to max_length - 2), eos_id, padded with pad_id to max_length "
+        "(tokenizers: Tokenizer.from_file(...).encode(prompt).ids)",
+    }
