@@ -138,7 +138,7 @@ def count(composition: Composition, height: int = 480, width: int = 480, model: 
                 named = flops_conventions.count(convention, fn)
                 components[name][f"tflops_{convention}"] = named * calls / 1e12
                 components[name][f"gflops_{convention}_per_call"] = named / 1e9
-                total_named += 0 if per_video else named * calls
+                total_named += 0 if per_video else round(named * calls)
             if not per_video:
                 total_paper += round(paper * calls)
                 total_all += round(all_ * calls)

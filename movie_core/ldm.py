@@ -46,7 +46,7 @@ def config_folder(config: str | Path | None = None) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    from movie_core.weights import read_config
+    from movie_core.weight_files import read_config
 
     return read_config(path)
 
@@ -129,7 +129,7 @@ def build_models(path: Path, tensors: Mapping[str, Any], config: str | Path | No
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The tensors of a single-file checkpoint: .safetensors (header checked first), or a pickle .ckpt only with
     MOVIE_ALLOW_PICKLE=1."""
-    from movie_core.weights import PICKLE_SUFFIXES, PickleRefused, allow_pickle, check_safetensors
+    from movie_core.weight_files import PICKLE_SUFFIXES, PickleRefused, allow_pickle, check_safetensors
 
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
