@@ -54,8 +54,9 @@ def measure(cell):
         movie.distill("adversarial", teacher=teacher, data=train, out=student, steps=args.steps, lr=args.lr,
                       options=dict(cell, lr_d=args.lr), **train_opts)
     objective = movie.objective("adversarial", student=student, teacher=teacher, data=heldout)
-    quality = movie.run_eval(movie.preset("movie").replace(size="nano", text_guidance=args.text_guidance,
-                                                           image_guidance=args.image_guidance), model=student, data=heldout, limit=args.limit)
+    scored = movie.preset("movie").replace(size="nano", text_guidance=args.text_guidance,
+                                           image_guidance=args.image_guidance)
+    quality = movie.run_eval(scored, model=student, data=heldout, limit=args.limit)
     return {"one_step_mse": objective["student_mse"], "teacher_1_step_mse": objective["teacher_at_1_step_mse"],
             "psnr": quality["psnr"], "ssim": quality["ssim"]}
 

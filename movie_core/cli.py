@@ -174,8 +174,8 @@ def _save_model(comp, model: Path | None, init: str | None, dest: Path) -> list[
 @click.option("--width", type=click.IntRange(min=8), default=480, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Bar chart of the four presets (log scale) to PNG.")
-@click.option("--convention", help="Also count in a named convention (mobilediffusion: MobileDiffusion's Table 1; deepspeed: "
-              "DeepSpeed's profiler rules, which the MoViE paper names).")
+@click.option("--convention", help="Also count in a named convention (mobilediffusion: MobileDiffusion's Table 1; "
+              "deepspeed: DeepSpeed's profiler rules, which the MoViE paper names).")
 def flops(height: int, width: int, as_json: bool, plot: str | None, convention: str | None, **kw: Any) -> None:
     """Per-frame TFLOPs on the meta device (no weights): paper and all conventions, and parameters."""
     from movie_core import flops as fl

@@ -10,8 +10,8 @@ about 400 (the paper's 392 is within 3%); counting FLOPs as 2 per multiply-add (
 
 `deepspeed`: DeepSpeed's flops-profiler rules, see movie_core.flops_deepspeed.
 
-The mobilediffusion counter is a torch-function mode (attention matmuls, whatever attention code runs them) plus module forward
-hooks (convolutions and linear layers), so it counts any torch module, plugins' own included.
+The mobilediffusion counter is a torch-function mode (attention matmuls, whatever attention code runs them) plus
+module forward hooks (convolutions and linear layers), so it counts any torch module, plugins' own included.
 """
 
 from __future__ import annotations
