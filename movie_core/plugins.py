@@ -41,6 +41,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.commands.nano_train",
     "movie_plugins.commands.eval",
     "movie_plugins.commands.ablate",
+    "movie_plugins.commands.batch",
 )
 
 REGISTER_HOOKS = {f"movie_register_{family}s": family for family in FAMILIES}
