@@ -67,7 +67,10 @@ def _row_job(row: dict[str, Any], where: str, base: Path, prompt: str | None, ou
     if not instruction:
         raise UsageError(f"{where}: no 'instruction' (and no --prompt)")
     output = str(row.pop("output", "") or "").strip()
-    resolve = (lambda p: p if os.path.isabs(p) else str(base / p))
+
+    def resolve(p: str) -> str:
+        return p if os.path.isabs(p) else str(base / p)
+
     if output:
         output = resolve(output)
     elif out_dir is None:
@@ -79,7 +82,8 @@ def _row_job(row: dict[str, Any], where: str, base: Path, prompt: str | None, ou
         if value in (None, ""):
             continue
         if key not in ROW_OVERRIDES:
-            raise UsageError(f"{where}: unknown column '{key}' (input, instruction, output, {', '.join(ROW_OVERRIDES)})")
+            known = ", ".join(("input", "instruction", "output", *ROW_OVERRIDES))
+            raise UsageError(f"{where}: unknown column '{key}' ({known})")
         overrides[key] = parse_value(value) if isinstance(value, str) else value
     return Job(resolve(source), instruction, output, overrides)
 
@@ -125,10 +129,14 @@ class Editor:
     """One pipeline, loaded once, that edits files as `movie edit` does (the worker of an actor pool)."""
 
     def __init__(self, recipe: Any, model: Path | None, *, max_side: int | None = None, batch_size: int | None = None,
-                 crf: int = 18, overwrite: bool = False) -> None:
+                 crf: int = 18, overwrite: bool = False, threads: int | None = None) -> None:
         from movie_core.composer import compose
         from movie_core.loading import load_pipeline
 
+        if threads:  # torch's CPU threads: results match a single process run at the same count, bit for bit
+            import torch
+
+            torch.set_num_threads(threads)
         self.pipe = load_pipeline(compose(recipe), model)
         self.base = self.pipe.recipe
         self.max_side, self.batch_size, self.crf, self.overwrite = max_side, batch_size, crf, overwrite
@@ -218,9 +226,8 @@ class Editor:
         """Edit frames [start, stop) of `job` with the shared anchor K/V; yields (uint8 frames, pts) per batch."""
         import numpy as np
 
-        from movie_core import crossframe
+        from movie_core import crossframe, video
         from movie_core import edit as edit_mod
-        from movie_core import video
 
         self._recipe(job)
         try:
@@ -253,7 +260,7 @@ def sections(frames: int, batch: int, count: int) -> list[tuple[int, int]]:
 # --- the Ray driver ------------------------------------------------------------------------------
 
 
-def start_ray(address: str | None, workers: int, gpus_per_worker: float) -> None:
+def start_ray(address: str | None, cpus: int) -> None:
     """Join the cluster at `address` (auto, ray://HOST:PORT), or start a local one sized for the workers."""
     import ray
 
@@ -263,7 +270,7 @@ def start_ray(address: str | None, workers: int, gpus_per_worker: float) -> None
     if address:
         kwargs["address"] = address
     else:
-        kwargs["num_cpus"] = max(workers, os.cpu_count() or 1)
+        kwargs["num_cpus"] = max(cpus, os.cpu_count() or 1)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -275,10 +282,11 @@ class Pool:
     video retried."""
 
     def __init__(self, workers: int, gpus_per_worker: float, editor_args: tuple, editor_kwargs: dict[str, Any],
-                 retries: int = 2) -> None:
+                 retries: int = 2, cpus_per_worker: int = 1) -> None:
         import ray
 
-        options: dict[str, Any] = {"num_cpus": 1, "max_restarts": retries, "max_task_retries": retries}
+        options: dict[str, Any] = {"num_cpus": cpus_per_worker, "max_restarts": retries, "max_task_retries": retries}
+        editor_kwargs = editor_kwargs | {"threads": cpus_per_worker}
         if gpus_per_worker:
             options["num_gpus"] = gpus_per_worker
         self.cls = ray.remote(Editor).options(**options)

@@ -36,6 +36,8 @@ def movie_register_commands(cli):
                   help="With one input video and --split: the output file.")
     @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
                   help="Ray workers (actors), each with its own pipeline.")
+    @click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="CPU cores (and torch threads) each worker reserves.")
     @click.option("--address", help="Ray cluster to join: auto or ray://HOST:PORT (default: start a local one).")
     @click.option("--gpus-per-worker", type=click.FloatRange(min=0),
                   help="GPUs each worker reserves (default: 1 when the cluster has GPUs and --device is not cpu).")
@@ -51,9 +53,9 @@ def movie_register_commands(cli):
     @click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON summary to this file.")
     @click.option("--progress/--no-progress", default=True, help="Show a progress bar for the whole job.")
     def batch(inputs: str, prompt: str | None, out_dir: str | None, output: str | None, workers: int,
-              address: str | None, gpus_per_worker: float | None, split: int, max_side: int | None,
-              batch_size: int | None, crf: int, overwrite: bool, as_json: bool, save: str | None, progress: bool,
-              **kw: Any) -> None:
+              cpus_per_worker: int, address: str | None, gpus_per_worker: float | None, split: int,
+              max_side: int | None, batch_size: int | None, crf: int, overwrite: bool, as_json: bool,
+              save: str | None, progress: bool, **kw: Any) -> None:
         """Edit many videos (INPUT: a folder, a quoted glob, or a .csv/.jsonl manifest with columns input,
         instruction, output and optional steps, seed, text_guidance, image_guidance, anchor, resolution) on Ray.
 
@@ -102,12 +104,13 @@ def movie_register_commands(cli):
         if todo:
             import ray
 
-            start_ray(address, workers, gpus_per_worker or 0)
+            start_ray(address, workers * cpus_per_worker)
             if gpus_per_worker is None:
                 has_gpu = ray.cluster_resources().get("GPU", 0) > 0
                 gpus_per_worker = 1.0 if has_gpu and recipe.device != "cpu" else 0.0
             pool = Pool(workers, gpus_per_worker, (recipe, model),
-                        {"max_side": max_side, "batch_size": batch_size, "crf": crf, "overwrite": overwrite})
+                        {"max_side": max_side, "batch_size": batch_size, "crf": crf, "overwrite": overwrite},
+                        cpus_per_worker=cpus_per_worker)
             if split > 1:
                 for job in todo:
                     with tqdm(unit="frame", disable=not progress, desc=Path(job.input).name, dynamic_ncols=True) as bar:
