@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ def movie_register_commands(cli):
                     def done(job: Job, result: dict[str, Any]) -> None:
                         rows.append({"input": job.input, "output": job.output} | result)
                         if result["status"] == "failed":
-                            bar.write(f"failed: {job.input}: {result['error']}")
+                            bar.write(f"failed: {job.input}: {result['error']}", file=sys.stderr)
                         bar.update(1)
                     pool.run(todo, done)
         if made and not os.listdir(out_dir):  # nothing came of it: leave no empty folder behind
