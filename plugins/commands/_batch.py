@@ -144,6 +144,12 @@ class Editor:
     def pid(self) -> int:
         return os.getpid()
 
+    def peak_mb(self) -> float:
+        """This worker's peak resident memory so far, in MB."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     def _recipe(self, job: Job) -> None:
         self.pipe.recipe = self.base.replace(**job.overrides) if job.overrides else self.base
 
