@@ -141,6 +141,7 @@ def references(clips: Path, tmp_path_factory) -> dict[str, bytes]:
 
 
 @needs_ray
+@pytest.mark.slow  # a local Ray cluster and two workers, each loading the pipeline
 def test_batch_equals_edit_skips_on_rerun_and_reports_a_bad_video(ray_cluster, clips: Path, references, tmp_path: Path,
                                                                     capsys) -> None:
     bad = tmp_path / "broken.mp4"
@@ -168,6 +169,7 @@ def test_batch_equals_edit_skips_on_rerun_and_reports_a_bad_video(ray_cluster, c
 
 
 @needs_ray
+@pytest.mark.slow  # a local Ray cluster and two workers, each loading the pipeline
 def test_a_worker_killed_mid_job_and_every_output_is_right(ray_cluster, clips: Path, references,
                                                             tmp_path: Path) -> None:
     from movie_core.loading import resolve_recipe
@@ -197,6 +199,7 @@ def test_a_worker_killed_mid_job_and_every_output_is_right(ray_cluster, clips: P
 
 
 @needs_ray
+@pytest.mark.slow  # a local Ray cluster and two workers, each loading the pipeline
 def test_long_video_in_sections_equals_one_process(ray_cluster, tmp_path: Path, capsys) -> None:
     src = make_test_video(tmp_path / "long.mp4", seconds=5, fps=8, width=32, height=32)  # 40 frames, AAC audio
     ref = reference(capsys, src, tmp_path / "ref.mp4", "--batch-size", "4")

@@ -102,34 +102,37 @@ def movie_register_commands(cli):
                 continue
             todo.append(job)
         start = time.perf_counter()
-        if todo:
-            import ray
+        try:
+            if todo:
+                import ray
 
-            start_ray(address, workers * cpus_per_worker)
-            if gpus_per_worker is None:
-                has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-                gpus_per_worker = 1.0 if has_gpu and recipe.device != "cpu" else 0.0
-            pool = Pool(workers, gpus_per_worker, (recipe, model),
-                        {"max_side": max_side, "batch_size": batch_size, "crf": crf, "overwrite": overwrite},
-                        cpus_per_worker=cpus_per_worker)
-            if split > 1:
-                for job in todo:
-                    with tqdm(unit="frame", disable=not progress, desc=Path(job.input).name, dynamic_ncols=True) as bar:
-                        result = pool.edit_split(job, split, on_frames=bar.update, crf=crf, overwrite=overwrite)
-                    rows.append({"input": job.input, "output": job.output} | result)
-            else:
-                with tqdm(total=len(todo), unit="video", disable=not progress, desc="batch",
-                          dynamic_ncols=True) as bar:
-                    def done(job: Job, result: dict[str, Any]) -> None:
+                start_ray(address, workers * cpus_per_worker)
+                if gpus_per_worker is None:
+                    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+                    gpus_per_worker = 1.0 if has_gpu and recipe.device != "cpu" else 0.0
+                pool = Pool(workers, gpus_per_worker, (recipe, model),
+                            {"max_side": max_side, "batch_size": batch_size, "crf": crf, "overwrite": overwrite},
+                            cpus_per_worker=cpus_per_worker)
+                if split > 1:
+                    for job in todo:
+                        with tqdm(unit="frame", disable=not progress, desc=Path(job.input).name,
+                                  dynamic_ncols=True) as bar:
+                            result = pool.edit_split(job, split, on_frames=bar.update, crf=crf, overwrite=overwrite)
                         rows.append({"input": job.input, "output": job.output} | result)
-                        if result["status"] == "failed":
-                            bar.write(f"failed: {job.input}: {result['error']}", file=sys.stderr)
-                        bar.update(1)
-                    pool.run(todo, done)
-        if made and not os.listdir(out_dir):  # nothing came of it: leave no empty folder behind
-            os.rmdir(out_dir)
-        order = {job.input: i for i, job in enumerate(jobs)}
-        rows.sort(key=lambda r: order.get(r["input"], 0))
+                else:
+                    with tqdm(total=len(todo), unit="video", disable=not progress, desc="batch",
+                              dynamic_ncols=True) as bar:
+                        def done(job: Job, result: dict[str, Any]) -> None:
+                            rows.append({"input": job.input, "output": job.output} | result)
+                            if result["status"] == "failed":
+                                bar.write(f"failed: {job.input}: {result['error']}", file=sys.stderr)
+                            bar.update(1)
+                        pool.run(todo, done)
+        finally:
+            if made and out_dir and not os.listdir(out_dir):  # nothing came of it: leave no empty folder behind
+                os.rmdir(out_dir)
+        order = {job.output: i for i, job in enumerate(jobs)}
+        rows.sort(key=lambda r: order.get(r["output"], 0))
         counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
         summary = {"videos": len(rows), **counts, "workers": workers, "split": split,
                    "seconds": time.perf_counter() - start, "rows": rows}
