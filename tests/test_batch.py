@@ -86,6 +86,7 @@ def test_jobs_from_folder_glob_and_manifests(tmp_path: Path) -> None:
     ("input,output\na.mp4,b.mp4\n", "no 'instruction' (and no --prompt)"),
     ("input,instruction,output\na.mp4,x,o.mp4\nb.mp4,y,o.mp4\n", "two jobs write"),
 ])
+@needs_ray  # without it `movie batch` stops earlier, at its one line naming the extra (tests/test_extras.py)
 def test_bad_manifest_is_one_line(tmp_path: Path, capsys, content: str, message: str) -> None:
     manifest = tmp_path / "jobs.csv"
     manifest.write_text(content)
@@ -192,6 +193,7 @@ def test_a_worker_killed_mid_job_and_every_output_is_right(ray_cluster, clips: P
 
     pool.run(jobs, on_result)
     assert killed and killed[0] not in pool.pids()  # it was replaced
+    assert any(r["worker"] not in before for r in results)  # and the new worker took on videos
     assert [r["status"] for r in results] == ["done"] * len(jobs)
     for job in jobs:
         assert Path(job.output).read_bytes() == references[Path(job.input).name]
