@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,18 @@ def test_bad_manifest_is_one_line(tmp_path: Path, capsys, content: str, message:
     code, out, err = run_cli(capsys, "batch", str(manifest), "--no-progress")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["jobs.csv"]
+
+
+@needs_ray
+def test_an_unreachable_cluster_is_one_line_and_leaves_no_folder(tmp_path: Path, clips: Path, capsys) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "edited"
+    code, _, err = run_cli(capsys, "batch", str(clips), "-p", PROMPT, "--out-dir", str(out), "--address",
+                           f"127.0.0.1:{port}", "--no-progress")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in err
+    assert not out.exists()
 
 
 def test_sections_start_on_batch_boundaries() -> None:

@@ -270,6 +270,15 @@ def start_ray(address: str | None, cpus: int) -> None:
     """Join the cluster at `address` (auto, ray://HOST:PORT), or start a local one sized for the workers."""
     import ray
 
+    if address and address != "auto":  # Ray retries an unreachable address for minutes: a quick look first
+        import socket
+
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise MovieError(f"cannot reach a Ray cluster at {address} ({_one_line(e)}): give auto, HOST:PORT "
+                             "or ray://HOST:PORT of a running one") from None
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR", "include_dashboard": False}

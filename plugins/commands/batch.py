@@ -39,7 +39,8 @@ def movie_register_commands(cli):
                   help="Ray workers (actors), each with its own pipeline.")
     @click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
                   help="CPU cores (and torch threads) each worker reserves.")
-    @click.option("--address", help="Ray cluster to join: auto or ray://HOST:PORT (default: start a local one).")
+    @click.option("--address",
+                  help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: start a local one).")
     @click.option("--gpus-per-worker", type=click.FloatRange(min=0),
                   help="GPUs each worker reserves (default: 1 when the cluster has GPUs and --device is not cpu).")
     @click.option("--split", type=click.IntRange(min=1), default=1, show_default=True,
