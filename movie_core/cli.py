@@ -470,6 +470,9 @@ def distill(
     as_json: bool,
 ) -> None:
     """Run one training stage (a distiller) from a teacher model on a dataset; writes the student model."""
+    from movie_core.extras import require
+
+    require("accelerate", "distill")
     from movie_core.loading import parse_options
     from movie_core.plugins import get_registry
     from movie_core.training.loop import run, train_config

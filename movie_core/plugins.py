@@ -47,6 +47,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.commands.eval",
     "movie_plugins.commands.ablate",
     "movie_plugins.commands.generate",
+    "movie_plugins.commands.batch",
 )
 
 REGISTER_HOOKS = {f"movie_register_{family}s": family for family in FAMILIES}

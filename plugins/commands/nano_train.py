@@ -28,6 +28,9 @@ def movie_register_commands(cli):
     def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
                    progress: bool) -> None:
         """Train the nano model family from scratch: autoencoders, text tower and the four denoiser stages."""
+        from movie_core.extras import require
+
+        require("accelerate", "nano-train")  # before the work folder is made: a missing extra leaves nothing
         from movie_plugins.nano.chain import ChainBudget, train_chain
 
         fields = {f.name: f.type for f in attrs.fields(ChainBudget)}
