@@ -6,8 +6,13 @@ Runs `movie edit` on the shipped nano weights (no --init random) at a small size
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 from PIL import Image
@@ -70,3 +75,77 @@ def test_same_frames_at_every_batch_size(tmp_path: Path, clip: Path, capfd) -> N
         assert len(frames) == len(reference)
         differing = sum(int((a != b).sum()) for a, b in zip(reference, frames))
         assert differing == 0, f"batch {batch}: {differing} uint8 values differ from batch 4"
+
+
+# --- quiet runs (issue 24 item 6) ----------------------------------------------------------------
+
+HIDE_ACCELERATE = "import sys; sys.modules['accelerate'] = None; from movie_core.cli import main; main()"
+
+
+def test_default_model_run_prints_only_its_own_notes(tmp_path: Path, clip: Path) -> None:
+    """A plain install (no accelerate) with the libraries' warnings asked for (the user's DIFFUSERS_VERBOSITY and
+    TRANSFORMERS_VERBOSITY win over movie's quiet defaults): `movie edit --no-progress` on the default model still
+    writes only `note:` lines on stderr, so the warnings' causes are gone, not just hidden (the TAESD config's
+    `block_out_channels`, diffusers' low_cpu_mem_usage fallback without accelerate, the "Loading weights" bar)."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    env |= {"DIFFUSERS_VERBOSITY": "warning", "TRANSFORMERS_VERBOSITY": "warning"}
+    out = tmp_path / "out.mp4"
+    proc = subprocess.run([sys.executable, "-c", HIDE_ACCELERATE, "edit", str(clip), "-p", "make it sepia",
+                           "-o", str(out), "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("note: ") for line in lines), proc.stderr
+    assert out.is_file()
+
+
+def test_loading_through_the_api_is_quiet(capfd, monkeypatch) -> None:
+    """load_pipeline (the API's loading layer) on the built-in model: no library warning and no "Loading weights"
+    bar on stderr with both libraries at their default verbosity; the progress-bar setting is restored after."""
+    import diffusers
+    from transformers.utils import logging as hf_logging
+
+    from movie_core.loading import load_pipeline, resolve_weights
+    from movie_core.recipe import preset
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    level = diffusers.utils.logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    diffusers.utils.logging.set_verbosity_warning()
+    hf_logging.enable_progress_bar()
+    try:
+        capfd.readouterr()
+        recipe = preset("movie").replace(size="nano")
+        load_pipeline(recipe, resolve_weights(recipe, None))
+        err = capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        diffusers.utils.logging.set_verbosity(level)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+    assert err == ""
+
+
+def test_saved_taesd_folder_loads_without_the_config_warning(tmp_path: Path, capfd) -> None:
+    """TAESD.save_pretrained leaves out AutoencoderTiny's `block_out_channels` copy; a folder diffusers saved with it
+    loads without diffusers' line about it, while another unexpected key still warns."""
+    import diffusers
+
+    from movie_core.components import BuildContext
+    from movie_plugins.autoencoders._sd1 import TAESD, build_taesd
+
+    ctx = BuildContext(size="nano")
+    tae = build_taesd(ctx, None)
+    tae.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "taesd" / "config.json").read_text())
+    assert "block_out_channels" not in config and config["decoder_block_out_channels"]
+    level = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_warning()
+    try:
+        for extra, warns in [({"block_out_channels": config["decoder_block_out_channels"]}, False),
+                             ({"block_out_channels": config["decoder_block_out_channels"], "colour": 1}, True)]:
+            (tmp_path / "taesd" / "config.json").write_text(json.dumps(config | extra))
+            capfd.readouterr()
+            loaded = build_taesd(attrs.evolve(ctx, weights=tmp_path), None)
+            assert isinstance(loaded, TAESD)
+            assert ("were passed to AutoencoderTiny" in capfd.readouterr().err) == warns, extra
+    finally:
+        diffusers.utils.logging.set_verbosity(level)

@@ -106,13 +106,13 @@ def convert_folder(source: str | Path, target: str | None, out: Path, overwrite:
 def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str | None) -> None:
     from diffusers import UNet2DConditionModel
 
-    from movie_core.weights import check_component, load_checked
+    from movie_core.weights import check_component, load_checked, low_memory_kw
     from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
 
     unet_dir = origin / "unet"
     check_folder(unet_dir)
     kw = check_component(unet_dir, "diffusion_pytorch_model")
-    unet = load_checked(unet_dir, lambda: UNet2DConditionModel.from_pretrained(unet_dir, **kw))
+    unet = load_checked(unet_dir, lambda: UNet2DConditionModel.from_pretrained(unet_dir, **kw, **low_memory_kw()))
     if unet.config.in_channels != 8:
         raise MovieError(f"{unet_dir} has {unet.config.in_channels} input channels; an InstructPix2Pix UNet has 8")
     new = convert_unet(unet, target)
