@@ -149,3 +149,77 @@ def test_saved_taesd_folder_loads_without_the_config_warning(tmp_path: Path, cap
             assert ("were passed to AutoencoderTiny" in capfd.readouterr().err) == warns, extra
     finally:
         diffusers.utils.logging.set_verbosity(level)
+
+
+# --- what the model knows (issue 24 item 4) --------------------------------------------------------
+
+def test_builtin_manifests_list_the_training_phrasings() -> None:
+    """Every shipped nano stage lists the procedural edits with the phrasings of their training split (the
+    held-out phrasing, kept for evaluation, is not among them)."""
+    from movie_core.data import procedural
+    from movie_core.known_edits import read_edits
+    from movie_core.weights import builtin_model
+
+    for stage in ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"):
+        known = read_edits(builtin_model(stage))
+        assert known is not None, stage
+        assert set(known) == set(procedural.EDIT_NAMES)
+        for name, phrasings in known.items():
+            assert phrasings == list(procedural.phrasings(name, "train"))
+            assert procedural.EDITS[name].held_out not in phrasings
+
+
+def test_closest_edits_by_word_overlap() -> None:
+    from movie_core.data import procedural
+    from movie_core.known_edits import NEAR, closest, far_warning
+
+    known = {name: list(procedural.phrasings(name, "train")) for name in procedural.EDIT_NAMES}
+    for instruction, edit in [("make it sepia", "sepia"), ("Make it SEPIA!", "sepia"), ("tint it blue", "blue_tint"),
+                              ("make it greyscale", "grayscale"), ("black and white please", "grayscale"),
+                              ("make it look like a film negative", "invert")]:
+        best = closest(instruction, known)[0]
+        assert (best["edit"], best["score"] >= NEAR) == (edit, True), instruction
+        assert far_warning(instruction, known) is None
+    for instruction in ["make it look like a Van Gogh painting", "add fireworks to the sky", "do nothing"]:
+        line = far_warning(instruction, known)
+        assert line is not None and instruction in line
+        names = [r["edit"] for r in closest(instruction, known)]
+        assert len(names) == 3 and all(f"{name} ('" in line for name in names)
+
+
+def test_far_instruction_warns_in_one_line_and_still_runs(tmp_path: Path, clip: Path, capfd) -> None:
+    out = tmp_path / "out.mp4"
+    code, stdout, err = edit(capfd, clip, "-p", "add fireworks to the sky", "-o", out, "--no-progress")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "'add fireworks to the sky' is far from every instruction" in warnings[0], err
+    assert out.is_file() and stdout.startswith("edited 6 frames")
+    code, _, err = edit(capfd, clip, "-p", "make it sepia", "-o", tmp_path / "known.mp4", "--no-progress")
+    assert code == 0 and "warning" not in err, err
+
+
+def test_list_edits(capfd) -> None:
+    from movie_core.data import procedural
+
+    code = 0
+    try:
+        main(["list", "--edits", "--json"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    listed = json.loads(capfd.readouterr().out)
+    assert code == 0
+    assert listed["sepia"] == list(procedural.phrasings("sepia", "train"))
+    try:
+        main(["list", "--edits"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    text = capfd.readouterr().out
+    assert code == 0 and "'make it sepia'" in text and text.count("\n  ") == len(procedural.EDIT_NAMES)
+
+
+def test_list_edits_of_a_model_that_lists_none(tmp_path: Path, capfd) -> None:
+    (tmp_path / "movie.json").write_text(json.dumps({"format": "movie-model/1"}))
+    with pytest.raises(SystemExit) as exc:
+        main(["list", "--edits", "--model", str(tmp_path)])
+    err = capfd.readouterr().err
+    assert exc.value.code != 0 and len(err.strip().splitlines()) == 1 and "does not list its edits" in err, err
