@@ -54,12 +54,17 @@ def plugins(as_json: bool) -> None:
 
 @cli.command("list")
 @click.argument("family", required=False)
+@click.option("--edits", is_flag=True, help="List the edits the built-in model (or --model's) was trained on.")
+@click.option("--model", help="With --edits: a model folder (or nano:<stage>) instead of the built-in default.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def list_(family: str | None, as_json: bool) -> None:
-    """List components per family (autoencoder, denoiser, distiller, backend)."""
+def list_(family: str | None, edits: bool, model: str | None, as_json: bool) -> None:
+    """List components per family (autoencoder, denoiser, distiller, backend), or with --edits what a model knows."""
     from movie_core.plugins import get_registry
     from movie_core.registry import FAMILIES, UnknownComponentError
 
+    if edits or model:
+        _list_edits(model or DEFAULT_MODEL, as_json)
+        return
     if family is not None:
         family = family.rstrip("s")
         if family not in FAMILIES:
@@ -86,6 +91,26 @@ def list_(family: str | None, as_json: bool) -> None:
                            f"  ({opt['type']})")
     if family in (None, "denoiser"):
         click.echo(CLOCK_OPTIONS)
+
+
+DEFAULT_MODEL = "nano:mobile-pix2pix-1step"  # what `movie edit` runs without --model (the `movie` preset's stage)
+
+
+def _list_edits(model: str, as_json: bool) -> None:
+    """The edits a model's manifest lists, each with the phrasings it was trained on."""
+    from movie_core.known_edits import read_edits
+    from movie_core.weights import resolve_model
+
+    known = read_edits(resolve_model(model))
+    if known is None:
+        raise UsageError(f"{model} does not list its edits (its movie.json has no \"edits\"): it may know anything")
+    if as_json:
+        _emit(known)
+        return
+    click.echo(f"{model} was trained on {len(known)} global edits, asked for in these words:")
+    for name, phrasings in known.items():
+        click.echo(f"  {name:14} " + "; ".join(f"'{p}'" for p in phrasings))
+    click.echo("an instruction far from all of these gets a warning naming the closest edits (the edit still runs)")
 
 
 CLOCK_OPTIONS = """clock options (Clockwork; for every denoiser whose UNet exposes network_split; eager backend):
@@ -213,7 +238,7 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, convention: 
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path())
-@click.option("-p", "--prompt", required=True, help="Edit instruction, e.g. 'make it look like a Van Gogh painting'.")
+@click.option("-p", "--prompt", required=True, help="Edit instruction, e.g. 'make it sepia' (the edits above).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output video, image or frames folder.")
 @recipe_options
 @click.option("--height", type=click.IntRange(min=8), help="Processing height (aspect kept when --width is not given).")
@@ -248,12 +273,21 @@ def edit(
     progress: bool,
     **kw: Any,
 ) -> None:
-    """Edit a video (or an image, or a folder of frames) with a text instruction."""
+    """Edit a video (or an image, or a folder of frames) with a text instruction.
+
+    \b
+    The built-in model knows twelve global edits: grayscale, sepia, invert, red/green/blue tint, brighter,
+    darker, more/less contrast, posterize, night ('make it sepia', 'tint it blue', 'invert the colors',
+    'make it night'; `movie list --edits` lists every phrasing it was trained on). An instruction far from
+    all of them gets a warning naming the closest edits. Open-ended edits ('make it look like a Van Gogh
+    painting') need a model trained for them: --model DIR.
+    """
     from fractions import Fraction
 
     from movie_core import edit as edit_mod
     from movie_core import video
     from movie_core.composer import compose as do_compose
+    from movie_core.known_edits import far_warning, read_edits
     from movie_core.loading import load_pipeline
 
     if not prompt.strip():
@@ -272,6 +306,10 @@ def edit(
         ids, truncated = pipe.denoiser.tokenize([prompt])
         if truncated[0]:
             click.echo(f"warning: prompt truncated to the text encoder's {ids.shape[-1]} tokens", err=True)
+        known = read_edits(model)
+        far = far_warning(prompt, known) if known else None
+        if far:
+            click.echo(f"warning: {far}", err=True)
         policy, why_size = edit_mod.size_policy(
             recipe.resolution, edit_mod.working_side(pipe), height=height, width=width, max_side=max_side,
             multiple=int(pipe.encoder.downscale),

@@ -222,7 +222,21 @@ class FrameEditor:
         out = self.fast(x) if self.fast is not None else None
         if out is None and self.fast is not None:  # it could not be built for this batch (say, capture failed)
             self.fast, self.fast_reason = None, getattr(self.fast, "error", "") or "the fused frame function declined"
-        return out if out is not None else self.edit_tensor(x, frame=frame)
+        if out is not None:
+            return out
+        if not self.frame_by_frame or x.shape[0] == 1:
+            return self.edit_tensor(x, frame=frame)
+        return torch.cat([self.edit_tensor(x[i:i + 1], frame=frame + i) for i in range(x.shape[0])])
+
+    @property
+    def frame_by_frame(self) -> bool:
+        """Whether the model sees one frame per call: on the CPU with the torch modules run as they are (eager).
+        There a kernel's summation order depends on the batch (oneDNN picks another convolution blocking, MKL another
+        GEMM for the time and guidance embeddings' 1-row vs 4-row matmuls), so a frame batched with others differs
+        from itself alone by about 3e-6; that flips a few uint8 roundings and the encoder's choices spread them (up
+        to 26/255 after H.264). One frame per call makes each frame's output independent of the batch it came in,
+        hence of --batch-size and of the memory-based batch choice; on the CPU batching gains little."""
+        return self.pipe.device.type == "cpu" and self.pipe.runtime is None
 
     def close(self) -> None:
         if self.anchor is not None:

@@ -6,11 +6,13 @@ Nothing is unpickled silently.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -159,10 +161,42 @@ def check_model_folder(root: Path, variant: str | None = None, only: tuple[str, 
     return checked
 
 
-def load_checked(what: Path, load: Any) -> Any:
-    """Run a from_pretrained call; what it raises on a folder that passed the checks becomes one line naming it."""
+def low_memory_kw() -> dict[str, Any]:
+    """diffusers' from_pretrained keywords for loading without a random init first: only where accelerate is
+    installed (it is not a dependency). Without it diffusers' default (True) warns on every load and falls back."""
+    import importlib.util
+
+    return {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Around a from_pretrained call: no transformers "Loading weights" progress bar (restored after) unless the
+    user's HF_HUB_DISABLE_PROGRESS_BARS says otherwise, so loading a model through the API is as quiet as
+    `movie --no-progress`. Warnings are left alone."""
+    if "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
+        yield
+        return
     try:
-        return load()
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def load_checked(what: Path, load: Any) -> Any:
+    """Run a from_pretrained call (quietly: quiet_loading); what it raises on a folder that passed the checks becomes
+    one line naming it."""
+    try:
+        with quiet_loading():
+            return load()
     except MovieError:
         raise
     except Exception as exc:  # diffusers / transformers raise many kinds

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from movie_core import cli
+from movie_core.data import procedural
 from movie_core.errors import MovieError, UsageError
 from movie_core.weights import builtin_model, builtin_stages, component_folder, resolve_model
 
@@ -141,6 +142,9 @@ def test_shipped_layout_shares_the_autoencoders_and_text_tower(chain):
         assert component_folder(folder, "vae") == (ship / "autoencoders" / "vae").resolve()
         assert component_folder(folder, "text_encoder") == (ship / "text" / "text_encoder").resolve()
     assert json.loads((ship / "vpred" / "movie.json").read_text())["training_stage"] == "vpred"
+    for stage in SHIPPED:  # what each model knows: movie list --edits, movie edit's far-instruction warning
+        edits = json.loads((ship / stage / "movie.json").read_text())["edits"]
+        assert edits == {name: list(procedural.phrasings(name, "train")) for name in procedural.EDIT_NAMES}
 
 
 @pytest.mark.slow

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -9,7 +13,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 
 from movie_core.components import Autoencoder, BuildContext
 from movie_core.errors import MovieError
-from movie_core.weights import check_component, component_folder, load_checked, read_config
+from movie_core.weights import check_component, component_folder, load_checked, low_memory_kw, read_config
 
 SD_SCALING_FACTOR = 0.18215
 
@@ -20,6 +24,7 @@ VAE_SIZES = {
     # a nano VAE trained that way turned +0.3 red into +0.09 red +0.12 blue (a tint edit's output, lost).
     "nano": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=8),
 }
+TAESD_CONFIG_ONLY = "block_out_channels"  # what AutoencoderTiny writes into its config but does not take back
 TAESD_SIZES = {
     "full": dict(),
     "nano": dict(
@@ -75,7 +80,13 @@ class TAESD(Autoencoder):
         return self.tae.decoder(latents).clamp(-1, 1)
 
     def save_pretrained(self, root: str | Path) -> None:
-        self.tae.save_pretrained(Path(root) / self.subfolder, safe_serialization=True)
+        folder = Path(root) / self.subfolder
+        self.tae.save_pretrained(folder, safe_serialization=True)
+        # AutoencoderTiny registers `block_out_channels` (a copy of decoder_block_out_channels, for pipelines that
+        # read it) in the config it saves but does not take it back: every load would warn about it
+        config = read_config(folder / "config.json")
+        if config.pop(TAESD_CONFIG_ONLY, None) is not None:
+            (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Path:
@@ -91,7 +102,7 @@ def build_sd_vae(ctx: BuildContext, config) -> SDVAE:
     if ctx.weights is not None:
         folder = _find(Path(ctx.weights), ("vae",), "AutoencoderKL", "SD VAE")
         kw = check_component(folder, "diffusion_pytorch_model", ctx.variant)
-        vae = load_checked(folder, lambda: AutoencoderKL.from_pretrained(folder, **kw))
+        vae = load_checked(folder, lambda: AutoencoderKL.from_pretrained(folder, **kw, **low_memory_kw()))
     else:
         torch.manual_seed(ctx.seed)
         with ctx.torch_device:
@@ -108,12 +119,35 @@ def build_taesd(ctx: BuildContext, config) -> TAESD:
     if ctx.weights is not None:
         folder = _find(Path(ctx.weights), ("taesd", "vae"), "AutoencoderTiny", "TAESD")
         kw = check_component(folder, "diffusion_pytorch_model", ctx.variant)
-        tae = load_checked(folder, lambda: AutoencoderTiny.from_pretrained(folder, **kw))
+        with _config_copy_accepted(folder):
+            tae = load_checked(folder, lambda: AutoencoderTiny.from_pretrained(folder, **kw, **low_memory_kw()))
     else:
         torch.manual_seed(ctx.seed + 1)
         with ctx.torch_device:
             tae = AutoencoderTiny(**TAESD_SIZES[ctx.size])
     return _finish(TAESD(tae), ctx)
+
+
+@contextlib.contextmanager
+def _config_copy_accepted(folder: Path) -> Iterator[None]:
+    """Loading a TAESD folder that diffusers saved (its config holds AutoencoderTiny's own `block_out_channels` copy,
+    see TAESD.save_pretrained): diffusers' line about that key alone is dropped; any other unexpected key still
+    warns."""
+    value = read_config(folder / "config.json").get(TAESD_CONFIG_ONLY)
+    if value is None:
+        yield
+        return
+    expected = f"The config attributes {{'{TAESD_CONFIG_ONLY}': {value!r}}} were passed to AutoencoderTiny,"
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(expected)
+
+    logger = logging.getLogger("diffusers.configuration_utils")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _finish(module: Autoencoder, ctx: BuildContext) -> Autoencoder:

@@ -125,7 +125,7 @@ def _convert_md(unet_dir: Path, tmp: Path, target: str) -> Any:
 def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str | None) -> None:
     from diffusers import UNet2DConditionModel
 
-    from movie_core.weights import check_component, load_checked
+    from movie_core.weights import check_component, load_checked, low_memory_kw
     from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
 
     unet_dir = origin / "unet"
@@ -138,7 +138,8 @@ def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str
         if kind != "UNet2DConditionModel":
             raise MovieError(f"{unet_dir} is a {kind}, not an InstructPix2Pix UNet; '{target}' converts from one")
         kw = check_component(unet_dir, "diffusion_pytorch_model")
-        unet = load_checked(unet_dir, lambda: UNet2DConditionModel.from_pretrained(unet_dir, **kw))
+        unet = load_checked(unet_dir, lambda: UNet2DConditionModel.from_pretrained(unet_dir, **kw,
+                                                                                  **low_memory_kw()))
         if unet.config.in_channels != 8:
             raise MovieError(f"{unet_dir} has {unet.config.in_channels} input channels; an InstructPix2Pix UNet "
                              "has 8")

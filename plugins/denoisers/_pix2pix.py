@@ -42,6 +42,7 @@ from movie_core.weights import (
     check_tokenizer,
     component_folder,
     load_checked,
+    low_memory_kw,
     read_config,
     read_manifest,
 )
@@ -831,6 +832,7 @@ def load(
     unet_kw = check_component(root / "unet", "diffusion_pytorch_model", variant)
     text_kw = check_component(folders["text_encoder"], "model", variant)
     check_tokenizer(folders["tokenizer"])
+    unet_kw |= low_memory_kw()
     unet = load_checked(root / "unet", lambda: UNet2DConditionModel.from_pretrained(root / "unet", **unet_kw))
     expected = unet_config("nano", stage)
     have_top = unet.config.down_block_types[0]

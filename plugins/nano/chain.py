@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from movie_core.data import procedural
 from movie_core.errors import UsageError
 from movie_core.weights import replace_folder
 
@@ -178,6 +179,8 @@ def ship(work: Path, dest: Path) -> None:
         manifest["components"] = {**{name: f"../autoencoders/{name}" for name in SHARED_AUTOENCODERS},
                                   **{name: f"../text/{name}" for name in shared}}
         manifest["builtin"] = {"family": "nano", "chain": chain.get("budget"), "device": chain.get("device")}
+        # what the model knows (movie list --edits; movie edit warns on an instruction far from all of them)
+        manifest["edits"] = {name: list(procedural.phrasings(name, "train")) for name in procedural.EDIT_NAMES}
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (tmp / "chain.json").write_text(json.dumps(chain, indent=2) + "\n")
     _swap_family(tmp, dest)
