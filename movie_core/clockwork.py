@@ -63,6 +63,21 @@ ADAPTOR_WEIGHTS = "adaptor.safetensors"
 ADAPTOR_CONFIG = "adaptor.json"
 
 
+# The adaptor's default hidden width, as a multiple of the channels entering the core (r_in), rounded to a multiple of
+# 8. Sized to the paper's adaptor (about 14M parameters at SD size, Sec. 4): with the SD-1.5 split (r_in 320 channels,
+# r_out 640, time embedding 1280, text 768) the adaptor has 36 h^2 + 19667 h + 640 parameters at hidden width h
+# (2 ResNet blocks of two 3x3 convs: 36 h^2; the 3x3 stride-2 down conv from r_out: 5761 h; the 4x4 transposed up
+# conv to r_out: 10240 h; the r_in and text projections, time linears and norms: the rest), which is 14.0M at
+# h = 408, i.e. 1.275 x 320; 1.3 x 320 = 416 gives 14.4M (and 320, the old default, 10.0M).
+HIDDEN_WIDTH = 1.3
+
+
+def default_hidden(in_channels: int, width: float = HIDDEN_WIDTH) -> int:
+    """The adaptor's hidden width for a core entered by `in_channels` channels: width x in_channels, to a multiple of
+    8 (at least 8)."""
+    return max(8, int(round(width * in_channels / 8)) * 8)
+
+
 def _groups(channels: int) -> int:
     """GroupNorm groups: up to 32 that divide the channels."""
     return math.gcd(channels, 32)
@@ -92,12 +107,14 @@ class ClockworkAdaptor(torch.nn.Module):
     (r_in, r_out_prev, emb, text_emb, *rest) -> r_out_prev + up(res(res(down(r_out_prev) + proj(r_in) +
     text(mean over tokens of text_emb)), emb), emb)): r_in (B, C_in, h, w) enters the core, r_out_prev (B, C_out,
     H, W) the last full evaluation's core output, emb (B, E) the time (and guidance) embedding, text_emb (B, L, D).
-    The up convolution starts at zero, so an untrained adaptor is exactly the identity adaptor."""
+    The up convolution starts at zero, so an untrained adaptor is exactly the identity adaptor. `hidden` (the width of
+    the ResNet blocks; recorded in adaptor.json, `-O hidden=N` of the clockwork distiller) defaults to
+    `default_hidden(in_channels)`: 416 and 14.4M parameters at SD size, the paper's ~14M."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, text_dim: int,
                  hidden: int | None = None) -> None:
         super().__init__()
-        hidden = hidden or in_channels
+        hidden = hidden or default_hidden(in_channels)
         self.config = {"in_channels": in_channels, "out_channels": out_channels, "emb_dim": emb_dim,
                        "text_dim": text_dim, "hidden": hidden}
         self.down = torch.nn.Conv2d(out_channels, hidden, 3, stride=2, padding=1)
