@@ -169,7 +169,8 @@ def _clock_rule(pipe) -> dict[str, Any]:
                 "rule": f"frames 0, {r.frame_clock}, {2 * r.frame_clock}, ... and the anchor frame run unet at every "
                         "step and keep its r_out per step and guidance pass; the other frames run unet_adapt at "
                         "every step with r_out_prev = the r_out of the last frame that ran unet, at the same step "
-                        "and pass (with an anchor: the _replay forms on every frame but the anchor)"}
+                        "and pass (with an anchor: a graph's _replay form, where it has one, on every frame but the "
+                        "anchor; a unet_adapt without one has no anchor layer in its path)"}
     from movie_core.clockwork import full_steps
 
     full = full_steps(pipe.steps, r.clock, r.clock_schedule)
@@ -178,7 +179,7 @@ def _clock_rule(pipe) -> dict[str, Any]:
             "adaptor_steps": [i for i, f in enumerate(full) if not f],
             "rule": "on full_steps run unet and keep its r_out (per guidance pass); on adaptor_steps run unet_adapt "
                     "with r_out_prev = the r_out of the last full step, same pass (with an anchor: record forms on "
-                    "the anchor frame, _replay forms on the others)"}
+                    "the anchor frame, _replay forms, where a graph has one, on the others)"}
 
 
 def _host_and_fused(pipe, editor, frames, tmp: Path, batch: int) -> tuple[list[dict], dict[str, Any], dict[str, Any]]:
