@@ -75,16 +75,18 @@ class AnchoredNetwork(torch.nn.Module):
     anchor="replay": the same inputs + (k_0, v_0, ...) -> noise, every anchor layer attending to those K/V
     """
 
-    def __init__(self, denoiser: Any, anchor: str = "none", network: Any = None):
+    def __init__(self, denoiser: Any, anchor: str = "none", network: Any = None, layers: list[str] | None = None):
         super().__init__()
         if anchor not in ("none", "record", "replay"):
             raise ValueError(f"anchor must be none, record or replay, got {anchor!r}")
         network = network or denoiser.networks()["unet"]  # or another network running the unet (fused_step)
         self.net = network.module
         self.input_names = tuple(network.inputs)
-        self.output_name = network.outputs[0]
+        self.output_names = tuple(network.outputs)  # one, or several (the clock's full graph adds r_out)
+        self.output_name = self.output_names[0]
         self.anchor = anchor
-        self.layers = list(denoiser.anchor_layers()) if anchor != "none" else []
+        # the anchor layers the network runs: all of them, or those of a part (the clock's high-resolution path)
+        self.layers = (list(denoiser.anchor_layers()) if layers is None else list(layers)) if anchor != "none" else []
         self._set_hook = denoiser.set_kv_hook  # a bound method, not a submodule: the hash covers the network only
         self._kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -93,7 +95,7 @@ class AnchoredNetwork(torch.nn.Module):
 
     def io_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         kv = tuple(f"anchor_{kind}_{i}" for i in range(len(self.layers)) for kind in ("k", "v"))
-        out = (self.output_name,)
+        out = self.output_names
         if self.anchor == "replay":
             return self.input_names + kv, out
         if self.anchor == "record":
@@ -129,7 +131,8 @@ class AnchoredNetwork(torch.nn.Module):
         out = self.net(*inputs[:n])
         if self.anchor != "record":
             return out
-        return (out, *[t for name in self.layers for t in self._kv[name]])
+        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return (*outs, *[t for name in self.layers for t in self._kv[name]])
 
 
 def active(module: Any):
@@ -306,24 +309,18 @@ class Runtime:
         self.graphs = {name: g for name, (g, _) in graphs.items()}
         self.runners = {name: Runner(backend, name, g, names, self.options, self.cache)
                         for name, (g, names) in graphs.items()}
+        self.anchor: crossframe.AnchorController | None = None
         den.set_runner("text_encoder", self.runners["text_encoder"])
         den.set_runner("unet", self.unet_runner(None))
 
     def unet_runner(self, anchor: crossframe.AnchorController | None) -> Callable[..., torch.Tensor]:
         """The 'unet' runner for one anchor state: record graph on the anchor, replay graph on the others."""
-        runners = self.runners
-        layers = {name: g.layers for name, g in self.graphs.items() if isinstance(g, AnchoredNetwork)}
-
         def run(*inputs: torch.Tensor) -> torch.Tensor:
-            if "unet_replay" not in runners:
-                return runners["unet"](*inputs)
-            if anchor is None or anchor.mode in ("off", "record"):
-                out, *kv = runners["unet"](*inputs)
-                if anchor is not None and anchor.mode == "record":
-                    for i, name in enumerate(layers["unet"]):
-                        anchor.store[(anchor.step, name)] = (kv[2 * i], kv[2 * i + 1])
-                return out
-            return runners["unet_replay"](*inputs, *anchor.recorded(layers["unet_replay"]))
+            saved, self.anchor = self.anchor, anchor
+            try:
+                return self.run_anchored("unet", *inputs)[0]  # (a clocked recipe's 'unet' also returns r_out)
+            finally:
+                self.anchor = saved
 
         return run
 
@@ -331,10 +328,37 @@ class Runtime:
     def anchored(self, anchor: crossframe.AnchorController | None) -> Iterator[None]:
         """Route the denoiser's 'unet' through the runner for this anchor state for the duration."""
         self.denoiser.set_runner("unet", self.unet_runner(anchor))
+        self.anchor = anchor
         try:
             yield
         finally:
+            self.anchor = None
             self.denoiser.set_runner("unet", self.unet_runner(None))
+
+    def add_clock(self, split: Any, adaptor: torch.nn.Module) -> ClockGraphs:
+        """Run a clocked recipe's 'unet' as the clock's split graphs (the full network returning r_out in place
+        of 'unet' / 'unet_replay', and 'unet_adapt' / 'unet_adapt_replay'); the clock calls them."""
+        return ClockGraphs(self, split, adaptor)
+
+    def run_anchored(self, name: str, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run graph `name` for the current anchor state (record on the anchor, `name`_replay with the anchor's
+        K/V on the others); returns its outputs without the K/V (stored in the anchor when recording)."""
+        anchor = self.anchor
+        graph = self.graphs[name]
+        replay = f"{name}_replay"
+        if replay in self.runners and anchor is not None and anchor.mode == "replay":
+            replay_graph = self.graphs[replay]
+            assert isinstance(replay_graph, AnchoredNetwork)
+            out = self.runners[replay](*inputs, *anchor.recorded(replay_graph.layers))
+            return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        out = self.runners[name](*inputs)
+        out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        n = len(graph.output_names) if isinstance(graph, AnchoredNetwork) else 1
+        if anchor is not None and anchor.mode == "record" and isinstance(graph, AnchoredNetwork):
+            kv = out[n:]
+            for i, layer in enumerate(graph.layers):
+                anchor.store[(anchor.step, layer)] = (kv[2 * i], kv[2 * i + 1])
+        return out[:n]
 
     def artifacts(self) -> list[dict[str, Any]]:
         """What was prepared so far: one record per component and input shapes."""
@@ -348,6 +372,72 @@ class Runtime:
         return info
 
 
+class ClockGraphs:
+    """A clocked recipe's 'unet' on a routing backend, as two graphs (movie_core.clockwork):
+
+    'unet':       the network's inputs -> (output, r_out): the whole network, also returning what its
+                  low-resolution core returned (run on the clock's full steps / frames)
+    'unet_adapt': the network's inputs + r_out_prev -> output: the high-resolution path with the adaptor in place
+                  of the core, r_out_prev being the last full evaluation's r_out (run on the others)
+
+    With an anchor each has its record form (it also returns its anchor layers' K/V) and its `_replay` form (it
+    takes them); 'unet_adapt' only has the anchor layers of the high-resolution path, found by running it once."""
+
+    def __init__(self, runtime: Runtime, split: Any, adaptor: torch.nn.Module) -> None:
+        from movie_core.clockwork import ClockAdapt, ClockFull
+        from movie_core.components import Network
+
+        self.runtime = runtime
+        den = runtime.denoiser
+        net = den.networks()["unet"]
+        self.anchored = "unet_replay" in runtime.graphs
+        full = Network(ClockFull(split), tuple(net.inputs), (net.outputs[0], "r_out"))
+        self.adapt_network = Network(ClockAdapt(split, adaptor), (*net.inputs, "r_out_prev"), (net.outputs[0],))
+        self._add("unet", AnchoredNetwork(den, "record" if self.anchored else "none", full))
+        if self.anchored:
+            self._add("unet_replay", AnchoredNetwork(den, "replay", full))
+        else:
+            self._add("unet_adapt", AnchoredNetwork(den, "none", self.adapt_network))
+        self.shapes: dict[str, list[int]] = {}
+
+    def _add(self, name: str, graph: AnchoredNetwork) -> None:
+        rt = self.runtime
+        rt.graphs[name] = graph
+        rt.runners[name] = Runner(rt.backend, name, graph, graph.io_names(), rt.options, rt.cache)
+
+    def _adapt_layers(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        """The anchor layers the high-resolution path runs (those whose KV hook fires), then its two graphs."""
+        den = self.runtime.denoiser
+        fired: set[str] = set()
+
+        def hook(name: str, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            fired.add(name)
+            return key, value
+
+        previous = den.set_kv_hook(hook)
+        try:
+            with active(self.adapt_network.module), torch.no_grad():
+                self.adapt_network.module(*(t[:1] for t in inputs))
+        finally:
+            den.set_kv_hook(previous)
+        layers = [name for name in den.anchor_layers() if name in fired]
+        if not layers:  # nothing of the anchor crosses the high-resolution path: one graph serves every frame
+            self._add("unet_adapt", AnchoredNetwork(den, "none", self.adapt_network))
+            return
+        self._add("unet_adapt", AnchoredNetwork(den, "record", self.adapt_network, layers))
+        self._add("unet_adapt_replay", AnchoredNetwork(den, "replay", self.adapt_network, layers))
+
+    def full(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, r_out = self.runtime.run_anchored("unet", *inputs)
+        self.shapes["r_out"] = list(r_out.shape)
+        return out, r_out
+
+    def adapt(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if "unet_adapt" not in self.runtime.graphs:
+            self._adapt_layers(inputs)
+        return self.runtime.run_anchored("unet_adapt", *inputs)[0]
+
+
 def frame_function(pipe: Any, prompt: Any, anchor: dict | None, steps: int) -> tuple[Callable | None, str]:
     """The pipeline backend's fused per-batch frame function for one video, if it offers one, else (None, why not).
 
@@ -357,6 +447,8 @@ def frame_function(pipe: Any, prompt: Any, anchor: dict | None, steps: int) -> t
     string saying why it does not apply (the loop then runs component by component).
     """
     runtime = pipe.runtime
+    if getattr(pipe, "step_clock", None) is not None or getattr(pipe, "frame_clock", None) is not None:
+        return None, "the clock runs its split graphs component by component"
     make = getattr(runtime.backend, "frame_function", None) if runtime is not None else None
     if make is None:
         return None, f"backend '{pipe.recipe.backend}' has no fused frame function"

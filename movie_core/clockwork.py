@@ -63,6 +63,21 @@ ADAPTOR_WEIGHTS = "adaptor.safetensors"
 ADAPTOR_CONFIG = "adaptor.json"
 
 
+# The adaptor's default hidden width, as a multiple of the channels entering the core (r_in), rounded to a multiple of
+# 8. Sized to the paper's adaptor (about 14M parameters at SD size, Sec. 4): with the SD-1.5 split (r_in 320 channels,
+# r_out 640, time embedding 1280, text 768) the adaptor has 36 h^2 + 19667 h + 640 parameters at hidden width h
+# (2 ResNet blocks of two 3x3 convs: 36 h^2; the 3x3 stride-2 down conv from r_out: 5761 h; the 4x4 transposed up
+# conv to r_out: 10240 h; the r_in and text projections, time linears and norms: the rest), which is 14.0M at
+# h = 408, i.e. 1.275 x 320; 1.3 x 320 = 416 gives 14.4M (and 320, the old default, 10.0M).
+HIDDEN_WIDTH = 1.3
+
+
+def default_hidden(in_channels: int, width: float = HIDDEN_WIDTH) -> int:
+    """The adaptor's hidden width for a core entered by `in_channels` channels: width x in_channels, to a multiple of
+    8 (at least 8)."""
+    return max(8, int(round(width * in_channels / 8)) * 8)
+
+
 def _groups(channels: int) -> int:
     """GroupNorm groups: up to 32 that divide the channels."""
     return math.gcd(channels, 32)
@@ -92,12 +107,14 @@ class ClockworkAdaptor(torch.nn.Module):
     (r_in, r_out_prev, emb, text_emb, *rest) -> r_out_prev + up(res(res(down(r_out_prev) + proj(r_in) +
     text(mean over tokens of text_emb)), emb), emb)): r_in (B, C_in, h, w) enters the core, r_out_prev (B, C_out,
     H, W) the last full evaluation's core output, emb (B, E) the time (and guidance) embedding, text_emb (B, L, D).
-    The up convolution starts at zero, so an untrained adaptor is exactly the identity adaptor."""
+    The up convolution starts at zero, so an untrained adaptor is exactly the identity adaptor. `hidden` (the width of
+    the ResNet blocks; recorded in adaptor.json, `-O hidden=N` of the clockwork distiller) defaults to
+    `default_hidden(in_channels)`: 416 and 14.4M parameters at SD size, the paper's ~14M."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, text_dim: int,
                  hidden: int | None = None) -> None:
         super().__init__()
-        hidden = hidden or in_channels
+        hidden = hidden or default_hidden(in_channels)
         self.config = {"in_channels": in_channels, "out_channels": out_channels, "emb_dim": emb_dim,
                        "text_dim": text_dim, "hidden": hidden}
         self.down = torch.nn.Conv2d(out_channels, hidden, 3, stride=2, padding=1)
@@ -224,14 +241,62 @@ def network_split(denoiser: Any, name: str) -> Any:
     return split
 
 
+def _enter(stack: contextlib.ExitStack, *modules: Any) -> None:
+    for module in modules:
+        enter = getattr(module, "active", None)
+        if callable(enter):
+            stack.enter_context(enter())
+
+
+class ClockFull(torch.nn.Module):
+    """The whole network, also returning r_out: (*network inputs) -> (output, r_out). A routing backend's 'unet'
+    graph on the clock's full steps/frames; the r_out it returns feeds the adaptor graph on the others."""
+
+    def __init__(self, split: Any) -> None:
+        super().__init__()
+        self.head, self.core, self.tail = split.head, split.core, split.tail
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            _enter(stack, self.head, self.core, self.tail)
+            yield
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r_in, *context = self.head(*inputs)
+        r_out = self.core(r_in, *context)
+        return self.tail(r_out, *context), r_out
+
+
+class ClockAdapt(torch.nn.Module):
+    """The high-resolution path and the adaptor: (*network inputs, r_out_prev) -> output, where r_in comes from the
+    inputs through the head and r_out_prev is the last full evaluation's r_out. A routing backend's 'unet_adapt'
+    graph."""
+
+    def __init__(self, split: Any, adaptor: torch.nn.Module) -> None:
+        super().__init__()
+        self.head, self.tail, self.adaptor = split.head, split.tail, adaptor
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            _enter(stack, self.head, self.tail)
+            yield
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        *x, r_out_prev = inputs
+        r_in, *context = self.head(*x)
+        return self.tail(self.adaptor(r_in, r_out_prev, *context), *context)
+
+
 class StepClock:
     """The 'unet' runner of a clocked recipe: full network on full steps, head -> adaptor -> tail on the others.
 
     Counts what ran (`core_calls`, `adaptor_calls`) for tests and benchmarks."""
 
     def __init__(self, split: Any, adaptor: torch.nn.Module, clock: int = 1,
-                 schedule: tuple[int, ...] | None = None) -> None:
-        self.split, self.adaptor = split, adaptor
+                 schedule: tuple[int, ...] | None = None, graphs: Any = None) -> None:
+        self.split, self.adaptor, self.graphs = split, adaptor, graphs
         self.clock, self.schedule = clock, schedule
         self.step = 0
         self._call = 0
@@ -249,6 +314,8 @@ class StepClock:
             self._r_out.clear()
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.graphs is not None:
+            return self._call_graphs(*inputs)
         r_in, *context = self.split.head(*inputs)
         key = self._call
         self._call += 1
@@ -261,6 +328,19 @@ class StepClock:
             r_out = self.adaptor(r_in, previous, *context)
             self.adaptor_calls += 1
         return self.split.tail(r_out, *context)
+
+    def _call_graphs(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The same through a backend's graphs: 'unet' (-> output, r_out) on full steps, 'unet_adapt' on the others."""
+        key = self._call
+        self._call += 1
+        previous = self._r_out.get(key)
+        if self.is_full(self.step) or previous is None or previous.shape[0] != inputs[0].shape[0]:
+            out, r_out = self.graphs.full(*inputs)
+            self._r_out[key] = r_out
+            self.core_calls += 1
+            return out
+        self.adaptor_calls += 1
+        return self.graphs.adapt(*inputs, previous)
 
     @contextlib.contextmanager
     def running(self, denoiser: Any) -> Iterator[StepClock]:
@@ -284,8 +364,8 @@ class FrameClock:
     nothing is kept). Only the last full frame's r_out per (step, pass) is kept. Counts `core_frames` and
     `adaptor_frames` (frame evaluations per pass) for tests and benchmarks."""
 
-    def __init__(self, split: Any, adaptor: torch.nn.Module, every: int) -> None:
-        self.split, self.adaptor, self.every = split, adaptor, every
+    def __init__(self, split: Any, adaptor: torch.nn.Module, every: int, graphs: Any = None) -> None:
+        self.split, self.adaptor, self.every, self.graphs = split, adaptor, every, graphs
         self.anchor: int | None = None
         self.step = 0
         self._call = 0
@@ -308,6 +388,8 @@ class FrameClock:
         self.step, self._call = index, 0
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.graphs is not None:
+            return self._call_graphs(*inputs)
         r_in, *context = self.split.head(*inputs)
         key = (self.step, self._call)
         self._call += 1
@@ -358,6 +440,68 @@ class FrameClock:
             self._r_out[key] = r_out[[b * count + last for b in range(branches)]].detach()
         return self.split.tail(r_out, *context)
 
+    def _plan(self, rows: int) -> tuple[int, int, list[bool], list[int | None], torch.Tensor | None, int | None] | None:
+        """(frames, branches, full per frame, source per frame, the kept r_out, the last full frame) for a batch of
+        `rows` rows, or None when the batch is not video frames (all rows run full, nothing kept)."""
+        start, count = self._frames if self._frames is not None else (None, rows)
+        if start is None or rows % count:
+            return None
+        branches = rows // count
+        previous = self._r_out.get((self.step, self._call))
+        full = [self.is_full(start + f) for f in range(count)]
+        if previous is None or previous.shape[0] != branches:
+            previous = None
+            full[0] = True
+        source: list[int | None] = []
+        last: int | None = None
+        for f in range(count):
+            if full[f]:
+                last = f
+            source.append(last)
+        return count, branches, full, source, previous, last
+
+    def _call_graphs(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The same through a backend's graphs: the full frames' rows through 'unet' (-> output, r_out), the others'
+        through 'unet_adapt' with the r_out they adapt (rows are independent: the same result as one batch)."""
+        rows = inputs[0].shape[0]
+        plan = self._plan(rows)
+        key = (self.step, self._call)
+        self._call += 1
+        if plan is None:
+            self.core_frames += rows
+            return self.graphs.full(*inputs)[0]
+        count, branches, full, source, previous, last = plan
+        full_rows = [b * count + f for b in range(branches) for f in range(count) if full[f]]
+        adapt_rows = [b * count + f for b in range(branches) for f in range(count) if not full[f]]
+
+        def rows_of(idx: list[int]) -> list[torch.Tensor]:
+            return [t[idx] if t.ndim and t.shape[0] == rows else t for t in inputs]
+
+        out: torch.Tensor | None = None
+        r_out: torch.Tensor | None = None
+        if full_rows:
+            full_out, core_out = self.graphs.full(*rows_of(full_rows))
+            out = full_out.new_empty((rows, *full_out.shape[1:]))
+            out[full_rows] = full_out
+            r_out = core_out.new_empty((rows, *core_out.shape[1:]))
+            r_out[full_rows] = core_out
+            self.core_frames += len(full_rows) // branches
+        if adapt_rows:
+            prev_rows = []
+            for row in adapt_rows:
+                b, f = divmod(row, count)
+                src = source[f]
+                prev_rows.append(r_out[b * count + src] if src is not None else previous[b])  # type: ignore[index]
+            adapted = self.graphs.adapt(*rows_of(adapt_rows), torch.stack(prev_rows))
+            if out is None:
+                out = adapted.new_empty((rows, *adapted.shape[1:]))
+            out[adapt_rows] = adapted
+            self.adaptor_frames += len(adapt_rows) // branches
+        assert out is not None
+        if last is not None and r_out is not None:
+            self._r_out[key] = r_out[[b * count + last for b in range(branches)]].detach()
+        return out
+
     @contextlib.contextmanager
     def running(self, denoiser: Any) -> Iterator[FrameClock]:
         """Route the denoiser's 'unet' network through this clock for the duration of one batch."""
@@ -381,9 +525,6 @@ def build_clock(pipe: Any, model: Path | None = None) -> StepClock | FrameClock 
     if not recipe.clocked:
         return None
     split = network_split(pipe.denoiser, recipe.denoiser)
-    if pipe.runtime is not None:
-        raise UsageError(f"the clock runs on the eager backend for now (backend '{recipe.backend}' would need the "
-                         "split graphs, which are not exported yet): use --backend eager")
     kind = "frame" if recipe.frame_clock > 1 else "step"
     if kind == "step":
         check_schedule(recipe, pipe.steps)
@@ -393,6 +534,8 @@ def build_clock(pipe: Any, model: Path | None = None) -> StepClock | FrameClock 
         where = adaptor_folder(recipe.adaptor, model)
         check_trained_for(trained_for, kind=kind, sampler=pipe.denoiser.describe().get("scheduler"),
                           steps=pipe.steps, where=where)
+    # on a routing backend the clock runs the split graphs: 'unet' (-> output, r_out) and 'unet_adapt'
+    graphs = pipe.runtime.add_clock(split, adaptor) if pipe.runtime is not None else None
     if kind == "frame":
-        return FrameClock(split, adaptor, recipe.frame_clock)
-    return StepClock(split, adaptor, recipe.clock, recipe.clock_schedule)
+        return FrameClock(split, adaptor, recipe.frame_clock, graphs)
+    return StepClock(split, adaptor, recipe.clock, recipe.clock_schedule, graphs)

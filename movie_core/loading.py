@@ -161,7 +161,7 @@ def resolve_recipe(
 def device_default_backend(recipe: Recipe, note: Callable[[str], None] | None = None) -> Recipe:
     """A recipe on the `eager` default whose device a backend declares itself the default for
     (`extra={"default_for_devices": ["cuda"]}`, e.g. cuda-graphs) runs through that backend when it is available."""
-    if recipe.backend != "eager" or recipe.clocked:  # the clock runs on eager only (no split graphs exported yet)
+    if recipe.backend != "eager" or recipe.clocked:  # a clocked recipe leaves eager only when a backend is asked for
         return recipe
     from movie_core.plugins import get_registry
 

@@ -19,8 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from movie_core import flops
+from movie_core.composer import compose
 from movie_core.data.procedural import make_video, sample_seeds
 from movie_core.edit import FrameEditor, anchor_index
+from movie_core.evaluate import ssim
 from movie_core.loading import builtin_weights, load_pipeline
 from movie_core.recipe import preset
 
@@ -81,13 +84,18 @@ def main() -> None:
         rows.append({
             "config": name, "frame_clock": recipe.frame_clock, "adaptor": recipe.adaptor,
             "psnr_vs_truth": float(np.mean([psnr(o, c["edited_frames"]) for o, c in zip(outputs, clips)])),
+            "ssim_vs_truth": float(np.mean([ssim(f, t) for o, c in zip(outputs, clips)
+                                            for f, t in zip(o, c["edited_frames"])])),
             "psnr_vs_no_clock": float(np.mean([psnr(o, r) for o, r in zip(outputs, reference)])),
+            "tflops_per_frame": flops.count(compose(recipe), height=args.size, width=args.size,
+                                            model=folder)["tflops_paper"],
             "frame_change": float(np.mean([frame_change(o) for o in outputs])),
             "frame_change_truth": float(np.mean([frame_change(c["edited_frames"]) for c in clips])),
             "cpu_frames_per_s": args.videos * args.frames / seconds,
         })
         r = rows[-1]
-        print(f"{name:28} PSNR vs truth {r['psnr_vs_truth']:.2f} dB, vs no clock {r['psnr_vs_no_clock']:.2f} dB, "
+        print(f"{name:28} PSNR vs truth {r['psnr_vs_truth']:.2f} dB, SSIM {r['ssim_vs_truth']:.4f}, "
+              f"{1e3 * r['tflops_per_frame']:.3f} GFLOPs/frame, vs no clock {r['psnr_vs_no_clock']:.2f} dB, "
               f"frame change {r['frame_change']:.2f} (truth {r['frame_change_truth']:.2f}), "
               f"{r['cpu_frames_per_s']:.1f} frames/s (CPU, {torch.get_num_threads()} thread(s))")
     result = {"model": str(folder), "videos": args.videos, "frames": args.frames, "size": args.size,

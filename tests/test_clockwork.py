@@ -142,13 +142,17 @@ def test_clock_refusals():
     assert clockwork.full_steps(4, 1, (0, 3)) == [True, False, False, True]
 
 
-def test_clock_refuses_a_routing_backend(monkeypatch, tmp_path):
+def test_clock_on_a_routing_backend_runs_the_split_graphs(monkeypatch, tmp_path):
+    """On a routing backend the clock calls the split graphs (parity with eager: tests/test_clockwork_export.py)."""
     pytest.importorskip("onnxruntime", reason="the onnx backend needs onnxruntime (the test extra installs it)")
-    from movie_core.errors import UsageError
+    from movie_core import backends
 
     monkeypatch.setenv("MOVIE_CACHE_DIR", str(tmp_path))
-    with pytest.raises(UsageError, match="use --backend eager"):
-        nano_pipe("mmg", steps=2, clock=2, backend="onnx")
+    pipe = nano_pipe("mmg", steps=2, clock=2, backend="onnx")
+    assert isinstance(pipe.step_clock.graphs, backends.ClockGraphs)
+    assert pipe.runtime.graphs["unet"].io_names()[1][:2] == ("noise", "r_out")
+    assert backends.frame_function(pipe, None, None, 2)[0] is None  # no fused frame function bypasses the clock
+    assert nano_pipe("mmg", steps=2, clock=2).step_clock.graphs is None  # eager: the split's parts
 
 
 def test_cli_takes_the_clock_flags(run_movie, tmp_path):

@@ -49,10 +49,14 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
     padded = policy.padded(height, width)
     frames = synthetic_frames(batch_size, height, width)
     editor = FrameEditor(pipe, PROMPT, size=size, padded=padded)
+    every = recipe.frame_clock
     try:
         if recipe.anchor != "none":
-            editor.record_anchor(frames[len(frames) // 2])
+            editor.record_anchor(frames[len(frames) // 2], len(frames) // 2 if every > 1 else None)
         editor.edit(frames, size)
+        if every > 1:  # the frame clock: the frames up to the next full one, one at a time, so 'unet_adapt' runs too
+            for _ in range(every - 1):
+                editor.edit(frames[:1], size)
     finally:
         editor.close()
 
@@ -90,6 +94,7 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
             "anchor": _anchor_rule(recipe.anchor, shapes),
             # what the app sets to run the artifacts: runtime, execution provider and its options, model file
             "runtime": backend.runtime(options) if hasattr(backend, "runtime") else None,
+            "clock": _clock_rule(pipe),
             "versions": {"movie": __version__, **next(iter(components.values()))["toolchain"]},
             "components": components,
             "host": host,
@@ -127,6 +132,10 @@ _IO = {  # what the core's and the built-in denoisers' tensor names mean
     "guidance_features": {"layout": "(batch, 2 * dim)", "range": "guidance_features.npy"},
     "sample": {"layout": "NCHW", "range": "see host.unet_sample"},
     "noise": {"layout": "NCHW", "range": "the model output (host.sampler.prediction_type)"},
+    "r_out": {"layout": "NCHW (the top resolution level)", "range": "unbounded: what the low-resolution core "
+              "returned (Clockwork); keep it for unet_adapt"},
+    "r_out_prev": {"layout": "NCHW (the top resolution level)", "range": "the r_out of the last full step / frame "
+                   "(see clock.rule)"},
 }
 
 
@@ -148,6 +157,33 @@ def _anchor_rule(anchor: str, shapes: dict[str, Any]) -> dict[str, Any]:
             "kv_shapes": kv}
 
 
+def _clock_rule(pipe) -> dict[str, Any]:
+    """Which graph runs on which step / frame of a clocked recipe (Clockwork)."""
+    r = pipe.recipe
+    if not r.clocked:
+        return {"policy": "none", "rule": "every step and frame runs unet"}
+    graphs = ("unet (the whole network; it also returns r_out, what its low-resolution core returned) and "
+              "unet_adapt (the high-resolution path with the adaptor in the core's place: the network's inputs and "
+              "r_out_prev)")
+    adaptor = {"adaptor": r.adaptor}
+    if r.frame_clock > 1:
+        return {"policy": "frame", "frame_clock": r.frame_clock, **adaptor, "graphs": graphs,
+                "rule": f"frames 0, {r.frame_clock}, {2 * r.frame_clock}, ... and the anchor frame run unet at every "
+                        "step and keep its r_out per step and guidance pass; the other frames run unet_adapt at "
+                        "every step with r_out_prev = the r_out of the last frame that ran unet, at the same step "
+                        "and pass (with an anchor: a graph's _replay form, where it has one, on every frame but the "
+                        "anchor; a unet_adapt without one has no anchor layer in its path)"}
+    from movie_core.clockwork import full_steps
+
+    full = full_steps(pipe.steps, r.clock, r.clock_schedule)
+    return {"policy": "step", "clock": r.clock, "clock_schedule": r.clock_schedule, **adaptor, "graphs": graphs,
+            "full_steps": [i for i, f in enumerate(full) if f],
+            "adaptor_steps": [i for i, f in enumerate(full) if not f],
+            "rule": "on full_steps run unet and keep its r_out (per guidance pass); on adaptor_steps run unet_adapt "
+                    "with r_out_prev = the r_out of the last full step, same pass (with an anchor: record forms on "
+                    "the anchor frame, _replay forms, where a graph has one, on the others)"}
+
+
 def _host_and_fused(pipe, editor, frames, tmp: Path, batch: int) -> tuple[list[dict], dict[str, Any], dict[str, Any]]:
     """The denoiser's host plan (files into tmp) and, where it offers a fused step, the fused unet graphs prepared
     through the backend and checked against the sampler. Returns the artifacts to ship, each tensor name's
@@ -167,7 +203,11 @@ def _host_and_fused(pipe, editor, frames, tmp: Path, batch: int) -> tuple[list[d
                                generator=pipe.generators(1))
         host = dict(plan) if plan is not None else {"self_contained": False, **_host_contract(pipe, bound)}
         host["steps"] = pipe.steps
-        fused = den.fused_step(pipe.steps)
+        clock = pipe.step_clock or pipe.frame_clock
+        if clock is not None and clock.graphs is not None:
+            shapes.update(clock.graphs.shapes)
+            shapes["r_out_prev"] = clock.graphs.shapes.get("r_out")
+        fused = den.fused_step(pipe.steps) if clock is None else None  # the clock's graphs are not fused
         if fused is None:
             return infos, shapes, host
         noise = torch.randn(lat.shape, generator=pipe.generators(1)[0], device=lat.device, dtype=lat.dtype)

@@ -109,7 +109,9 @@ class ClockworkOptions:
     teacher recipe's) on the dataset's images and instructions; the adaptor learns r_out at the steps the clock
     skips from r_in there and r_out at the last full step. kind 'frame': consecutive frames of procedural videos
     (movie_core.data.procedural, rendered per step from the run's seed; the dataset is not read), every clock-th
-    frame full, the others learn their r_out from their r_in and the last full frame's r_out at the same step."""
+    frame full, the others learn their r_out from their r_in and the last full frame's r_out at the same step.
+    `hidden`: the adaptor's width (default movie_core.clockwork.default_hidden: 1.3 x the channels entering the core,
+    416 and the paper's ~14M parameters at SD size)."""
 
     kind: str = attrs.field(default="step", validator=attrs.validators.in_(("step", "frame")))
     clock: int = attrs.field(default=2, converter=int, validator=attrs.validators.ge(2))

@@ -1,0 +1,126 @@
+"""Clockwork on a routing backend: a clocked recipe runs its split graphs ('unet' returning r_out, 'unet_adapt' taking
+the last full r_out) through onnxruntime and matches eager, and `movie export` ships both with the rule saying which
+graph runs on which step / frame."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from movie_core.bench import synthetic_frames
+from movie_core.edit import FrameEditor
+from movie_core.loading import builtin_weights, load_pipeline
+from movie_core.recipe import preset
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript")),
+                       reason="onnx, onnxruntime and onnxscript are not installed (pip install '.[onnx]')"),
+]
+
+SIZE = (64, 64)
+PROMPT = "make it sepia"
+CASES = {"step clock 2 on nano mmg": ("mmg", {"clock": 2}),
+         "frame clock 2 on the nano 1-step model": ("movie", {"frame_clock": 2})}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def artifact_cache(tmp_path_factory):
+    old = os.environ.get("MOVIE_CACHE_DIR")
+    os.environ["MOVIE_CACHE_DIR"] = str(tmp_path_factory.mktemp("artifacts"))
+    yield
+    if old is None:
+        del os.environ["MOVIE_CACHE_DIR"]
+    else:
+        os.environ["MOVIE_CACHE_DIR"] = old
+
+
+def pipeline(name: str, backend: str, **clock):
+    recipe = preset(name).replace(size="nano", backend=backend, **clock)
+    return load_pipeline(recipe, builtin_weights(recipe))
+
+
+def edit(pipe) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Anchor frame 1, then frames 0-1 and 2-3 as two batches of a video; the edited floats and (full, adapted)."""
+    frames = synthetic_frames(4, *SIZE)
+    editor = FrameEditor(pipe, PROMPT, size=SIZE, padded=SIZE)
+    try:
+        editor.record_anchor(frames[1], 1)
+        out = torch.cat([editor.run(editor.tensor(frames[:2])), editor.run(editor.tensor(frames[2:]))])
+    finally:
+        editor.close()
+    c = pipe.step_clock or pipe.frame_clock
+    if c is None:
+        return out, (0, 0)
+    counts = (c.core_calls, c.adaptor_calls) if pipe.step_clock is not None else (c.core_frames, c.adaptor_frames)
+    return out, counts
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_clocked_recipe_through_onnx_matches_eager(case):
+    name, clock = CASES[case]
+    expected, eager_counts = edit(pipeline(name, "eager", **clock))
+    pipe = pipeline(name, "onnx", **clock)
+    got, counts = edit(pipe)
+    assert counts == eager_counts and counts[1] > 0  # the same evaluations were adapted, and some were
+    err = float((got - expected).norm() / expected.norm())
+    assert err < 1e-4, err  # the onnx backend's end-to-end tolerance (tests/test_backends.py)
+    assert {"unet", "unet_adapt"} <= set(pipe.runtime.describe()["prepared"])
+    plain, _ = edit(pipeline(name, "eager"))
+    assert float((plain - expected).abs().max()) > 1e-3  # the clock changed the result: the graphs are not bypassed
+
+
+def test_export_ships_the_split_graphs_and_their_rule(tmp_path):
+    import onnxruntime as ort
+
+    from movie_core import clockwork
+    from movie_plugins.backends._export import export_recipe
+
+    recipe = preset("mmg").replace(size="nano", backend="onnx", clock=2, adaptor="trained")  # the shipped adaptor
+    out = tmp_path / "exported"
+    manifest = export_recipe(recipe, builtin_weights(recipe), out, height=SIZE[0], width=SIZE[1], batch_size=2)
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    rule = manifest["clock"]
+    assert rule["policy"] == "step" and rule["full_steps"] == [0, 2, 4, 6, 8]
+    assert rule["adaptor_steps"] == [1, 3, 5, 7, 9] and rule["adaptor"] == "trained"
+    comps = manifest["components"]
+    assert list(comps["unet"]["outputs"])[:2] == ["noise", "r_out"]  # then the anchor's K/V (record form)
+    assert list(comps["unet_adapt"]["inputs"])[-1] == "r_out_prev"
+    r_out_shape = comps["unet"]["outputs"]["r_out"]["shape"]
+    assert r_out_shape[1:] == comps["unet_adapt"]["inputs"]["r_out_prev"]["shape"][1:]
+
+    # the shipped unet_adapt graph, fed by the shipped unet graph's r_out, computes what eager's clock does
+    pipe = pipeline("mmg", "eager", clock=2, adaptor="trained")
+    assert isinstance(pipe.step_clock.adaptor, clockwork.ClockworkAdaptor)
+    den = pipe.denoiser
+    split = den.network_split()
+    g = torch.Generator().manual_seed(0)
+    x, img = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    text = den.encode_prompt([PROMPT]).expand(2, -1, -1)
+    first = den.graph_inputs(x, torch.tensor(900), img, text, 1.5, 7.5)
+    later = den.graph_inputs(x * 0.9, torch.tensor(800), img, text, 1.5, 7.5)
+    with torch.no_grad():
+        r_in, *context = split.head(*first)
+        r_out = split.core(r_in, *context)
+        r_in2, *context2 = split.head(*later)
+        expected = split.tail(pipe.step_clock.adaptor(r_in2, r_out, *context2), *context2)
+
+    def session(name: str):
+        return ort.InferenceSession(str(out / name / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    unet = session("unet")
+    feeds = {i.name: t.numpy() for i, t in zip(unet.get_inputs(), first)}
+    (shipped_r_out,) = unet.run(["r_out"], feeds)
+    np.testing.assert_allclose(shipped_r_out, r_out.numpy(), rtol=1e-4, atol=1e-4)
+    adapt = session("unet_adapt")
+    feeds = {i.name: t.numpy() for i, t in zip(adapt.get_inputs(), (*later, torch.from_numpy(shipped_r_out)))}
+    (got,) = adapt.run(None, feeds)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the trained adaptor is in the graph: reusing r_out as it is gives another output
+        identity = split.tail(r_out, *context2)
+    assert float((identity - expected).abs().max()) > 1e-3
