@@ -67,7 +67,9 @@ def test_clocked_recipe_through_onnx_matches_eager(case):
     expected, eager_counts = edit(pipeline(name, "eager", **clock))
     pipe = pipeline(name, "onnx", **clock)
     got, counts = edit(pipe)
-    assert counts == eager_counts and counts[1] > 0  # the same evaluations were adapted, and some were
+    # the same share of evaluations adapted, and some were (eager on the CPU calls the network frame by frame, a
+    # routing backend once per batch, so the counts themselves differ by that factor)
+    assert counts[0] * eager_counts[1] == counts[1] * eager_counts[0] and counts[1] > 0, (counts, eager_counts)
     err = float((got - expected).norm() / expected.norm())
     assert err < 1e-4, err  # the onnx backend's end-to-end tolerance (tests/test_backends.py)
     assert {"unet", "unet_adapt"} <= set(pipe.runtime.describe()["prepared"])
