@@ -258,10 +258,17 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, convention: 
 @click.option("--preview", type=click.Path(dir_okay=False), help="Write a contact sheet PNG (source above edited).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Frame rate for a folder of frames.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option(
+    "--strength",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="img2img (SDEdit) with a text-to-image denoiser: noise each frame's latent this far into the schedule "
+    "and denoise it with the prompt (same as -O denoiser.strength=S).",
+)
 def edit(
     input_path: str,
     prompt: str,
     output: str,
+    strength: float | None,
     height: int | None,
     width: int | None,
     max_side: int | None,
@@ -294,8 +301,18 @@ def edit(
         raise UsageError("the prompt is empty: say what the edit should do, e.g. -p 'make it sepia'")
     if max_side and (height or width):
         raise UsageError("--max-side and --height/--width are exclusive")
+    if strength is not None:
+        if any(o.split("=", 1)[0].strip() == "denoiser.strength" for o in kw.get("options") or ()):
+            raise UsageError("--strength and -O denoiser.strength are the same setting: give one")
+        kw["options"] = (*(kw.get("options") or ()), f"denoiser.strength={strength}")
     recipe, model, _ = resolve_recipe(kw, builtin=True)
-    comp = do_compose(recipe)
+    try:
+        comp = do_compose(recipe)
+    except UsageError as exc:
+        if strength is not None and "strength" in str(exc) and "option" in str(exc):
+            raise UsageError(f"--strength is img2img for text-to-image denoisers (e.g. --denoiser stable-diffusion); "
+                             f"denoiser '{recipe.denoiser}' edits by instruction and has no strength") from None
+        raise
     with video.open_source(input_path, fps=Fraction(fps).limit_denominator(1001) if fps else None) as source:
         video.check_output(output, input_path, overwrite)
         if preview:
@@ -303,6 +320,12 @@ def edit(
         pipe = load_pipeline(comp, model)
         for note in pipe.notes:
             click.echo(f"note: {note}", err=True)
+        facts = pipe.denoiser.describe()
+        if facts.get("task") == "text-to-image" and facts.get("strength") is None:
+            raise UsageError(
+                f"denoiser '{recipe.denoiser}' is text-to-image: without --strength it would ignore the video and "
+                "draw every frame from noise; pass --strength S (e.g. 0.5) to stylize it, or use `movie generate`"
+            )
         ids, truncated = pipe.denoiser.tokenize([prompt])
         if truncated[0]:
             click.echo(f"warning: prompt truncated to the text encoder's {ids.shape[-1]} tokens", err=True)

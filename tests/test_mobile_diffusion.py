@@ -324,7 +324,7 @@ def test_img2img_strength_parity_with_diffusers():
 
 
 def test_edit_with_a_text_to_image_denoiser_at_strength_keeps_the_video(capsys, tmp_path):
-    """img2img video stylization: `movie edit -O denoiser.strength=0.5` with a text-to-image denoiser keeps frame
+    """img2img video stylization: `movie edit --strength 0.5` with a text-to-image denoiser keeps frame
     count, fps, size and audio (random nano weights)."""
     from movie_core.video import make_test_video, probe
 
@@ -332,7 +332,7 @@ def test_edit_with_a_text_to_image_denoiser_at_strength_keeps_the_video(capsys, 
     out = tmp_path / "out.mp4"
     code, _, err = run_cli(capsys, "edit", str(src), "-p", "a watercolor painting", "-o", str(out), "--denoiser",
                            "mobile-diffusion", "--init", "random", "--size", "nano", "--vae", "taesd", "--steps", "2",
-                           "-O", "denoiser.strength=0.5", "--no-progress")
+                           "--strength", "0.5", "--no-progress")
     assert code == 0, err
     want, got = probe(src), probe(out)
     for key in ("frame_count", "fps", "width", "height", "audio_codec"):
@@ -340,3 +340,26 @@ def test_edit_with_a_text_to_image_denoiser_at_strength_keeps_the_video(capsys, 
     code, _, err = run_cli(capsys, "generate", "-p", "x", "-o", str(tmp_path / "g.png"), "--denoiser",
                            "mobile-diffusion", "--init", "random", "--size", "nano", "-O", "denoiser.strength=0.5")
     assert code != 0 and "strength is for `movie edit`" in err and not (tmp_path / "g.png").exists()
+
+
+def test_edit_strength_refusals_are_one_line(capsys, tmp_path):
+    """--strength on an instruction-editing denoiser, a text-to-image denoiser without it (it would ignore the video),
+    and --strength beside -O denoiser.strength: one line each, nothing written."""
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    Image.new("RGB", (32, 24), (120, 60, 30)).save(src)
+    out = tmp_path / "out.png"
+    cases = [
+        (["--denoiser", "mobile-pix2pix-1step", "--strength", "0.5"], "edits by instruction and has no strength"),
+        (["--denoiser", "stable-diffusion", "--vae", "taesd"], "without --strength it would ignore the video"),
+        (["--denoiser", "stable-diffusion", "--vae", "taesd", "--strength", "0.5", "-O", "denoiser.strength=0.4"],
+         "are the same setting"),
+    ]
+    for extra, message in cases:
+        code, _, err = run_cli(capsys, "edit", str(src), "-p", "a red square", "-o", str(out), "--init", "random",
+                               "--size", "nano", "--no-progress", *extra)
+        lines = [line for line in err.splitlines() if line.startswith("movie: error")]
+        assert code != 0 and len(lines) == 1 and message in lines[0], (extra, err)
+        assert "Traceback" not in err and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
