@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -276,8 +276,11 @@ def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], path: Path, height
 
 
 def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy, batch_size: int = 4,
-               preview: Path | None = None, preview_count: int = 6, progress: bool = True) -> dict[str, Any]:
-    """Stream `source` through the pipeline into `sink`; returns a summary (frames, seconds, frames/s)."""
+               preview: Path | None = None, preview_count: int = 6, progress: bool = True,
+               on_progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+    """Stream `source` through the pipeline into `sink`; returns a summary (frames, seconds, frames/s).
+
+    on_progress(frames edited, total or None) is called in the caller's thread after each batch (a web page's bar)."""
     from tqdm import tqdm
 
     out_size = (source.height, source.width)
@@ -318,8 +321,12 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
         writer = overlap.Writer(write)
         try:
             with bar:
+                edited = 0
                 for batch, x in reader:
                     writer.put((batch, editor.run(x)))
+                    edited += len(batch)
+                    if on_progress is not None:
+                        on_progress(edited, total)
                 writer.close()
         finally:
             reader.close()

@@ -48,6 +48,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.commands.ablate",
     "movie_plugins.commands.generate",
     "movie_plugins.commands.batch",
+    "movie_plugins.commands.app",
 )
 
 REGISTER_HOOKS = {f"movie_register_{family}s": family for family in FAMILIES}

@@ -78,7 +78,7 @@ def test_every_command_help_works_without_the_extras(plain_env: dict[str, str]) 
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["hidden"] == list(HIDDEN)  # the finder works: none of them imports
-    assert {"distill", "nano-train", "batch", "edit"} <= set(report["help"])
+    assert {"distill", "nano-train", "batch", "app", "edit"} <= set(report["help"])
     broken = {cmd: code for cmd, code in report["help"].items() if code != 0}
     assert not broken
 
@@ -87,6 +87,7 @@ def test_every_command_help_works_without_the_extras(plain_env: dict[str, str]) 
     (["distill", "pix2pix-finetune", "--teacher", "t", "--data", "d", "--out", "student"], "train"),
     (["nano-train", "--out", "work", "--scale", "0.01"], "train"),
     (["batch", "clips", "-p", "make it sepia", "--out-dir", "edited"], "ray"),
+    (["app", "--work-dir", "work", "--port", "7861"], "app"),
 ])
 def test_a_missing_extra_is_one_line_and_writes_nothing(plain_env: dict[str, str], tmp_path: Path,
                                                         args: list[str], extra: str) -> None:

@@ -166,8 +166,9 @@ class Editor:
         batch, _ = edit_mod.choose_batch(per_frame, edit_mod.available_memory(pipe.device), self.batch_size)
         return {"policy": policy, "size": size, "padded": policy.padded(*size), "batch": batch}
 
-    def edit(self, job: Job) -> dict[str, Any]:
-        """Edit one file into its output (atomic); a failure is returned as its one-line error, not raised."""
+    def edit(self, job: Job, on_progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+        """Edit one file into its output (atomic); a failure is returned as its one-line error, not raised.
+        on_progress(frames edited, total or None): after each batch (see edit_video)."""
         from movie_core import edit as edit_mod
         from movie_core import video
 
@@ -178,7 +179,8 @@ class Editor:
                 plan = self.plan(source)
                 with video.open_sink(job.output, source, crf=self.crf, overwrite=self.overwrite) as sink:
                     summary = edit_mod.edit_video(self.pipe, source, sink, job.prompt, policy=plan["policy"],
-                                                  batch_size=plan["batch"], progress=False)
+                                                  batch_size=plan["batch"], progress=False,
+                                                  on_progress=on_progress)
             return {"status": "done", "frames": summary["frames"], "seconds": time.perf_counter() - start,
                     "worker": os.getpid()}
         except Exception as exc:  # one video's failure is its row in the summary; the others go on
