@@ -232,6 +232,7 @@ class Denoiser(torch.nn.Module):
     prediction_type: str = "epsilon"
     default_steps: int = 10
     stage: str = ""
+    latent_channels: int = 4  # optional contract member: SD's latent space; an md-vae (8-channel) denoiser says 8
 
     def native_latent_size(self) -> int | None:
         """The latent side the network was trained at (SD 1.5: 64, so 512 pixels); None: not stated. Optional

@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "movie"
 DEFAULT_PLUGINS = (
     "movie_plugins.autoencoders.sd_vae",
     "movie_plugins.autoencoders.taesd",
+    "movie_plugins.autoencoders.md_vae",
     "movie_plugins.denoisers.instruct_pix2pix",
     "movie_plugins.denoisers.mobile_pix2pix",
     "movie_plugins.denoisers.mobile_pix2pix_mmg",
