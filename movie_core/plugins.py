@@ -41,6 +41,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.distillers.vpred",
     "movie_plugins.distillers.adversarial",
     "movie_plugins.distillers.clockwork",
+    "movie_plugins.distillers.ufogen",
     "movie_plugins.commands.convert",
     "movie_plugins.commands.export",
     "movie_plugins.commands.data",

@@ -125,6 +125,7 @@ def test_md8_weights_folder_with_sd_channels_is_one_line(tmp_path):
                    MobileDiffusionConfig(latent_space="md8"))
 
 
+@pytest.mark.slow
 def test_decoder_stage_lowers_reconstruction_loss_with_the_encoder_frozen():
     from movie_plugins.nano import md_vae_train
 

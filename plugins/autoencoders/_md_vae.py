@@ -81,7 +81,8 @@ def make_encoder(cfg: MDVAEConfig) -> nn.Module:
 def make_decoder(cfg: MDVAEConfig, full: bool = False) -> nn.Module:
     """The lightweight decoder, or with full=True the encoder-sized one (SD's decoder shape) used in stage 1."""
     channels = cfg.encoder_channels if full else cfg.decoder_channels
-    return Decoder(in_channels=cfg.latent_channels, out_channels=3, up_block_types=("UpDecoderBlock2D",) * len(channels),
+    return Decoder(in_channels=cfg.latent_channels, out_channels=3,
+                   up_block_types=("UpDecoderBlock2D",) * len(channels),
                    block_out_channels=channels, layers_per_block=cfg.encoder_layers if full else cfg.decoder_layers,
                    norm_num_groups=cfg.norm_groups if full else cfg.decoder_norm_groups, act_fn="silu",
                    mid_block_add_attention=True if full else cfg.decoder_attention)

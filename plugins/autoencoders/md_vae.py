@@ -12,7 +12,7 @@ def movie_register_autoencoders(registry):
         ComponentSpec(
             family="autoencoder",
             name="md-vae",
-            summary="MobileDiffusion VAE (Sec. 3.5): 8x downsampling, 8 latent channels, width- and depth-pruned decoder",
+            summary="MobileDiffusion VAE (Sec. 3.5): 8x downsampling, 8 latent channels, width/depth-pruned decoder",
             factory="movie_plugins.autoencoders._md_vae:build_md_vae",
             latent_space="md8",
         )
