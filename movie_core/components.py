@@ -114,12 +114,15 @@ class DenoiserContract(Protocol):
     guidance: 'cfg3' (three network passes per step, MoViE Eq. 1; `sample` needs `null_emb`), 'cfg2' (two passes,
     text-to-image guidance; `null_emb` too) or 'embedded' (one pass; the scales enter the network).
     default_steps: steps when the recipe sets none.
+    latent_channels: the channels of the latents its sampler works on (the autoencoder's `latent_channels`: 4 in SD's
+    latent space, 8 in md-vae's). Optional: the Denoiser base class says 4.
     """
 
     guidance: str
     prediction_type: str
     default_steps: int
     stage: str
+    latent_channels: int
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, list[bool]]:
         """Token ids (B, L) for the text network, and per prompt whether it was truncated."""
@@ -232,6 +235,7 @@ class Denoiser(torch.nn.Module):
     prediction_type: str = "epsilon"
     default_steps: int = 10
     stage: str = ""
+    latent_channels: int = 4  # optional contract member: SD's latent space; an md-vae (8-channel) denoiser says 8
 
     def native_latent_size(self) -> int | None:
         """The latent side the network was trained at (SD 1.5: 64, so 512 pixels); None: not stated. Optional

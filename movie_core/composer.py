@@ -39,7 +39,22 @@ class Composition:
         values: dict[str, Any] = {}
         if slot == "denoiser" and self.recipe.scheduler:
             values["scheduler"] = self.recipe.scheduler
+        if slot == "denoiser" and self.specs["denoiser"].extra.get("latent_spaces"):
+            values["latent_space"] = self.denoiser_latent_space()  # built for the autoencoder's latent space
         return values | dict(self.recipe.component_options.get(slot, {}))
+
+    def denoiser_latent_space(self) -> str | None:
+        """The latent space the denoiser is built for: its `latent_space` option when the recipe sets one, else the
+        encoder's when the spec lists it under `extra["latent_spaces"]` (a denoiser that builds for several), else
+        the spec's `extra["latent_space"]` (None: the denoiser states none)."""
+        den = self.specs["denoiser"]
+        asked = self.recipe.component_options.get("denoiser", {}).get("latent_space")
+        if asked:
+            return str(asked)
+        enc = self.specs["encoder"].latent_space
+        if enc in den.extra.get("latent_spaces", ()):
+            return enc
+        return den.extra.get("latent_space")
 
     def backend_available(self) -> tuple[bool, str]:
         """Whether the backend can run here, and why not."""
@@ -59,15 +74,18 @@ def compose(recipe: Recipe, registry: Registry | None = None) -> Composition:
             f"'{dec.name}' (latent space {dec.latent_space}): hybrids need one latent space"
         )
     den = specs["denoiser"]
-    wanted = den.extra.get("latent_space")
+    composition = Composition(recipe=recipe, specs=specs)
+    wanted = composition.denoiser_latent_space()
     if wanted and wanted != enc.latent_space:
+        fits = [s.name for s in registry.specs("denoiser")
+                if enc.latent_space in (s.extra.get("latent_spaces") or (s.extra.get("latent_space"),))]
+        hint = f" (denoisers for {enc.latent_space}: {', '.join(fits)})" if fits else ""
         raise UsageError(
             f"denoiser '{den.name}' works in latent space {wanted}, "
-            f"but autoencoder '{enc.name}' uses {enc.latent_space}"
+            f"but autoencoder '{enc.name}' uses {enc.latent_space}{hint}"
         )
     for spec in specs.values():
         spec.load_factory()  # a factory that does not import fails here, naming its plugin, not at build time
-    composition = Composition(recipe=recipe, specs=specs)
     for slot, spec in specs.items():
         spec.make_config(**composition.component_options(slot))  # an unknown option: one line naming it, now
     return composition

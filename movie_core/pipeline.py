@@ -21,7 +21,7 @@ import torch
 from movie_core.components import BuildContext
 from movie_core.composer import Composition
 from movie_core.crossframe import AnchorController
-from movie_core.errors import MovieError
+from movie_core.errors import MovieError, UsageError
 from movie_core.weights import replace_folder, write_manifest
 
 
@@ -31,6 +31,19 @@ class Prompt:
 
     text_emb: torch.Tensor
     null_emb: torch.Tensor | None
+
+
+def check_latent_channels(composition: Composition, encoder: Any, decoder: Any, denoiser: Any) -> None:
+    """The denoiser's `latent_channels` (optional contract member) against both autoencoders': one line if not."""
+    want = getattr(denoiser, "latent_channels", None)
+    if want is None:
+        return
+    for slot, ae in (("encoder", encoder), ("decoder", decoder)):
+        have = ae.latent_channels
+        if have != want:
+            spec, den = composition.specs[slot], composition.specs["denoiser"]
+            raise UsageError(f"denoiser '{den.name}' works on {want}-channel latents, but {slot} '{spec.name}' "
+                             f"(latent space {spec.latent_space}) has {have}")
 
 
 class Pipeline:
@@ -69,6 +82,7 @@ class Pipeline:
                    built[(specs["decoder"].family, specs["decoder"].name)],
                    built[(specs["denoiser"].family, specs["denoiser"].name)],
                    device=ctx.torch_device, dtype=ctx.torch_dtype)
+        check_latent_channels(composition, pipe.encoder, pipe.decoder, pipe.denoiser)
         if not meta:
             from movie_core.backends import bind
 

@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "movie"
 DEFAULT_PLUGINS = (
     "movie_plugins.autoencoders.sd_vae",
     "movie_plugins.autoencoders.taesd",
+    "movie_plugins.autoencoders.md_vae",
     "movie_plugins.denoisers.instruct_pix2pix",
     "movie_plugins.denoisers.mobile_pix2pix",
     "movie_plugins.denoisers.mobile_pix2pix_mmg",
@@ -40,6 +41,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.distillers.vpred",
     "movie_plugins.distillers.adversarial",
     "movie_plugins.distillers.clockwork",
+    "movie_plugins.distillers.ufogen",
     "movie_plugins.commands.convert",
     "movie_plugins.commands.export",
     "movie_plugins.commands.data",

@@ -28,23 +28,47 @@ class TextToImageConfig(DenoiserConfig):
     strength: float | None = attrs.field(default=None, validator=_strength)
 
 
+# The latent spaces the MobileDiffusion denoisers build for: SD's (4 channels) and md-vae's (8 channels, Sec. 3.5)
+MD_LATENT_SPACES = ("sd1", "md8")
+LATENT_CHANNELS = {"sd1": 4, "md8": 8}
+
+
+def _latent_space_field():
+    return attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.in_(MD_LATENT_SPACES)))
+
+
 @attrs.frozen(kw_only=True)
 class MobileDiffusionConfig(TextToImageConfig):
-    """The MobileDiffusion denoisers' options: softmax or relu attention (None keeps the weights' own)."""
+    """The MobileDiffusion denoisers' options: softmax or relu attention (None keeps the weights' own);
+    `latent_space` sd1 (4 channels) or md8 (md-vae's 8 channels): the composer sets it to the autoencoder's."""
 
     attention: str | None = attrs.field(default=None,
                                         validator=attrs.validators.optional(attrs.validators.in_(("softmax", "relu"))))
+    latent_space: str | None = _latent_space_field()
 
 
-def denoiser_spec(name: str, module: str, summary: str, config: type = DenoiserConfig):
-    """The spec every built-in stage registers: its module's `build` is the factory."""
+@attrs.frozen(kw_only=True)
+class MDEditConfig(DenoiserConfig):
+    """The MobileDiffusion editing denoisers' options: `latent_space` sd1 (4 latent channels, 8 UNet inputs) or md8
+    (md-vae's 8 channels, 16 UNet inputs); the composer sets it to the autoencoder's."""
+
+    latent_space: str | None = _latent_space_field()
+
+
+def denoiser_spec(name: str, module: str, summary: str, config: type = DenoiserConfig,
+                  latent_spaces: tuple[str, ...] = ()):
+    """The spec every built-in stage registers: its module's `build` is the factory. `latent_spaces`: the spaces a
+    denoiser builds for (its config's `latent_space` option; the composer picks the autoencoder's)."""
     from movie_core.registry import ComponentSpec
 
+    extra: dict = {"latent_space": "sd1", "stage": name}
+    if latent_spaces:
+        extra["latent_spaces"] = list(latent_spaces)
     return ComponentSpec(
         family="denoiser",
         name=name,
         summary=summary,
         factory=f"{module}:build",
         config=config,
-        extra={"latent_space": "sd1", "stage": name},
+        extra=extra,
     )

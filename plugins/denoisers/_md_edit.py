@@ -142,9 +142,11 @@ class MDEditDenoiser(_t2i.TextToImageDenoiser):
         return latents
 
 
-def edit_config(name: str, size: str) -> md.MDConfig:
+def edit_config(name: str, size: str, channels: int = 4) -> md.MDConfig:
+    """The editing UNet: noisy latents + source latents in (2 x channels), channels out."""
     stage = EDIT_STAGES[name]
-    return attrs.evolve(md.config_for("mobile-diffusion", size), in_channels=8, guidance_embed=stage.embedded)
+    return attrs.evolve(md.config_for("mobile-diffusion", size), in_channels=2 * channels, out_channels=channels,
+                        guidance_embed=stage.embedded)
 
 
 def build(name: str, ctx: BuildContext, config) -> MDEditDenoiser:
@@ -154,23 +156,29 @@ def build(name: str, ctx: BuildContext, config) -> MDEditDenoiser:
     stage = EDIT_STAGES[name]
     asked = config.scheduler if config is not None and config.scheduler else None
     scheduler = asked or stage.scheduler
+    channels = _t2i.latent_channels(config)
+    # md-vae's latents are unit-scaled already: the source conditioning takes them as they are (SD's latents are
+    # unscaled by the VAE's scaling_factor first, as InstructPix2Pix was trained)
+    md8 = channels != 4
     if ctx.weights is not None:
         loaded = _t2i.load("mobile-diffusion", Path(ctx.weights), scheduler, asked=bool(asked))
-        if loaded.unet.config.in_channels != 8 or loaded.unet.config.guidance_embed != stage.embedded:
+        if loaded.unet.config.in_channels != 2 * channels or loaded.unet.config.guidance_embed != stage.embedded:
             from movie_core.errors import MovieError
 
-            raise MovieError(f"{ctx.weights}/unet is not a '{name}' UNet (8 input channels"
+            raise MovieError(f"{ctx.weights}/unet is not a '{name}' UNet ({2 * channels} input channels"
                              f"{', guidance embedding' if stage.embedded else ', no guidance embedding'})")
         den = MDEditDenoiser(stage, loaded.unet, loaded.text_encoder, loaded.tokenizer, scheduler,
-                             folder_scheduler=loaded.folder_scheduler, latent_scale=loaded.latent_scale)
+                             folder_scheduler=loaded.folder_scheduler,
+                             latent_scale=1.0 if md8 else loaded.latent_scale)
     else:
         torch.manual_seed(ctx.seed)
         standin = ctx.size == "full"
         tokenizer = byte_tokenizer(size=CLIP_VOCAB_SIZE if standin else None)
         with ctx.torch_device:
-            unet = md.MobileDiffusionUNet(edit_config(name, ctx.size))
+            unet = md.MobileDiffusionUNet(edit_config(name, ctx.size, channels))
             text = CLIPTextModel(text_config(ctx.size, tokenizer))
-        den = MDEditDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin)
+        den = MDEditDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin,
+                             **({"latent_scale": 1.0} if md8 else {}))
     if not ctx.meta:
         den = den.to(device=ctx.torch_device, dtype=ctx.torch_dtype)
     return den.eval().requires_grad_(False)

@@ -83,6 +83,8 @@ class TextToImageDenoiser(Denoiser):
             self.prediction_type = folder_scheduler.config.prediction_type
         self.latent_scale = latent_scale
         self.standin_tokenizer = standin_tokenizer
+        # the contract's latent_channels: what the UNet outputs (4 in SD's latent space, 8 in md-vae's)
+        self.latent_channels = int(getattr(unet.config, "out_channels", 4))
         self.strength: float | None = None  # img2img (SDEdit): the fraction of the schedule the source is noised to
         self._saved_processors: list[tuple[Any, Any]] | None = None
 
@@ -251,23 +253,40 @@ def load_md_unet(folder: Path) -> md.MobileDiffusionUNet:
     return unet
 
 
-def _random_unet(name: str, size: str) -> torch.nn.Module:
+def _random_unet(name: str, size: str, channels: int = 4) -> torch.nn.Module:
     if name == "stable-diffusion":
         return UNet2DConditionModel(**sd_unet_config(size))
-    return md.build_unet(name, size)
+    return md.build_unet(name, size, in_channels=channels, out_channels=channels)
+
+
+def latent_channels(config) -> int:
+    """The latent channels a MobileDiffusion denoiser's config asks for (its `latent_space`; None: SD's 4)."""
+    from movie_plugins.denoisers import LATENT_CHANNELS
+
+    return LATENT_CHANNELS[getattr(config, "latent_space", None) or "sd1"]
+
+
+def check_channels(name: str, folder: Path, have: int, want: int, space: str | None) -> None:
+    if have != want:
+        raise MovieError(f"{folder}/unet takes {have} input channels, but '{name}' in latent space {space or 'sd1'} "
+                         f"needs {want}")
 
 
 def build(name: str, ctx: BuildContext, config) -> TextToImageDenoiser:
     """Random init at ctx.size, or load ctx.weights (a diffusers-layout folder); on the meta device for FLOPs."""
     scheduler = (config.scheduler if config is not None and config.scheduler else None) or DEFAULT_SCHEDULER
+    channels = latent_channels(config)
     if ctx.weights is not None:
         den = load(name, Path(ctx.weights), scheduler, asked=bool(config is not None and config.scheduler))
+        if den.is_md:
+            check_channels(name, Path(ctx.weights), den.unet.config.in_channels, channels,
+                           getattr(config, "latent_space", None))
     else:
         torch.manual_seed(ctx.seed)
         standin = ctx.size == "full"
         tokenizer = byte_tokenizer(size=CLIP_VOCAB_SIZE if standin else None)
         with ctx.torch_device:
-            unet = _random_unet(name, ctx.size)
+            unet = _random_unet(name, ctx.size, channels)
             text = CLIPTextModel(text_config(ctx.size, tokenizer))
         den = TextToImageDenoiser(name, unet, text, tokenizer, scheduler, standin_tokenizer=standin)
     den.strength = getattr(config, "strength", None)

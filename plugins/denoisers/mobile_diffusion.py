@@ -7,7 +7,7 @@ Option `attention=relu` runs the attention with relu instead of softmax (the pap
 from __future__ import annotations
 
 from movie_core.hookspecs import hookimpl
-from movie_plugins.denoisers import MobileDiffusionConfig, denoiser_spec
+from movie_plugins.denoisers import MD_LATENT_SPACES, MobileDiffusionConfig, denoiser_spec
 
 NAME = "mobile-diffusion"
 SUMMARY = ("MobileDiffusion UNet (320, 640, 1024; SA x3 + CA x3 innermost), CLIP-L text encoder, "
@@ -16,7 +16,8 @@ SUMMARY = ("MobileDiffusion UNet (320, 640, 1024; SA x3 + CA x3 innermost), CLIP
 
 @hookimpl
 def movie_register_denoisers(registry):
-    registry.register(denoiser_spec(NAME, __name__, SUMMARY, config=MobileDiffusionConfig))
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY, config=MobileDiffusionConfig,
+                                    latent_spaces=MD_LATENT_SPACES))
 
 
 def build(ctx, config):

@@ -6,7 +6,7 @@ MobileDiffusion UNet, 8 input channels + guidance embeddings, v-pred, LCM, 1 ste
 from __future__ import annotations
 
 from movie_core.hookspecs import hookimpl
-from movie_plugins.denoisers import denoiser_spec
+from movie_plugins.denoisers import MD_LATENT_SPACES, MDEditConfig, denoiser_spec
 
 NAME = "mobile-diffusion-pix2pix-1step"
 SUMMARY = "MobileDiffusion UNet, 8 input channels + guidance embeddings, v-pred, LCM, 1 step"
@@ -14,7 +14,7 @@ SUMMARY = "MobileDiffusion UNet, 8 input channels + guidance embeddings, v-pred,
 
 @hookimpl
 def movie_register_denoisers(registry):
-    registry.register(denoiser_spec(NAME, __name__, SUMMARY))
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY, config=MDEditConfig, latent_spaces=MD_LATENT_SPACES))
 
 
 def build(ctx, config):

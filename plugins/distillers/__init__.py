@@ -5,6 +5,8 @@ mmg               multimodal guidance distillation (Algorithm 1): 3-pass CFG -> 
 vpred             epsilon -> v-prediction conversion of the guidance-distilled model (Appendix B, Stage-4 prep)
 adversarial       adversarial step distillation (Algorithm 2): 5-step LCM teacher -> 1-step student, GAN + MSE
 clockwork         Clockwork adaptor (frozen teacher, adaptor only): step clock or frame clock, into the model folder
+ufogen            UFOGen one-step diffusion-GAN fine-tuning (MobileDiffusion Sec. 4): any built-in denoiser,
+                  text-to-image or editing; reconstruction term diffusion / distill / ema, optional LoRA (peft)
 
 Each public module registers a spec and its options (attrs, no torch); the Distiller subclasses live in
 the private `_*.py` modules that the spec's factory string imports when a run starts.

@@ -119,3 +119,37 @@ class ClockworkOptions:
                                     validator=attrs.validators.optional(attrs.validators.ge(1)))
     hidden: int | None = attrs.field(default=None, converter=attrs.converters.optional(int),
                                      validator=attrs.validators.optional(attrs.validators.ge(1)))
+
+
+def _lora_rank(instance, attribute, value) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"lora must be a rank >= 1, got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class UFOGenOptions(GuidanceRanges):
+    """UFOGen one-step diffusion-GAN fine-tuning as MobileDiffusion studies it (Sec. 4, Eq. 1-3).
+
+    recon: the reconstruction term beside the adversarial one. 'diffusion' (Eq. 1, the paper's final choice):
+    ||x0 - G(x_t, t)||^2 to the real sample; 'distill' (Eq. 2): to the teacher's one-pass x0 prediction at x_t;
+    'ema' (Eq. 3): to an EMA of the generator (decay `recon_ema_decay`). lora: train LoRA adapters of this rank on
+    the generator (peft; every linear and non-grouped conv layer, initialised to no effect) instead of all weights.
+    real: where the real x0 comes from: 'data' (the dataset's target image; UFOGen's setting), 'teacher' (the frozen
+    teacher sampled `teacher_steps` steps with its own sampler at the sampled guidance scales, as MoViE's Algorithm
+    2 does, so the one-step model keeps responding to s_I and s_T), 'auto' (teacher for guidance-embedded teachers,
+    else data). timesteps: the generator trains at t in {999 k / timesteps, k = 1..timesteps} (t = 999 is the one
+    step at inference) and t-1 is the next lower one (0 below the lowest). The loss weights are ours; the paper's
+    gamma_t is taken as 1."""
+
+    recon: str = attrs.field(default="diffusion", validator=attrs.validators.in_(("diffusion", "distill", "ema")))
+    lora: int | None = attrs.field(default=None, converter=attrs.converters.optional(int), validator=_lora_rank)
+    lora_alpha: float | None = attrs.field(default=None, converter=attrs.converters.optional(float),
+                                           validator=attrs.validators.optional(_pos))
+    recon_ema_decay: float = _float(default=0.999, validator=_prob)
+    real: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "data", "teacher")))
+    teacher_steps: int = attrs.field(default=5, converter=int, validator=attrs.validators.ge(1))
+    timesteps: int = attrs.field(default=4, converter=int, validator=attrs.validators.ge(1))
+    lambda_recon: float = _float(default=1.0, validator=_ge0)
+    lambda_adv: float = _float(default=0.1, validator=_ge0)
+    lr_d: float = _float(default=1e-5, validator=_pos)
+    head_channels: int = attrs.field(default=32, converter=int, validator=attrs.validators.ge(1))

@@ -1,0 +1,134 @@
+"""UFOGen (MobileDiffusion Sec. 4) vs MoViE's adversarial step distillation (Algorithm 2) from the same nano teacher.
+
+Both one-step students start from the shipped nano family's stage-3 v-prediction model (plugins/nano/vpred, the
+guidance-distilled model that `adversarial` starts from in `movie nano-train`) and train the same number of steps
+with the same batch, resolution, learning rate and data (procedural edits, generator seed 0), on the CPU:
+
+* adversarial: the shipped recipe's options (`data_weight=1`, 5-step LCM teacher samples, hinge GAN + MSE);
+* ufogen: `recon=diffusion` (the paper's final choice), real x0 from the teacher at the sampled s_I, s_T (`real=auto`
+  for a guidance-embedded teacher), lr_d = lr.
+
+Scored on held-out procedural edits (another generator seed): PSNR / SSIM of the 1-step edit against the ground
+truth at the movie preset's scales (s_I 1.5, s_T 7.5), and the controllability response: edit strength (mean
+absolute change from the source, 0-255) as s_T rises (at s_I 1.5) and as s_I rises (at s_T 7.5); `monotonic` says
+whether strength rises with s_T and falls with s_I. The shipped 1-step model (1000 adversarial steps) and the
+teacher at 1 step are scored alongside. Saves JSON; prints a table.
+
+    nice -n 10 python scripts/ufogen_vs_adversarial.py [--steps 200] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+S_T = (2.0, 5.0, 7.5, 10.0, 14.0)
+S_I = (1.0, 1.5, 2.0, 3.0)
+
+
+def score(folder: Path, held: Path, n: int) -> dict:
+    from movie_core.data.datasets import open_dataset
+    from movie_core.evaluate import PipelinePredictor, psnr, ssim
+    from movie_core.training.distiller import Distiller
+
+    pipe = Distiller().load_teacher(folder, torch.device("cpu"))
+    ds = open_dataset(held, "test")
+    samples = [ds[i] for i in range(min(n, len(ds)))]
+    sources = [s["source"] for s in samples]
+    prompts = [s["instruction"] for s in samples]
+    predictor = PipelinePredictor(pipe, steps=1, seed=0)
+    out = predictor.at(s_T=7.5, s_I=1.5)(sources, prompts)
+    row = {"psnr": float(np.mean([psnr(o, s["edited"]) for o, s in zip(out, samples)])),
+           "ssim": float(np.mean([ssim(o, s["edited"]) for o, s in zip(out, samples)]))}
+
+    def strength(**scales) -> float:
+        edits = predictor.at(**scales)(sources, prompts)
+        return float(np.mean([np.abs(e.astype(np.float64) - s.astype(np.float64)).mean()
+                              for e, s in zip(edits, sources)]))
+
+    row["strength_vs_s_T"] = {str(v): strength(s_T=v, s_I=1.5) for v in S_T}
+    row["strength_vs_s_I"] = {str(v): strength(s_T=7.5, s_I=v) for v in S_I}
+    t, i = list(row["strength_vs_s_T"].values()), list(row["strength_vs_s_I"].values())
+    row["monotonic"] = {"s_T_rises": all(b >= a for a, b in zip(t, t[1:])),
+                        "s_I_falls": all(b <= a for a, b in zip(i, i[1:]))}
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--train-count", type=int, default=512)
+    ap.add_argument("--held-out", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--teacher", type=Path, default=ROOT / "plugins" / "nano" / "vpred")
+    ap.add_argument("--shipped", type=Path, default=ROOT / "plugins" / "nano" / "mobile-pix2pix-1step")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "ufogen_vs_adversarial_nano.json")
+    ap.add_argument("--work", type=Path, default=None, help="Keep the trained models here (default: a temp folder).")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from movie_core.data import procedural
+    from movie_core.plugins import get_registry
+    from movie_core.training.loop import TrainConfig, run
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="ufogen-vs-adv-"))
+    work.mkdir(parents=True, exist_ok=True)
+    train, held = work / "train", work / "held"
+    if not train.exists():
+        procedural.write_nano(train, count=args.train_count, videos=0, size=args.resolution, seed=0,
+                              test_fraction=0.05)
+    if not held.exists():
+        procedural.write_nano(held, count=2 * args.held_out, videos=0, size=args.resolution, seed=11,
+                              test_fraction=0.5)
+    recipes = {
+        "adversarial": {"data_weight": 1.0, "lr_d": args.lr},
+        "ufogen": {"recon": "diffusion", "lr_d": args.lr},
+    }
+    result: dict = {"teacher": str(args.teacher.relative_to(ROOT)) if args.teacher.is_relative_to(ROOT)
+                    else str(args.teacher),
+                    "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                              "resolution": args.resolution, "train_count": args.train_count, "data_seed": 0},
+                    "held_out": {"count": args.held_out, "data_seed": 11, "scales": {"s_I": 1.5, "s_T": 7.5}},
+                    "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
+                    "command": "nice -n 10 python scripts/ufogen_vs_adversarial.py " + " ".join(argv or sys.argv[1:]),
+                    "rows": {}}
+    for name, options in recipes.items():
+        spec = get_registry().get("distiller", name)
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, resolution=args.resolution,
+                          log_every=10, checkpoint_every=10_000, seed=0, cache_latents=True)
+        out = work / name
+        t0 = time.perf_counter()
+        if not out.exists():
+            run(spec.load_factory()(spec.make_config(**options)), args.teacher, train, out, cfg, progress=False)
+        seconds = time.perf_counter() - t0
+        row = score(out, held, args.held_out)
+        row |= {"options": options, "train_seconds": round(seconds, 1)}
+        result["rows"][name] = row
+        print(name, json.dumps(row), flush=True)
+    for name, folder in (("shipped 1-step (adversarial, 1000 steps)", args.shipped),
+                         ("teacher (vpred) at 1 step", args.teacher)):
+        result["rows"][name] = score(folder, held, args.held_out)
+        print(name, json.dumps(result["rows"][name]), flush=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{'model':44s} {'PSNR':>6s} {'SSIM':>6s}  strength s_T 2->14      s_I 1->3     monotonic")
+    for name, row in result["rows"].items():
+        t = " ".join(f"{v:5.1f}" for v in row["strength_vs_s_T"].values())
+        i = " ".join(f"{v:5.1f}" for v in row["strength_vs_s_I"].values())
+        print(f"{name:44s} {row['psnr']:6.2f} {row['ssim']:6.3f}  {t}  {i}  {row['monotonic']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""`ufogen` (MobileDiffusion Sec. 4): tiny runs of each reconstruction term and of LoRA, on an editing teacher with
+MoViE's guidance embedding and on a text-to-image one; resume; the one-step student moves; option errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from movie_core.errors import UsageError
+from movie_core.training.loop import TrainConfig, read_log, run
+from tests.cli_helpers import run_cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RES = 32
+
+
+def distiller(**options):
+    from movie_core.plugins import get_registry
+
+    spec = get_registry().get("distiller", "ufogen")
+    return spec.load_factory()(spec.make_config(**options))
+
+
+def config(steps: int = 2, **kw) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=2, lr=1e-3, resolution=RES, log_every=1, checkpoint_every=10_000,
+                       seed=0, **kw)
+
+
+def load(folder: Path):
+    from movie_core.training.distiller import Distiller
+
+    return Distiller().load_teacher(folder, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ufogen")
+
+
+@pytest.fixture(scope="module")
+def data(work) -> Path:
+    from movie_core.data import procedural
+
+    out = work / "data"
+    procedural.write_nano(out, count=12, videos=0, size=RES, seed=0, test_fraction=0.25)
+    return out
+
+
+def _save(recipe, out: Path) -> Path:
+    from movie_core.composer import compose
+    from movie_core.loading import build
+
+    build(compose(recipe)).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def edit_teacher(work) -> Path:
+    """A random nano guidance-embedded editing model (mobile-pix2pix-mmg, TAESD), its guidance embedding nonzero so
+    that s_I and s_T change its output (a trained one's do)."""
+    from movie_core.composer import compose
+    from movie_core.loading import build
+    from movie_core.recipe import preset
+
+    pipe = build(compose(preset("mmg").replace(size="nano", seed=0)))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in pipe.denoiser.unet.class_embedding.parameters():
+            p.normal_(0, 0.05)
+    out = work / "mmg"
+    pipe.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def t2i_teacher(work) -> Path:
+    from movie_core.recipe import preset
+
+    return _save(preset("movie").replace(size="nano", seed=0, denoiser="mobile-diffusion", vae="taesd"), work / "t2i")
+
+
+def one_step(folder: Path, seed: int = 0, s_I: float = 1.5, s_T: float = 7.5) -> torch.Tensor:
+    """A model folder's 1-step (LCM) edit of fixed latents: what its one-step sampler returns."""
+    pipe = load(folder)
+    den = pipe.denoiser
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randn(1, den.latent_channels, RES // 8, RES // 8, generator=g)
+    emb = den.encode_prompt(["make it sepia"])
+    return den.sample(src, emb, steps=1, s_T=s_T, s_I=s_I, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("recon", ["diffusion", "distill", "ema"])
+def test_each_reconstruction_term_trains_a_one_step_editing_model(work, data, edit_teacher, recon):
+    out = work / f"edit-{recon}"
+    summary = run(distiller(recon=recon), edit_teacher, data, out, config(), progress=False)
+    losses = summary["final_losses"]
+    assert set(losses) == {"loss", "recon", "g_adv", "d_loss"} and all(v == v for v in losses.values())
+    manifest = json.loads((out / "movie.json").read_text())
+    assert manifest["recipe"]["denoiser"] == "mobile-pix2pix-mmg" and manifest["recipe"]["steps"] == 1
+    assert manifest["training"]["options"]["recon"] == recon
+    student = load(out)
+    den = student.denoiser
+    assert student.steps == 1 and den.guidance == "embedded"
+    assert type(den.make_scheduler()).__name__ == "LCMScheduler"
+    assert "guidance_features" in den.networks()["unet"].inputs  # MoViE's guidance inputs kept
+    # training moved the one-step model: its output differs from the teacher's one-step output
+    assert not torch.allclose(one_step(out), one_step(edit_teacher), atol=1e-6)
+    # and s_I, s_T still steer it
+    assert not torch.allclose(one_step(out, s_I=1.0, s_T=3.0), one_step(out, s_I=2.5, s_T=12.0), atol=1e-6)
+
+
+def test_lora_trains_only_adapters_and_exports_merged_weights(work, data, t2i_teacher):
+    """Text-to-image teacher (2-pass CFG, MobileDiffusion UNet); LoRA rank 2: the base weights stay the teacher's
+    bit for bit while training, the adapters move, and the export is a plain UNet with the adapters folded in."""
+    d = distiller(lora=2)
+    out = work / "t2i-lora"
+    run(d, t2i_teacher, data, out, config(), progress=False)
+    teacher_unet = load(t2i_teacher).denoiser.unet.state_dict()
+    trained = d.student.unet.state_dict()
+    lora = [k for k in trained if "lora_" in k]
+    assert lora and any(trained[k].abs().sum() > 0 for k in lora if "lora_B" in k)
+    for key, value in trained.items():
+        if "lora_" not in key:
+            assert torch.equal(value, teacher_unet[key.replace(".base_layer", "")]), key
+    exported = load(out).denoiser
+    assert load(out).steps == 1 and exported.describe()["task"] == "text-to-image"
+    merged = exported.unet.state_dict()
+    assert merged.keys() == teacher_unet.keys()
+    assert any(not torch.equal(merged[k], teacher_unet[k]) for k in merged)
+    assert not torch.allclose(one_step(out), one_step(t2i_teacher), atol=1e-6)
+
+
+def test_md_vae_editing_model_with_ema_and_lora(work, data):
+    """The MobileDiffusion editing stage in md-vae's 8-channel latent space, recon=ema with LoRA: runs and exports."""
+    from movie_core.recipe import preset
+
+    teacher = _save(preset("movie").replace(size="nano", seed=0, denoiser="mobile-diffusion-pix2pix-1step",
+                                            vae="md-vae"), work / "md8")
+    out = work / "md8-ufogen"
+    run(distiller(recon="ema", lora=2, real="data"), teacher, data, out, config(), progress=False)
+    pipe = load(out)
+    assert pipe.denoiser.latent_channels == 8 and pipe.steps == 1
+    assert one_step(out).shape == (1, 8, RES // 8, RES // 8)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_does(work, data, edit_teacher):
+    """recon=ema: the EMA generator is part of the checkpoint, so a run stopped at step 2 and resumed to 4 ends with
+    the losses and weights of a 4-step run."""
+    whole, split = work / "whole", work / "split"
+    run(distiller(recon="ema"), edit_teacher, data, whole, config(4), progress=False)
+    run(distiller(recon="ema"), edit_teacher, data, split, config(2), progress=False)
+    summary = run(distiller(recon="ema"), edit_teacher, data, split, config(4), resume=True, overwrite=True,
+                  progress=False)
+    assert summary["resumed_from"] == 2
+    assert [r["loss"] for r in read_log(split)] == [r["loss"] for r in read_log(whole)]
+    a, b = load(whole).denoiser.unet.state_dict(), load(split).denoiser.unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_option_errors_are_one_line(capsys, work, data, edit_teacher):
+    for opt, what in (("recon=gan", "recon"), ("lora=0", "lora"), ("bogus=1", "bogus"), ("real=sky", "real")):
+        code, _, err = run_cli(capsys, "distill", "ufogen", "--teacher", str(edit_teacher), "--data", str(data),
+                               "--out", str(work / "never"), "-O", opt, "--steps", "1", "--no-progress")
+        assert code == 2 and what in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert not (work / "never").exists()
+    with pytest.raises(UsageError, match="ufogen"):
+        d = distiller()
+        d.options = d.options_class()
+
+        class Foreign:
+            denoiser = object()
+        d.make_student(Foreign())
