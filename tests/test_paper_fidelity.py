@@ -299,3 +299,19 @@ def test_stage2_from_a_text_to_image_unet_has_the_paper_structure_and_edits():
     edited = den.sample(img, den.encode_prompt(["make it look like winter"]), steps=2,
                         generator=torch.Generator().manual_seed(0))
     assert edited.shape == img.shape and torch.isfinite(edited).all()
+
+
+def test_shipped_preset_is_what_the_shipped_family_ran_and_the_default_follows_the_paper():
+    """The shipped chain.json budget (its keys filled with LEGACY) equals `--preset shipped`; the default budget
+    takes the paper's teacher sampler and guidance injection; `--preset paper` is a valid budget."""
+    import json
+
+    from movie_plugins.nano.chain import LEGACY, PRESETS, ChainBudget, recorded_budget
+
+    shipped = json.loads((DOC.parent.parent / "plugins" / "nano" / "chain.json").read_text())["budget"]
+    assert not set(LEGACY) & set(shipped)  # it predates the keys: it ran the LEGACY way
+    assert recorded_budget(shipped) == attrs.asdict(ChainBudget(**PRESETS["shipped"]))
+    default = ChainBudget()
+    assert (default.adversarial_teacher, default.guidance_inject) == ("stage3", "resnet")
+    paper = ChainBudget(**PRESETS["paper"])
+    assert (paper.adversarial_data_weight, paper.vpred_weighting, paper.mmg_lr) == (0.0, "uniform", 1e-5)
