@@ -203,12 +203,14 @@ def grid_distance(student_dir: Path | None, teacher_dir: Path, data: Path) -> fl
     return metrics.grid_distance(load(student_dir) if student_dir else None, teacher, src, x0, emb)
 
 
-def test_mmg_student_starts_as_the_teachers_conditional_pass(base_teacher, data):
-    """Zero-initialised guidance embedding: at step 0 the student is the teacher's (x_t, c_I, c_T) pass."""
+@pytest.mark.parametrize("inject", ["resnet", "time"])
+def test_mmg_student_starts_as_the_teachers_conditional_pass(base_teacher, data, inject):
+    """Zero-initialised guidance layers (per ResNet, or the shared projection): at step 0 the student is the
+    teacher's (x_t, c_I, c_T) pass."""
     from movie_plugins.distillers._common import to_mmg
 
     teacher = load(base_teacher)
-    student = to_mmg(teacher.denoiser)
+    student = to_mmg(teacher.denoiser, inject)
     src, x0, emb = held_out(teacher, data, n=4)
     t, _, x_t, _, _ = noised_draws(teacher, x0, draws=1)[0]
     with torch.no_grad():
@@ -221,10 +223,11 @@ def test_mmg_student_starts_as_the_teachers_conditional_pass(base_teacher, data)
 
 @pytest.fixture(scope="module")
 def mmg(work, data, finetuned) -> dict:
-    """Stage 3: mmg from the finetuned model; 150 steps, batch 8, lr 1e-4 (Adam)."""
+    """Stage 3: mmg from the finetuned model; 150 steps, batch 8, lr 1e-4 (Adam). guidance_inject=time: the bar
+    below was measured with the shared time-embedding projection (the per-ResNet default is not measured here)."""
     teacher = finetuned["out"]
     out = work / "mmg"
-    summary = train("mmg", teacher, data, out, steps=150, lr=1e-4)
+    summary = train("mmg", teacher, data, out, steps=150, lr=1e-4, guidance_inject="time")
     return {"out": out, "summary": summary, "before": grid_distance(None, teacher, data),
             "after": grid_distance(out, teacher, data)}
 
@@ -328,9 +331,11 @@ def one_step_vs_teacher(student_dir: Path, teacher_dir: Path, data: Path) -> tup
 
 @pytest.fixture(scope="module")
 def adversarial(work, data, vpred) -> dict:
-    """Adversarial distillation of the vpred model; 30 steps, batch 8, lr 1e-3 (student and discriminator)."""
+    """Adversarial distillation of the vpred model; 30 steps, batch 8, lr 1e-3 (student and discriminator); the vpred
+    model is also the multi-step teacher (teacher_sampler=student-init: the bar below is measured against it)."""
     out = work / "adversarial"
-    summary = train("adversarial", vpred["out"], data, out, steps=30, lr=1e-3, lr_d=1e-3)
+    summary = train("adversarial", vpred["out"], data, out, steps=30, lr=1e-3, lr_d=1e-3,
+                    teacher_sampler="student-init")
     stage3, student = one_step_vs_teacher(out, vpred["out"], data)
     return {"out": out, "summary": summary, "stage3": stage3, "student": student}
 
@@ -341,7 +346,7 @@ def test_adversarial_one_step_student_beats_the_stage3_model_at_one_step(adversa
           f"adversarial student {adversarial['student']:.4f}")
     assert adversarial["student"] <= 0.7 * adversarial["stage3"]
     losses = adversarial["summary"]["final_losses"]
-    assert set(losses) == {"loss", "mse", "g_adv", "d_loss", "r1"}
+    assert set(losses) >= {"loss", "mse", "g_adv", "d_loss", "r1", "d_acc_real", "d_acc_fake", "g_adv_share"}
     manifest = json.loads((adversarial["out"] / "movie.json").read_text())
     got = (manifest["stage"], manifest["prediction_type"], manifest["default_steps"])
     assert got == ("mobile-pix2pix-1step", "v_prediction", 1)
@@ -351,13 +356,15 @@ def test_adversarial_one_step_student_beats_the_stage3_model_at_one_step(adversa
 
 @pytest.mark.slow
 def test_adversarial_with_a_separate_multistep_teacher(work, data, mmg, vpred):
-    """-O teacher_sampler_model: the real samples come from the stage-3 mmg (epsilon) model, as in Appendix B."""
+    """-O teacher_sampler_model (the default teacher_sampler=stage3): the real samples come from the stage-3 mmg
+    (epsilon) model, as in Appendix B."""
     out = work / "adversarial-mmg-teacher"
     summary = train("adversarial", vpred["out"], data, out, steps=2, lr=1e-4, batch_size=2,
                     teacher_sampler_model=str(mmg["out"]))
     assert all(math.isfinite(v) for v in summary["final_losses"].values())
     manifest = json.loads((out / "movie.json").read_text())
     assert manifest["training"]["options"]["teacher_sampler_model"] == str(mmg["out"])
+    assert manifest["training"]["options"]["teacher_sampler"] == "stage3"
 
 
 def test_discriminator_shapes_conditioning_and_frozen_features(base_teacher):

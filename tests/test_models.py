@@ -159,11 +159,15 @@ def test_guidance_mode_and_embedding(builtin, name):
     den = builtin[name]
     assert den.guidance == GUIDANCE[name]
     if den.guidance == "embedded":
-        emb = den.unet.class_embedding
-        assert emb is not None and den.unet.config.class_embed_type == "projection"
-        assert torch.count_nonzero(emb.linear_2.weight) == 0
-        assert torch.count_nonzero(emb.linear_2.bias) == 0
-        assert torch.count_nonzero(emb.linear_1.weight) > 0
+        # a random init takes the scales per ResNet (paper Sec. 3.3), each ResNet's guidance columns at zero
+        from movie_plugins.denoisers._pix2pix import guidance_inject_of, guided_resnets, time_embed_dim
+
+        assert guidance_inject_of(den.unet.config) == "resnet"
+        t = time_embed_dim(den.unet.config)
+        resnets = guided_resnets(den.unet)
+        assert resnets and all(r.time_emb_proj.in_features == 2 * t for r in resnets)
+        assert all(torch.count_nonzero(r.time_emb_proj.weight[:, t:]) == 0 for r in resnets)
+        assert all(torch.count_nonzero(r.time_emb_proj.weight[:, :t]) > 0 for r in resnets)
     else:
         assert den.unet.class_embedding is None
 

@@ -173,7 +173,10 @@ def test_convert_base_folder(target, tmp_path, saved, capsys):
 
     source = saved("base")
     out = tmp_path / target
-    code, stdout, err = run_cli(capsys, "convert", str(source), "--to", target, "--out", str(out))
+    # --guidance-inject time: the shared projection, whose layers are new keys (the per-ResNet default widens the
+    # ResNets' time projections instead: tests/test_paper_fidelity.py)
+    code, stdout, err = run_cli(capsys, "convert", str(source), "--to", target, "--out", str(out),
+                                "--guidance-inject", "time")
     assert code == 0, err
     assert target in stdout
 

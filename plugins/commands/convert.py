@@ -20,16 +20,21 @@ def movie_register_commands(cli):
                   help="Target architecture (default: keep the source's, only write it as a model folder).")
     @click.option("--out", required=True, type=click.Path(), help="Output model folder.")
     @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-    def convert(source: str, target: str | None, out: str, overwrite: bool) -> None:
+    @click.option("--guidance-inject", type=click.Choice(("resnet", "time")), default=None,
+                  help="How a guidance-embedded target takes s_I, s_T: 'resnet' (paper Sec. 3.3, each ResNet's own "
+                  "linear layer; the default for a source without guidance layers) or 'time' (one projection added "
+                  "to the time embedding, as the shipped nano family). A source with guidance layers keeps its own.")
+    def convert(source: str, target: str | None, out: str, overwrite: bool, guidance_inject: str | None) -> None:
         """Write SOURCE as a model folder, its UNet converted with --to.
 
         SOURCE: a model folder, a Hugging Face cache snapshot or a repo id in the local cache (never downloaded),
         a .safetensors single file (movie's, or an original LDM-layout checkpoint such as
         instruct-pix2pix-00-22000.safetensors, converted with the SD-1.5 configs that ship with movie). --to drops
-        the top-level attention (mobile) or adds zeroed guidance layers (mmg); a MobileDiffusion UNet gets zeroed
+        the top-level attention (mobile) or adds zeroed guidance layers (mmg); a text-to-image SD-1.5 UNet also
+        gets 4 zeroed image-latent input channels (the paper's Sec. 4 stage order); a MobileDiffusion UNet gets zeroed
         source-latent input channels and guidance layers (mobile-diffusion-pix2pix[-1step]).
         """
         from movie_plugins.denoisers._convert import convert_folder
 
-        dest = convert_folder(source, target, Path(out), overwrite=overwrite)
+        dest = convert_folder(source, target, Path(out), overwrite=overwrite, guidance_inject=guidance_inject)
         click.echo(f"wrote {target} model {dest}" if target else f"wrote model folder {dest}")

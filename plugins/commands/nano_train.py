@@ -24,17 +24,21 @@ def movie_register_commands(cli):
                   help="Also lay the result out as built-in models in this folder (the package's is plugins/nano).")
     @click.option("--budget", "-B", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Override one budget entry (e.g. -B ip2p_steps=3000 -B batch_size=64); see ChainBudget.")
+    @click.option("--preset", type=click.Choice(("shipped", "paper")), default=None,
+                  help="A named budget before --budget: 'shipped' repeats the shipped family's training (teacher "
+                  "sampler = the vpred model, shared time-embedding guidance); 'paper' keeps the step counts and "
+                  "takes the paper's values everywhere else (docs/paper_fidelity.md).")
     @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
     def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
-                   progress: bool) -> None:
+                   preset: str | None, progress: bool) -> None:
         """Train the nano model family from scratch: autoencoders, text tower and the four denoiser stages."""
         from movie_core.extras import require
 
         require("accelerate", "nano-train")  # before the work folder is made: a missing extra leaves nothing
-        from movie_plugins.nano.chain import ChainBudget, train_chain
+        from movie_plugins.nano.chain import PRESETS, ChainBudget, train_chain
 
         fields = {f.name: f.type for f in attrs.fields(ChainBudget)}
-        changes = {}
+        changes = dict(PRESETS[preset]) if preset else {}
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep or key not in fields:

@@ -15,6 +15,16 @@ class DenoiserConfig:
                                         validator=attrs.validators.optional(attrs.validators.in_(SCHEDULERS)))
 
 
+@attrs.frozen(kw_only=True)
+class GuidedConfig(DenoiserConfig):
+    """The guidance-embedded Pix2Pix stages' options: guidance_inject 'resnet' (paper Sec. 3.3: each ResNet block's
+    own linear layer) or 'time' (one projection added to the time embedding; the shipped nano family) for a random
+    init; a loaded model keeps its weights' own (None)."""
+
+    guidance_inject: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(("resnet", "time"))))
+
+
 def _strength(instance, attribute, value) -> None:
     if value is not None and not 0 < value <= 1:
         raise ValueError(f"strength must be in (0, 1], got {value}")

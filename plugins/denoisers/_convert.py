@@ -64,9 +64,13 @@ def autoencoder_of(folder: Path) -> str | None:
     return _VAE_CLASSES.get(str(read_config(config).get("_class_name")))
 
 
-def convert_folder(source: str | Path, target: str | None, out: Path, overwrite: bool = False) -> Path:
+def convert_folder(source: str | Path, target: str | None, out: Path, overwrite: bool = False,
+                   guidance_inject: str | None = None) -> Path:
     """Write `out`: the source (model folder, HF-cache snapshot or repo id, movie single file or original LDM
-    checkpoint) as a model folder, its UNet converted to `target`'s architecture when a target is given."""
+    checkpoint) as a model folder, its UNet converted to `target`'s architecture when a target is given.
+
+    A text-to-image SD UNet (4 input channels) converts too (Sec. 4's order: top attention dropped, zeroed image
+    channels added). guidance_inject: how an embedded target takes the scales (None: the source's, else 'resnet')."""
     source = str(source)
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists; pass --overwrite")
@@ -94,7 +98,7 @@ def convert_folder(source: str | Path, target: str | None, out: Path, overwrite:
         manifest = {k: v for k, v in (read_manifest(origin) or {}).items() if k != "provenance"}
         vae = autoencoder_of(tmp)
         if target:
-            _convert_unet(origin, tmp, target, manifest, vae)
+            _convert_unet(origin, tmp, target, manifest, vae, guidance_inject)
         elif manifest:
             if vae and "recipe" in manifest:
                 manifest["recipe"] = {"encoder": vae, "decoder": vae} | manifest["recipe"]
@@ -122,11 +126,12 @@ def _convert_md(unet_dir: Path, tmp: Path, target: str) -> Any:
     return _md_edit.EDIT_STAGES[target]
 
 
-def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str | None) -> None:
+def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str | None,
+                  guidance_inject: str | None = None) -> None:
     from diffusers import UNet2DConditionModel
 
     from movie_core.weights import check_component, load_checked, low_memory_kw
-    from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
+    from movie_plugins.denoisers._pix2pix import DEFAULT_GUIDANCE_INJECT, STAGES, convert_unet, guidance_inject_of
 
     unet_dir = origin / "unet"
     check_folder(unet_dir)
@@ -140,14 +145,15 @@ def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str
         kw = check_component(unet_dir, "diffusion_pytorch_model")
         unet = load_checked(unet_dir, lambda: UNet2DConditionModel.from_pretrained(unet_dir, **kw,
                                                                                   **low_memory_kw()))
-        if unet.config.in_channels != 8:
+        if unet.config.in_channels not in (4, 8):
             raise MovieError(f"{unet_dir} has {unet.config.in_channels} input channels; an InstructPix2Pix UNet "
-                             "has 8")
-        new = convert_unet(unet, target)
+                             "has 8 (a text-to-image SD UNet 4)")
+        new = convert_unet(unet, target, guidance_inject or guidance_inject_of(unet.config) or DEFAULT_GUIDANCE_INJECT)
+        was = "instruct-pix2pix" if unet.config.in_channels == 8 else "stable-diffusion"
         if (tmp / "unet").exists():
             shutil.rmtree(tmp / "unet")
         new.save_pretrained(tmp / "unet", safe_serialization=True)
-        stage, was = STAGES[target], "instruct-pix2pix"
+        stage = STAGES[target]
     recipe = dict(manifest.get("recipe", {}), denoiser=target)
     if vae:  # the folder's own autoencoder, so it runs without --vae (a recipe that names its own keeps it)
         recipe.setdefault("encoder", vae)

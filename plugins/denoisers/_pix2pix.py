@@ -2,7 +2,7 @@
 
 instruct-pix2pix      SD-1.5 UNet with 8 input channels, 3-pass CFG (Eq. 1), epsilon, DDIM, 10 steps
 mobile-pix2pix        the same without self-/cross-attention at the highest UNet resolution
-mobile-pix2pix-mmg    + guidance-scale embeddings (s_I, s_T) added to the time embedding, one pass per step
+mobile-pix2pix-mmg    + guidance-scale embeddings (s_I, s_T), one pass per step
 mobile-pix2pix-1step  + v-prediction, LCM scheduler, 1 step, guidance embeddings kept
 
 The multi-step stages sample with deterministic DDIM (eta 0) by default; the paper does not name its sampler, and
@@ -12,6 +12,19 @@ model, and 11.9 vs 7.7 (mobile) and 13.5 vs 7.6 (mmg) for an earlier, shorter-tr
 ancestral sampler's fresh noise at each step is more than a small model corrects. Every frame of a video also gets
 the same trajectory without per-step noise. `--denoiser-option scheduler=euler-ancestral` (the DenoiserConfig
 option) brings the ancestral sampler back.
+
+Guidance-scale injection (the embedded stages), two variants, told apart by the UNet's config:
+
+* 'resnet' (paper Sec. 3.3, the default of a new model): the sinusoids of s_I and s_T (each half the time
+  embedding's width) are concatenated to the time embedding (diffusers `class_embed_type="identity"`,
+  `class_embeddings_concat=True`), so every ResNet block takes them "similarly to the timestep embedding": through
+  the ResNet's nonlinearity and its own linear layer (the new columns of its time_emb_proj, zero-initialised, so
+  the model starts equal to its Stage-2 teacher) and adds them to its features.
+* 'time' (ours; the shipped nano family): one shared projection (linear, SiLU, linear; the last zero-initialised)
+  of the sinusoids is added to the time embedding, and every ResNet reuses its time projection.
+
+Both take the scales multiplied by GUIDANCE_EMBED_SCALE (100) before the sinusoid (ours, not in the paper: the
+sinusoid is built for timesteps 0-999, and s in [1, 14] would vary only its slowest frequencies).
 """
 
 from __future__ import annotations
@@ -52,6 +65,10 @@ SD_SCALING_FACTOR = 0.18215
 GUIDANCE_EMBED_SCALE = 100.0  # s -> sinusoid "timestep" s * 100: s_T in [2, 14] spans [200, 1400]
 
 
+GUIDANCE_INJECT = ("resnet", "time")
+DEFAULT_GUIDANCE_INJECT = "resnet"  # paper Sec. 3.3
+
+
 @attrs.frozen
 class Stage:
     name: str
@@ -86,8 +103,8 @@ _TEXT_SIZES = {
 }
 
 
-def unet_config(size: str, stage: Stage) -> dict:
-    """diffusers UNet2DConditionModel config for a stage at a size."""
+def unet_config(size: str, stage: Stage, guidance_inject: str = DEFAULT_GUIDANCE_INJECT) -> dict:
+    """diffusers UNet2DConditionModel config for a stage at a size (guidance_inject: see the module docstring)."""
     top_down = "DownBlock2D" if stage.mobile else "CrossAttnDownBlock2D"
     top_up = "UpBlock2D" if stage.mobile else "CrossAttnUpBlock2D"
     cfg = dict(
@@ -97,12 +114,50 @@ def unet_config(size: str, stage: Stage) -> dict:
         down_block_types=(top_down, "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", top_up),
     )
-    embedded = stage.embedded
-    cfg.update(
-        class_embed_type="projection" if embedded else None,
-        projection_class_embeddings_input_dim=2 * cfg["block_out_channels"][0] if embedded else None,
-    )
+    cfg.update(guidance_config(stage.embedded, guidance_inject, cfg["block_out_channels"][0]))
     return cfg
+
+
+def guidance_config(embedded: bool, guidance_inject: str, channels0: int) -> dict[str, Any]:
+    """The UNet config entries of a guidance injection (none for a cfg3 stage)."""
+    if guidance_inject not in GUIDANCE_INJECT:
+        raise MovieError(f"guidance_inject must be one of {', '.join(GUIDANCE_INJECT)}, got '{guidance_inject}'")
+    if not embedded:
+        return dict(class_embed_type=None, projection_class_embeddings_input_dim=None, class_embeddings_concat=False)
+    if guidance_inject == "resnet":
+        return dict(class_embed_type="identity", projection_class_embeddings_input_dim=None,
+                    class_embeddings_concat=True)
+    return dict(class_embed_type="projection", projection_class_embeddings_input_dim=2 * channels0,
+                class_embeddings_concat=False)
+
+
+def guidance_inject_of(config: Any) -> str | None:
+    """'resnet', 'time' or None (no guidance embedding) from a UNet config; MovieError for any other layout."""
+    kind, concat = config.get("class_embed_type"), bool(config.get("class_embeddings_concat"))
+    if kind is None:
+        return None
+    if kind == "identity" and concat:
+        return "resnet"
+    if kind == "projection" and not concat:
+        return "time"
+    raise MovieError(f"unsupported guidance embedding: class_embed_type={kind!r}, class_embeddings_concat={concat}")
+
+
+def time_embed_dim(config: Any) -> int:
+    return int(config.get("time_embedding_dim") or 4 * config["block_out_channels"][0])
+
+
+def guidance_feature_dim(config: Any) -> int:
+    """The width of one scale's sinusoid: half the class-embedding input ('time') or of the time embedding
+    ('resnet', concatenated to it)."""
+    if guidance_inject_of(config) == "resnet":
+        return time_embed_dim(config) // 2
+    return int(config["projection_class_embeddings_input_dim"]) // 2
+
+
+def guided_resnets(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every ResNet block with a time-embedding projection (down, mid and up blocks)."""
+    return [m for m in unet.modules() if getattr(m, "time_emb_proj", None) is not None]
 
 
 def text_config(size: str, tokenizer) -> CLIPTextConfig:
@@ -133,7 +188,14 @@ def make_scheduler(name: str, prediction_type: str):
 
 
 def zero_guidance_embedding(unet: UNet2DConditionModel) -> None:
-    """Zero the guidance projection's last layer so the model starts identical to its teacher."""
+    """Zero the guidance layers so the model starts identical to its teacher: 'time', the shared projection's last
+    layer; 'resnet', each ResNet's own guidance columns (the second half of its time_emb_proj input)."""
+    if guidance_inject_of(unet.config) == "resnet":
+        t = time_embed_dim(unet.config)
+        with torch.no_grad():
+            for resnet in guided_resnets(unet):
+                resnet.time_emb_proj.weight[:, t:] = 0
+        return
     last = unet.class_embedding.linear_2
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
@@ -254,8 +316,8 @@ def splittable(unet: torch.nn.Module) -> bool:
         len(unet.down_blocks) >= 2 and getattr(down0, "downsamplers", None) is not None
         and len(last_up.resnets) == len(down0.resnets) + 1 and getattr(last_up, "upsamplers", None) is None
         and unet.mid_block is not None and cfg.addition_embed_type is None and unet.time_embed_act is None
-        and unet.encoder_hid_proj is None and not cfg.class_embeddings_concat and not cfg.center_input_sample
-        and cfg.class_embed_type in (None, "projection")
+        and unet.encoder_hid_proj is None and not cfg.center_input_sample
+        and cfg.class_embed_type in (None, "projection", "identity")
     )
 
 
@@ -274,7 +336,8 @@ class UNetHead(torch.nn.Module):
         unet = self.unet
         emb = unet.time_embedding(time_features.to(sample.dtype))
         if self.embedded:
-            emb = emb + unet.class_embedding(guidance[0]).to(dtype=sample.dtype)
+            class_emb = unet.class_embedding(guidance[0]).to(dtype=sample.dtype)
+            emb = torch.cat([emb, class_emb], dim=-1) if unet.config.class_embeddings_concat else emb + class_emb
         x = unet.conv_in(sample)
         block = unet.down_blocks[0]
         if getattr(block, "has_cross_attention", False):
@@ -443,6 +506,7 @@ class Pix2PixDenoiser(Denoiser):
         facts: dict[str, Any] = super().describe() | {
             "scheduler": self.scheduler_name,
             "guidance_embed_scale": GUIDANCE_EMBED_SCALE if self.guidance == "embedded" else None,
+            "guidance_inject": guidance_inject_of(unet),
             "standin_tokenizer": self.standin_tokenizer,
             "host": {
                 "text": f"input_ids: the tokenizer's ids padded to {self.max_prompt_tokens} "
@@ -455,7 +519,8 @@ class Pix2PixDenoiser(Denoiser):
         if self.guidance == "embedded":
             facts["host"]["guidance_features"] = (
                 f"concat(sinusoid({GUIDANCE_EMBED_SCALE:g} * s_I), "
-                f"sinusoid({GUIDANCE_EMBED_SCALE:g} * s_T)), each like time_features"
+                f"sinusoid({GUIDANCE_EMBED_SCALE:g} * s_T)), each of dim {guidance_feature_dim(unet)} with "
+                "time_features' flip_sin_to_cos and freq_shift"
             )
         else:
             facts["host"]["cfg"] = (
@@ -604,7 +669,7 @@ class Pix2PixDenoiser(Denoiser):
     def guidance_labels(self, s_I, s_T, batch: int, like: torch.Tensor) -> torch.Tensor:
         """Sinusoidal embeddings of both guidance scales, concatenated: the UNet's class labels."""
         config = getattr(self.unet, "module", self.unet).config  # the UNet may be DDP-wrapped in training
-        dim = config.projection_class_embeddings_input_dim // 2
+        dim = guidance_feature_dim(config)
         parts = []
         for s in (s_I, s_T):
             s = torch.as_tensor(s, dtype=torch.float32, device=like.device).reshape(-1).expand(batch)
@@ -749,8 +814,8 @@ class Pix2PixDenoiser(Denoiser):
         self.make_scheduler().save_pretrained(root / "scheduler")
 
 
-def build_unet(size: str, stage: Stage) -> UNet2DConditionModel:
-    unet = UNet2DConditionModel(**unet_config(size, stage))
+def build_unet(size: str, stage: Stage, guidance_inject: str = DEFAULT_GUIDANCE_INJECT) -> UNet2DConditionModel:
+    unet = UNet2DConditionModel(**unet_config(size, stage, guidance_inject))
     if stage.embedded:
         zero_guidance_embedding(unet)
     return unet
@@ -761,14 +826,19 @@ def build(stage_name: str, ctx: BuildContext, config) -> Pix2PixDenoiser:
     stage = STAGES[stage_name]
     asked = config.scheduler if config and config.scheduler else None
     scheduler = asked or stage.scheduler
+    inject = getattr(config, "guidance_inject", None)
     if ctx.weights is not None:
         den = load(stage, Path(ctx.weights), scheduler, variant=ctx.variant, asked=asked)
+        have = guidance_inject_of(den.unet.config)
+        if inject and have and inject != have:
+            raise MovieError(f"{ctx.weights} takes the guidance scales the '{have}' way, not '{inject}' "
+                             "(guidance_inject is fixed by the weights)")
     else:
         torch.manual_seed(ctx.seed)
         standin = ctx.size == "full"
         tokenizer = byte_tokenizer(size=CLIP_VOCAB_SIZE if standin else None)
         with ctx.torch_device:
-            unet = build_unet(ctx.size, stage)
+            unet = build_unet(ctx.size, stage, inject or DEFAULT_GUIDANCE_INJECT)
             text = CLIPTextModel(text_config(ctx.size, tokenizer))
         den = Pix2PixDenoiser(stage, unet, text, tokenizer, scheduler, standin_tokenizer=standin)
     if not ctx.meta:
@@ -844,7 +914,7 @@ def load(
         raise MovieError(
             f"{root}/unet is not the '{stage.name}' architecture (top block {have_top}); use `movie convert` first"
         )
-    if stage.embedded != (unet.config.class_embed_type == "projection"):
+    if stage.embedded != (guidance_inject_of(unet.config) is not None):
         raise MovieError(f"{root}/unet guidance embeddings do not match '{stage.name}'; use `movie convert` first")
     manifest = read_manifest(root)
     if manifest and manifest.get("prediction_type", stage.prediction_type) != stage.prediction_type:
@@ -891,20 +961,33 @@ def load(
     return den
 
 
-def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionModel:
-    """Carry UNet weights into another stage's architecture: drop removed blocks, add zeroed guidance layers."""
+def convert_unet(unet: UNet2DConditionModel, target: str, guidance_inject: str | None = None) -> UNet2DConditionModel:
+    """Carry UNet weights into another stage's architecture: drop removed blocks, add zeroed guidance layers.
+
+    guidance_inject: how an embedded target takes the scales ('resnet' or 'time', module docstring); None keeps
+    the source's when it has guidance layers, else 'time' (this function's own default, kept for the callers that
+    predate the option; the mmg distiller and `movie convert` default to the paper's 'resnet'). A 4-channel
+    text-to-image UNet (SD-1.5's) gets 4 zero-initialised image-latent input channels: Sec. 4's Stage 2."""
     stage = STAGES[target]
     cfg = dict(unet.config)
+    have = guidance_inject_of(cfg)
+    inject = guidance_inject or have or "time"
+    if have is not None and stage.embedded and inject != have:
+        raise MovieError(f"cannot convert to '{target}' with guidance_inject={inject}: the UNet already takes the "
+                         f"scales the '{have}' way")
     # the source's own levels (any count): only the top level's attention and the guidance embedding change
     down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
     if not down or not up:
         raise MovieError(f"cannot convert to '{target}': the UNet has no down or up blocks")
     top = unet_config("nano", stage)
     down[0], up[-1] = top["down_block_types"][0], top["up_block_types"][-1]
-    cfg.update(down_block_types=tuple(down), up_block_types=tuple(up), class_embed_type=top["class_embed_type"],
-               projection_class_embeddings_input_dim=top["projection_class_embeddings_input_dim"])
-    if stage.embedded:  # sized to the source's channels, as unet_config does (not nano's)
-        cfg["projection_class_embeddings_input_dim"] = 2 * cfg["block_out_channels"][0]
+    cfg.update(down_block_types=tuple(down), up_block_types=tuple(up),
+               **guidance_config(stage.embedded, inject, cfg["block_out_channels"][0]))
+    text_to_image = cfg["in_channels"] == 4
+    if text_to_image:
+        cfg["in_channels"] = 8
+    elif cfg["in_channels"] != 8:
+        raise MovieError(f"cannot convert to '{target}': the UNet has {cfg['in_channels']} input channels (4 or 8)")
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     new = UNet2DConditionModel(**cfg)
     if stage.embedded:
@@ -921,12 +1004,21 @@ def convert_unet(unet: UNet2DConditionModel, target: str) -> UNet2DConditionMode
             f"cannot convert to '{target}': the target has new layers {added[:3]} beyond the guidance embedding"
         )
     for k in dst:
-        if k in src:
-            if src[k].shape != dst[k].shape:
-                raise MovieError(
-                    f"cannot convert to '{target}': {k} is {tuple(src[k].shape)}, target wants {tuple(dst[k].shape)}"
-                )
-            dst[k] = src[k]
+        if k not in src:
+            continue
+        a, b = src[k], dst[k]
+        if a.shape == b.shape:
+            dst[k] = a
+        elif (k == "conv_in.weight" and text_to_image) or (k.endswith("time_emb_proj.weight") and inject == "resnet"):
+            # new input columns (image latents; guidance sinusoids) start at zero: the output is the source's
+            if a.shape[0] != b.shape[0] or a.shape[1] > b.shape[1] or a.shape[2:] != b.shape[2:]:
+                raise MovieError(f"cannot convert to '{target}': {k} is {tuple(a.shape)}, target wants "
+                                 f"{tuple(b.shape)}")
+            grown = torch.zeros_like(b)
+            grown[:, : a.shape[1]] = a
+            dst[k] = grown
+        else:
+            raise MovieError(f"cannot convert to '{target}': {k} is {tuple(a.shape)}, target wants {tuple(b.shape)}")
     new.load_state_dict(dst)
     return new
 

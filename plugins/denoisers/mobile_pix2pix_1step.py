@@ -6,7 +6,7 @@ Guidance-embedded Mobile-Pix2Pix, v-prediction, LCM, 1 step (MoViE).
 from __future__ import annotations
 
 from movie_core.hookspecs import hookimpl
-from movie_plugins.denoisers import denoiser_spec
+from movie_plugins.denoisers import GuidedConfig, denoiser_spec
 
 NAME = "mobile-pix2pix-1step"
 SUMMARY = "Guidance-embedded Mobile-Pix2Pix, v-prediction, LCM, 1 step (MoViE)"
@@ -14,7 +14,7 @@ SUMMARY = "Guidance-embedded Mobile-Pix2Pix, v-prediction, LCM, 1 step (MoViE)"
 
 @hookimpl
 def movie_register_denoisers(registry):
-    registry.register(denoiser_spec(NAME, __name__, SUMMARY))
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY, GuidedConfig))
 
 
 def build(ctx, config):

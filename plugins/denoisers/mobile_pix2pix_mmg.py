@@ -6,7 +6,7 @@ Mobile-Pix2Pix with image/text guidance-scale embeddings: one UNet pass per step
 from __future__ import annotations
 
 from movie_core.hookspecs import hookimpl
-from movie_plugins.denoisers import denoiser_spec
+from movie_plugins.denoisers import GuidedConfig, denoiser_spec
 
 NAME = "mobile-pix2pix-mmg"
 SUMMARY = "Mobile-Pix2Pix with image/text guidance-scale embeddings: one UNet pass per step"
@@ -14,7 +14,7 @@ SUMMARY = "Mobile-Pix2Pix with image/text guidance-scale embeddings: one UNet pa
 
 @hookimpl
 def movie_register_denoisers(registry):
-    registry.register(denoiser_spec(NAME, __name__, SUMMARY))
+    registry.register(denoiser_spec(NAME, __name__, SUMMARY, GuidedConfig))
 
 
 def build(ctx, config):

@@ -1,10 +1,12 @@
 """`adversarial`: guidance-preserving adversarial step distillation, paper Sec. 3.4, Algorithm 2, Appendix B.
 
-Models. `--teacher` is the v-prediction model of the `vpred` stage; the student starts as a copy of it and is
-trained as 'mobile-pix2pix-1step' (LCM, 1 step). The multi-step teacher M that makes the real samples is that
-same folder's model, frozen, unless `-O teacher_sampler_model=DIR` names another one (the paper's Appendix B
-uses the stage-3 mmg checkpoint; both are stage-3 models). The discriminator's frozen feature extractor is
-a copy of M's UNet encoder arm (see _discriminator.py).
+Models (Appendix B). `--teacher` is the v-prediction model of the `vpred` stage (Stage 4's conversion): the
+student starts as a copy of it and is trained as 'mobile-pix2pix-1step' (LCM, 1 step). The multi-step teacher M
+that makes the real samples, and whose UNet encoder arm is the discriminator's frozen feature extractor (see
+_discriminator.py), is the Stage-3 model (guidance-distilled, epsilon prediction), named by
+`-O teacher_sampler_model=DIR` (the default `teacher_sampler=stage3`; without the folder the run stops at once
+with one line naming what is missing). `-O teacher_sampler=student-init` (a named departure, not the paper) uses
+the --teacher v-prediction model for both instead: the shipped nano family was trained that way.
 
 One training step (Algorithm 2; D update, then G update):
   1. c_I, c_T from the batch, s_I ~ U[1, 3], s_T ~ U[2, 14] per example.
@@ -20,6 +22,11 @@ One training step (Algorithm 2; D update, then G update):
      (The paper writes the hinge with D's sign flipped, max(0, 1 + D(real)) + max(0, 1 - D(fake)) and
      + lambda_gen E[D(fake)] for G; the conventions are equivalent.)
   6. With fresh t', eps' (Algorithm 2 line 14): L_G = lambda_mse ||x0_hat - x0||^2 + lambda_gen (-E[D(fake)]).
+  Health (logged every step, training log and the manifest's final losses): d_acc_real / d_acc_fake, the share of
+  real (fake) examples D scores above (below) zero (0.5 each = chance: a D that learns nothing); d_real / d_fake, the
+  mean scores; d_hinge, r1 and its weighted share d_r1_term; g_adv (-E[D(fake)]) and the generator's two weighted
+  terms g_adv_term = lambda_gen g_adv and g_mse_term = lambda_mse mse, with g_adv_share = |g_adv_term| /
+  (|g_adv_term| + g_mse_term), how much of the generator's loss the GAN term is.
   Ground-truth anchoring (ours, `-O data_weight=w`, default 0 = the above): the real samples x0 of steps 2-6 become
   x0 + w (z_edit - x0_ref), x0_ref = M at the anchor scales (`data_image_guidance`, `data_text_guidance`: the
   movie preset's 1.5, 7.5) from the same noise, z_edit the ground-truth edit's latents. The teacher's response to
@@ -49,7 +56,13 @@ from movie_plugins.distillers._common import (
     vp_coefficients,
     x0_from_output,
 )
-from movie_plugins.distillers._discriminator import Discriminator, hinge_d_loss, hinge_g_loss, score
+from movie_plugins.distillers._discriminator import (
+    Discriminator,
+    discriminator_health,
+    hinge_d_loss,
+    hinge_g_loss,
+    score,
+)
 from movie_plugins.distillers._options import AdversarialOptions
 
 STUDENT_STAGE = "mobile-pix2pix-1step"
@@ -104,12 +117,27 @@ class AdversarialDistiller(BuiltinDistiller):
     def trainable_modules(self) -> list[torch.nn.Module]:
         return [self.student.unet, self.disc]
 
+    def setup(self, teacher_dir: Path, accelerator, cfg) -> None:
+        o = self.options
+        if o.teacher_sampler == "stage3" and not o.teacher_sampler_model:  # before anything loads
+            raise UsageError(
+                "adversarial: Appendix B's teacher sampler and discriminator backbone are the Stage-3 model "
+                "(mobile-pix2pix-mmg): pass -O teacher_sampler_model=DIR, or -O teacher_sampler=student-init to use "
+                "the --teacher (v-prediction) model instead")
+        super().setup(teacher_dir, accelerator, cfg)
+
     def setup_extra(self, accelerator, cfg) -> None:
         super().setup_extra(accelerator, cfg)
         o = self.options
-        if o.teacher_sampler_model:
-            path = Path(o.teacher_sampler_model)
-            self.sampler = pix2pix_denoiser(self.load_teacher(path, accelerator.device).denoiser, self.name)
+        if o.teacher_sampler == "stage3":
+            assert o.teacher_sampler_model is not None
+            sampler = self.load_teacher(Path(o.teacher_sampler_model), accelerator.device).denoiser
+            self.sampler = pix2pix_denoiser(sampler, self.name)
+            if not self.sampler.stage_info.embedded or self.sampler.prediction_type != "epsilon":
+                raise UsageError(
+                    f"adversarial: teacher_sampler_model {o.teacher_sampler_model} is '{self.sampler.stage}' "
+                    f"({self.sampler.guidance}, {self.sampler.prediction_type}); the Stage-3 model is the "
+                    "guidance-distilled epsilon model (mobile-pix2pix-mmg)")
             self.sampler_null_emb = self.sampler.encode_prompt([""])
         else:
             self.sampler, self.sampler_null_emb = self.teacher.denoiser, self.null_emb
@@ -191,6 +219,7 @@ class AdversarialDistiller(BuiltinDistiller):
             r1 = grad.pow(2).flatten(1).sum(dim=1).mean()
         d_loss = d_hinge + o.lambda_r1 * r1
         self.step_optimizer(d_loss, self.optimizers[1], self.disc)
+        health = discriminator_health(score(real_maps).detach(), score(fake_maps).detach())
 
         # generator: fresh discriminator noise, D's heads frozen (the unwrapped module: no DDP reduction for D)
         t_g = logit_normal_timesteps(n, o.disc_noise_mean, o.disc_noise_std, dev)
@@ -205,7 +234,11 @@ class AdversarialDistiller(BuiltinDistiller):
             for p in trainable:
                 p.requires_grad_(True)
         mse = F.mse_loss(x0_hat.float(), x0.float())
-        g_loss = o.lambda_mse * mse + o.lambda_gen * g_adv
+        g_mse_term, g_adv_term = o.lambda_mse * mse, o.lambda_gen * g_adv
+        g_loss = g_mse_term + g_adv_term
         self.step_optimizer(g_loss, self.optimizers[0], self.student.unet)
+        mse_v, adv_v = g_mse_term.item(), g_adv_term.item()
         return {"loss": g_loss.item(), "mse": mse.item(), "g_adv": g_adv.item(), "d_loss": d_hinge.item(),
-                "r1": r1.item()}
+                "r1": r1.item(), "d_hinge": d_hinge.item(), "d_r1_term": o.lambda_r1 * r1.item(), **health,
+                "g_mse_term": mse_v, "g_adv_term": adv_v,
+                "g_adv_share": abs(adv_v) / (abs(adv_v) + mse_v) if abs(adv_v) + mse_v > 0 else 0.0}

@@ -43,9 +43,11 @@ def restage(den: Pix2PixDenoiser, stage: str, unet: torch.nn.Module | None = Non
     )
 
 
-def to_mmg(den: Pix2PixDenoiser) -> Pix2PixDenoiser:
-    """The guidance-embedded student of a cfg3 model: same weights, zero-initialised guidance embedding."""
-    return restage(den, "mobile-pix2pix-mmg", convert_unet(den.unet, "mobile-pix2pix-mmg"))
+def to_mmg(den: Pix2PixDenoiser, guidance_inject: str = "resnet") -> Pix2PixDenoiser:
+    """The guidance-embedded student of a cfg3 model: same weights, zero-initialised guidance layers, taking the
+    scales through each ResNet's own linear layer ('resnet', paper Sec. 3.3) or one projection added to the time
+    embedding ('time')."""
+    return restage(den, "mobile-pix2pix-mmg", convert_unet(den.unet, "mobile-pix2pix-mmg", guidance_inject))
 
 
 def alphas_cumprod(den: Pix2PixDenoiser, device: torch.device) -> torch.Tensor:

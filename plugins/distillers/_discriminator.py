@@ -37,6 +37,7 @@ class FeatureExtractor(nn.Module):
         self.time_proj = copy.deepcopy(unet.time_proj)
         self.time_embedding = copy.deepcopy(unet.time_embedding)
         self.class_embedding = copy.deepcopy(unet.class_embedding)
+        self.concat = bool(unet.config.class_embeddings_concat)
         self.conv_in = copy.deepcopy(unet.conv_in)
         self.down_blocks = copy.deepcopy(unet.down_blocks)
         self.mid_block = copy.deepcopy(unet.mid_block)
@@ -52,8 +53,9 @@ class FeatureExtractor(nn.Module):
                 class_labels: torch.Tensor | None = None) -> list[torch.Tensor]:
         t_emb = self.time_proj(timesteps.reshape(-1).expand(sample.shape[0])).to(sample.dtype)
         emb = self.time_embedding(t_emb)
-        if self.class_embedding is not None:
-            emb = emb + self.class_embedding(class_labels).to(emb.dtype)
+        if self.class_embedding is not None:  # the teacher's guidance injection: concatenated ('resnet') or added
+            class_emb = self.class_embedding(class_labels).to(emb.dtype)
+            emb = torch.cat([emb, class_emb], dim=-1) if self.concat else emb + class_emb
         h = self.conv_in(sample)
         feats = []
         for block in self.down_blocks:
@@ -140,3 +142,17 @@ def hinge_d_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Te
 def hinge_g_loss(fake: list[torch.Tensor]) -> torch.Tensor:
     """-E[D(fake)] per position, averaged over heads (the hinge GAN's generator loss)."""
     return -torch.stack([f.mean() for f in fake]).mean()
+
+
+def discriminator_health(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    """How well a discriminator (any GAN-type distiller's) separates real from fake this step, from its per-example
+    scores D(x) (hinge: real > 0 > fake).
+
+    d_acc_real / d_acc_fake: the share of real examples scored above 0 and of fake ones below 0 (ties count half);
+    0.5 each is chance. d_real / d_fake: the mean scores."""
+
+    def share(x: torch.Tensor) -> float:
+        return float(((x > 0).float() + 0.5 * (x == 0).float()).mean())
+
+    return {"d_acc_real": share(real), "d_acc_fake": share(-fake), "d_real": float(real.float().mean()),
+            "d_fake": float(fake.float().mean())}

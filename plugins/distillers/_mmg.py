@@ -1,8 +1,10 @@
 """`mmg`: multimodal guidance distillation, paper Sec. 3.3 and Algorithm 1.
 
 Teacher: a frozen cfg3 model (mobile-pix2pix; an instruct-pix2pix teacher is converted on the way, which also
-drops its top attention). Student: the same UNet with the guidance embedding added and zero-initialised
-(`convert_unet(..., 'mobile-pix2pix-mmg')`), so at step 0 it equals the teacher's conditional pass.
+drops its top attention). Student: the same UNet with guidance layers added and zero-initialised
+(`convert_unet(..., 'mobile-pix2pix-mmg', guidance_inject)`), so at step 0 it equals the teacher's conditional pass.
+`-O guidance_inject=resnet` (default, Sec. 3.3): each ResNet block takes the scale sinusoids through its own linear
+layer; `time` (ours; the shipped nano family): one projection added to the shared time embedding.
 Per example: t ~ U{0..999}, s_I ~ U[1, 3], s_T ~ U[2, 14], eps ~ N(0, I), x_t = alpha_t x + sigma_t eps on the
 edited latents; target = the teacher's 3-pass CFG output (Eq. 1) at (s_I, s_T);
 loss = lambda * ||student(x_t, c_I, c_T, s_I, s_T) - target||^2.
@@ -36,7 +38,7 @@ class MMGDistiller(GuidedRegressionDistiller):
         den = pix2pix_denoiser(teacher.denoiser, self.name)
         if den.guidance != "cfg3":
             raise UsageError(f"mmg distils a 3-pass (cfg3) teacher; '{den.stage}' already embeds its guidance")
-        return to_mmg(den)
+        return to_mmg(den, self.options.guidance_inject)
 
     def target(self, x_t, t, src, emb, s_i, s_t, alpha, sigma) -> torch.Tensor:
         return cfg_target(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, self.null_emb)

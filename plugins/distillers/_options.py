@@ -9,6 +9,8 @@ _prob = attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(1))
 _pos = attrs.validators.gt(0)
 
 CFG3_STAGES = ("instruct-pix2pix", "mobile-pix2pix")
+TEACHER_SAMPLERS = ("stage3", "student-init")
+GUIDANCE_INJECT = ("resnet", "time")
 
 
 def _float(**kw):
@@ -52,9 +54,14 @@ class MMGOptions(GuidanceRanges):
     """Algorithm 1: multimodal guidance distillation.
 
     loss = loss_weight * ||student(x_t, c_I, c_T, s_I, s_T) - CFG_teacher(x_t, c_I, c_T; s_I, s_T)||^2
+
+    guidance_inject: 'resnet' (paper Sec. 3.3, default): each ResNet block takes the scales' sinusoids through its
+    own linear layer (zero-initialised); 'time' (ours, the shipped nano family): one projection of them added to
+    the shared time embedding.
     """
 
     loss_weight: float = _float(default=1.0, validator=_pos)
+    guidance_inject: str = attrs.field(default="resnet", validator=attrs.validators.in_(GUIDANCE_INJECT))
 
 
 @attrs.frozen(kw_only=True)
@@ -81,9 +88,23 @@ class AdversarialOptions(GuidanceRanges):
     sample at (data_image_guidance, data_text_guidance) from the same noise, z_edit the ground-truth edit; the
     student keeps the teacher's response to s_I and s_T and learns the ground truth at the anchor. Measured on
     the nano family (1000 steps, held-out PSNR of the 1-step model): 15.96 dB at w = 0, 17.46 at 0.5, 17.31 at 1
-    (its teacher, the v-prediction model at 5 LCM steps, 14.27)."""
+    (its teacher, the v-prediction model at 5 LCM steps, 14.27).
 
-    teacher_sampler_model: str | None = None  # multi-step teacher folder; default: the --teacher folder
+    teacher_sampler: 'stage3' (default, Appendix B "Teacher": the Stage-3 checkpoint, sampled 5 steps with LCM,
+    also the discriminator's frozen encoder) needs teacher_sampler_model; 'student-init' takes the --teacher
+    (v-prediction) model for both, as the shipped nano family was trained (docs/paper_fidelity.md)."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.teacher_sampler == "student-init" and self.teacher_sampler_model:
+            raise ValueError("teacher_sampler=student-init samples with the --teacher model; "
+                             "drop teacher_sampler_model (or use teacher_sampler=stage3)")
+
+    # the multi-step teacher M (real samples) and the discriminator's frozen backbone: 'stage3' (Appendix B) is the
+    # Stage-3 model (guidance-distilled, epsilon) named by teacher_sampler_model; 'student-init' (ours, a named
+    # departure: the shipped nano family ran this way) is the --teacher folder, the v-prediction model
+    teacher_sampler: str = attrs.field(default="stage3", validator=attrs.validators.in_(TEACHER_SAMPLERS))
+    teacher_sampler_model: str | None = None  # the Stage-3 model folder (or nano:mobile-pix2pix-mmg)
     teacher_steps: int = attrs.field(default=5, converter=int, validator=attrs.validators.ge(1))
     teacher_scheduler: str = attrs.field(default="lcm",
                                          validator=attrs.validators.in_(("lcm", "euler", "euler-ancestral", "ddim")))

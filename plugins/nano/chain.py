@@ -35,7 +35,10 @@ SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, 
 @attrs.frozen(kw_only=True)
 class ChainBudget:
     """Sizes and lengths of every stage: the budget the shipped family was trained with (its stage times are in
-    plugins/nano/chain.json). About a quarter of it goes to the autoencoders because they cap every later stage:
+    plugins/nano/chain.json), except two choices that now follow the paper (the shipped family's chain.json has no
+    such keys: it ran the LEGACY way, `--preset shipped` repeats it): the adversarial stage's teacher sampler and
+    discriminator backbone are the Stage-3 model (Appendix B), and the mmg stage gives each ResNet block its own
+    guidance projection (Sec. 3.3). About a quarter of it goes to the autoencoders because they cap every later stage:
     what they cannot reconstruct (a whole frame, a colour, grey) no denoiser stage can edit. The measurements
     behind the numbers are in docs/results/."""
 
@@ -76,6 +79,12 @@ class ChainBudget:
     # every other 1-step step at this size (0: none), a quarter of the batch: a 1-step model trained at 64 px only
     # edits 128-px frames clearly worse, grayscale most of all
     adversarial_extra_resolution: int = 128
+    # Appendix B: 'stage3' = the mmg stage's model samples the real examples and is the discriminator's backbone;
+    # 'student-init' = the vpred model (the adversarial stage's own start), as the shipped family was trained
+    adversarial_teacher: str = attrs.field(default="stage3",
+                                           validator=attrs.validators.in_(("stage3", "student-init")))
+    # Sec. 3.3: 'resnet' = each ResNet block's own guidance projection; 'time' = one added to the time embedding
+    guidance_inject: str = attrs.field(default="resnet", validator=attrs.validators.in_(("resnet", "time")))
     ema_decay: float = 0.999
     seed: int = 0
 
@@ -84,6 +93,29 @@ class ChainBudget:
         keys = [f.name for f in attrs.fields(ChainBudget)
                 if f.name.endswith("_steps") or f.name in ("count", "videos", "ae_pool")]
         return attrs.evolve(self, **{k: max(2, round(getattr(self, k) * factor)) for k in keys})
+
+
+# what a budget recorded before these keys existed (the shipped family's chain.json) ran with
+LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time"}
+
+# named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
+# step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
+PRESETS: dict[str, dict[str, Any]] = {
+    "shipped": dict(LEGACY),
+    "paper": {
+        "ip2p_lr": 1e-4, "mobile_lr": 1e-4,  # InstructPix2Pix's rate (the paper gives none for Stages 1-2)
+        "mmg_lr": 1e-5, "vpred_lr": 1e-6, "adversarial_lr": 1e-5,  # Appendix B
+        "vpred_weighting": "uniform",  # a constant lambda
+        "adversarial_data_weight": 0.0,  # Algorithm 2: the real samples are the teacher's
+        "adversarial_extra_resolution": 0,  # one training resolution
+        "adversarial_teacher": "stage3", "guidance_inject": "resnet",
+    },
+}
+
+
+def recorded_budget(record: dict[str, Any]) -> dict[str, Any]:
+    """A chain.json budget with the keys it predates filled in with the values it ran with (LEGACY)."""
+    return LEGACY | record if record else record
 
 
 def _train(strategy: str, teacher: Path, data: Path, out: Path, budget: ChainBudget, *, steps: int, lr: float,
@@ -111,13 +143,14 @@ OBJECTIVES = {  # chain stage -> (its distiller, the work folder of its teacher)
 }
 
 
-def objective(stage: str, work: Path, data: Path) -> dict[str, float]:
-    """The stage's own objective on held-out data, at its start and after training: its distiller's `objective`."""
+def objective(stage: str, work: Path, data: Path, teacher: str | None = None) -> dict[str, float]:
+    """The stage's own objective on held-out data, at its start and after training: its distiller's `objective`
+    (`teacher`: the work folder of the model it is measured against, when not OBJECTIVES')."""
     from movie_core.plugins import get_registry
 
-    strategy, teacher = OBJECTIVES[stage]
+    strategy, default = OBJECTIVES[stage]
     distiller = get_registry().get("distiller", strategy).load_factory()
-    return distiller.objective(work / stage, work / teacher, data)
+    return distiller.objective(work / stage, work / (teacher or default), data)
 
 
 def _initial_model(work: Path, out: Path, seed: int) -> None:
@@ -303,9 +336,10 @@ def _timed(work: Path, name: str, fn: Callable[[], Any]) -> tuple[Any, float, fl
     return result, total, earlier
 
 
-def _then_measure(stage: str, work: Path, data: Path, train: Callable[[], Any]) -> dict[str, float]:
+def _then_measure(stage: str, work: Path, data: Path, train: Callable[[], Any],
+                  teacher: str | None = None) -> dict[str, float]:
     train()
-    return objective(stage, work, data)
+    return objective(stage, work, data, teacher)
 
 
 def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_to: Path | None = None,
@@ -320,7 +354,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "chain.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    if record.get("budget") and record["budget"] != attrs.asdict(budget):
+    if record.get("budget") and recorded_budget(record["budget"]) != attrs.asdict(budget):
         raise UsageError(f"{work} was started with another budget; use a new folder or the same options")
     dev = resolve_device(device)
     record.update(budget=attrs.asdict(budget), device=dev if dev == "cpu" else torch.cuda.get_device_name(0),
@@ -370,7 +404,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure(
         "mobile-pix2pix-mmg", work, data, lambda: _train(
         "mmg", work / "mobile-pix2pix", data, work / "mobile-pix2pix-mmg", b, steps=b.mmg_steps, lr=b.mmg_lr,
-        progress=progress)))
+        progress=progress, guidance_inject=b.guidance_inject)))
     stage("vpred", work / "vpred", lambda: _then_measure("vpred", work, data, lambda: _train(
         "vpred", work / "mobile-pix2pix-mmg", data, work / "vpred", b, steps=b.vpred_steps, lr=b.vpred_lr,
         progress=progress, weighting=b.vpred_weighting)))
@@ -378,8 +412,11 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         "mobile-pix2pix-1step", work, data, lambda: _train(
         "adversarial", work / "vpred", data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
         lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
-        data_weight=b.adversarial_data_weight,
-        extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ())))
+        data_weight=b.adversarial_data_weight, teacher_sampler=b.adversarial_teacher,
+        **({"teacher_sampler_model": str(work / "mobile-pix2pix-mmg")} if b.adversarial_teacher == "stage3" else {}),
+        extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
+        # measured against the 5-step teacher it learned from
+        "mobile-pix2pix-mmg" if b.adversarial_teacher == "stage3" else None))
     record["total_seconds"] = round(sum(record["seconds"].values()), 1)
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     if ship_to is not None:
