@@ -372,3 +372,26 @@ def test_list_shows_the_clock_options(run_movie):
     out = run_movie("list", "denoiser")
     assert out.returncode == 0, out.stderr
     assert "--frame-clock N" in out.stdout and "--adaptor identity|trained|PATH" in out.stdout
+
+
+def test_adaptor_without_r_out_ignores_the_last_full_features_and_round_trips(tmp_path):
+    """The paper's ablation (r_in, time and text only): r_out_prev gives the output its shape and nothing else; the
+    choice is recorded in adaptor.json and read back; the default adaptor depends on r_out_prev."""
+    from movie_core import clockwork
+
+    pipe = nano_pipe("mmg", steps=4)
+    r_in, r_out, context = split_tensors(pipe)
+    ablated = clockwork.ClockworkAdaptor.for_tensors(r_in, r_out, *context[:2], use_r_out=False)
+    full = clockwork.ClockworkAdaptor.for_tensors(r_in, r_out, *context[:2])
+    assert ablated.down is None and ablated.config["use_r_out"] is False
+    assert sum(p.numel() for p in ablated.parameters()) < sum(p.numel() for p in full.parameters())
+    with torch.no_grad():
+        for p in (*ablated.parameters(), *full.parameters()):
+            p.add_(0.01 * torch.randn_like(p))
+        other = torch.randn_like(r_out)
+        assert torch.equal(ablated(r_in, r_out, *context), ablated(r_in, other, *context))
+        assert not torch.equal(full(r_in, r_out, *context), full(r_in, other, *context))
+        folder = clockwork.save_adaptor(ablated, tmp_path, {"kind": "step", "clock": 2, "sampler": "x", "steps": 4})
+        loaded = clockwork.load_adaptor(folder)
+        assert loaded.down is None
+        assert torch.equal(loaded(r_in, r_out, *context), ablated(r_in, r_out, *context))

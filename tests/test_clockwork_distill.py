@@ -97,10 +97,11 @@ def test_cli_trains_a_frame_adaptor_for_a_cfg3_teacher_and_refuses_a_step_clock_
     out = tmp_path / "mobile-clockwork"
     ok = run_movie("distill", "clockwork", "--teacher", "nano:mobile-pix2pix", "--data", str(data), "--out", str(out),
                    "--steps", "2", "--batch-size", "4", "--resolution", str(RES), "--no-progress",
-                   "-O", "kind=frame", "-O", "clock=2", "-O", "steps=2")
+                   "-O", "kind=frame", "-O", "clock=2", "-O", "steps=2", "-O", "use_r_out=false")
     assert ok.returncode == 0, ok.stderr
-    trained_for = clockwork.load_adaptor(out / "adaptor").trained_for
-    assert (trained_for["kind"], trained_for["steps"]) == ("frame", 2)  # 3 guidance branches per frame went through
+    adaptor = clockwork.load_adaptor(out / "adaptor")
+    assert (adaptor.trained_for["kind"], adaptor.trained_for["steps"]) == ("frame", 2)  # 3 guidance branches per frame
+    assert adaptor.down is None  # -O use_r_out=false: the r_in-only ablation
     bad = run_movie("distill", "clockwork", "--teacher", "nano:mobile-pix2pix-1step", "--data", str(data),
                     "--out", str(tmp_path / "no"), "--steps", "2", "--no-progress", "-O", "kind=step")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr

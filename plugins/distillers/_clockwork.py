@@ -72,7 +72,8 @@ class ClockworkDistiller(Distiller):
                              "(pass -O steps=N, or train a frame clock: -O kind=frame)")
         self.sampler = den.describe().get("scheduler")
         r_in, r_out, emb, text_emb = self._probe(cfg.resolution)
-        adaptor = clockwork.ClockworkAdaptor.for_tensors(r_in, r_out, emb, text_emb, hidden=self.options.hidden)
+        adaptor = clockwork.ClockworkAdaptor.for_tensors(r_in, r_out, emb, text_emb, hidden=self.options.hidden,
+                                                         use_r_out=self.options.use_r_out)
         adaptor.train()
         optimizer = torch.optim.AdamW(adaptor.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.adaptor, optimizer = accelerator.prepare(adaptor, optimizer)
