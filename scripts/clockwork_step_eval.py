@@ -88,7 +88,9 @@ def main() -> None:
     result = {"model": str(folder), "images": args.images, "size": args.size, "steps": 10,
               "threads": torch.get_num_threads(), "rows": rows}
     if trained:
-        result["trained_for"] = json.loads((folder / "adaptor" / "adaptor.json").read_text())["trained_for"]
+        adaptor_config = json.loads((folder / "adaptor" / "adaptor.json").read_text())
+        result["trained_for"] = adaptor_config["trained_for"]
+        result["adaptor_use_r_out"] = adaptor_config.get("use_r_out", True)  # false: the r_in-only ablation
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
