@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         procedural.write_nano(held, count=2 * args.held_out, videos=0, size=args.resolution, seed=11,
                               test_fraction=0.5)
     recipes = {
-        "adversarial": {"data_weight": 1.0, "lr_d": args.lr},
+        # the shipped recipe, whose teacher sampler is the student's own start (the same vpred teacher as ufogen's)
+        "adversarial": {"data_weight": 1.0, "lr_d": args.lr, "teacher_sampler": "student-init"},
         "ufogen": {"recon": "diffusion", "lr_d": args.lr},
     }
     result: dict = {"teacher": str(args.teacher.relative_to(ROOT)) if args.teacher.is_relative_to(ROOT)
