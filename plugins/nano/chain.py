@@ -41,6 +41,10 @@ class ChainBudget:
 
     count: int = 8000
     videos: int = 24
+    # what the denoiser stages' dataset shows (`movie data nano --source`): procedural scenes (what the shipped family
+    # was trained on), photos (crops of and camera moves over packaged photographs, photographic scenes) or mixed
+    data_source: str = attrs.field(default="procedural",
+                                   validator=attrs.validators.in_(("procedural", "photos", "mixed")))
     resolution: int = 64
     batch_size: int = 32
     ae_pool: int = 4096
@@ -308,6 +312,11 @@ def _then_measure(stage: str, work: Path, data: Path, train: Callable[[], Any]) 
     return objective(stage, work, data)
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved budget with the fields added since at their defaults (which reproduce what it was run with)."""
+    return attrs.asdict(ChainBudget()) | saved
+
+
 def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_to: Path | None = None,
                 progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every stage into `work`; returns the per-stage record also saved as work/chain.json."""
@@ -320,7 +329,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "chain.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    if record.get("budget") and record["budget"] != attrs.asdict(budget):
+    if record.get("budget") and _with_defaults(record["budget"]) != attrs.asdict(budget):
         raise UsageError(f"{work} was started with another budget; use a new folder or the same options")
     dev = resolve_device(device)
     record.update(budget=attrs.asdict(budget), device=dev if dev == "cpu" else torch.cuda.get_device_name(0),
@@ -344,7 +353,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
 
     b = budget
     stage("data", data, lambda: write_nano(data, count=b.count, videos=b.videos, size=b.resolution, seed=b.seed,
-                                           test_fraction=0.1))
+                                           test_fraction=0.1, source=b.data_source))
     stage("autoencoders", work / "autoencoders" / "taesd", lambda: nano_train.train_autoencoders(
         work / "autoencoders", vae_steps=b.vae_steps, taesd_steps=b.taesd_steps, batch_size=b.ae_batch_size,
         resolution=b.resolution, crop=min(b.ae_crop, b.resolution), whole_every=b.ae_whole_every, pool_size=b.ae_pool,
