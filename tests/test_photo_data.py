@@ -152,3 +152,31 @@ def test_chain_budget_data_source_defaults_to_the_shipped_data():
     del saved["data_source"]  # a work folder started before the field existed resumes with the default
     assert _with_defaults(saved) == attrs.asdict(ChainBudget())
     assert _with_defaults(saved) != attrs.asdict(ChainBudget(data_source="mixed"))
+
+
+def _photo_eval():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "photo_eval.py"
+    spec = importlib.util.spec_from_file_location("photo_eval", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_photo_eval_measures_tell_the_closed_form_from_doing_nothing():
+    pe = _photo_eval()
+    assert set(pe.PHOTOS) <= set(photos.EVALUATION_PHOTOS) and len(pe.PHOTOS) == 4
+    source = pe.pan(skimage_data.chelsea(), 4, 40, 30)
+    assert source.shape == (4, 30, 40, 3) and not np.array_equal(source[0], source[-1])
+    for edit in ("grayscale", "sepia", "invert"):
+        reference = procedural.apply_edit(edit, source)
+        exact = pe.measure(edit, source, reference, reference)
+        nothing = pe.measure(edit, source, source, reference)
+        assert exact["passes_all"], (edit, exact)
+        assert not nothing["passes_all"] and not nothing["passes"]["margin_3db"]
+        if edit in pe.COLOUR_ONLY:
+            assert exact["luma_ssim"] > 0.9
+            blurred = np.repeat(np.repeat(reference[:, ::8, ::8], 8, 1), 8, 2)[:, :30, :40]
+            assert pe.measure(edit, source, blurred, reference)["luma_ssim"] < exact["luma_ssim"]
