@@ -86,6 +86,15 @@ def pan(photo: np.ndarray, frames: int, width: int, height: int) -> np.ndarray:
     return np.stack(out)
 
 
+def shrink_png(path: Path) -> None:
+    """Re-save a figure with a 256-colour palette (a few times smaller; for the results folder)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(path, optimize=True)
+
+
 class ListSink:
     def __init__(self) -> None:
         self.frames: list[np.ndarray] = []
@@ -248,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     labels = [label for n in photos for label in (f"{n}: model", f"{n}: closed form")]
     image_grid(rows, grid, row_labels=labels, col_labels=["source", *PHOTO_EDITS],
                title=f"{args.model}, {args.width}x{args.height} stills processed at {processed[1]}x{processed[0]}")
+    shrink_png(grid)
     result["grid"] = os.path.relpath(grid, args.out.parent)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
