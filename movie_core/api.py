@@ -125,12 +125,14 @@ def fingerprint(target: str | Path) -> str:
 
 
 def make_data(out: str | Path, *, count: int = 2000, videos: int = 0, size: int = 64, seed: int = 0,
-              test_fraction: float = 0.1, frames: int = 16, overwrite: bool = False) -> dict[str, Any]:
-    """Write the procedural nano dataset (`movie data nano`): train/test triplets with exact ground truth."""
+              test_fraction: float = 0.1, frames: int = 16, overwrite: bool = False,
+              source: str = "procedural") -> dict[str, Any]:
+    """Write the nano dataset (`movie data nano`): train/test triplets with exact ground truth; `source` is
+    procedural, photos (packaged photographs and photographic scenes) or mixed."""
     from movie_core.data.procedural import write_nano
 
     return write_nano(out, count=count, videos=videos, size=size, seed=seed, test_fraction=test_fraction,
-                      frames=frames, overwrite=overwrite)
+                      frames=frames, overwrite=overwrite, source=source)
 
 
 def distill(strategy: str, *, teacher: str | Path, data: str | Path, out: str | Path, steps: int,

@@ -581,6 +581,7 @@ def write_nano(
     test_fraction: float = 0.1,
     frames: int = 16,
     overwrite: bool = False,
+    source: str = "procedural",
 ) -> dict[str, Any]:
     """Write the nano dataset to `out` atomically (a temp folder beside it, renamed at the end); returns dataset.json.
 
@@ -591,8 +592,15 @@ def write_nano(
                                      source.mp4 and edited.mp4 (lossless H.264: bit-exact with libx264rgb,
                                      else 4:4:4 qp 0; the readers prefer the PNG frames),
                                      meta.json (instruction, edit, seed, split, frames, fps, width, height)
-      out/dataset.json               counts, edits and phrasings per split, size, seed, seed ranges, version
+      out/dataset.json               counts, edits and phrasings per split, size, seed, seed ranges, version,
+                                     the data source, and (photos, mixed) which photographs train and which are
+                                     held out (movie_core.data.photos)
+
+    `source`: procedural (the scenes above; the default), photos (crops of and camera moves over photographs shipped
+    in scikit-image and scikit-learn, and photographic scenes: movie_core.data.photos) or mixed (each sample seed
+    picks one of the two, half and half). With photos or mixed, each sample's metadata has its `origin`.
     """
+    from movie_core.data import photos
     from movie_core.data.datasets import ImageFolderWriter, write_video_sample
 
     out = Path(out)
@@ -608,6 +616,9 @@ def write_nano(
         raise UsageError(f"videos need at least 2 frames, got {frames}")
     _size(size)
     _check_seed(seed)
+    if source not in photos.SOURCES:
+        raise UsageError(f"unknown data source {source!r}: choose from {', '.join(photos.SOURCES)}")
+    pool = photos._pool() if source != "procedural" else None  # before anything is written: no photos, no dataset
     _prepare_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -619,14 +630,16 @@ def write_nano(
         for split in SPLITS:
             with ImageFolderWriter(temp / split) as writer:
                 for sample_seed in sample_seeds(seed, split, image_counts[split]):
-                    sample = make_sample(sample_seed, size, split=split)
+                    sample = photos.sample(sample_seed, size, split, source)
+                    origin = {"origin": sample["origin"]} if pool is not None else {}
                     writer.add(sample["source"], sample["edited"], sample["instruction"],
-                               edit=sample["edit"], seed=sample_seed)
+                               edit=sample["edit"], seed=sample_seed, **origin)
             for index, sample_seed in enumerate(sample_seeds(seed, split, video_counts[split])):
-                video = make_video(sample_seed, frames, size, split=split)
+                video = photos.video(sample_seed, frames, size, split, source)
+                origin = {"origin": video["origin"]} if pool is not None else {}
                 write_video_sample(
                     temp / "videos" / split / f"{index:04d}", video["source_frames"], video["edited_frames"],
-                    video["instruction"], fps=FPS, edit=video["edit"], seed=sample_seed, split=split,
+                    video["instruction"], fps=FPS, edit=video["edit"], seed=sample_seed, split=split, **origin,
                 )
         summary = {
             "format": "movie-procedural-edits",
@@ -647,6 +660,9 @@ def write_nano(
             },
             "seconds": round(time.perf_counter() - started, 3),
         }
+        if pool is not None:
+            summary |= {"source": source, "photo_generator_version": photos.PHOTO_GENERATOR_VERSION,
+                        "photos": pool.manifest()}
         (temp / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
         _move_into_place(temp, out, overwrite)
     except BaseException:

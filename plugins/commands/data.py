@@ -26,22 +26,29 @@ def movie_register_commands(cli):
     @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Dataset seed.")
     @click.option("--test-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
                   show_default=True, help="Share held out for the test split (disjoint seeds, held-out phrasings).")
+    @click.option("--source", type=click.Choice(["procedural", "photos", "mixed"]), default="procedural",
+                  show_default=True,
+                  help="procedural scenes; photos: crops of and camera moves over photographs shipped in scikit-image "
+                       "and scikit-learn, and photographic scenes with faces (never the evaluation photographs); "
+                       "mixed: half each.")
     @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
     def nano(out: str, count: int, videos: int, frames: int, size: int, seed: int, test_fraction: float,
-             overwrite: bool) -> None:
+             source: str, overwrite: bool) -> None:
         """Render procedural scenes and global edits (grayscale, sepia, tints, ...) with exact ground truth.
 
         Writes OUT/train and OUT/test imagefolders (metadata.jsonl: input_image, edited_image,
         edit_prompt), OUT/videos/{train,test}/NNNN (PNG frames, H.264 previews, meta.json) and
         OUT/dataset.json. The test split uses seeds and phrasings that the train split never sees.
+        With --source photos or mixed, dataset.json lists the photographs that train (package, name,
+        licence) and the ones held out for evaluation.
         """
         from movie_core.data.procedural import write_nano
 
         summary = write_nano(out, count=count, videos=videos, frames=frames, size=size, seed=seed,
-                             test_fraction=test_fraction, overwrite=overwrite)
+                             test_fraction=test_fraction, overwrite=overwrite, source=source)
         images, vids = summary["images"], summary["videos"]
         click.echo(
             f"wrote {out}: {images['train']} train + {images['test']} test images, "
             f"{vids['train']} + {vids['test']} videos of {frames} frames, {size}x{size}, "
-            f"{len(summary['edits'])} edits, seed {seed} ({summary['seconds']:.1f} s)"
+            f"{len(summary['edits'])} edits, {source}, seed {seed} ({summary['seconds']:.1f} s)"
         )

@@ -44,6 +44,10 @@ class ChainBudget:
 
     count: int = 8000
     videos: int = 24
+    # what the denoiser stages' dataset shows (`movie data nano --source`): procedural scenes (what the shipped family
+    # was trained on), photos (crops of and camera moves over packaged photographs, photographic scenes) or mixed
+    data_source: str = attrs.field(default="procedural",
+                                   validator=attrs.validators.in_(("procedural", "photos", "mixed")))
     resolution: int = 64
     batch_size: int = 32
     ae_pool: int = 4096
@@ -96,7 +100,7 @@ class ChainBudget:
 
 
 # what a budget recorded before these keys existed (the shipped family's chain.json) ran with
-LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time"}
+LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "data_source": "procedural"}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -378,7 +382,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
 
     b = budget
     stage("data", data, lambda: write_nano(data, count=b.count, videos=b.videos, size=b.resolution, seed=b.seed,
-                                           test_fraction=0.1))
+                                           test_fraction=0.1, source=b.data_source))
     stage("autoencoders", work / "autoencoders" / "taesd", lambda: nano_train.train_autoencoders(
         work / "autoencoders", vae_steps=b.vae_steps, taesd_steps=b.taesd_steps, batch_size=b.ae_batch_size,
         resolution=b.resolution, crop=min(b.ae_crop, b.resolution), whole_every=b.ae_whole_every, pool_size=b.ae_pool,

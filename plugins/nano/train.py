@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from movie_core.data import procedural
+from movie_core.data.natural import dead_leaves, fractal_image, textured_gradient
+from movie_core.data.photos import EVALUATION_PHOTOS
 from movie_core.errors import MovieError
 from movie_core.weights import replace_folder
 from movie_plugins.autoencoders._sd1 import SD_SCALING_FACTOR, SDVAE, TAESD, TAESD_SIZES, VAE_SIZES
@@ -42,91 +44,11 @@ Log = Callable[[str], None]
 
 KL_WEIGHT = 1e-6  # SD's KL weight, relative to a per-pixel reconstruction loss
 EVAL_SALT = 0x4E414E4F  # held-out procedural scenes: a seed stream the pool never uses
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")  # scikit-image samples: evaluation only
+PHOTOS = EVALUATION_PHOTOS  # scikit-image samples: evaluation only (movie_core.data.photos keeps them out of training)
 COMBOS = (("sd-vae", "sd-vae"), ("sd-vae", "taesd"), ("taesd", "sd-vae"), ("taesd", "taesd"))
 
 
 # ------------------------------------------------------------------------------------------ image pool
-
-
-def _fractal_field(rng: np.random.Generator, size: int, beta: float) -> np.ndarray:
-    """Gaussian noise with a 1/f^beta amplitude spectrum (natural images: beta ~ 1), zero mean, unit std."""
-    fy = np.fft.fftfreq(size)[:, None]
-    fx = np.fft.rfftfreq(size)[None, :]
-    f = np.hypot(fx, fy)
-    f[0, 0] = 1.0
-    spectrum = (rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) / f**beta
-    spectrum[0, 0] = 0.0
-    field = np.fft.irfft2(spectrum, s=(size, size))
-    return (field - field.mean()) / (field.std() + 1e-8)
-
-
-def _opponent_to_rgb(lum: np.ndarray, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
-    """Luminance and two colour-opponent channels (red-green, yellow-blue) -> RGB."""
-    return np.stack([lum + 0.6 * c1 + 0.3 * c2, lum - 0.4 * c1 + 0.3 * c2, lum - 0.6 * c2], axis=-1)
-
-
-def _fractal_image(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Multi-octave colour noise with natural statistics: strong luminance, weaker and smoother chroma."""
-    lum = _fractal_field(rng, size, rng.uniform(1.0, 1.8))
-    c1 = _fractal_field(rng, size, rng.uniform(1.2, 2.0)) * rng.uniform(0.1, 0.5)
-    c2 = _fractal_field(rng, size, rng.uniform(1.2, 2.0)) * rng.uniform(0.1, 0.5)
-    image = _opponent_to_rgb(lum, c1, c2) * rng.uniform(0.08, 0.25)
-    return image + rng.uniform(0.15, 0.85) + rng.normal(0, 0.08, size=3)
-
-
-def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur through the FFT (periodic borders)."""
-    if sigma <= 0:
-        return image
-    size = image.shape[0]
-    f = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
-    kernel = np.exp(-2 * (np.pi * sigma * f) ** 2)[..., None]
-    return np.real(np.fft.ifft2(np.fft.fft2(image, axes=(0, 1)) * kernel, axes=(0, 1)))
-
-
-def _dead_leaves(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Occluding discs and ellipses with power-law radii and textured fills, rendered 2x, blurred a little."""
-    big = 2 * size
-    palette = np.clip(0.5 + 2.5 * (_fractal_image(rng, 8).reshape(-1, 3) - 0.5), 0, 1)
-    image = np.broadcast_to(palette[0], (big, big, 3)).copy()
-    texture = _fractal_field(rng, big, rng.uniform(0.6, 1.2))[..., None] * rng.uniform(0.0, 0.08)
-    r_min, r_max = 0.03 * big, 0.7 * big
-    for _ in range(int(rng.integers(100, 300))):
-        u = rng.random()  # radius with density ~ r^-3 between r_min and r_max: scale-invariant coverage
-        r = 1.0 / math.sqrt(u / r_max**2 + (1 - u) / r_min**2)
-        cx, cy = rng.uniform(-0.1, 1.1, size=2) * big
-        aspect, angle, light = rng.uniform(0.4, 1.0), rng.uniform(0, math.pi), rng.uniform(-0.3, 0.3)
-        colour = palette[int(rng.integers(len(palette)))] + rng.normal(0, 0.05, size=3)
-        top, bottom = max(0, int(cy - r)), min(big, int(cy + r) + 1)
-        left, right = max(0, int(cx - r)), min(big, int(cx + r) + 1)
-        if top >= bottom or left >= right:
-            continue
-        y, x = np.mgrid[top:bottom, left:right].astype(np.float32)
-        ca, sa = math.cos(angle), math.sin(angle)
-        du, dv = (x - cx) * ca + (y - cy) * sa, (-(x - cx) * sa + (y - cy) * ca) / aspect
-        inside = (du * du + dv * dv) <= r * r
-        window = image[top:bottom, left:right]
-        shade = 1.0 + light * du[inside, None] / r  # a soft light gradient across the leaf
-        window[inside] = colour * shade + texture[top:bottom, left:right][inside]
-    image = image.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
-    return _blur(image, rng.uniform(0.0, 1.5) if rng.random() < 0.6 else 0.0)
-
-
-def _textured_gradient(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A two-colour gradient (sky, wall, table) with multiplicative fractal texture and soft blobs."""
-    t = np.linspace(0, 1, size)
-    angle = rng.uniform(0, 2 * math.pi)
-    ramp = np.clip(0.5 + (np.cos(angle) * (t[None, :] - 0.5) + np.sin(angle) * (t[:, None] - 0.5)), 0, 1)
-    a, b = np.clip(_fractal_image(rng, 4).reshape(-1, 3)[:2], 0, 1)
-    image = a + (b - a) * ramp[..., None]
-    image = image * (1 + _fractal_field(rng, size, rng.uniform(0.9, 1.8))[..., None] * rng.uniform(0.03, 0.2))
-    y, x = np.mgrid[0:size, 0:size] / size
-    for _ in range(int(rng.integers(0, 6))):
-        cx, cy, s = rng.random(), rng.random(), rng.uniform(0.03, 0.25)
-        weight = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))[..., None]
-        image = image + weight * (rng.random(3) - image) * rng.uniform(0.3, 1.0)
-    return image
 
 
 def _procedural_crop(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -149,9 +71,9 @@ def _sensor(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 _SOURCES = (  # (weight, generator): about half procedural, half photographic-like
     (0.35, lambda rng, size: procedural.make_scene(rng, size).astype(np.float32) / 255.0),
     (0.15, _procedural_crop),
-    (0.15, _fractal_image),
-    (0.20, _dead_leaves),
-    (0.15, _textured_gradient),
+    (0.15, fractal_image),
+    (0.20, dead_leaves),
+    (0.15, textured_gradient),
 )
 
 
