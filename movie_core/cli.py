@@ -252,7 +252,8 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, convention: 
     "--batch-size", type=click.IntRange(min=1), help="Frames per batch (default: as many as fit memory, at most 4)."
 )
 @click.option(
-    "--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="H.264 quality (lower is better)."
+    "--crf", type=click.IntRange(0, 51), default=18, show_default=True,
+    help="H.264 quality (lower is better; x264 without mbtree, so that the same frames give the same file).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--preview", type=click.Path(dir_okay=False), help="Write a contact sheet PNG (source above edited).")

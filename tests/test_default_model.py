@@ -79,7 +79,10 @@ def test_same_frames_at_every_batch_size(tmp_path: Path, clip: Path, capfd) -> N
 
 # --- quiet runs (issue 24 item 6) ----------------------------------------------------------------
 
-HIDE_ACCELERATE = "import sys; sys.modules['accelerate'] = None; from movie_core.cli import main; main()"
+# a plain install has neither accelerate nor peft (the train extra's; peft needs accelerate, and diffusers imports
+# accelerate through its peft integration whenever peft is there)
+HIDE_ACCELERATE = ("import sys; sys.modules['accelerate'] = None; sys.modules['peft'] = None; "
+                   "from movie_core.cli import main; main()")
 
 
 def test_default_model_run_prints_only_its_own_notes(tmp_path: Path, clip: Path) -> None:

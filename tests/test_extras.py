@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-HIDDEN = ("accelerate", "ray", "gradio")
+HIDDEN = ("accelerate", "peft", "ray", "gradio")
 
 HIDER = '''
 import os, sys
@@ -50,7 +50,7 @@ for argv in [[]] + list(walk(cli_mod.cli, [])):
     except Exception as e:
         results[" ".join(argv)] = f"{type(e).__name__}: {e}"
 hidden = []
-for name in ("accelerate", "ray", "gradio"):
+for name in ("accelerate", "peft", "ray", "gradio"):
     try:
         __import__(name)
     except ImportError:
