@@ -232,7 +232,10 @@ def make_adaptor(name: str, shapes: tuple[torch.Tensor, ...] | None = None, mode
     folder = adaptor_folder(name, model)
     if shapes is not None and shapes[0].device.type == "meta":
         c = read_adaptor_config(folder)
-        return ClockworkAdaptor(c["in_channels"], c["out_channels"], c["emb_dim"], c["text_dim"], c["hidden"],
+        # FLOPs count the recipe's network built at random on the meta device, whose embedding may be wider or
+        # narrower than the folder's (a guidance-embedded UNet taking the scales per ResNet or through the time
+        # embedding): the adaptor is counted at its saved width, reading this network's embedding
+        return ClockworkAdaptor(c["in_channels"], c["out_channels"], shapes[2].shape[-1], c["text_dim"], c["hidden"],
                                 bool(c.get("use_r_out", True))).to(device="meta")
     return load_adaptor(folder, device, dtype)
 
