@@ -242,7 +242,7 @@ def test_block_plugins_hides_a_builtin(monkeypatch):
     assert "taesd" in plugins.get_registry().names("autoencoder")
     monkeypatch.setenv("MOVIE_BLOCK_PLUGINS", "movie_plugins.autoencoders.taesd, movie_plugins.backends.eager")
     plugins.reset()
-    assert plugins.get_registry().names("autoencoder") == ["sd-vae"]
+    assert plugins.get_registry().names("autoencoder") == ["md-vae", "sd-vae"]
     assert "eager" not in plugins.get_registry().names("backend")
     assert "onnx" in plugins.get_registry().names("backend")
     names = {row["name"] for row in plugins.plugin_info()}
@@ -436,14 +436,15 @@ def test_thirdparty_plugin_installed_with_pip(example_plugin_dir, run_movie):
         assert "example" not in names and "movie_plugins.autoencoders.taesd" in names, env
         proc = run_movie("compose", "--vae", "example-ae", env=env, pythonpath=example_plugin_dir)
         assert proc.returncode == 2, env
-        assert proc.stderr.startswith("movie: error: unknown autoencoder 'example-ae'; available: sd-vae, taesd")
+        assert proc.stderr.startswith(
+            "movie: error: unknown autoencoder 'example-ae'; available: md-vae, sd-vae, taesd")
 
 
 def test_disable_autoload_hides_thirdparty_plugin(example_plugin_on_path, monkeypatch):
     assert plugins.get_registry().get("autoencoder", "example-ae").plugin == "example"
     monkeypatch.setenv("MOVIE_DISABLE_PLUGIN_AUTOLOAD", "1")
     plugins.reset()
-    assert plugins.get_registry().names("autoencoder") == ["sd-vae", "taesd"]
+    assert plugins.get_registry().names("autoencoder") == ["md-vae", "sd-vae", "taesd"]
     assert "example" not in {row["name"] for row in plugins.plugin_info()}
 
 
