@@ -129,7 +129,7 @@ def make_data(out: str | Path, *, count: int = 2000, videos: int = 0, size: int 
               source: str = "procedural") -> dict[str, Any]:
     """Write the nano dataset (`movie data nano`): train/test triplets with exact ground truth; `source` is
     procedural, photos (packaged photographs and photographic scenes) or mixed."""
-    from movie_core.data.procedural import write_nano
+    from movie_core.data.writer import write_nano
 
     return write_nano(out, count=count, videos=videos, size=size, seed=seed, test_fraction=test_fraction,
                       frames=frames, overwrite=overwrite, source=source)

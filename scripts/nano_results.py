@@ -123,7 +123,7 @@ def read_family(family: Path) -> dict[str, Any]:
 
 def heldout_data(data: Path | None, sizes: Sizes, tmp: Path) -> dict[str, Any]:
     """The dataset to score on: the one given, or one generated with HELDOUT_SEED into `tmp`."""
-    from movie_core.data.procedural import write_nano
+    from movie_core.data.writer import write_nano
 
     if data is None:
         data = tmp / "heldout"

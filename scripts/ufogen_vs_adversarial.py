@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from movie_core.data import procedural
+    from movie_core.data import writer
     from movie_core.plugins import get_registry
     from movie_core.training.loop import TrainConfig, run
 
@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     train, held = work / "train", work / "held"
     if not train.exists():
-        procedural.write_nano(train, count=args.train_count, videos=0, size=args.resolution, seed=0,
+        writer.write_nano(train, count=args.train_count, videos=0, size=args.resolution, seed=0,
                               test_fraction=0.05)
     if not held.exists():
-        procedural.write_nano(held, count=2 * args.held_out, videos=0, size=args.resolution, seed=11,
+        writer.write_nano(held, count=2 * args.held_out, videos=0, size=args.resolution, seed=11,
                               test_fraction=0.5)
     recipes = {
         # the shipped recipe, whose teacher sampler is the student's own start (the same vpred teacher as ufogen's)

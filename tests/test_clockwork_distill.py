@@ -15,10 +15,10 @@ RES = 32
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from movie_core.data import procedural
+    from movie_core.data import writer
 
     out = tmp_path_factory.mktemp("clockwork") / "data"
-    procedural.write_nano(out, count=12, videos=0, size=RES, seed=0, test_fraction=0.25)
+    writer.write_nano(out, count=12, videos=0, size=RES, seed=0, test_fraction=0.25)
     return out
 
 

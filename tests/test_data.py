@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from movie_core.data import datasets as data
-from movie_core.data import procedural
+from movie_core.data import procedural, writer
 from movie_core.data.datasets import ImageFolderDataset, ParquetDataset, VideoDataset, open_dataset
 from movie_core.data.procedural import EDITS, apply_edit, make_sample, make_scene, make_video
 from movie_core.errors import MovieError, UsageError
@@ -281,8 +281,8 @@ def test_cli_refuses_an_existing_folder_and_overwrites_on_request(nano, run_movi
     assert (other / "notes.txt").read_text() == "keep me"
 
     target = tmp_path / "again"
-    procedural.write_nano(target, count=4, videos=0, size=16)
-    procedural.write_nano(target, count=6, videos=0, size=16, overwrite=True)
+    writer.write_nano(target, count=4, videos=0, size=16)
+    writer.write_nano(target, count=6, videos=0, size=16, overwrite=True)
     assert len(ImageFolderDataset(target, "train")) + len(ImageFolderDataset(target, "test")) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "mine"]
 
@@ -302,16 +302,16 @@ def test_output_is_atomic(tmp_path, monkeypatch, error):
 
     monkeypatch.setattr(procedural, "make_sample", failing)
     with pytest.raises(error):
-        procedural.write_nano(tmp_path / "ds", count=10, videos=1, size=16)
+        writer.write_nano(tmp_path / "ds", count=10, videos=1, size=16)
     assert list(tmp_path.iterdir()) == [], "a half-written dataset or temp folder was left behind"
 
     monkeypatch.setattr(procedural, "make_sample", real)
-    procedural.write_nano(tmp_path / "ds", count=4, videos=0, size=16)
+    writer.write_nano(tmp_path / "ds", count=4, videos=0, size=16)
     before = (tmp_path / "ds" / "dataset.json").read_text()
     calls.clear()
     monkeypatch.setattr(procedural, "make_sample", failing)
     with pytest.raises(error):
-        procedural.write_nano(tmp_path / "ds", count=10, videos=0, size=16, overwrite=True)
+        writer.write_nano(tmp_path / "ds", count=10, videos=0, size=16, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
     assert (tmp_path / "ds" / "dataset.json").read_text() == before, "the old dataset must survive a failed overwrite"
 

@@ -56,14 +56,14 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(work) -> Path:
-    from movie_core.data import procedural
+    from movie_core.data import procedural, writer
 
     out = work / "data"
     # unexposed scenes (generator v1's distribution): the short runs' bars below were measured on them, and with 64
     # samples a few exposure-darkened scenes move vpred's t < 600 drop from x0.59 to x0.85
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(procedural, "EXPOSED_FRACTION", 0.0)
-        procedural.write_nano(out, count=64, videos=0, size=RES, seed=0, test_fraction=0.25)
+        writer.write_nano(out, count=64, videos=0, size=RES, seed=0, test_fraction=0.25)
     return out
 
 

@@ -19,7 +19,7 @@ from cli_helpers import run_cli
 
 @pytest.fixture(scope="module")
 def nano_data(tmp_path_factory):
-    from movie_core.data.procedural import write_nano
+    from movie_core.data.writer import write_nano
 
     out = tmp_path_factory.mktemp("evaldata") / "nano"
     write_nano(out, count=16, videos=4, frames=4, size=32, test_fraction=0.5)

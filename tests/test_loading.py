@@ -177,7 +177,7 @@ class CountingPlugin:
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from movie_core.data.procedural import write_nano
+    from movie_core.data.writer import write_nano
 
     out = tmp_path_factory.mktemp("data") / "nano"
     write_nano(out, count=6, videos=0, size=32, seed=0, test_fraction=0.5)

@@ -257,7 +257,7 @@ needs_builtin = pytest.mark.skipif(not builtin_stages(),
 @pytest.fixture(scope="module")
 def held_out_data(tmp_path_factory):
     """Procedural triplets from a seed the shipped models never trained on (training used seed 0)."""
-    from movie_core.data.procedural import write_nano
+    from movie_core.data.writer import write_nano
 
     out = tmp_path_factory.mktemp("heldout") / "data"
     write_nano(out, count=64, videos=0, size=64, seed=1, test_fraction=0.25)

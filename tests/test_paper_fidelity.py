@@ -196,14 +196,14 @@ def test_resnet_injection_exports_to_onnx(tmp_path):
 def tiny_models(tmp_path_factory):
     """Random nano Stage-3 (mmg, epsilon) and v-prediction (1-step layout) model folders, and 8 procedural edits."""
     from movie_core.composer import compose
-    from movie_core.data import procedural
+    from movie_core.data import writer
     from movie_core.loading import build
     from movie_core.recipe import preset
 
     root = tmp_path_factory.mktemp("adv")
     for name, p in (("stage3", "mmg"), ("vpred", "movie")):
         build(compose(preset(p).replace(size="nano"))).save_pretrained(root / name)
-    procedural.write_nano(root / "data", count=8, videos=0, size=16, seed=0, test_fraction=0.25)
+    writer.write_nano(root / "data", count=8, videos=0, size=16, seed=0, test_fraction=0.25)
     return root
 
 

@@ -31,7 +31,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(work) -> Path:
-    from movie_core.data.procedural import write_nano
+    from movie_core.data.writer import write_nano
 
     out = work / "data"
     write_nano(out, count=24, videos=0, size=RES, seed=1, test_fraction=0.25)

@@ -43,10 +43,10 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data(work) -> Path:
-    from movie_core.data import procedural
+    from movie_core.data import writer
 
     out = work / "data"
-    procedural.write_nano(out, count=12, videos=0, size=RES, seed=0, test_fraction=0.25)
+    writer.write_nano(out, count=12, videos=0, size=RES, seed=0, test_fraction=0.25)
     return out
 
 

@@ -42,7 +42,7 @@ def movie_register_commands(cli):
         With --source photos or mixed, dataset.json lists the photographs that train (package, name,
         licence) and the ones held out for evaluation.
         """
-        from movie_core.data.procedural import write_nano
+        from movie_core.data.writer import write_nano
 
         summary = write_nano(out, count=count, videos=videos, frames=frames, size=size, seed=seed,
                              test_fraction=test_fraction, overwrite=overwrite, source=source)

@@ -352,7 +352,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     import torch
 
     from movie_core.components import resolve_device
-    from movie_core.data.procedural import write_nano
+    from movie_core.data.writer import write_nano
     from movie_plugins.nano import train as nano_train
 
     work.mkdir(parents=True, exist_ok=True)
