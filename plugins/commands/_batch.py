@@ -308,6 +308,7 @@ class Pool:
             options["num_gpus"] = gpus_per_worker
         self.cls = ray.remote(Editor).options(**options)
         self.args, self.kwargs = editor_args, editor_kwargs
+        self.retries = retries
         self.actors = [self.cls.remote(*editor_args, **editor_kwargs) for _ in range(workers)]
 
     def pids(self) -> list[int]:
@@ -320,21 +321,31 @@ class Pool:
         import ray
 
         queue = list(enumerate(jobs))
-        running: dict[Any, tuple[int, Job]] = {}
+        running: dict[Any, tuple[int, int, Job]] = {}
+        lost: dict[int, int] = {}  # job index -> how often its worker was lost under it
         idle = list(range(len(self.actors)))
         while queue or running:
             while queue and idle:
                 slot = idle.pop()
-                _, job = queue.pop(0)
-                running[self.actors[slot].edit.remote(job)] = (slot, job)
+                index, job = queue.pop(0)
+                running[self.actors[slot].edit.remote(job)] = (slot, index, job)
             done, _ = ray.wait(list(running), num_returns=1)
-            slot, job = running.pop(done[0])
+            slot, index, job = running.pop(done[0])
             try:
                 result = ray.get(done[0])
-            except ray.exceptions.RayError as e:  # the worker died past its restarts: a fresh one takes its place
-                result = {"status": "failed", "error": f"worker lost: {_one_line(e)}".splitlines()[0][:300]}
+            except ray.exceptions.RayError as e:
+                # Editor.edit turns a video's own errors into its row, so this is the worker lost past Ray's restarts
+                # and task retries (a kill, out of memory, a busy machine's lost connection): a fresh worker takes
+                # its place, and the video goes back to the front of the queue a few times before it counts as failed
                 self.actors[slot] = self.cls.remote(*self.args, **self.kwargs)
-            idle.append(slot)
+                idle.append(slot)
+                lost[index] = lost.get(index, 0) + 1
+                if lost[index] <= self.retries:
+                    queue.insert(0, (index, job))
+                    continue
+                result = {"status": "failed", "error": f"worker lost: {_one_line(e)}".splitlines()[0][:300]}
+            else:
+                idle.append(slot)
             on_result(job, result)
 
     def edit_split(self, job: Job, count: int, on_frames: Callable[[int], None] | None = None,
