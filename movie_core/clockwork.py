@@ -364,6 +364,18 @@ class StepClock:
             self._r_out.clear()
 
 
+def _previous_rows(adapt_rows: list[int], count: int, source: list[int | None], r_out: torch.Tensor | None,
+                   previous: torch.Tensor | None) -> torch.Tensor:
+    """The last full frame's r_out for each adapted row (branch-major rows of `count` frames): this call's own full
+    frame where `source` names one, else the previous call's (per guidance branch)."""
+    rows = []
+    for row in adapt_rows:
+        b, f = divmod(row, count)
+        src = source[f]
+        rows.append(r_out[b * count + src] if src is not None else previous[b])  # type: ignore[index]
+    return torch.stack(rows)
+
+
 class FrameClock:
     """The 'unet' runner of a frame-clocked recipe: frames 0, N, 2N, ... (and the anchor frame) run the whole network,
     the others head -> adaptor -> tail, the adaptor fed with the nearest earlier full frame's r_out at the same step
@@ -433,13 +445,8 @@ class FrameClock:
             r_out[full_rows] = core_out
             self.core_frames += len(full_rows) // branches
         if adapt_rows:
-            prev_rows = []
-            for row in adapt_rows:
-                b, f = divmod(row, count)
-                src = source[f]
-                prev_rows.append(r_out[b * count + src] if src is not None else previous[b])  # type: ignore[index]
-            adapted = self.adaptor(rows_of(r_in, adapt_rows), torch.stack(prev_rows),
-                                   *(rows_of(c, adapt_rows) for c in context))
+            prev = _previous_rows(adapt_rows, count, source, r_out, previous)
+            adapted = self.adaptor(rows_of(r_in, adapt_rows), prev, *(rows_of(c, adapt_rows) for c in context))
             if r_out is None:
                 r_out = adapted.new_empty((rows, *adapted.shape[1:]))
             r_out[adapt_rows] = adapted
@@ -496,12 +503,8 @@ class FrameClock:
             r_out[full_rows] = core_out
             self.core_frames += len(full_rows) // branches
         if adapt_rows:
-            prev_rows = []
-            for row in adapt_rows:
-                b, f = divmod(row, count)
-                src = source[f]
-                prev_rows.append(r_out[b * count + src] if src is not None else previous[b])  # type: ignore[index]
-            adapted = self.graphs.adapt(*rows_of(adapt_rows), torch.stack(prev_rows))
+            adapted = self.graphs.adapt(*rows_of(adapt_rows),
+                                        _previous_rows(adapt_rows, count, source, r_out, previous))
             if out is None:
                 out = adapted.new_empty((rows, *adapted.shape[1:]))
             out[adapt_rows] = adapted

@@ -16,13 +16,19 @@ from typing import Any
 import attrs
 import torch
 from diffusers.models.embeddings import get_timestep_embedding
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel
 
 from movie_core.components import BuildContext, Network
 from movie_plugins.denoisers import _mobile_diffusion as md
 from movie_plugins.denoisers import _t2i
-from movie_plugins.denoisers._pix2pix import GUIDANCE_EMBED_SCALE, STAGES, Stage, TextEncoderNet, text_config
+from movie_plugins.denoisers._pix2pix import (
+    GUIDANCE_EMBED_SCALE,
+    STAGES,
+    Stage,
+    TextEncoderNet,
+    sample_edit,
+    text_config,
+)
 from movie_plugins.denoisers._tokenizer import CLIP_VOCAB_SIZE, byte_tokenizer
 
 EDIT_STAGES = {
@@ -125,21 +131,8 @@ class MDEditDenoiser(_t2i.TextToImageDenoiser):
     def sample(self, image_latents, text_emb, *, steps=None, s_T=7.5, s_I=1.5, null_emb=None, generator=None,
                latents=None, on_step=None, scheduler=None) -> torch.Tensor:
         """Edited latents: from noise, conditioned on the source latents, the prompt and the scales."""
-        scheduler = scheduler or self.make_scheduler()
-        scheduler.set_timesteps(steps or self.default_steps, device=image_latents.device)
-        if latents is None:
-            latents = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
-                                   dtype=image_latents.dtype)
-        latents = latents * scheduler.init_noise_sigma
-        if self.guidance == "cfg3" and null_emb is None:
-            null_emb = self.encode_prompt([""]).to(text_emb)
-        for i, t in enumerate(scheduler.timesteps):
-            if on_step is not None:
-                on_step(i, t)
-            model_in = scheduler.scale_model_input(latents, t)
-            out = self.predict(model_in, t, image_latents, text_emb, s_I, s_T, null_emb=null_emb)
-            latents = scheduler.step(out, t, latents, generator=generator).prev_sample
-        return latents
+        return sample_edit(self, image_latents, text_emb, steps=steps, s_T=s_T, s_I=s_I, null_emb=null_emb,
+                           generator=generator, latents=latents, scheduler=scheduler, on_step=on_step)
 
 
 def edit_config(name: str, size: str, channels: int = 4) -> md.MDConfig:

@@ -405,6 +405,29 @@ class UNetTail(torch.nn.Module):
         return unet.conv_out(sample)
 
 
+def sample_edit(den: Any, image_latents: torch.Tensor, text_emb: torch.Tensor, *, steps=None, s_T=7.5, s_I=1.5,
+                null_emb=None, generator=None, latents=None, scheduler=None, on_step=None) -> torch.Tensor:
+    """The instruction-editing sampling loop every editing denoiser shares (Pix2Pix stages and MobileDiffusion's
+    editing UNet): from noise (or `latents`), `den.predict` at each of the scheduler's steps, conditioned on the
+    source latents, the prompt and the scales (3-pass guidance gets the empty prompt's embedding)."""
+    scheduler = scheduler or den.make_scheduler()
+    scheduler.set_timesteps(steps or den.default_steps, device=image_latents.device)
+    if latents is None:
+        latents = randn_tensor(
+            image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype
+        )
+    latents = latents * scheduler.init_noise_sigma
+    if den.guidance == "cfg3" and null_emb is None:
+        null_emb = den.encode_prompt([""]).to(text_emb)
+    for i, t in enumerate(scheduler.timesteps):
+        if on_step is not None:
+            on_step(i, t)
+        model_in = scheduler.scale_model_input(latents, t)
+        out = den.predict(model_in, t, image_latents, text_emb, s_I, s_T, null_emb=null_emb)
+        latents = scheduler.step(out, t, latents, generator=generator).prev_sample
+    return latents
+
+
 class Pix2PixDenoiser(Denoiser):
     """Tokenizer + CLIP text encoder + 8-channel UNet + the stage's sampling defaults."""
 
@@ -788,22 +811,8 @@ class Pix2PixDenoiser(Denoiser):
         on_step=None,
     ) -> torch.Tensor:
         """Edit latents: sample from noise conditioned on the source latents, the prompt and the scales."""
-        scheduler = scheduler or self.make_scheduler()
-        scheduler.set_timesteps(steps or self.default_steps, device=image_latents.device)
-        if latents is None:
-            latents = randn_tensor(
-                image_latents.shape, generator=generator, device=image_latents.device, dtype=image_latents.dtype
-            )
-        latents = latents * scheduler.init_noise_sigma
-        if self.guidance == "cfg3" and null_emb is None:
-            null_emb = self.encode_prompt([""]).to(text_emb)
-        for i, t in enumerate(scheduler.timesteps):
-            if on_step is not None:
-                on_step(i, t)
-            model_in = scheduler.scale_model_input(latents, t)
-            out = self.predict(model_in, t, image_latents, text_emb, s_I, s_T, null_emb=null_emb)
-            latents = scheduler.step(out, t, latents, generator=generator).prev_sample
-        return latents
+        return sample_edit(self, image_latents, text_emb, steps=steps, s_T=s_T, s_I=s_I, null_emb=null_emb,
+                           generator=generator, latents=latents, scheduler=scheduler, on_step=on_step)
 
     def save_pretrained(self, root: str | Path) -> None:
         """unet/, text_encoder/, tokenizer/, scheduler/ in diffusers layout (safetensors)."""
