@@ -118,6 +118,9 @@ CLOCK_OPTIONS = """clock options (Clockwork; for every denoiser whose UNet expos
   --clock-schedule I,J,...  the steps that run the full UNet (instead of --clock; starts at 0)
   --frame-clock N           the full UNet on every N-th video frame and the anchor, the adaptor between (not with
                             --clock; the only clock that saves anything at 1 step)
+  --frame-blend linear|previous  frame clock: start the adaptor from the full frames' features on either side
+                            blended by distance (default; the last one's where no later one is known), or the
+                            last one's always
   --adaptor identity|trained|PATH  identity: reuse the last full features; trained: the model folder's adaptor/
                             (`movie distill clockwork`), tied to the clock kind, sampler and steps it was trained for"""
 

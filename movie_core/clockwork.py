@@ -207,18 +207,23 @@ def load_adaptor(folder: Path, device: Any = "cpu", dtype: torch.dtype = torch.f
 
 def describe_training(trained_for: dict[str, Any]) -> str:
     kind = trained_for.get("kind", "step")
+    blend = f", frame_blend {trained_for.get('blend', 'previous')}" if kind == "frame" else ""
     return (f"the {kind} clock {trained_for.get('clock')} with the {trained_for.get('sampler')} sampler at "
-            f"{trained_for.get('steps')} step(s)")
+            f"{trained_for.get('steps')} step(s){blend}")
 
 
 def check_trained_for(trained_for: dict[str, Any], *, kind: str, sampler: str | None, steps: int,
-                      where: Path) -> None:
-    """One line when a recipe runs an adaptor with another clock kind, sampler or step count than it was trained for."""
+                      where: Path, blend: str | None = None) -> None:
+    """One line when a recipe runs an adaptor with another clock kind, sampler or step count than it was trained for
+    (a frame adaptor: or another frame_blend; one recorded before blends existed was trained on 'previous')."""
     asked = {"kind": kind, "sampler": sampler, "steps": steps}
     wrong = [k for k, v in asked.items() if trained_for.get(k) is not None and trained_for.get(k) != v]
+    if kind == "frame" and blend is not None and trained_for.get("kind") == "frame":
+        wrong += ["blend"] if trained_for.get("blend", "previous") != blend else []
     if wrong:
+        runs = f", frame_blend {blend}" if kind == "frame" and blend is not None else ""
         raise UsageError(f"adaptor {where} was trained for {describe_training(trained_for)}; this recipe runs the "
-                         f"{kind} clock with the {sampler} sampler at {steps} step(s)")
+                         f"{kind} clock with the {sampler} sampler at {steps} step(s){runs}")
 
 
 def make_adaptor(name: str, shapes: tuple[torch.Tensor, ...] | None = None, model: Path | None = None,
@@ -364,34 +369,75 @@ class StepClock:
             self._r_out.clear()
 
 
-def _previous_rows(adapt_rows: list[int], count: int, source: list[int | None], r_out: torch.Tensor | None,
-                   previous: torch.Tensor | None) -> torch.Tensor:
-    """The last full frame's r_out for each adapted row (branch-major rows of `count` frames): this call's own full
-    frame where `source` names one, else the previous call's (per guidance branch)."""
+# how an adapted frame's r_out_prev is made from the full frames' r_out (the recipe's `frame_blend`)
+FRAME_BLENDS = ("linear", "previous")
+
+# a per-frame blend: (weight, source) pairs, source an int = a row of this batch's frame, ("kept", k) = the k-th
+# kept full frame of earlier batches (0 the latest)
+Blend = list[tuple[float, Any]]
+
+
+def frame_blend(frame: int, full_in_batch: list[int], kept: list[int], mode: str) -> Blend:
+    """How frame `frame` (absolute index) gets its r_out_prev from the full frames' r_out: `full_in_batch` are the
+    absolute indices of this batch's full frames, `kept` those of earlier calls' kept full frames (latest first).
+
+    'previous': the nearest earlier full frame's r_out, as it is. 'linear': between the nearest earlier and the
+    nearest later full frame (when the later one is known: in this batch, or run before it in the batch's order,
+    `FrameClock.order`) linearly by frame distance, else the nearest earlier one's as it is."""
+    known = [(f, ("batch", f)) for f in full_in_batch] + [(f, ("kept", k)) for k, f in enumerate(kept)
+                                                          if f not in full_in_batch]
+    earlier = [x for x in known if x[0] < frame]
+    if not earlier:
+        raise ValueError(f"frame {frame} has no earlier full frame")
+    p, src_p = max(earlier, key=lambda x: x[0])
+    later = [x for x in known if x[0] > frame]
+    if mode == "previous" or not later:
+        return [(1.0, src_p)]
+    q, src_q = min(later, key=lambda x: x[0])
+    w = (frame - p) / (q - p)
+    return [(1.0 - w, src_p), (w, src_q)]
+
+
+def _blend_rows(adapt_rows: list[int], count: int, start: int, blends: dict[int, Blend], r_out: torch.Tensor | None,
+                kept: list[torch.Tensor]) -> torch.Tensor:
+    """r_out_prev for each adapted row (branch-major rows of `count` frames) from this call's full frames' r_out and
+    the kept earlier ones (one row per guidance branch)."""
     rows = []
     for row in adapt_rows:
         b, f = divmod(row, count)
-        src = source[f]
-        rows.append(r_out[b * count + src] if src is not None else previous[b])  # type: ignore[index]
+        total: torch.Tensor | None = None
+        for weight, (where, which) in blends[f]:
+            t = r_out[b * count + which - start] if where == "batch" else kept[which][b]  # type: ignore[index]
+            total = t * weight if total is None else total + t * weight
+        assert total is not None
+        rows.append(total)
     return torch.stack(rows)
 
 
 class FrameClock:
     """The 'unet' runner of a frame-clocked recipe: frames 0, N, 2N, ... (and the anchor frame) run the whole network,
-    the others head -> adaptor -> tail, the adaptor fed with the nearest earlier full frame's r_out at the same step
-    and pass. Batches of frames: rows are guidance-branch major (row = branch * frames + frame), as the anchor's K/V.
+    the others head -> adaptor -> tail, the adaptor fed with an r_out_prev made from the full frames' r_out at the
+    same step and pass (`blend`, the recipe's `frame_blend`: see `frame_blend`). Batches of frames: rows are
+    guidance-branch major (row = branch * frames + frame), as the anchor's K/V.
 
     `frames(start, count)` says which video frames the next batch holds (None: not video frames, all run full and
-    nothing is kept). Only the last full frame's r_out per (step, pass) is kept. Counts `core_frames` and
-    `adaptor_frames` (frame evaluations per pass) for tests and benchmarks."""
+    nothing is kept). The last KEEP full frames' r_out per (step, pass) are kept (constant memory): a caller that
+    runs a batch one frame at a time runs its full frames first (`order`), so the frames between them can blend
+    both sides. Counts `core_frames` and `adaptor_frames` (frame evaluations per pass) for tests and benchmarks."""
 
-    def __init__(self, split: Any, adaptor: torch.nn.Module, every: int, graphs: Any = None) -> None:
-        self.split, self.adaptor, self.every, self.graphs = split, adaptor, every, graphs
+    KEEP = 4
+
+    def __init__(self, split: Any, adaptor: torch.nn.Module, every: int, graphs: Any = None,
+                 blend: str = "linear") -> None:
+        if blend not in FRAME_BLENDS:
+            raise UsageError(f"frame_blend must be one of {', '.join(FRAME_BLENDS)}, got {blend!r}")
+        self.split, self.adaptor, self.every, self.graphs, self.blend = split, adaptor, every, graphs, blend
         self.anchor: int | None = None
         self.step = 0
         self._call = 0
         self._frames: tuple[int | None, int] | None = None
-        self._r_out: dict[tuple[int, int], torch.Tensor] = {}
+        # per (step, pass): the last full frames' (absolute index, r_out rows one per branch), latest first
+        self._kept: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
         self.core_frames = 0
         self.adaptor_frames = 0
 
@@ -402,38 +448,63 @@ class FrameClock:
         """The next batch holds video frames start .. start + count - 1 (start None: not video frames); frame 0
         starts a new video (the kept r_out is dropped)."""
         if start == 0 or start is None:
-            self._r_out.clear()
+            self._kept.clear()
         self._frames = (start, count)
+
+    def order(self, start: int, count: int) -> list[int]:
+        """The order in which to run frames start .. start + count - 1 one at a time: the full ones first (frame
+        `start` counts as full when nothing is kept yet), so each frame between full frames of the batch can
+        blend both sides. The result of every frame is what one call with the whole batch gives."""
+        first_full = not self._kept or start == 0
+        full = [f for f in range(count) if self.is_full(start + f) or (f == 0 and first_full)]
+        return full + [f for f in range(count) if f not in full]
 
     def on_step(self, index: int, timestep: Any) -> None:
         self.step, self._call = index, 0
+
+    def _plan(self, rows: int) -> tuple[int, int, int, list[int], list[int], dict[int, Blend],
+                                        list[torch.Tensor], tuple[int, int]] | None:
+        """For a batch of `rows` rows: (frames, branches, start, full rows, adapted rows, blend per adapted batch
+        frame, the kept r_out tensors, the (step, pass) key), or None when the batch is not video frames (all rows
+        run full, nothing kept)."""
+        start, count = self._frames if self._frames is not None else (None, rows)
+        key = (self.step, self._call)
+        self._call += 1
+        if start is None or rows % count:
+            return None
+        branches = rows // count
+        kept = [(f, t) for f, t in self._kept.get(key, []) if t.shape[0] == branches]
+        full = [self.is_full(start + f) for f in range(count)]
+        if not [f for f, _ in kept if f < start]:
+            full[0] = True  # nothing to adapt from: the batch's first frame runs full
+        full_frames = [start + f for f in range(count) if full[f]]
+        kept_frames = [f for f, _ in kept]
+        blends = {f: frame_blend(start + f, full_frames, kept_frames, self.blend)
+                  for f in range(count) if not full[f]}
+        full_rows = [b * count + f for b in range(branches) for f in range(count) if full[f]]
+        adapt_rows = [b * count + f for b in range(branches) for f in range(count) if not full[f]]
+        return count, branches, start, full_rows, adapt_rows, blends, [t for _, t in kept], key
+
+    def _keep(self, key: tuple[int, int], start: int, count: int, branches: int, full_rows: list[int],
+              r_out: torch.Tensor | None) -> None:
+        """Keep the batch's last full frames' r_out (with the earlier kept ones, the last KEEP of them)."""
+        if r_out is None or not full_rows:
+            return
+        frames = sorted({row % count for row in full_rows})
+        new = [(start + f, r_out[[b * count + f for b in range(branches)]].detach()) for f in frames]
+        kept = {f: t for f, t in self._kept.get(key, []) + new}
+        self._kept[key] = sorted(kept.items(), key=lambda x: -x[0])[: self.KEEP]
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self.graphs is not None:
             return self._call_graphs(*inputs)
         r_in, *context = self.split.head(*inputs)
-        key = (self.step, self._call)
-        self._call += 1
         rows = r_in.shape[0]
-        start, count = self._frames if self._frames is not None else (None, rows)
-        if start is None or rows % count:
-            r_out = self.split.core(r_in, *context)
-            self.core_frames += count if rows % count == 0 else rows
-            return self.split.tail(r_out, *context)
-        branches = rows // count
-        previous = self._r_out.get(key)
-        full = [self.is_full(start + f) for f in range(count)]
-        if previous is None or previous.shape[0] != branches:
-            previous = None
-            full[0] = True  # nothing to adapt from: the batch's first frame runs full
-        source: list[int | None] = []  # per frame: the batch frame whose r_out it adapts (None: the kept one)
-        last: int | None = None
-        for f in range(count):
-            if full[f]:
-                last = f
-            source.append(last)
-        full_rows = [b * count + f for b in range(branches) for f in range(count) if full[f]]
-        adapt_rows = [b * count + f for b in range(branches) for f in range(count) if not full[f]]
+        plan = self._plan(rows)
+        if plan is None:
+            self.core_frames += rows if self._frames is None or rows % self._frames[1] else self._frames[1]
+            return self.split.tail(self.split.core(r_in, *context), *context)
+        count, branches, start, full_rows, adapt_rows, blends, kept, key = plan
 
         def rows_of(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
             return t[idx] if t.ndim and t.shape[0] == rows else t
@@ -445,50 +516,26 @@ class FrameClock:
             r_out[full_rows] = core_out
             self.core_frames += len(full_rows) // branches
         if adapt_rows:
-            prev = _previous_rows(adapt_rows, count, source, r_out, previous)
+            prev = _blend_rows(adapt_rows, count, start, blends, r_out, kept)
             adapted = self.adaptor(rows_of(r_in, adapt_rows), prev, *(rows_of(c, adapt_rows) for c in context))
             if r_out is None:
                 r_out = adapted.new_empty((rows, *adapted.shape[1:]))
             r_out[adapt_rows] = adapted
             self.adaptor_frames += len(adapt_rows) // branches
         assert r_out is not None
-        if last is not None:  # keep the batch's last full frame's r_out, one row per branch
-            self._r_out[key] = r_out[[b * count + last for b in range(branches)]].detach()
+        self._keep(key, start, count, branches, full_rows, r_out)
         return self.split.tail(r_out, *context)
-
-    def _plan(self, rows: int) -> tuple[int, int, list[bool], list[int | None], torch.Tensor | None, int | None] | None:
-        """(frames, branches, full per frame, source per frame, the kept r_out, the last full frame) for a batch of
-        `rows` rows, or None when the batch is not video frames (all rows run full, nothing kept)."""
-        start, count = self._frames if self._frames is not None else (None, rows)
-        if start is None or rows % count:
-            return None
-        branches = rows // count
-        previous = self._r_out.get((self.step, self._call))
-        full = [self.is_full(start + f) for f in range(count)]
-        if previous is None or previous.shape[0] != branches:
-            previous = None
-            full[0] = True
-        source: list[int | None] = []
-        last: int | None = None
-        for f in range(count):
-            if full[f]:
-                last = f
-            source.append(last)
-        return count, branches, full, source, previous, last
 
     def _call_graphs(self, *inputs: torch.Tensor) -> torch.Tensor:
         """The same through a backend's graphs: the full frames' rows through 'unet' (-> output, r_out), the others'
-        through 'unet_adapt' with the r_out they adapt (rows are independent: the same result as one batch)."""
+        through 'unet_adapt' with the r_out_prev made for them (rows are independent: the same result as one
+        batch)."""
         rows = inputs[0].shape[0]
         plan = self._plan(rows)
-        key = (self.step, self._call)
-        self._call += 1
         if plan is None:
             self.core_frames += rows
             return self.graphs.full(*inputs)[0]
-        count, branches, full, source, previous, last = plan
-        full_rows = [b * count + f for b in range(branches) for f in range(count) if full[f]]
-        adapt_rows = [b * count + f for b in range(branches) for f in range(count) if not full[f]]
+        count, branches, start, full_rows, adapt_rows, blends, kept, key = plan
 
         def rows_of(idx: list[int]) -> list[torch.Tensor]:
             return [t[idx] if t.ndim and t.shape[0] == rows else t for t in inputs]
@@ -504,14 +551,13 @@ class FrameClock:
             self.core_frames += len(full_rows) // branches
         if adapt_rows:
             adapted = self.graphs.adapt(*rows_of(adapt_rows),
-                                        _previous_rows(adapt_rows, count, source, r_out, previous))
+                                        _blend_rows(adapt_rows, count, start, blends, r_out, kept))
             if out is None:
                 out = adapted.new_empty((rows, *adapted.shape[1:]))
             out[adapt_rows] = adapted
             self.adaptor_frames += len(adapt_rows) // branches
         assert out is not None
-        if last is not None and r_out is not None:
-            self._r_out[key] = r_out[[b * count + last for b in range(branches)]].detach()
+        self._keep(key, start, count, branches, full_rows, r_out)
         return out
 
     @contextlib.contextmanager
@@ -527,7 +573,7 @@ class FrameClock:
 
     def reset(self) -> None:
         """Forget the kept r_out (a new video)."""
-        self._r_out.clear()
+        self._kept.clear()
 
 
 def build_clock(pipe: Any, model: Path | None = None) -> StepClock | FrameClock | None:
@@ -545,9 +591,9 @@ def build_clock(pipe: Any, model: Path | None = None) -> StepClock | FrameClock 
     if trained_for is not None:
         where = adaptor_folder(recipe.adaptor, model)
         check_trained_for(trained_for, kind=kind, sampler=pipe.denoiser.describe().get("scheduler"),
-                          steps=pipe.steps, where=where)
+                          steps=pipe.steps, where=where, blend=recipe.frame_blend if kind == "frame" else None)
     # on a routing backend the clock runs the split graphs: 'unet' (-> output, r_out) and 'unet_adapt'
     graphs = pipe.runtime.add_clock(split, adaptor) if pipe.runtime is not None else None
     if kind == "frame":
-        return FrameClock(split, adaptor, recipe.frame_clock, graphs)
+        return FrameClock(split, adaptor, recipe.frame_clock, graphs, blend=recipe.frame_blend)
     return StepClock(split, adaptor, recipe.clock, recipe.clock_schedule, graphs)

@@ -226,7 +226,10 @@ class FrameEditor:
             return out
         if not self.frame_by_frame or x.shape[0] == 1:
             return self.edit_tensor(x, frame=frame)
-        return torch.cat([self.edit_tensor(x[i:i + 1], frame=frame + i) for i in range(x.shape[0])])
+        clock = self.pipe.frame_clock  # its full frames first, so the frames between can blend both sides
+        order = clock.order(frame, x.shape[0]) if clock is not None else range(x.shape[0])
+        outs = {i: self.edit_tensor(x[i:i + 1], frame=frame + i) for i in order}
+        return torch.cat([outs[i] for i in range(x.shape[0])])
 
     @property
     def frame_by_frame(self) -> bool:

@@ -20,7 +20,7 @@ from movie_core.recipe import SLOTS, Recipe, load_recipe, make_recipe, preset, t
 RECIPE_FLAGS = (
     "preset", "recipe_file", "vae", "encoder", "decoder", "denoiser", "backend", "size", "init", "model",
     "steps", "scheduler", "text_guidance", "image_guidance", "seed", "device", "dtype", "anchor", "variant", "clock",
-    "clock_schedule", "adaptor", "frame_clock", "options",
+    "clock_schedule", "adaptor", "frame_clock", "frame_blend", "options",
 )
 _CHANGES = (
     "encoder",
@@ -42,6 +42,7 @@ _CHANGES = (
     "clock_schedule",
     "adaptor",
     "frame_clock",
+    "frame_blend",
 )
 
 

@@ -67,6 +67,13 @@ def recipe_options(fn: Callable) -> Callable:
             "adaptor on the others from the last full frame's features (1: off; not with --clock).",
         ),
         click.option(
+            "--frame-blend",
+            type=click.Choice(["linear", "previous"]),
+            help="Frame clock: what the adaptor of a frame between full frames starts from: linear (the full "
+            "frames' features on either side, blended by distance; the last full frame's where no later one is "
+            "known; default) or previous (the last full frame's always).",
+        ),
+        click.option(
             "-O",
             "--option",
             "options",

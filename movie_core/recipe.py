@@ -176,6 +176,9 @@ class Recipe:
     adaptor: str = attrs.field(default="identity", validator=[_text, _adaptor])
     # Clockwork across video frames (beyond the paper): frames 0, N, 2N, ... and the anchor run the full network
     frame_clock: int = attrs.field(default=1, validator=_positive)
+    # how a frame between full frames gets the r_out its adaptor starts from: 'linear' (between the full frames on
+    # either side, or extrapolated from the last two) or 'previous' (the last full frame's, as the step clock does)
+    frame_blend: str = attrs.field(default="linear", validator=[_text, attrs.validators.in_(("linear", "previous"))])
     # per slot, the component's own options: {"backend": {"dynamic_batch": False}, "denoiser": {...}}
     component_options: dict = attrs.field(factory=dict, converter=dict, validator=_component_options)
 

@@ -1,5 +1,6 @@
 """The frame clock on held-out procedural videos: PSNR against the ground-truth edit and against the unclocked model,
-temporal frame change and CPU frames/s, for no clock, the identity adaptor and a trained adaptor; prints and saves JSON.
+temporal frame change and CPU frames/s, for no clock, the identity adaptor (frame_blend previous and linear) and a
+trained adaptor; prints and saves JSON.
 
     python scripts/clockwork_frame_eval.py --model DIR [--every 2 3] [--out docs/results/clockwork_nano_frame.json]
 
@@ -38,6 +39,12 @@ def frame_change(frames: np.ndarray) -> float:
     return float(np.abs(np.diff(frames.astype(np.float64), axis=0)).mean())
 
 
+def flicker(frames: np.ndarray, truth: np.ndarray) -> float:
+    """Mean absolute difference between the output's and the ground truth's frame-to-frame change (0-255): change
+    the edit should not have (flicker, judder) or motion it lost."""
+    return float(np.abs(np.diff(frames.astype(np.float64), axis=0) - np.diff(truth.astype(np.float64), axis=0)).mean())
+
+
 def edit(pipe, clip: dict, batch: int = 4) -> np.ndarray:
     frames = clip["source_frames"]
     h, w = frames.shape[1:3]
@@ -68,10 +75,14 @@ def main() -> None:
     clips = [make_video(s, frames=args.frames, size=args.size, split="test")
              for s in sample_seeds(0, "test", args.videos)]
     configs = [("no clock", base)]
+    blend = (json.loads((folder / "adaptor" / "adaptor.json").read_text())["trained_for"].get("blend", "previous")
+             if trained else None)
     for every in args.every:
-        configs.append((f"frame clock {every}, identity", base.replace(frame_clock=every)))
+        for b in ("previous", "linear"):
+            configs.append((f"frame clock {every}, identity, {b}", base.replace(frame_clock=every, frame_blend=b)))
         if trained:
-            configs.append((f"frame clock {every}, trained", base.replace(frame_clock=every, adaptor="trained")))
+            configs.append((f"frame clock {every}, trained, {blend}",
+                            base.replace(frame_clock=every, adaptor="trained", frame_blend=blend)))
     rows, reference = [], None
     for name, recipe in configs:
         pipe = load_pipeline(recipe, folder)
@@ -83,6 +94,7 @@ def main() -> None:
             reference = outputs
         rows.append({
             "config": name, "frame_clock": recipe.frame_clock, "adaptor": recipe.adaptor,
+            "frame_blend": recipe.frame_blend if recipe.frame_clock > 1 else None,
             "psnr_vs_truth": float(np.mean([psnr(o, c["edited_frames"]) for o, c in zip(outputs, clips)])),
             "ssim_vs_truth": float(np.mean([ssim(f, t) for o, c in zip(outputs, clips)
                                             for f, t in zip(o, c["edited_frames"])])),
@@ -91,12 +103,14 @@ def main() -> None:
                                             model=folder)["tflops_paper"],
             "frame_change": float(np.mean([frame_change(o) for o in outputs])),
             "frame_change_truth": float(np.mean([frame_change(c["edited_frames"]) for c in clips])),
+            "flicker_vs_truth": float(np.mean([flicker(o, c["edited_frames"]) for o, c in zip(outputs, clips)])),
             "cpu_frames_per_s": args.videos * args.frames / seconds,
         })
         r = rows[-1]
         print(f"{name:28} PSNR vs truth {r['psnr_vs_truth']:.2f} dB, SSIM {r['ssim_vs_truth']:.4f}, "
               f"{1e3 * r['tflops_per_frame']:.3f} GFLOPs/frame, vs no clock {r['psnr_vs_no_clock']:.2f} dB, "
               f"frame change {r['frame_change']:.2f} (truth {r['frame_change_truth']:.2f}), "
+              f"flicker vs truth {r['flicker_vs_truth']:.2f}, "
               f"{r['cpu_frames_per_s']:.1f} frames/s (CPU, {torch.get_num_threads()} thread(s))")
     result = {"model": str(folder), "videos": args.videos, "frames": args.frames, "size": args.size,
               "threads": torch.get_num_threads(), "rows": rows}

@@ -305,8 +305,11 @@ def test_frame_clock_runs_the_core_on_every_nth_frame_and_the_anchor(name):
     # full: the anchor's own pass, then frames 0, 3, 4 (the anchor), 6 of 7; adapted: 1, 2, 5
     assert clock.core_frames == 5 * steps and clock.adaptor_frames == 3 * steps
     assert sum(core_rows) == 5 * steps * passes
-    # streaming: one r_out per (step, pass) kept, for the last full frame's guidance branches only
-    assert len(clock._r_out) == steps and all(t.shape[0] == passes for t in clock._r_out.values())
+    # streaming: per (step, pass) the r_out of the last few full frames (at most KEEP), one row per guidance branch
+    assert len(clock._kept) == steps
+    assert all(0 < len(kept) <= clock.KEEP and all(t.shape[0] == passes for _, t in kept)
+               for kept in clock._kept.values())
+    assert [f for f, _ in clock._kept[(0, 0)]] == [6, 4, 3, 0]  # latest first
     full_same = (out[[0, 3, 4, 6]] - ref[[0, 3, 4, 6]]).abs().max().item()
     adapted = (out[[1, 2, 5]] - ref[[1, 2, 5]]).abs().max().item()
     assert full_same < 1e-5 < adapted  # full frames are exactly the unclocked ones; the others move
@@ -318,6 +321,51 @@ def test_frame_clock_1_and_no_video_frames_run_full():
     ref = plain.edit_batch(images(3), "make it sepia", seed=5)
     out = clocked.edit_batch(images(3), "make it sepia", seed=5)  # lone images: frame=None, all full
     assert torch.equal(out, ref) and clocked.frame_clock.adaptor_frames == 0
+
+
+def test_frame_blend_weights():
+    from movie_core.clockwork import frame_blend
+
+    # between two full frames: by distance; the later one may be kept from a call run before (FrameClock.order)
+    assert frame_blend(1, [0, 3], [], "linear") == [(1 - 1 / 3, ("batch", 0)), (1 / 3, ("batch", 3))]
+    assert frame_blend(5, [], [6, 4], "linear") == [(0.5, ("kept", 1)), (0.5, ("kept", 0))]
+    # no later full frame known: the earlier one as it is; 'previous' always so
+    assert frame_blend(7, [6], [4, 3], "linear") == [(1.0, ("batch", 6))]
+    assert frame_blend(1, [0, 3], [], "previous") == [(1.0, ("batch", 0))]
+    with pytest.raises(ValueError, match="no earlier full frame"):
+        frame_blend(1, [3], [], "linear")
+
+
+@pytest.mark.parametrize("blend", ["linear", "previous"])
+def test_frame_clock_blends_the_full_frames_r_out(blend):
+    """The identity adaptor hands the tail exactly the blend of the full frames' r_out; one batch call and the
+    frame-by-frame order of a CPU edit give the same frames."""
+    clocked = nano_pipe("movie", frame_clock=3, frame_blend=blend)
+    clock = clocked.frame_clock
+    tail_in: list[torch.Tensor] = []
+    clock.split.tail.register_forward_pre_hook(lambda m, args: tail_in.append(args[0].detach().clone()))
+    x = images(4)
+    whole = clocked.edit_batch(x, "make it sepia", seed=3, frame=0)  # one call: frames 0 (full) 1 2 (adapted) 3
+    r = tail_in[0]
+    start = r[0] + (r[3] - r[0]) * torch.tensor([1 / 3, 2 / 3])[:, None, None, None] if blend == "linear" else r[[0, 0]]
+    torch.testing.assert_close(r[1:3], start, rtol=1e-5, atol=1e-5)
+    assert float((r[1] - r[2]).abs().max()) > 1e-4 if blend == "linear" else torch.equal(r[1], r[2])
+    # the CPU editor's path: one frame per call, full frames first
+    assert clock.order(0, 4) == [0, 3, 1, 2]
+    clock.reset()
+    single = {i: clocked.edit_batch(x[i:i + 1], "make it sepia", seed=3, frame=i) for i in clock.order(0, 4)}
+    torch.testing.assert_close(torch.cat([single[i] for i in range(4)]), whole, rtol=1e-4, atol=1e-4)
+
+
+def test_frame_adaptor_is_tied_to_its_blend(tmp_path):
+    from movie_core import clockwork
+    from movie_core.errors import UsageError
+
+    with pytest.raises(UsageError, match="frame_blend previous; this recipe runs .* frame_blend linear"):
+        clockwork.check_trained_for({"kind": "frame", "clock": 2, "sampler": "lcm", "steps": 1},  # no blend: old
+                                    kind="frame", sampler="lcm", steps=1, where=tmp_path, blend="linear")
+    clockwork.check_trained_for({"kind": "frame", "clock": 2, "sampler": "lcm", "steps": 1, "blend": "linear"},
+                                kind="frame", sampler="lcm", steps=1, where=tmp_path, blend="linear")
 
 
 def test_frame_clock_refusals_and_notes(run_movie):

@@ -167,11 +167,16 @@ def _clock_rule(pipe) -> dict[str, Any]:
               "r_out_prev)")
     adaptor = {"adaptor": r.adaptor}
     if r.frame_clock > 1:
-        return {"policy": "frame", "frame_clock": r.frame_clock, **adaptor, "graphs": graphs,
+        blend = ("the r_out of the last frame that ran unet" if r.frame_blend == "previous" else
+                 "where a later frame that ran unet is known (run the full frames of a batch first), "
+                 "(1 - w) r_out(p) + w r_out(q) for the nearest full frames p < f < q, w = (f - p) / (q - p); "
+                 "else the r_out of frame p")
+        return {"policy": "frame", "frame_clock": r.frame_clock, "frame_blend": r.frame_blend, **adaptor,
+                "graphs": graphs,
                 "rule": f"frames 0, {r.frame_clock}, {2 * r.frame_clock}, ... and the anchor frame run unet at every "
                         "step and keep its r_out per step and guidance pass; the other frames run unet_adapt at "
-                        "every step with r_out_prev = the r_out of the last frame that ran unet, at the same step "
-                        "and pass (with an anchor: a graph's _replay form, where it has one, on every frame but the "
+                        f"every step with r_out_prev made from those r_out at the same step and pass: {blend} "
+                        "(with an anchor: a graph's _replay form, where it has one, on every frame but the "
                         "anchor; a unet_adapt without one has no anchor layer in its path)"}
     from movie_core.clockwork import full_steps
 

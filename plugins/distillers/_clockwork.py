@@ -9,8 +9,10 @@ step and pass, what enters its low-resolution core (r_in, the context) and what 
   step, as the paper regenerates them each epoch) on the dataset's source images and instructions. A step the clock
   skips is a training example: adaptor(r_in_i, r_out at the last full step, time, text) against r_out_i.
 * frame clock: consecutive frames of procedural videos, all frames of a video sampled from the same noise, as
-  `movie edit` does; a frame the clock skips learns its r_out from its own r_in and the last full frame's r_out at
-  the same step and pass. (The teacher samples without anchor cross-frame attention here.)
+  `movie edit` does; a frame the clock skips learns its r_out from its own r_in and the r_out the recipe's
+  `frame_blend` makes for it at the same step and pass ('linear': the blend of the full frames on either side, and
+  the earlier one alone; 'previous': the earlier one alone). (The teacher samples without anchor cross-frame
+  attention here.)
 
 Loss: the mean squared error to the teacher's r_out (L2, the paper's); `loss_identity` logs what the identity
 adaptor (r_out reused as is) would score on the same batch. The export is the teacher's model folder with the
@@ -116,17 +118,17 @@ class ClockworkDistiller(Distiller):
             den.set_runner("unet", None)
 
     def _frames_batch(self, step: int) -> tuple[torch.Tensor, list[str], int]:
-        """Consecutive frames of procedural videos: (images (videos * clock, 3, R, R) in [-1, 1], one prompt per
-        frame, frames per video)."""
+        """Consecutive frames of procedural videos: (images (videos * frames, 3, R, R) in [-1, 1], one prompt per
+        frame, frames per video: clock + 1, the full frames first and last, for 'linear'; clock for 'previous')."""
         from movie_core.data.procedural import make_video
 
-        n = self.options.clock
+        n = self.options.clock + (self.options.blend == "linear")
         videos = max(1, self.cfg.batch_size // n)
         rng = np.random.default_rng([self.cfg.seed, step, self.accelerator.process_index])
         frames, prompts = [], []
         for _ in range(videos):
             seed = int(rng.integers(0, 2**31 - 1))
-            start = int(rng.integers(0, n))  # the full frame falls anywhere in the scene's motion
+            start = int(rng.integers(0, self.options.clock))  # the full frame anywhere in the scene's motion
             clip = make_video(seed, frames=start + n, size=self.cfg.resolution, split="train")
             frames.extend(clip["source_frames"][start:])
             prompts.extend([clip["instruction"]] * n)
@@ -162,12 +164,20 @@ class ClockworkDistiller(Distiller):
                 for r_in, context, r_out in recorder.records.values():
                     rows = r_in.shape[0]
                     branches = rows // n
-                    skipped = [b * n + f for b in range(branches) for f in range(1, n)]
-                    full_of = [b * n for b in range(branches) for f in range(1, n)]
-                    r_ins.append(r_in[skipped])
-                    prevs.append(r_out[full_of])
-                    contexts.append([c[skipped] if c.ndim and c.shape[0] == rows else c for c in context])
-                    targets.append(r_out[skipped])
+                    between = range(1, self.options.clock)
+                    skipped = [b * n + f for b in range(branches) for f in between]
+                    held = r_out[[b * n for b in range(branches) for f in between]]
+                    starts = [held]
+                    if self.options.blend == "linear":  # the blend of the full frames 0 and clock on either side
+                        w = torch.tensor([f / self.options.clock for b in range(branches) for f in between],
+                                         dtype=r_out.dtype, device=r_out.device).view(-1, *[1] * (r_out.ndim - 1))
+                        later = r_out[[b * n + n - 1 for b in range(branches) for f in between]]
+                        starts.append((1 - w) * held + w * later)
+                    for start in starts:
+                        r_ins.append(r_in[skipped])
+                        prevs.append(start)
+                        contexts.append([c[skipped] if c.ndim and c.shape[0] == rows else c for c in context])
+                        targets.append(r_out[skipped])
         return r_ins, prevs, contexts, targets
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
@@ -198,8 +208,9 @@ class ClockworkDistiller(Distiller):
     # --- export: the teacher's folder with adaptor/ -------------------------------------------------------
 
     def trained_for(self) -> dict[str, Any]:
+        blend = {"blend": self.options.blend} if self.options.kind == "frame" else {}
         return {"kind": self.options.kind, "clock": self.options.clock, "sampler": self.sampler, "steps": self.steps,
-                "resolution": self.cfg.resolution}
+                "resolution": self.cfg.resolution, **blend}
 
     def export(self, out: Path, extra: dict[str, Any], overwrite: bool = False) -> Path:
         """The teacher as a model folder, with the trained adaptor in adaptor/."""

@@ -133,7 +133,10 @@ class ClockworkOptions:
     frame full, the others learn their r_out from their r_in and the last full frame's r_out at the same step.
     `hidden`: the adaptor's width (default movie_core.clockwork.default_hidden: 1.3 x the channels entering the core,
     416 and the paper's ~14M parameters at SD size). `use_r_out` false: the paper's ablation of an adaptor fed r_in,
-    time and text only (no last full evaluation's r_out; Clockwork Table 3, FID 40.7 against 23.2)."""
+    time and text only (no last full evaluation's r_out; Clockwork Table 3, FID 40.7 against 23.2). `blend` (kind
+    'frame'): the r_out the adaptor starts from, as the recipe's `frame_blend` it will run with: 'linear' trains
+    the frames between two full frames on their distance-weighted blend and on the earlier one alone (a batch's
+    trailing frames), 'previous' on the earlier one alone."""
 
     kind: str = attrs.field(default="step", validator=attrs.validators.in_(("step", "frame")))
     clock: int = attrs.field(default=2, converter=int, validator=attrs.validators.ge(2))
@@ -142,6 +145,8 @@ class ClockworkOptions:
     hidden: int | None = attrs.field(default=None, converter=attrs.converters.optional(int),
                                      validator=attrs.validators.optional(attrs.validators.ge(1)))
     use_r_out: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    # kind 'frame': what the adaptor starts from, as the recipe's frame_blend (movie_core.clockwork.frame_blend)
+    blend: str = attrs.field(default="linear", validator=attrs.validators.in_(("linear", "previous")))
 
 
 def _lora_rank(instance, attribute, value) -> None:
