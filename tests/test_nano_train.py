@@ -3,6 +3,7 @@ tokenizer in CLIPTokenizer format; the text encoder's pretraining; the outputs l
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from collections import Counter
 
@@ -262,6 +263,24 @@ def test_pool_mixes_sources_and_is_deterministic():
     assert pool.shape == (12, 32, 32, 3) and pool.dtype == np.uint8
     assert np.array_equal(pool, nano_train.make_pool(12, 32, seed=3))
     assert not np.array_equal(pool, nano_train.make_pool(12, 32, seed=4))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image (the packaged photos) missing")
+@pytest.mark.parametrize("source", ["mixed", "photos"])
+def test_pool_takes_photo_crops_for_a_photo_data_source(source, monkeypatch):
+    from movie_core.data import photos
+
+    calls = []
+    real = photos.photo_image
+    monkeypatch.setattr(photos, "photo_image", lambda rng, size: calls.append(size) or real(rng, size))
+    pool = nano_train.make_pool(40, 32, seed=3, source=source)
+    share = nano_train.POOL_PHOTO_SHARE[source]
+    assert abs(len(calls) / 40 - share) < 0.2 and set(calls) == {32}  # about that share, at the pool's size
+    assert np.array_equal(pool, nano_train.make_pool(40, 32, seed=3, source=source))
+    calls.clear()
+    procedural = nano_train.make_pool(40, 32, seed=3)
+    assert not calls and np.array_equal(procedural, nano_train.make_pool(40, 32, seed=3, source="procedural"))
+    assert not np.array_equal(pool, procedural)
 
 
 # ------------------------------------------------------------------------------------------ tokenizer

@@ -44,8 +44,9 @@ class ChainBudget:
 
     count: int = 8000
     videos: int = 24
-    # what the denoiser stages' dataset shows (`movie data nano --source`): procedural scenes (what the shipped family
-    # was trained on), photos (crops of and camera moves over packaged photographs, photographic scenes) or mixed
+    # what the denoiser stages' dataset and the autoencoders' image pool show (`movie data nano --source`;
+    # nano_train.POOL_PHOTO_SHARE): procedural scenes (what the shipped family was trained on), photos (crops of and
+    # camera moves over packaged photographs, photographic scenes) or mixed
     data_source: str = attrs.field(default="procedural",
                                    validator=attrs.validators.in_(("procedural", "photos", "mixed")))
     resolution: int = 64
@@ -249,7 +250,7 @@ def _taesd_decoder(work: Path, b: ChainBudget, device: str, log: Callable[[str],
     metrics = nano_train.finetune_taesd_decoder(work / "autoencoders", steps=b.taesd_decoder_steps,
                                                 batch_size=b.batch_size, resolution=b.resolution, device=device,
                                                 pool_size=max(2, b.ae_pool // 4),  # fresh images, a quarter as many
-                                                seed=b.seed, log=log)
+                                                seed=b.seed, log=log, source=b.data_source)
     (work / "autoencoders" / TAESD_DECODER_DONE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -268,7 +269,7 @@ def _taesd_decoder_colour(work: Path, b: ChainBudget, device: str, log: Callable
     metrics = nano_train.finetune_taesd_decoder_colour(work / "autoencoders", steps=b.taesd_decoder_steps,
                                                        batch_size=b.batch_size, resolution=b.resolution,
                                                        device=device, pool_size=max(2, b.ae_pool // 4),
-                                                       seed=b.seed, log=log)
+                                                       seed=b.seed, log=log, source=b.data_source)
     return _new_decoder_everywhere(work, metrics, TAESD_COLOUR_DONE)
 
 
@@ -280,7 +281,8 @@ def _taesd_decoder_grey(work: Path, b: ChainBudget, device: str, log: Callable[[
     scale = (b.resolution / b.taesd_grey_resolution) ** 2
     metrics = nano_train.finetune_taesd_decoder_grey(
         work / "autoencoders", steps=b.taesd_grey_steps, batch_size=max(1, round(b.batch_size * scale)),
-        resolution=b.taesd_grey_resolution, device=device, pool_size=max(2, b.ae_pool // 4), seed=b.seed, log=log)
+        resolution=b.taesd_grey_resolution, device=device, pool_size=max(2, b.ae_pool // 4), seed=b.seed, log=log,
+        source=b.data_source)
     return _new_decoder_everywhere(work, metrics, TAESD_GREY_DONE)
 
 
@@ -386,7 +388,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     stage("autoencoders", work / "autoencoders" / "taesd", lambda: nano_train.train_autoencoders(
         work / "autoencoders", vae_steps=b.vae_steps, taesd_steps=b.taesd_steps, batch_size=b.ae_batch_size,
         resolution=b.resolution, crop=min(b.ae_crop, b.resolution), whole_every=b.ae_whole_every, pool_size=b.ae_pool,
-        device=dev, seed=b.seed, log=log))
+        device=dev, seed=b.seed, log=log, source=b.data_source))
     stage("taesd-decoder", work / "autoencoders" / TAESD_DECODER_DONE, lambda: _taesd_decoder(work, b, dev, log))
     stage("taesd-decoder-colour", work / "autoencoders" / TAESD_COLOUR_DONE,
           lambda: _taesd_decoder_colour(work, b, dev, log))

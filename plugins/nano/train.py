@@ -79,17 +79,34 @@ _SOURCES = (  # (weight, generator): about half procedural, half photographic-li
 
 EDITED_FRACTION = 0.3  # pool images shown after a random procedural edit: what the decoders must write
 
+# the share of crops of packaged photographs (movie_core.data.photos.photo_image) in the pool, per data source (the
+# chain's `data_source`); the rest is drawn from _SOURCES as before
+POOL_PHOTO_SHARE = {"procedural": 0.0, "mixed": 0.5, "photos": 0.8}
 
-def make_pool(count: int, resolution: int, seed: int = 0) -> np.ndarray:
+
+def _photo(rng: np.random.Generator, size: int) -> np.ndarray:
+    from movie_core.data.photos import photo_image
+
+    return photo_image(rng, size).astype(np.float32) / 255.0
+
+
+def make_pool(count: int, resolution: int, seed: int = 0, source: str = "procedural") -> np.ndarray:
     """`count` training images, uint8 (N, H, W, 3): procedural scenes and photographic-like synthetic images, a
     fraction of them after a random edit (grey, sepia, tinted, inverted, night...): a denoiser's output is an edited
-    image, so the autoencoders must represent global colour changes, not only the colours of unedited scenes."""
+    image, so the autoencoders must represent global colour changes, not only the colours of unedited scenes.
+    `source` 'mixed' or 'photos' makes half or 80% of them crops of packaged photographs (never the evaluation
+    photographs: movie_core.data.photos); 'procedural' draws exactly what the shipped family's pool held."""
     rng = np.random.default_rng([seed, resolution])
+    share = POOL_PHOTO_SHARE[source]
     weights = np.array([w for w, _ in _SOURCES])
-    kinds = rng.choice(len(_SOURCES), size=count, p=weights / weights.sum())
+    sources = list(_SOURCES)
+    if share:
+        weights = np.append(weights / weights.sum() * (1 - share), share)
+        sources.append((share, _photo))
+    kinds = rng.choice(len(sources), size=count, p=weights / weights.sum())
     pool = np.empty((count, resolution, resolution, 3), dtype=np.uint8)
     for i, kind in enumerate(kinds):
-        image = _SOURCES[kind][1](rng, resolution)
+        image = sources[kind][1](rng, resolution)
         if rng.random() < EDITED_FRACTION:
             edit = procedural.EDIT_NAMES[int(rng.integers(len(procedural.EDIT_NAMES)))]
             image = procedural.apply_edit(edit, procedural.quantize(image)).astype(np.float64) / 255.0
@@ -427,16 +444,18 @@ def _check_config(ckpt: Path, config: dict[str, Any]) -> None:
     path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _load_pool(ckpt: Path, pool_size: int, resolution: int, seed: int, log: Log) -> torch.Tensor:
+def _load_pool(ckpt: Path, pool_size: int, resolution: int, seed: int, log: Log,
+               source: str = "procedural") -> torch.Tensor:
     """The training pool, generated once and kept in the checkpoint folder for a resumed run."""
     path = ckpt / "pool.npy"
     if path.is_file():
         return torch.from_numpy(np.load(path))
     started = time.perf_counter()
-    pool = make_pool(pool_size, resolution, seed)
+    pool = make_pool(pool_size, resolution, seed, source)
     np.save(ckpt / "pool.tmp.npy", pool)
     (ckpt / "pool.tmp.npy").replace(path)
-    log(f"image pool: {pool_size} images at {resolution}x{resolution} in {time.perf_counter() - started:.1f} s")
+    log(f"image pool ({source}): {pool_size} images at {resolution}x{resolution} in "
+        f"{time.perf_counter() - started:.1f} s")
     return torch.from_numpy(pool)
 
 
@@ -466,7 +485,7 @@ def _part_summary(state: dict[str, Any], key: str) -> dict[str, Any]:
 def train_autoencoders(
     out: Path, *, vae_steps: int, taesd_steps: int, batch_size: int = 32, resolution: int = 64,
     crop: int | None = None, whole_every: int = 4, pool_size: int = 4096, device: str = "cpu", seed: int = 0,
-    checkpoint_seconds: float = 120.0, log: Log = print,
+    checkpoint_seconds: float = 120.0, log: Log = print, source: str = "procedural",
 ) -> dict[str, Any]:
     """Train the nano SD VAE, rescale it, distil the nano TAESD into its latent space; write out/vae and out/taesd.
 
@@ -490,8 +509,10 @@ def train_autoencoders(
               "resolution": resolution, "crop": crop, "pool_size": pool_size, "seed": seed}
     if crop < resolution and whole_every:
         config["whole_every"] = whole_every
+    if source != "procedural":  # (a run recorded before sources existed drew the procedural pool)
+        config["source"] = source
     _check_config(ckpt, config)
-    pool = _load_pool(ckpt, pool_size, resolution, seed, log)
+    pool = _load_pool(ckpt, pool_size, resolution, seed, log, source)
     metrics: dict[str, Any] = {"config": config}
 
     vae = _train_vae(ckpt, pool, config, device, checkpoint_seconds, log, metrics)
@@ -655,7 +676,7 @@ def _write_taesd(tae: AutoencoderTiny, folder: Path) -> None:
 
 def finetune_taesd_decoder(folder: Path, *, steps: int, batch_size: int = 32, resolution: int = 64,
                            pool_size: int = 1024, max_noise: float = 0.6, lr: float = 2e-4, device: str = "cpu",
-                           seed: int = 0, log: Log = print) -> dict[str, Any]:
+                           seed: int = 0, log: Log = print, source: str = "procedural") -> dict[str, Any]:
     """Make the TAESD decoder in folder/taesd robust to latents a denoiser writes, off the encoders' manifold.
 
     The first training taught it to decode clean VAE latents. A denoiser's output latents sit a little off that
@@ -671,7 +692,7 @@ def finetune_taesd_decoder(folder: Path, *, steps: int, batch_size: int = 32, re
     teacher = SDVAE(vae).eval().requires_grad_(False)
     tae.encoder.requires_grad_(False)
     torch.manual_seed(seed + 7)
-    pool = to_tensor(make_pool(pool_size, resolution, seed + 3))
+    pool = to_tensor(make_pool(pool_size, resolution, seed + 3, source))
     with torch.no_grad():
         latents = torch.cat([teacher.encode(chunk.to(device)).cpu() for chunk in pool.split(64)])
     probe = to_tensor(heldout_scenes(16, resolution, seed)).to(device)
@@ -712,11 +733,11 @@ GREY_FRACTION = 0.3  # colour finetune: examples shown as their grey version (a 
 CHROMA_WEIGHT = 3.0  # colour finetune: extra weight on the chroma error, beside the RGB reconstruction loss
 
 
-def multiscale_pool(count: int, resolution: int, seed: int = 0) -> np.ndarray:
+def multiscale_pool(count: int, resolution: int, seed: int = 0, source: str = "procedural") -> np.ndarray:
     """`count` pool images at `resolution`: half rendered at it, half random crops of images rendered at twice it,
     so the content is also seen at the scale of frames larger than the training crops."""
-    small = make_pool(count - count // 2, resolution, seed)
-    big = make_pool(count // 2, 2 * resolution, seed + 1)
+    small = make_pool(count - count // 2, resolution, seed, source)
+    big = make_pool(count // 2, 2 * resolution, seed + 1, source)
     rng = np.random.default_rng([seed, 2 * resolution])
     offsets = rng.integers(0, resolution + 1, size=(len(big), 2))
     crops = [image[i:i + resolution, j:j + resolution] for image, (i, j) in zip(big, offsets)]
@@ -728,7 +749,7 @@ def finetune_taesd_decoder_colour(folder: Path, *, steps: int, batch_size: int =
                                   grey_fraction: float = GREY_FRACTION, grey_noise: float = 0.0,
                                   saturation_weight: float = 0.0, tint_fraction: float = 0.0,
                                   probe_size: int | None = None,
-                                  log: Log = print) -> dict[str, Any]:
+                                  log: Log = print, source: str = "procedural") -> dict[str, Any]:
     """Teach the TAESD decoder the colours of the latents the TAESD encoder writes, grey included.
 
     Every Mobile stage encodes its training targets with the TAESD encoder, so it learns to write that encoder's
@@ -744,7 +765,7 @@ def finetune_taesd_decoder_colour(folder: Path, *, steps: int, batch_size: int =
     tae = AutoencoderTiny.from_pretrained(folder / "taesd", use_safetensors=True).to(device)
     tae.encoder.requires_grad_(False)
     wrappers = _wrappers(vae, tae)
-    pool = to_tensor(multiscale_pool(pool_size, resolution, seed + 5))
+    pool = to_tensor(multiscale_pool(pool_size, resolution, seed + 5, source))
     grey = _luma(pool).expand_as(pool).contiguous()
     with torch.no_grad():  # (colour, grey) latents of the pool from each encoder
         latents = {name: [torch.cat([w.encode(chunk.to(device)).cpu() for chunk in images.split(64)])
@@ -812,7 +833,7 @@ GREY_PASS = {"grey_fraction": 0.4, "grey_noise": 0.5, "saturation_weight": 1.0, 
 
 def finetune_taesd_decoder_grey(folder: Path, *, steps: int, batch_size: int = 8, resolution: int = 128,
                                 pool_size: int = 1024, lr: float = 2e-4, device: str = "cpu", seed: int = 0,
-                                log: Log = print) -> dict[str, Any]:
+                                log: Log = print, source: str = "procedural") -> dict[str, Any]:
     """finetune_taesd_decoder_colour again at `resolution` (frames larger than the 64-px training crops), grey-heavy
     (GREY_PASS): 40% of the examples grey, half of those with their latents perturbed (sigma ~ U(0, 0.5)) and asked
     only to stay grey, plus the grey examples' saturation (saturation_map) as a loss; 30% of the colour examples
@@ -825,7 +846,7 @@ def finetune_taesd_decoder_grey(folder: Path, *, steps: int, batch_size: int = 8
     0.079 / 0.037; sigma up to 1.0 0.082 / 0.035 with the red tint edit down from +0.145 to +0.112."""
     metrics = finetune_taesd_decoder_colour(folder, steps=steps, batch_size=batch_size, resolution=resolution,
                                             pool_size=pool_size, lr=lr, device=device, seed=seed,
-                                            probe_size=resolution, log=log, **GREY_PASS)
+                                            probe_size=resolution, log=log, source=source, **GREY_PASS)
     return metrics | {"resolution": resolution, "batch_size": batch_size, **GREY_PASS}
 
 
