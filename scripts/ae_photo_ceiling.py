@@ -4,6 +4,7 @@ of the subject than its autoencoder does, so this is the ceiling of the issue's 
 denoiser trained on these latents. Prints and saves JSON.
 
     python scripts/ae_photo_ceiling.py [--out docs/results/ae_photo_ceiling.json] [--vae taesd sd-vae]
+        [--folder AUTOENCODERS]   # also a trained SD VAE in diffusers format (AUTOENCODERS/vae, as nano-train writes)
 """
 
 from __future__ import annotations
@@ -31,11 +32,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results/ae_photo_ceiling.json"))
     parser.add_argument("--vae", nargs="+", default=["taesd", "sd-vae"])
     parser.add_argument("--sizes", nargs="+", default=["256x192", "128x96"], help="WxH")
+    parser.add_argument("--folder", type=Path, help="an autoencoders folder whose vae/ (diffusers) is measured too")
     args = parser.parse_args()
     rows = []
+    pipes = []
     for vae in args.vae:
         recipe = preset("movie").replace(size="nano", vae=vae)
-        pipe = load_pipeline(recipe, builtin_weights(recipe))
+        pipes.append((vae, load_pipeline(recipe, builtin_weights(recipe)).round_trip))
+    if args.folder is not None:
+        from diffusers import AutoencoderKL
+
+        model = AutoencoderKL.from_pretrained(args.folder / "vae", use_safetensors=True).eval()
+        pipes.append((f"{args.folder}/vae", lambda x: model.decode(model.encode(x).latent_dist.mode()).sample))
+    for vae, round_trip in pipes:
         for size in args.sizes:
             width, height = (int(v) for v in size.split("x"))
             per_photo = {}
@@ -43,7 +52,7 @@ def main() -> None:
                 image = still(load(name), width, height)
                 x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
                 with torch.no_grad():
-                    y = pipe.round_trip(x)
+                    y = round_trip(x)
                 out = ((y[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
                 mse = float(np.mean((out.astype(np.float64) - image) ** 2))
                 per_photo[name] = {"psnr": 10 * np.log10(255.0**2 / mse),
