@@ -152,8 +152,8 @@ class Server:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # Ctrl-C
-            try:
-                self.proc.wait(timeout=30)
+            try:  # (a loaded 2-core machine once needed over 30 s to shut the server down)
+                self.proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
