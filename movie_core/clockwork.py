@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from movie_core.errors import UsageError
+from movie_core.recipe import FRAME_BLENDS
 
 
 def full_steps(steps: int, clock: int = 1, schedule: tuple[int, ...] | None = None) -> list[bool]:
@@ -369,9 +370,6 @@ class StepClock:
             self._r_out.clear()
 
 
-# how an adapted frame's r_out_prev is made from the full frames' r_out (the recipe's `frame_blend`)
-FRAME_BLENDS = ("linear", "previous")
-
 # a per-frame blend: (weight, source) pairs, source an int = a row of this batch's frame, ("kept", k) = the k-th
 # kept full frame of earlier batches (0 the latest)
 Blend = list[tuple[float, Any]]
@@ -398,7 +396,7 @@ def frame_blend(frame: int, full_in_batch: list[int], kept: list[int], mode: str
     return [(1.0 - w, src_p), (w, src_q)]
 
 
-def _blend_rows(adapt_rows: list[int], count: int, start: int, blends: dict[int, Blend], r_out: torch.Tensor | None,
+def blend_rows(adapt_rows: list[int], count: int, start: int, blends: dict[int, Blend], r_out: torch.Tensor | None,
                 kept: list[torch.Tensor]) -> torch.Tensor:
     """r_out_prev for each adapted row (branch-major rows of `count` frames) from this call's full frames' r_out and
     the kept earlier ones (one row per guidance branch)."""
@@ -501,8 +499,9 @@ class FrameClock:
         r_in, *context = self.split.head(*inputs)
         rows = r_in.shape[0]
         plan = self._plan(rows)
-        if plan is None:
-            self.core_frames += rows if self._frames is None or rows % self._frames[1] else self._frames[1]
+        if plan is None:  # not video frames: all rows run full (counted in frames: rows are frames x branches)
+            count = self._frames[1] if self._frames is not None else rows
+            self.core_frames += count if rows % count == 0 else rows
             return self.split.tail(self.split.core(r_in, *context), *context)
         count, branches, start, full_rows, adapt_rows, blends, kept, key = plan
 
@@ -516,7 +515,7 @@ class FrameClock:
             r_out[full_rows] = core_out
             self.core_frames += len(full_rows) // branches
         if adapt_rows:
-            prev = _blend_rows(adapt_rows, count, start, blends, r_out, kept)
+            prev = blend_rows(adapt_rows, count, start, blends, r_out, kept)
             adapted = self.adaptor(rows_of(r_in, adapt_rows), prev, *(rows_of(c, adapt_rows) for c in context))
             if r_out is None:
                 r_out = adapted.new_empty((rows, *adapted.shape[1:]))
@@ -551,7 +550,7 @@ class FrameClock:
             self.core_frames += len(full_rows) // branches
         if adapt_rows:
             adapted = self.graphs.adapt(*rows_of(adapt_rows),
-                                        _blend_rows(adapt_rows, count, start, blends, r_out, kept))
+                                        blend_rows(adapt_rows, count, start, blends, r_out, kept))
             if out is None:
                 out = adapted.new_empty((rows, *adapted.shape[1:]))
             out[adapt_rows] = adapted

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from movie_core.recipe import FRAME_BLENDS
+
 
 def _guidance(ctx, param, value):
     if value is None:
@@ -68,7 +70,7 @@ def recipe_options(fn: Callable) -> Callable:
         ),
         click.option(
             "--frame-blend",
-            type=click.Choice(["linear", "previous"]),
+            type=click.Choice(list(FRAME_BLENDS)),
             help="Frame clock: what the adaptor of a frame between full frames starts from: linear (the full "
             "frames' features on either side, blended by distance; the last full frame's where no later one is "
             "known; default) or previous (the last full frame's always).",

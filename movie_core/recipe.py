@@ -136,6 +136,9 @@ def _component_options(instance: Any, attribute: attrs.Attribute, value: dict) -
             raise ValueError(f"component_options.{slot} must be a table of key = value")
 
 
+# how a frame clock's adaptor gets r_out_prev (movie_core.clockwork.frame_blend); the first is the default
+FRAME_BLENDS = ("linear", "previous")
+
 @attrs.frozen(kw_only=True)
 class Recipe:
     """A pipeline configuration: component names per slot and the options they run with."""
@@ -177,8 +180,9 @@ class Recipe:
     # Clockwork across video frames (beyond the paper): frames 0, N, 2N, ... and the anchor run the full network
     frame_clock: int = attrs.field(default=1, validator=_positive)
     # how a frame between full frames gets the r_out its adaptor starts from: 'linear' (between the full frames on
-    # either side, or extrapolated from the last two) or 'previous' (the last full frame's, as the step clock does)
-    frame_blend: str = attrs.field(default="linear", validator=[_text, attrs.validators.in_(("linear", "previous"))])
+    # either side where the later one is known, else the last one's) or 'previous' (the last full frame's, as the
+    # step clock does)
+    frame_blend: str = attrs.field(default="linear", validator=[_text, attrs.validators.in_(FRAME_BLENDS)])
     # per slot, the component's own options: {"backend": {"dynamic_batch": False}, "denoiser": {...}}
     component_options: dict = attrs.field(factory=dict, converter=dict, validator=_component_options)
 

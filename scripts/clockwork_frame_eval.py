@@ -71,12 +71,13 @@ def main() -> None:
     torch.manual_seed(0)
     base = preset("movie").replace(size="nano")
     folder = args.model or builtin_weights(base)
-    trained = (folder / "adaptor" / "adaptor.json").is_file()
+    adaptor_json = folder / "adaptor" / "adaptor.json"
+    trained_for = json.loads(adaptor_json.read_text())["trained_for"] if adaptor_json.is_file() else None
+    trained = trained_for is not None
     clips = [make_video(s, frames=args.frames, size=args.size, split="test")
              for s in sample_seeds(0, "test", args.videos)]
     configs = [("no clock", base)]
-    blend = (json.loads((folder / "adaptor" / "adaptor.json").read_text())["trained_for"].get("blend", "previous")
-             if trained else None)
+    blend = trained_for.get("blend", "previous") if trained_for is not None else None
     for every in args.every:
         for b in ("previous", "linear"):
             configs.append((f"frame clock {every}, identity, {b}", base.replace(frame_clock=every, frame_blend=b)))
@@ -117,7 +118,7 @@ def main() -> None:
     if trained:
         from movie_core.weights import read_manifest
 
-        result["trained_for"] = json.loads((folder / "adaptor" / "adaptor.json").read_text())["trained_for"]
+        result["trained_for"] = trained_for
         training = (read_manifest(folder) or {}).get("training", {})
         result["training"] = {k: training.get(k) for k in ("strategy", "steps", "train", "options", "final_losses")}
     args.out.parent.mkdir(parents=True, exist_ok=True)

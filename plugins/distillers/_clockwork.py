@@ -164,18 +164,15 @@ class ClockworkDistiller(Distiller):
                 for r_in, context, r_out in recorder.records.values():
                     rows = r_in.shape[0]
                     branches = rows // n
-                    between = range(1, self.options.clock)
-                    skipped = [b * n + f for b in range(branches) for f in between]
-                    held = r_out[[b * n for b in range(branches) for f in between]]
-                    starts = [held]
-                    if self.options.blend == "linear":  # the blend of the full frames 0 and clock on either side
-                        w = torch.tensor([f / self.options.clock for b in range(branches) for f in between],
-                                         dtype=r_out.dtype, device=r_out.device).view(-1, *[1] * (r_out.ndim - 1))
-                        later = r_out[[b * n + n - 1 for b in range(branches) for f in between]]
-                        starts.append((1 - w) * held + w * later)
-                    for start in starts:
+                    skipped = [b * n + f for b in range(branches) for f in range(1, self.options.clock)]
+                    # the starts `movie edit` makes (clockwork.frame_blend): with the later full frame known and,
+                    # for 'linear', without it (a batch's trailing frames)
+                    known = [[0, self.options.clock]] + ([[0]] if self.options.blend == "linear" else [])
+                    for full in known:
+                        blends = {f: clockwork.frame_blend(f, full, [], self.options.blend)
+                                  for f in range(1, self.options.clock)}
                         r_ins.append(r_in[skipped])
-                        prevs.append(start)
+                        prevs.append(clockwork.blend_rows(skipped, n, 0, blends, r_out, []))
                         contexts.append([c[skipped] if c.ndim and c.shape[0] == rows else c for c in context])
                         targets.append(r_out[skipped])
         return r_ins, prevs, contexts, targets

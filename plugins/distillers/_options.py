@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from movie_core.recipe import FRAME_BLENDS
+
 _ge0 = attrs.validators.ge(0)
 _prob = attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(1))
 _pos = attrs.validators.gt(0)
@@ -146,7 +148,7 @@ class ClockworkOptions:
                                      validator=attrs.validators.optional(attrs.validators.ge(1)))
     use_r_out: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     # kind 'frame': what the adaptor starts from, as the recipe's frame_blend (movie_core.clockwork.frame_blend)
-    blend: str = attrs.field(default="linear", validator=attrs.validators.in_(("linear", "previous")))
+    blend: str = attrs.field(default=FRAME_BLENDS[0], validator=attrs.validators.in_(FRAME_BLENDS))
 
 
 def _lora_rank(instance, attribute, value) -> None:
