@@ -123,7 +123,7 @@ class Server:
     """`movie app` in a subprocess; its stderr lines are collected by a thread."""
 
     def __init__(self, port: int) -> None:
-        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "movie_core.cli", "app", "--port", str(port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: queue.Queue[str] = queue.Queue()
@@ -152,11 +152,21 @@ class Server:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # Ctrl-C
+            start = time.monotonic()
             try:  # (a loaded 2-core machine once needed over 30 s to shut the server down)
                 self.proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                # SIGABRT makes the server's faulthandler print every thread's stack: where the shutdown hangs
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.seen.append(f"(test: the server exited {time.monotonic() - start:.1f} s after Ctrl-C)")
+            time.sleep(0.5)  # the reader thread drains the last lines
+            while not self.lines.empty():
+                self.seen.append(self.lines.get())
         return int(self.proc.returncode)
 
 
