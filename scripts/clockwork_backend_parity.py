@@ -122,11 +122,12 @@ def main() -> None:
     torch.manual_seed(0)
     out = a.out or Path(__file__).resolve().parent.parent / "docs" / "results" / f"clockwork_{a.backend}_parity.json"
     sizes = [(int(h), int(w)) for w, h in (s.lower().split("x") for s in a.sizes.split(","))]
-    os.environ.setdefault("MOVIE_CACHE_DIR", tempfile.mkdtemp(prefix="movie-parity-"))  # graphs built fresh
     from movie_core import backends
 
     backend_info = backends.get_backend(a.backend).available()[1]
-    rows = [r for size in sizes for anchor in a.anchors.split(",") for r in measure(a.backend, size, anchor)]
+    with tempfile.TemporaryDirectory(prefix="movie-parity-") as cache:  # graphs built fresh, removed after
+        os.environ.setdefault("MOVIE_CACHE_DIR", cache)
+        rows = [r for size in sizes for anchor in a.anchors.split(",") for r in measure(a.backend, size, anchor)]
     import onnxruntime
 
     result = {
