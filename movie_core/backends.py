@@ -278,9 +278,15 @@ class Runner:
             self.prepared[sig] = prepared
         with torch.no_grad():
             if getattr(self.backend, "exports", False):  # the artifact runs without the torch module
-                return prepared.fn(*inputs)
-            with active(self.module):
-                return prepared.fn(*inputs)
+                out = prepared.fn(*inputs)
+            else:
+                with active(self.module):
+                    out = prepared.fn(*inputs)
+        if "output_shapes" not in prepared.info:  # what this artifact returned (an export's manifest says it)
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            prepared.info["output_shapes"] = {n: list(t.shape) for n, t in zip(self.names[1], outs)
+                                              if isinstance(t, torch.Tensor)}
+        return out
 
 
 class Runtime:

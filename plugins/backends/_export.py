@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,11 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
         if recipe.anchor != "none":
             editor.record_anchor(frames[len(frames) // 2], len(frames) // 2 if every > 1 else None)
         editor.edit(frames, size)
-        if every > 1:  # the frame clock: the frames up to the next full one, one at a time, so 'unet_adapt' runs too
-            for _ in range(every - 1):
-                editor.edit(frames[:1], size)
+        # the frame clock: the batches after the first (the anchor's) split into full and adapted rows by where they
+        # start relative to the clock; one batch per start the video meets (lcm(batch, clock) / batch of them) runs
+        # 'unet_adapt' and, on a backend with fixed shapes, prepares every row count the split gives
+        for _ in range(math.lcm(batch_size, every) // batch_size if every > 1 else 0):
+            editor.edit(frames, size)
     finally:
         editor.close()
 
@@ -66,11 +69,16 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
     try:
         infos, shapes, host = _host_and_fused(pipe, editor, frames, tmp, batch_size)
         components = _collect(infos, tmp)
+        runtime = backend.runtime(options) if hasattr(backend, "runtime") else None
         for c in components.values():  # every input's and output's shape, dtype, layout and range
             c["inputs"] = {n: v | _io(n) for n, v in c["inputs"].items()}
             dynamic = any(v["shape"][0] == "batch" for v in c["inputs"].values())
-            c["outputs"] = {n: {"shape": (["batch", *shapes[n][1:]] if dynamic and n in shapes and not n.startswith(
-                "anchor_") else shapes.get(n)), "dtype": "float32"} | _io(n) for n in c["outputs"]}
+            # the shapes this artifact returned (a backend with fixed shapes: one artifact per batch), else the name's
+            returned = c.pop("output_shapes", None) or {}
+            c["outputs"] = {n: {"shape": _output_shape(returned.get(n) or shapes.get(n), dynamic and not n.startswith(
+                "anchor_")), "dtype": "float32"} | _io(n) for n in c["outputs"]}
+            if runtime and runtime.get("model"):  # the file to load: its folder may be '<component>-b<batch>'
+                c["model"] = runtime["model"].format(component=c["component"])
         r = pipe.recipe
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -93,12 +101,18 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
             },
             "anchor": _anchor_rule(recipe.anchor, shapes),
             # what the app sets to run the artifacts: runtime, execution provider and its options, model file
-            "runtime": backend.runtime(options) if hasattr(backend, "runtime") else None,
-            "clock": _clock_rule(pipe),
+            "runtime": runtime,
+            "clock": _clock_rule(pipe, fixed=not any(v["shape"][0] == "batch" for c in components.values()
+                                                     for v in c["inputs"].values())),
             "versions": {"movie": __version__, **next(iter(components.values()))["toolchain"]},
             "components": components,
             "host": host,
         }
+        rule = manifest["clock"]
+        if (rule.get("adaptor_steps") or rule["policy"] == "frame") and not any(
+                c["component"] in ("unet_adapt", "unet_adapt_replay") for c in components.values()):
+            raise MovieError("the export run never reached a step or frame the clock adapts: 'unet_adapt' was not "
+                             "prepared")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         latency = {n: c["device_latency_ms"] for n, c in components.items() if c.get("device_latency_ms") is not None}
         if latency:
@@ -139,6 +153,10 @@ _IO = {  # what the core's and the built-in denoisers' tensor names mean
 }
 
 
+def _output_shape(shape: list[int] | None, dynamic: bool) -> list[Any] | None:
+    return ["batch", *shape[1:]] if dynamic and shape is not None else shape
+
+
 def _io(name: str) -> dict[str, str]:
     if name.startswith("anchor_"):
         return {"layout": "(guidance branches, tokens, dim): one anchor layer's keys (k) or values (v)",
@@ -157,15 +175,21 @@ def _anchor_rule(anchor: str, shapes: dict[str, Any]) -> dict[str, Any]:
             "kv_shapes": kv}
 
 
-def _clock_rule(pipe) -> dict[str, Any]:
-    """Which graph runs on which step / frame of a clocked recipe (Clockwork)."""
+def _clock_rule(pipe, fixed: bool = False) -> dict[str, Any]:
+    """Which graph runs on which step / frame of a clocked recipe (Clockwork). fixed: the graphs have fixed shapes
+    (one folder per row count)."""
     r = pipe.recipe
     if not r.clocked:
         return {"policy": "none", "rule": "every step and frame runs unet"}
     graphs = ("unet (the whole network; it also returns r_out, what its low-resolution core returned) and "
               "unet_adapt (the high-resolution path with the adaptor in the core's place: the network's inputs and "
               "r_out_prev)")
-    adaptor = {"adaptor": r.adaptor}
+    adaptor: dict[str, Any] = {"adaptor": r.adaptor}
+    if fixed:
+        adaptor["shapes"] = ("fixed: a graph has one folder per row count it runs at ('<graph>-b<rows>' where there "
+                             "are several; each component's 'component' names its graph, 'inputs' its shapes)" +
+                             ("; a batch of frames runs its full frames' rows through unet and its other frames' "
+                              "rows through unet_adapt, as two calls" if r.frame_clock > 1 else ""))
     if r.frame_clock > 1:
         blend = ("the r_out of the last frame that ran unet" if r.frame_blend == "previous" else
                  "where a later frame that ran unet is known (run the full frames of a batch first), "
@@ -235,6 +259,7 @@ def _host_and_fused(pipe, editor, frames, tmp: Path, batch: int) -> tuple[list[d
                                                   bound.options, bound.cache)
             out = prepared.fn(*inputs)
             out, *rec = out if isinstance(out, (tuple, list)) else (out,)
+            prepared.info["output_shapes"] = {n: list(t.shape) for n, t in zip(graph.io_names()[1], (out, *rec))}
             if name == "unet":
                 kv = tuple(rec)
                 shapes.update({n: list(t.shape) for n, t in zip(graph.io_names()[1][1:], rec)})
@@ -261,6 +286,7 @@ def _collect(infos: list[dict[str, Any]], dest: Path) -> dict[str, dict[str, Any
         shutil.copytree(info["artifact_dir"], target, ignore=shutil.ignore_patterns("artifact.json"))
         files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
         components[name] = {k: info[k] for k in ("component", "inputs", "outputs", "precision", "toolchain", "key")}
+        components[name]["output_shapes"] = info.get("output_shapes")
         components[name]["files"] = files
         hub = target / "aihub.json"
         if hub.is_file():  # measured on the device by an AI Hub profile job
