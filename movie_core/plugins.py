@@ -42,6 +42,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.distillers.adversarial",
     "movie_plugins.distillers.clockwork",
     "movie_plugins.distillers.ufogen",
+    "movie_plugins.distillers.t2i_train",
     "movie_plugins.commands.convert",
     "movie_plugins.commands.export",
     "movie_plugins.commands.data",

@@ -11,7 +11,9 @@ Formats:
   JSON object per line. Columns, with paths relative to the folder:
     - `input_image`, `edited_image`, `edit_prompt` (as in the public InstructPix2Pix datasets; written
       by `movie data nano`), or
-    - `file_name`, `edited_file_name`, `text` (the imagefolder style).
+    - `file_name`, `edited_file_name`, `text` (the imagefolder style), or
+    - `file_name`, `text` (a text-to-image imagefolder, as `movie data captions` writes: the image is both
+      source and edited; text-to-image distillers train on the edited one).
   Splits: subfolders `train/`, `test/`, ... each with its own metadata.jsonl, or a `split` field on
   each line of a top-level metadata.jsonl.
 * ParquetDataset: parquet files laid out like `timbrooks/instructpix2pix-clip-filtered`: columns
@@ -41,6 +43,7 @@ METADATA = "metadata.jsonl"
 COLUMN_SETS = (
     ("input_image", "edited_image", "edit_prompt"),
     ("file_name", "edited_file_name", "text"),
+    ("file_name", "file_name", "text"),  # a text-to-image imagefolder: the image is both source and target
 )
 PARQUET_SOURCE_COLUMNS = ("original_image", "input_image")
 PARQUET_EDITED_COLUMN = "edited_image"
@@ -144,11 +147,11 @@ class ImageFolderDataset(EditDataset):
                 continue
             columns = next((cols for cols in COLUMN_SETS if all(c in row for c in cols)), None)
             if columns is None:
-                wanted = " or ".join(", ".join(cols) for cols in COLUMN_SETS)
+                wanted = " or ".join(", ".join(dict.fromkeys(cols)) for cols in COLUMN_SETS)
                 raise MovieError(f"{where}: needs the columns {wanted}")
             src, dst, prompt = (row[c] for c in columns)
             if not all(isinstance(v, str) for v in (src, dst, prompt)):
-                raise MovieError(f"{where}: {', '.join(columns)} must be strings")
+                raise MovieError(f"{where}: {', '.join(dict.fromkeys(columns))} must be strings")
             files = []
             for name in (src, dst):
                 file = self.folder / name
@@ -165,7 +168,8 @@ class ImageFolderDataset(EditDataset):
 
     def _get(self, index: int) -> dict[str, Any]:
         src, dst, prompt = self.rows[index]
-        source, edited = _decode_image(src, str(src)), _decode_image(dst, str(dst))
+        source = _decode_image(src, str(src))
+        edited = source if dst == src else _decode_image(dst, str(dst))
         return _pair(source, edited, prompt, f"{self.folder} sample {index}")
 
 

@@ -1,4 +1,5 @@
-"""Adds `movie data`: training datasets; `movie data nano` writes the procedural nano dataset."""
+"""Adds `movie data`: training datasets; `movie data nano` writes the procedural nano dataset (edits), `movie data
+captions` captioned procedural scenes (text-to-image)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from movie_core.hookspecs import hookimpl
 def movie_register_commands(cli):
     @cli.group()
     def data() -> None:
-        """Training datasets of (source image, instruction, edited image) triplets."""
+        """Training datasets: (source image, instruction, edited image) triplets, or captioned images."""
 
     @data.command()
     @click.option("--out", required=True, type=click.Path(), help="Dataset folder to write.")
@@ -52,3 +53,35 @@ def movie_register_commands(cli):
             f"{vids['train']} + {vids['test']} videos of {frames} frames, {size}x{size}, "
             f"{len(summary['edits'])} edits, {source}, seed {seed} ({summary['seconds']:.1f} s)"
         )
+
+    @data.command()
+    @click.option("--out", required=True, type=click.Path(), help="Dataset folder to write.")
+    @click.option("--count", type=click.IntRange(min=2), default=20000, show_default=True,
+                  help="Captioned images (train + test).")
+    @click.option("--size", type=click.IntRange(min=16, max=2048), default=64, show_default=True,
+                  help="Image size in pixels (square).")
+    @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Dataset seed.")
+    @click.option("--test-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.05,
+                  show_default=True, help="Share held out for the test split (held-out colour x shape x position "
+                                          "combinations only).")
+    @click.option("--two-shapes", type=click.FloatRange(min=0, max=1), default=0.3, show_default=True,
+                  help="Share of scenes with two shapes.")
+    @click.option("--overwrite", is_flag=True, help="Replace an existing dataset folder.")
+    def captions(out: str, count: int, size: int, seed: int, test_fraction: float, two_shapes: float,
+                 overwrite: bool) -> None:
+        """Render captioned procedural scenes for text-to-image training: a background colour and one or two
+        coloured shapes at named positions, with a caption written from that spec ("a red circle on the left,
+        blue background").
+
+        Writes OUT/train and OUT/test imagefolders (NNNNNN.png; metadata.jsonl: file_name, text, spec, seed) and
+        OUT/dataset.json (palette, regions, the held-out combinations). The test split's scenes use only colour x
+        shape x position combinations that no training scene shows. scripts/t2i_prompt_following.py scores a
+        model on it.
+        """
+        from movie_core.data.captions import write_captions
+
+        summary = write_captions(out, count=count, size=size, seed=seed, test_fraction=test_fraction,
+                                 two_shapes=two_shapes, overwrite=overwrite)
+        images = summary["images"]
+        click.echo(f"wrote {out}: {images['train']} train + {images['test']} test captioned images, {size}x{size}, "
+                   f"{len(summary['held_out'])} held-out combinations, seed {seed} ({summary['seconds']:.1f} s)")

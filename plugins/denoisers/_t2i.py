@@ -324,6 +324,9 @@ def load(name: str, root: Path, scheduler: str, asked: bool = False) -> TextToIm
     check_tokenizer(tok_dir)
     text = load_checked(text_dir, lambda: CLIPTextModel.from_pretrained(text_dir, **text_kw))
     tokenizer = load_checked(tok_dir, lambda: CLIPTokenizer.from_pretrained(tok_dir))
-    own = None if asked else folder_scheduler(root)
-    return TextToImageDenoiser(name, unet, text, tokenizer, scheduler, folder_scheduler=own,
-                               latent_scale=folder_latent_scale(root))
+    own = folder_scheduler(root)
+    den = TextToImageDenoiser(name, unet, text, tokenizer, scheduler, folder_scheduler=None if asked else own,
+                              latent_scale=folder_latent_scale(root))
+    if asked and own is not None:  # another sampler, the same network: it still predicts what the folder says
+        den.prediction_type = own.config.prediction_type
+    return den

@@ -7,6 +7,9 @@ adversarial       adversarial step distillation (Algorithm 2): 5-step LCM teache
 clockwork         Clockwork adaptor (frozen teacher, adaptor only): step clock or frame clock, into the model folder
 ufogen            UFOGen one-step diffusion-GAN fine-tuning (MobileDiffusion Sec. 4): any built-in denoiser,
                   text-to-image or editing; reconstruction term diffusion / distill / ema, optional LoRA (peft)
+t2i-train         text-to-image training on captioned images (`movie data captions`): diffusion loss, caption
+                  dropout; teacher-less (starts from a text-to-image folder, or a random UNet with a folder's text
+                  tower and autoencoders)
 
 Each public module registers a spec and its options (attrs, no torch); the Distiller subclasses live in
 the private `_*.py` modules that the spec's factory string imports when a run starts.

@@ -144,6 +144,8 @@ class ClockworkOptions:
     clock: int = attrs.field(default=2, converter=int, validator=attrs.validators.ge(2))
     steps: int | None = attrs.field(default=None, converter=attrs.converters.optional(int),
                                     validator=attrs.validators.optional(attrs.validators.ge(1)))
+    prediction: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(("epsilon", "v_prediction"))))
     hidden: int | None = attrs.field(default=None, converter=attrs.converters.optional(int),
                                      validator=attrs.validators.optional(attrs.validators.ge(1)))
     use_r_out: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
@@ -183,3 +185,40 @@ class UFOGenOptions(GuidanceRanges):
     lambda_adv: float = _float(default=0.1, validator=_ge0)
     lr_d: float = _float(default=1e-5, validator=_pos)
     head_channels: int = attrs.field(default=32, converter=int, validator=attrs.validators.ge(1))
+
+
+T2I_INIT = ("auto", "model", "random")
+
+
+@attrs.frozen(kw_only=True)
+class T2ITrainOptions:
+    """Text-to-image training (teacher-less): the standard diffusion loss on (image, caption) pairs.
+
+    init: where the trained model starts. 'model' continues the --teacher folder's text-to-image denoiser; 'random'
+    builds a new `denoiser` (a registered text-to-image one, random UNet at the folder's size) and keeps the
+    folder's text tower, tokenizer and autoencoders, so any model folder (`nano:instruct-pix2pix`, the shipped nano
+    family's) can seed a text-to-image model from scratch; 'auto' continues a text-to-image folder and starts a
+    random one otherwise. The --teacher folder is never a teacher: nothing is distilled from it.
+    caption_dropout: the share of examples trained on the empty caption, so that classifier-free guidance (the
+    denoiser's 2 passes) works. train_text: the text tower trains with the UNet (the nano family's BPE tokenizer
+    splits unknown words into characters; its frozen tower has not learnt to read them). snr_gamma: Min-SNR loss
+    weighting (Hang et al. 2023: each t's loss times min(SNR_t, gamma) / SNR_t for epsilon, min(SNR_t, gamma) /
+    (SNR_t + 1) for v); None: the plain MSE. offset_noise: a per-channel constant of this scale added to the noise
+    (Guttenberg 2023), so the model learns to change an image's mean colour, which SD's schedule barely noises
+    away. prediction: what the trained UNet predicts, 'epsilon' or 'v_prediction' (Salimans & Ho: v ~ -x0 at high
+    noise, so a young model gets an image's layout and colours right before its details); None: the start's own
+    (a random start: the denoiser's, epsilon for the built-in ones). A model continued from its folder keeps its
+    own unless asked. steps: the sampling steps the exported model's recipe records (None: the denoiser's own,
+    DDIM 25)."""
+
+    init: str = attrs.field(default="auto", validator=attrs.validators.in_(T2I_INIT))
+    denoiser: str = "mobile-diffusion"
+    caption_dropout: float = _float(default=0.1, validator=_prob)
+    train_text: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    snr_gamma: float | None = attrs.field(default=None, converter=attrs.converters.optional(float),
+                                          validator=attrs.validators.optional(_pos))
+    offset_noise: float = _float(default=0.0, validator=_ge0)
+    steps: int | None = attrs.field(default=None, converter=attrs.converters.optional(int),
+                                    validator=attrs.validators.optional(attrs.validators.ge(1)))
+    prediction: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(("epsilon", "v_prediction"))))
