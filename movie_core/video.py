@@ -46,7 +46,7 @@ import secrets
 import shutil
 import stat
 import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -974,8 +974,10 @@ def make_test_video(
     moving: bool = True,
     sample_rate: int = 48000,
     rotation: int = 0,
+    frame_fn: Callable[[int], np.ndarray] | None = None,
 ) -> Path:
-    """Write a real H.264 video (moving square over a panning gradient) with a sine-wave audio track."""
+    """Write a real H.264 video (moving square over a panning gradient, or frame_fn(index): uint8 height x width x 3)
+    with a sine-wave audio track."""
     path = Path(path)
     n_frames = round(seconds * fps)
     with av.open(str(path), "w") as out:
@@ -995,7 +997,8 @@ def make_test_video(
         samples_done, total_samples = 0, round(seconds * sample_rate)
         background = _test_background(width, height)
         for index in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(_test_frame(background, index, fps, moving), format="rgb24")
+            pixels = frame_fn(index) if frame_fn is not None else _test_frame(background, index, fps, moving)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels, dtype=np.uint8), format="rgb24")
             frame.pts = index
             out.mux(video.encode(frame))
             while sound is not None and samples_done < min(total_samples, (index + 1) * sample_rate / fps):
