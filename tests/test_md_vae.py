@@ -143,3 +143,46 @@ def test_decoder_stage_lowers_reconstruction_loss_with_the_encoder_frozen():
     now = {k: v for m in ae.encoder_modules() for k, v in m.state_dict().items()}
     assert all(torch.equal(encoder[k], now[k]) for k in encoder)  # frozen: bit-identical
     assert not any(p.requires_grad for p in ae.parameters())  # left frozen for inference
+
+
+def test_nano_train_stage_writes_a_loadable_md_vae_and_stage_2_leaves_the_encoder(tmp_path):
+    """movie nano-train's md-vae stage: both stages on the chain's pool and batches, out/md_vae loads as the
+    autoencoder builds it, the checkpoint folder goes, the calibrated scaling factor is kept, and the decoder stage
+    leaves the encoder bit-identical (a run without it has the same encoder, another decoder)."""
+    from movie_plugins.nano import md_vae_train
+
+    kw = dict(steps=3, batch_size=4, resolution=32, crop=16, whole_every=2, pool_size=6, seed=1,
+              checkpoint_seconds=1e9, log=lambda _: None)
+    runs = {}
+    for decoder_steps in (0, 3):
+        out = tmp_path / f"d{decoder_steps}"
+        metrics = md_vae_train.train_nano(out, decoder_steps=decoder_steps, **kw)
+        assert not (out / ".md_vae.ckpt").exists()
+        assert set(metrics["psnr"]) >= {"procedural_32"} and all(v > 0 for v in metrics["psnr"].values())
+        ae = _md_vae.build_md_vae(BuildContext(size="nano", weights=out), None)
+        assert ae.scale == pytest.approx(metrics["stage1"]["scaling_factor"], rel=1e-5) and ae.scale != 1.0
+        runs[decoder_steps] = ae.state_dict()
+    encoder = [k for k in runs[0] if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in runs[0] if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder
+    assert all(torch.equal(runs[0][k], runs[3][k]) for k in encoder)
+    assert not all(torch.equal(runs[0][k], runs[3][k]) for k in decoder)
+
+
+def test_nano_train_stage_refuses_to_resume_other_settings(tmp_path):
+    from movie_plugins.nano import md_vae_train
+
+    (tmp_path / ".md_vae.ckpt").mkdir()
+    (tmp_path / ".md_vae.ckpt" / "config.json").write_text('{"steps": 99}')
+    with pytest.raises(MovieError, match="unfinished run with other settings"):
+        md_vae_train.train_nano(tmp_path, steps=2, decoder_steps=1, batch_size=2, resolution=16, crop=16,
+                                pool_size=2, log=lambda _: None)
+    assert not (tmp_path / "md_vae").exists()
+
+
+def test_chain_budget_keeps_the_md_vae_stage_off_when_scaled():
+    from movie_plugins.nano.chain import LEGACY, ChainBudget, recorded_budget
+
+    assert ChainBudget().scaled(0.01).md_vae_steps == 0
+    assert ChainBudget(md_vae_steps=3000).scaled(0.01).md_vae_steps == 30
+    assert recorded_budget({"count": 8000})["md_vae_steps"] == LEGACY["md_vae_steps"] == 0

@@ -27,17 +27,21 @@ def run(*args: str):
     return invoke(*args, catch_exceptions=False)
 
 
+# the chain at 1/2000 of its budget (two steps a stage), md-vae's stage included
+SCALED = ("--scale", "0.0005", "--no-progress", "-B", "md_vae_steps=4000")
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory) -> dict:
-    """The whole chain at 1/2000 of its budget (two steps a stage), shipped into a built-in layout."""
+    """The whole chain at 1/2000 of its budget (two steps a stage), md-vae's stage too, shipped into a built-in
+    layout."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         root = tmp_path_factory.mktemp("chain")
-        result = run("nano-train", "--out", str(root / "work"), "--scale", "0.0005", "--ship", str(root / "ship"),
-                     "--no-progress")
+        result = run("nano-train", "--out", str(root / "work"), "--ship", str(root / "ship"), *SCALED)
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
@@ -47,9 +51,12 @@ def chain(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_chain_writes_every_stage_and_records_times(chain):
     record = json.loads((chain["work"] / "chain.json").read_text())
-    for stage in ("data", "autoencoders", "taesd-decoder", "taesd-decoder-colour", "taesd-decoder-grey", "text", "init",
-                  *STAGES):
+    for stage in ("data", "autoencoders", "md-vae", "taesd-decoder", "taesd-decoder-colour", "taesd-decoder-grey",
+                  "text", "init", *STAGES):
         assert record["seconds"][stage] >= 0
+    assert record["budget"]["md_vae_steps"] == 2 and set(record["metrics"]["md-vae"]) >= {"stage1", "stage2", "psnr"}
+    assert (chain["work"] / "autoencoders" / "md_vae" / "config.json").is_file()
+    assert not (chain["ship"] / "autoencoders" / "md_vae").exists()  # not shipped: the weights' size limit
     assert record["budget"]["ip2p_steps"] == 3 and record["device"] == "cpu"
     # each distiller's objective is measured after its stage
     assert set(record["metrics"]["mobile-pix2pix-mmg"]) >= {"grid_distance_start", "grid_distance", "ratio"}
@@ -70,9 +77,9 @@ def test_chain_writes_every_stage_and_records_times(chain):
 @pytest.mark.slow
 def test_chain_resumes_by_skipping_finished_stages(chain):
     before = (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    result = run("nano-train", "--out", str(chain["work"]), "--scale", "0.0005", "--no-progress")
-    assert result.exit_code == 0
-    assert result.output.count("skipped") == 13  # data, 4 autoencoder stages, text, init, six training stages
+    result = run("nano-train", "--out", str(chain["work"]), *SCALED)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("skipped") == 14  # data, 5 autoencoder stages, text, init, six training stages
     assert (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
@@ -88,7 +95,7 @@ def test_a_stage_killed_before_its_first_checkpoint_starts_over(chain, tmp_path)
     shutil.rmtree(train, ignore_errors=True)
     (train / "checkpoints").mkdir(parents=True)  # what a run killed before step checkpoint_every leaves
     (train / "config.json").write_text("{}")
-    result = invoke("nano-train", "--out", str(work), "--scale", "0.0005", "--no-progress")
+    result = invoke("nano-train", "--out", str(work), *SCALED)
     assert result.exit_code == 0, result.output
     assert (work / last / "movie.json").is_file()
     assert any((train / "checkpoints").glob("step-*"))
@@ -105,9 +112,9 @@ def test_colour_stage_added_to_a_trained_folder_updates_every_stage_decoder(chai
     (work / "autoencoders" / "taesd_decoder_colour.json").unlink()
     weights = "taesd/diffusion_pytorch_model.safetensors"
     before = (work / "autoencoders" / weights).read_bytes()
-    result = invoke("nano-train", "--out", str(work), "--scale", "0.0005", "--no-progress")
+    result = invoke("nano-train", "--out", str(work), *SCALED)
     assert result.exit_code == 0, result.output
-    assert result.output.count("skipped") == 12
+    assert result.output.count("skipped") == 13
     new = (work / "autoencoders" / weights).read_bytes()
     assert new != before
     record = json.loads((work / "chain.json").read_text())

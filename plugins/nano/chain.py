@@ -64,6 +64,10 @@ class ChainBudget:
     # comes back tinted at 128 px, and a grayscale edit cannot be grey
     taesd_grey_steps: int = 600
     taesd_grey_resolution: int = 128
+    # MobileDiffusion's md-vae (8 latent channels) on the same pool and batches: stage 1 (encoder + full decoder) for
+    # this many steps, stage 2 (the light decoder, encoder frozen) for half as many; 0: no md-vae stage. Not
+    # shipped (the nano family's weights are at the size limit); the md8 denoisers need it (issue 23)
+    md_vae_steps: int = 0
     text_steps: int = 600
     ip2p_steps: int = 6000
     ip2p_lr: float = 5e-4
@@ -97,11 +101,13 @@ class ChainBudget:
         """Every step count (and the dataset size) times `factor`, at least 2."""
         keys = [f.name for f in attrs.fields(ChainBudget)
                 if f.name.endswith("_steps") or f.name in ("count", "videos", "ae_pool")]
-        return attrs.evolve(self, **{k: max(2, round(getattr(self, k) * factor)) for k in keys})
+        return attrs.evolve(self, **{k: max(2, round(getattr(self, k) * factor)) if getattr(self, k) else 0
+                                     for k in keys})
 
 
 # what a budget recorded before these keys existed (the shipped family's chain.json) ran with
-LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "data_source": "procedural"}
+LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "data_source": "procedural",
+          "md_vae_steps": 0}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -355,6 +361,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
 
     from movie_core.components import resolve_device
     from movie_core.data.writer import write_nano
+    from movie_plugins.nano import md_vae_train
     from movie_plugins.nano import train as nano_train
 
     work.mkdir(parents=True, exist_ok=True)
@@ -389,6 +396,12 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         work / "autoencoders", vae_steps=b.vae_steps, taesd_steps=b.taesd_steps, batch_size=b.ae_batch_size,
         resolution=b.resolution, crop=min(b.ae_crop, b.resolution), whole_every=b.ae_whole_every, pool_size=b.ae_pool,
         device=dev, seed=b.seed, log=log, source=b.data_source))
+    if b.md_vae_steps:
+        stage("md-vae", work / "autoencoders" / "md_vae", lambda: md_vae_train.train_nano(
+            work / "autoencoders", steps=b.md_vae_steps, decoder_steps=max(1, b.md_vae_steps // 2),
+            batch_size=b.ae_batch_size, resolution=b.resolution, crop=min(b.ae_crop, b.resolution),
+            whole_every=b.ae_whole_every, pool_size=b.ae_pool, device=dev, seed=b.seed, log=log,
+            source=b.data_source))
     stage("taesd-decoder", work / "autoencoders" / TAESD_DECODER_DONE, lambda: _taesd_decoder(work, b, dev, log))
     stage("taesd-decoder-colour", work / "autoencoders" / TAESD_COLOUR_DONE,
           lambda: _taesd_decoder_colour(work, b, dev, log))

@@ -12,6 +12,7 @@ SD VAE is trained with (plugins/nano/train.py). Batches are drawn by (seed, step
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -107,3 +108,135 @@ def train_decoder(ae: MDVAE, images: torch.Tensor, steps: int, *, lr: float = 1e
     for m in trainable:
         m.eval().requires_grad_(False)
     return log
+
+
+# ------------------------------------------------------------------------------ the nano-train stage
+
+class Stage1(nn.Module):
+    """md-vae's encoder with the full-width stage-1 decoder, trained as one module."""
+
+    def __init__(self, ae: MDVAE) -> None:
+        super().__init__()
+        self.ae = ae
+        self.full_decoder = make_decoder(ae.config, full=True)
+
+    def loss(self, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """The chain's VAE loss (nano train._vae_loss): L1 + MSE of a posterior sample's reconstruction + SD's KL."""
+        from movie_plugins.nano.train import KL_WEIGHT, _reconstruction
+
+        mean, logvar = self.ae.moments(x)
+        z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g).to(mean)
+        rec = _reconstruction(self.ae.decode_unscaled(z, self.full_decoder), x)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean() / x[0].numel()
+        return rec + KL_WEIGHT * kl, {"rec": rec.item(), "kl": kl.item()}
+
+
+def decoder_loss(ae: MDVAE, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 2: the light decoder's reconstruction (L1 + MSE) from the frozen encoder's posterior mode."""
+    from movie_plugins.nano.train import _reconstruction
+
+    with torch.no_grad():
+        z = ae.moments(x)[0]
+    rec = _reconstruction(ae.decode_unscaled(z), x)
+    return rec, {"rec": rec.item()}
+
+
+def chain_batches(pool: torch.Tensor, loss, *, batch_size: int, crop: int, whole_every: int, seed: int):
+    """loss(x, g) over the chain's autoencoder batches (nano train._train_vae's): `crop`-pixel crops, and every
+    `whole_every`-th step whole images holding the same number of pixels."""
+    from movie_plugins.nano import train as nano_train
+
+    size = pool.shape[1]
+
+    def fn(step: int):
+        g = torch.Generator().manual_seed(seed * 7919 + step)
+        if whole_every and crop < size and step % whole_every == whole_every - 1:
+            index, flips, _ = nano_train._draw(step, len(pool), nano_train.whole_batch(batch_size, crop, size),
+                                               size, size, seed)
+            return loss(nano_train._images(pool, index, flips), g)
+        index, flips, offsets = nano_train._draw(step, len(pool), batch_size, size, crop, seed)
+        return loss(nano_train._crop(nano_train._images(pool, index, flips), offsets, crop), g)
+    return fn
+
+
+@torch.no_grad()
+def _psnr(ae: MDVAE, images: torch.Tensor) -> float:
+    values = []
+    for chunk in images.split(16):
+        y = ae.decode(ae.encode(chunk)).clamp(-1, 1)
+        values += (-10 * torch.log10(((y - chunk) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10))).tolist()
+    return round(sum(values) / len(values), 3)
+
+
+def train_nano(out: Path, *, steps: int, decoder_steps: int, batch_size: int = 64, resolution: int = 64,
+               crop: int = 32, whole_every: int = 4, pool_size: int = 4096, size: str = "nano", device: str = "cpu",
+               seed: int = 0, checkpoint_seconds: float = 120.0, log=print, source: str = "procedural"
+               ) -> dict[str, Any]:
+    """md-vae for the nano family, the paper's two stages on the chain's autoencoder pool and batches (the pool of
+    `movie nano-train`'s autoencoders stage, `source` as its data): stage 1 trains the encoder with the full-width
+    decoder for `steps`, the scaling factor is calibrated on the pool, stage 2 trains the light decoder on the
+    frozen encoder for `decoder_steps`. Writes out/md_vae (as build_md_vae loads it). Checkpointed in
+    out/.md_vae.ckpt (every `checkpoint_seconds` and after stage 1): calling again with the same settings resumes;
+    the folder goes once out/md_vae is in place. Returns the metrics (PSNR on held-out scenes and photos, at the
+    training resolution and twice it)."""
+    import json
+    import shutil
+
+    from movie_core.weights import replace_folder
+    from movie_plugins.autoencoders._md_vae import SUBFOLDER, config_for, load_md_vae
+    from movie_plugins.nano import train as nano_train
+
+    out = Path(out)
+    ckpt = out / ".md_vae.ckpt"
+    config = {"steps": steps, "decoder_steps": decoder_steps, "batch_size": batch_size, "resolution": resolution,
+              "crop": crop, "whole_every": whole_every, "pool_size": pool_size, "size": size, "seed": seed,
+              "source": source}
+    nano_train._check_config(ckpt, config)
+    pool = nano_train._load_pool(ckpt, pool_size, resolution, seed, log, source)
+    batches = dict(batch_size=batch_size, crop=min(crop, resolution), whole_every=whole_every, seed=seed)
+    train = dict(lr=5e-4, checkpoint_seconds=checkpoint_seconds, log=log)
+    metrics: dict[str, Any] = {"config": config}
+    stage1_done = ckpt / "stage1"
+    if (stage1_done / SUBFOLDER / "config.json").is_file():
+        log("md-vae: stage 1 already trained, loading it")
+        ae = load_md_vae(stage1_done / SUBFOLDER).to(device)
+        metrics.update(json.loads((ckpt / "stage1_metrics.json").read_text()))
+    else:
+        torch.manual_seed(seed + 2)
+        ae = MDVAE(config_for(size))
+        model = Stage1(ae).to(device)
+        state = nano_train._train("md-vae stage 1", model, chain_batches(pool, model.loss, **batches),
+                                  steps=steps, state_file=ckpt / "stage1_state.pt", **train)
+        ae.eval()
+        images = nano_train.to_tensor(pool.numpy())
+        factor = calibrate(ae, images.to(device))
+        log(f"md-vae: scaling factor {factor:.4f} (1 / std of the pool's latents)")
+        metrics["stage1"] = {"seconds": round(state["seconds"], 1), "scaling_factor": round(factor, 6),
+                             "final_rec": state["history"][-1]["rec"] if state["history"] else None}
+        tmp = ckpt / "stage1.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ae.save_pretrained(tmp)
+        (ckpt / "stage1_metrics.json").write_text(json.dumps({"stage1": metrics["stage1"]}, indent=2) + "\n")
+        tmp.replace(stage1_done)
+        (ckpt / "stage1_state.pt").unlink(missing_ok=True)
+    for m in ae.encoder_modules():
+        m.eval().requires_grad_(False)
+    light = nn.ModuleList(ae.decoder_modules())
+    light.requires_grad_(True)
+    state = nano_train._train("md-vae stage 2", light, chain_batches(pool, lambda x, g: decoder_loss(ae, x, g),
+                                                                     **batches),
+                              steps=decoder_steps, state_file=ckpt / "stage2_state.pt", **train)
+    ae.eval().requires_grad_(False)
+    metrics["stage2"] = {"seconds": round(state["seconds"], 1),
+                         "final_rec": state["history"][-1]["rec"] if state["history"] else None}
+    metrics["psnr"] = {name: _psnr(ae.cpu(), nano_train.to_tensor(images))
+                       for name, images in nano_train._evaluation_sets(resolution, seed, 64,
+                                                                       (resolution, 2 * resolution)).items()}
+    log("md-vae PSNR: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["psnr"].items()))
+    tmp = out / ".md_vae.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ae.save_pretrained(tmp)
+    replace_folder(tmp / SUBFOLDER, out / SUBFOLDER)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(ckpt)
+    return metrics
