@@ -72,6 +72,12 @@ def test_chain_writes_every_stage_and_records_times(chain):
     one_step = manifests["mobile-pix2pix-1step"]["training"]
     assert one_step["options"]["data_weight"] == record["budget"]["adversarial_data_weight"] > 0
     assert one_step["train"]["extra_resolutions"] == [record["budget"]["adversarial_extra_resolution"]] == [128]
+    # the default stage order: mobile-pix2pix from the trained instruct-pix2pix (no text-to-image stage)
+    assert record["stage_order"] == record["budget"]["stage_order"] == "ip2p"
+    line = ["init", "instruct-pix2pix", "instruct-pix2pix-taesd", "mobile-pix2pix"]
+    assert manifests["mobile-pix2pix"]["chain"] == {"stage_order": "ip2p", "start": line[-2], "lineage": line}
+    assert record["lineage"]["mobile-pix2pix-1step"] == [*line, "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"]
+    assert "text-to-image" not in record["seconds"] and not (chain["work"] / "captions").exists()
 
 
 @pytest.mark.slow
@@ -136,6 +142,99 @@ def test_chain_budget_refuses_an_unknown_vpred_weighting(tmp_path):
     assert result.exit_code != 0
     assert message == "--budget: 'vpred_weighting' must be in ('uniform', 'relative') (got 'cubic')"
     assert not (tmp_path / "work").exists()
+
+
+def test_chain_budget_refuses_an_unknown_stage_order(tmp_path):
+    result = invoke("nano-train", "--out", str(tmp_path / "work"), "-B", "stage_order=sdxl", "--no-progress")
+    message = str(result.exception)
+    assert result.exit_code != 0 and len(message.splitlines()) == 1
+    assert message == "--budget: 'stage_order' must be in ('ip2p', 'paper') (got 'sdxl')"
+    assert not (tmp_path / "work").exists()
+
+
+def test_stage_order_keys_keep_recorded_budgets_equal():
+    """A budget recorded before stage_order / captions / t2i_* existed (any chain.json written by earlier code)
+    resumes under the same options: LEGACY fills the keys with the defaults it ran with (the ip2p order); the
+    'paper' order is another budget; scaled() scales the text-to-image stage's counts too."""
+    import attrs
+
+    from movie_plugins.nano.chain import LEGACY, PRESETS, ChainBudget, recorded_budget
+
+    new_keys = ("stage_order", "captions", "t2i_steps", "t2i_lr")
+    for budget in (ChainBudget(), ChainBudget(**PRESETS["shipped"]), ChainBudget().scaled(0.0005)):
+        old = {k: v for k, v in attrs.asdict(budget).items() if k not in new_keys}
+        assert recorded_budget(old) == attrs.asdict(budget)
+        assert recorded_budget(old) != attrs.asdict(attrs.evolve(budget, stage_order="paper"))
+    assert {k: LEGACY[k] for k in new_keys} == {k: attrs.asdict(ChainBudget())[k] for k in new_keys}
+    assert ChainBudget(**PRESETS["paper"]).stage_order == "paper"
+    small = ChainBudget(captions=8000, t2i_steps=4000, stage_order="paper").scaled(0.001)
+    assert (small.captions, small.t2i_steps, small.ip2p_steps) == (8, 4, 6)
+    unused = ChainBudget(captions=8000, t2i_steps=4000).scaled(0.001)  # the ip2p order: kept as recorded
+    assert (unused.captions, unused.t2i_steps, unused.ip2p_steps) == (8000, 4000, 6)
+
+
+# every stage at two steps on a handful of 32-px images, the paper's stage order (the autoencoders dominate: ~35 s)
+TINY_PAPER = dict(count=24, videos=2, resolution=32, batch_size=4, ae_pool=8, ae_batch_size=4, vae_steps=2,
+                  taesd_steps=2, taesd_decoder_steps=2, taesd_grey_steps=0, text_steps=2, ip2p_steps=2,
+                  mobile_steps=2, mmg_steps=2, vpred_steps=2, adversarial_steps=2, adversarial_extra_resolution=0,
+                  stage_order="paper", captions=8, t2i_steps=2)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tmp_path):
+    """Sec. 4's order: a text-to-image stable-diffusion model trained on captions, converted (top attention
+    dropped, zeroed image channels), then trained into mobile-pix2pix on the editing data; recorded, resumable."""
+    import attrs
+    from safetensors.torch import load_file
+
+    from movie_plugins.nano.chain import ChainBudget, train_chain
+
+    work = tmp_path / "work"
+    budget = ChainBudget(**TINY_PAPER)
+    record = train_chain(work, budget, device="cpu", progress=False, log=lambda _: None)
+    assert record["stage_order"] == "paper"
+    for name in ("captions", "text-to-image", "t2i-convert", "instruct-pix2pix", "mobile-pix2pix",
+                 "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"):
+        assert record["seconds"][name] >= 0, name
+    assert "taesd-swap" not in record["seconds"] and not (work / "instruct-pix2pix-taesd").exists()
+    manifest = {s: json.loads((work / s / "movie.json").read_text())
+                for s in ("text-to-image", "text-to-image-mobile", "mobile-pix2pix", "mobile-pix2pix-1step")}
+    t2i = manifest["text-to-image"]
+    assert t2i["recipe"]["denoiser"] == "stable-diffusion" and t2i["training"]["strategy"] == "t2i-train"
+    assert t2i["training"]["data"] == str(work / "captions") and t2i["started_from"] == "random"
+    assert manifest["text-to-image-mobile"]["converted_from"] == "stable-diffusion"
+    assert manifest["text-to-image-mobile"]["recipe"]["encoder"] == "taesd"
+    mobile = manifest["mobile-pix2pix"]
+    assert mobile["training"]["teacher"] == str(work / "text-to-image-mobile")
+    assert mobile["training"]["data"] == str(work / "data")  # Stage 2 trains on the editing data
+    line = ["init", "text-to-image", "text-to-image-mobile", "mobile-pix2pix"]
+    assert mobile["chain"] == {"stage_order": "paper", "start": "text-to-image-mobile", "lineage": line}
+    assert manifest["mobile-pix2pix-1step"]["chain"]["lineage"][:4] == line
+    assert record["lineage"]["mobile-pix2pix"] == line and "instruct-pix2pix" not in record["lineage"]["vpred"]
+    # the converted start: 8 input channels, the image's 4 at zero, no top-level attention
+    config = json.loads((work / "text-to-image-mobile" / "unet" / "config.json").read_text())
+    assert config["in_channels"] == 8
+    assert config["down_block_types"][0] == "DownBlock2D" and config["up_block_types"][-1] == "UpBlock2D"
+    unets = {s: load_file(work / s / "unet" / "diffusion_pytorch_model.safetensors")
+             for s in ("text-to-image", "text-to-image-mobile", "mobile-pix2pix", "instruct-pix2pix")}
+    start = unets["text-to-image-mobile"]
+    assert not start["conv_in.weight"][:, 4:].any()
+    top = ("down_blocks.0.attentions.", "up_blocks.3.attentions.")
+    dropped = set(unets["text-to-image"]) - set(start)
+    assert dropped and all(k.startswith(top) for k in dropped)
+    assert not any(k.startswith(top) for k in unets["mobile-pix2pix"])
+    # mobile-pix2pix's weights are the converted text-to-image model's after two steps, not instruct-pix2pix's
+    key = "mid_block.resnets.0.conv1.weight"
+    trained = unets["mobile-pix2pix"][key]
+    assert (trained - start[key]).norm() < 0.1 * (trained - unets["instruct-pix2pix"][key]).norm()
+    # resumable: a second run skips every stage; another order is another budget
+    before = (work / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    again = train_chain(work, budget, device="cpu", progress=False, log=lambda _: None)
+    assert again["seconds"] == record["seconds"] and again["lineage"] == record["lineage"]
+    assert (work / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    with pytest.raises(UsageError, match="another budget"):
+        train_chain(work, attrs.evolve(budget, stage_order="ip2p"), device="cpu", progress=False, log=lambda _: None)
 
 
 @pytest.mark.slow

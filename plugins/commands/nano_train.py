@@ -27,7 +27,8 @@ def movie_register_commands(cli):
     @click.option("--preset", type=click.Choice(("shipped", "paper")), default=None,
                   help="A named budget before --budget: 'shipped' repeats the shipped family's training (teacher "
                   "sampler = the vpred model, shared time-embedding guidance); 'paper' keeps the step counts and "
-                  "takes the paper's values everywhere else (docs/paper_fidelity.md).")
+                  "takes the paper's values everywhere else, Sec. 4's stage order included (a text-to-image stage "
+                  "first; docs/paper_fidelity.md).")
     @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
     def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
                    preset: str | None, progress: bool) -> None:

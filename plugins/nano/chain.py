@@ -8,6 +8,18 @@ off-manifold latents) -> taesd-decoder-colour (the colours of the TAESD encoder'
 -> vpred -> mobile-pix2pix-1step (Algorithm 2) -> ship (the four stage folders plus the shared autoencoders,
 laid out as the package's built-in models). Each denoiser stage is `movie distill` from the previous stage's folder.
 
+Where mobile-pix2pix starts is the budget's `stage_order`. 'ip2p' (the default; how the shipped family was
+trained): from the trained instruct-pix2pix above, its top attention dropped. 'paper' (Sec. 4's order): a
+text-to-image model first -- captions (`movie data captions`, written once) -> text-to-image (`t2i-train` of a
+random nano `stable-diffusion` UNet with the chain's autoencoders and frozen text tower) -> text-to-image-mobile
+(`movie convert --to mobile-pix2pix`: top attention dropped, 4 zero-initialised image-latent channels added, TAESD
+swapped in) -> mobile-pix2pix (pix2pix-finetune of that on the editing data, Stage 2). instruct-pix2pix still trains
+(the ladder's base model) but the mobile line does not start from it. Paper Stage 1 finetunes the attention-less
+model as text-to-image before the image channels are added; here both structural changes come at once and the
+finetune on the editing data is Stage 2's (there is no text-to-image denoiser without top attention). Every
+denoiser stage's manifest records its `chain` provenance (the order and the folders it descends from,
+`lineage`); chain.json records the order and every stage's lineage.
+
 Resumable: a finished stage (its output folder exists) is skipped; an interrupted distiller stage resumes
 from its last checkpoint. Per-stage wall times go to <out>/chain.json.
 """
@@ -30,6 +42,8 @@ from movie_core.weights import replace_folder
 SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step")
 SHARED_AUTOENCODERS = ("vae", "taesd")
 SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, where all stages have the same
+STAGE_ORDERS = ("ip2p", "paper")  # ChainBudget.stage_order
+PAPER_ORDER_KEYS = ("captions", "t2i_steps")  # budget counts only the 'paper' order uses
 
 
 @attrs.frozen(kw_only=True)
@@ -94,20 +108,31 @@ class ChainBudget:
                                            validator=attrs.validators.in_(("stage3", "student-init")))
     # Sec. 3.3: 'resnet' = each ResNet block's own guidance projection; 'time' = one added to the time embedding
     guidance_inject: str = attrs.field(default="resnet", validator=attrs.validators.in_(("resnet", "time")))
+    # where mobile-pix2pix starts (module docstring): 'ip2p' = the trained instruct-pix2pix, its top attention
+    # dropped (the shipped family); 'paper' = Sec. 4's order, a text-to-image model trained first (t2i_steps on
+    # `captions` captioned scenes), its top attention dropped and zeroed image channels added
+    stage_order: str = attrs.field(default="ip2p", validator=attrs.validators.in_(STAGE_ORDERS))
+    captions: int = 8000  # captioned scenes of the text-to-image stage ('paper' order only)
+    t2i_steps: int = 4000  # text-to-image training steps ('paper' order only)
+    t2i_lr: float = 5e-4
     ema_decay: float = 0.999
     seed: int = 0
 
     def scaled(self, factor: float) -> ChainBudget:
-        """Every step count (and the dataset size) times `factor`, at least 2."""
+        """Every step count (and the dataset sizes) times `factor`, at least 2. The text-to-image stage's only in the
+        'paper' order: it does not run otherwise, and a budget recorded before its keys existed (scaled or not)
+        holds their defaults (LEGACY), so an ip2p budget keeps them."""
+        paper_only = () if self.stage_order == "paper" else PAPER_ORDER_KEYS
         keys = [f.name for f in attrs.fields(ChainBudget)
-                if f.name.endswith("_steps") or f.name in ("count", "videos", "ae_pool")]
+                if (f.name.endswith("_steps") or f.name in ("count", "videos", "ae_pool", "captions"))
+                and f.name not in paper_only]
         return attrs.evolve(self, **{k: max(2, round(getattr(self, k) * factor)) if getattr(self, k) else 0
                                      for k in keys})
 
 
 # what a budget recorded before these keys existed (the shipped family's chain.json) ran with
 LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "data_source": "procedural",
-          "md_vae_steps": 0}
+          "md_vae_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000, "t2i_lr": 5e-4}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -120,6 +145,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "adversarial_data_weight": 0.0,  # Algorithm 2: the real samples are the teacher's
         "adversarial_extra_resolution": 0,  # one training resolution
         "adversarial_teacher": "stage3", "guidance_inject": "resnet",
+        "stage_order": "paper",  # Sec. 4: mobile-pix2pix from a text-to-image model (adds the text-to-image stage)
     },
 }
 
@@ -185,15 +211,63 @@ def _initial_model(work: Path, out: Path, seed: int) -> None:
     shutil.copytree(work / "autoencoders" / "taesd", out / "taesd")
 
 
-def _with_taesd(src: Path, out: Path) -> None:
-    """The same weights with TAESD as encoder and decoder (both share the VAE's latent space): Mobile-Pix2Pix's swap."""
+def _with_taesd(src: Path, out: Path, keep: tuple[str, ...] = ()) -> None:
+    """The same weights with TAESD as encoder and decoder (both share the VAE's latent space): Mobile-Pix2Pix's swap.
+    keep: manifest entries of src carried over (the rest is the rebuilt model's own)."""
     from movie_core.composer import compose
     from movie_core.loading import build
     from movie_core.recipe import make_recipe
     from movie_core.weights import read_manifest
 
-    recipe = make_recipe(read_manifest(src)["recipe"]).replace(encoder="taesd", decoder="taesd")
-    build(compose(recipe), model=src).save_pretrained(out)
+    manifest = read_manifest(src) or {}
+    recipe = make_recipe(manifest["recipe"]).replace(encoder="taesd", decoder="taesd")
+    build(compose(recipe), model=src).save_pretrained(out, extra={k: manifest[k] for k in keep if k in manifest})
+
+
+T2I_DENOISER = "stable-diffusion"  # the text-to-image model of the 'paper' order (SD-1.5's UNet at nano size)
+
+
+def _text_to_image(work: Path, captions: Path, b: ChainBudget, progress: bool) -> None:
+    """Sec. 4's starting point: a text-to-image `stable-diffusion` UNet trained from random init on captioned
+    scenes, with the chain's autoencoders and its text tower, frozen as in every other stage (the init folder's)."""
+    _train("t2i-train", work / "init", captions, work / "text-to-image", b, steps=b.t2i_steps, lr=b.t2i_lr,
+           progress=progress, init="random", denoiser=T2I_DENOISER, train_text=False)
+
+
+def _t2i_to_mobile(work: Path, out: Path) -> None:
+    """The text-to-image model in the mobile-pix2pix architecture (`movie convert --to mobile-pix2pix`): top
+    attention dropped, 4 zero-initialised image-latent input channels added (the output ignores the image until
+    Stage 2 trains it), then TAESD swapped in as for the ip2p order's mobile-pix2pix."""
+    from movie_plugins.denoisers._convert import convert_folder
+
+    tmp = out.with_name(f".{out.name}.sd-vae")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        convert_folder(work / "text-to-image", "mobile-pix2pix", tmp)
+        shutil.copytree(work / "autoencoders" / "taesd", tmp / "taesd")
+        _with_taesd(tmp, out, keep=("converted_from",))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def lineage(folder: Path) -> list[str]:
+    """The work folders a model folder descends from, itself last: its manifest's chain provenance, or [its name]."""
+    from movie_core.weights import read_manifest
+
+    chain = (read_manifest(folder) or {}).get("chain") or {}
+    return list(chain.get("lineage") or [folder.name])
+
+
+def _record_start(folder: Path, start: Path, order: str) -> list[str]:
+    """Write the chain provenance into folder's manifest (idempotent): the stage order and the folders it descends
+    from, `start` (the model it was trained or converted from) last before itself. Returns the lineage."""
+    from movie_core.weights import read_manifest, write_manifest
+
+    manifest = read_manifest(folder) or {}
+    chain = {"stage_order": order, "start": start.name, "lineage": [*lineage(start), folder.name]}
+    if manifest.get("chain") != chain:
+        write_manifest(folder, manifest | {"chain": chain})
+    return chain["lineage"]
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -360,6 +434,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     import torch
 
     from movie_core.components import resolve_device
+    from movie_core.data.captions import write_captions
     from movie_core.data.writer import write_nano
     from movie_plugins.nano import md_vae_train
     from movie_plugins.nano import train as nano_train
@@ -375,9 +450,15 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     record.setdefault("seconds", {})
     data = work / "data"
 
-    def stage(name: str, done: Path, fn: Callable[[], Any]) -> None:
+    record["stage_order"] = budget.stage_order
+
+    def stage(name: str, done: Path, fn: Callable[[], Any], start: Path | None = None) -> None:
+        """Run stage `name` unless `done` exists; `start`: the model folder the stage's model (the folder `done`)
+        starts from, recorded in its manifest and in chain.json's lineage."""
         if done.exists():
             log(f"[{name}] done ({record['seconds'].get(name, '?')} s), skipped")
+            if start is not None:
+                record.setdefault("lineage", {})[done.name] = _record_start(done, start, budget.stage_order)
             return
         log(f"[{name}] ...")
         result, seconds, earlier = _timed(work, name, fn)
@@ -386,6 +467,8 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
             record.setdefault("resumed", {})[name] = round(earlier, 1)  # of which: runs interrupted in this stage
         if isinstance(result, dict):
             record.setdefault("metrics", {})[name] = result
+        if start is not None:
+            record.setdefault("lineage", {})[done.name] = _record_start(done, start, budget.stage_order)
         record_path.write_text(json.dumps(record, indent=2) + "\n")
         log(f"[{name}] {record['seconds'][name]} s")
 
@@ -414,19 +497,29 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     stage("instruct-pix2pix", work / "instruct-pix2pix", lambda: (
         _train("pix2pix-finetune", work / "init", data, work / "instruct-pix2pix", b, steps=b.ip2p_steps,
                lr=b.ip2p_lr, progress=progress),
-        shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")))
-    stage("taesd-swap", work / "instruct-pix2pix-taesd", lambda: _with_taesd(
-        work / "instruct-pix2pix", work / "instruct-pix2pix-taesd"))
+        shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")), work / "init")
+    if b.stage_order == "paper":  # Sec. 4: Stage 1 from a text-to-image model, Stage 2 adds the image channels
+        captions = work / "captions"
+        stage("captions", captions, lambda: write_captions(captions, count=b.captions, size=b.resolution,
+                                                           seed=b.seed))
+        stage("text-to-image", work / "text-to-image", lambda: _text_to_image(work, captions, b, progress),
+              work / "init")
+        mobile_start = work / "text-to-image-mobile"
+        stage("t2i-convert", mobile_start, lambda: _t2i_to_mobile(work, mobile_start), work / "text-to-image")
+    else:
+        mobile_start = work / "instruct-pix2pix-taesd"
+        stage("taesd-swap", mobile_start, lambda: _with_taesd(work / "instruct-pix2pix", mobile_start),
+              work / "instruct-pix2pix")
     stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
-        "pix2pix-finetune", work / "instruct-pix2pix-taesd", data, work / "mobile-pix2pix", b, steps=b.mobile_steps,
-        lr=b.mobile_lr, progress=progress, stage="mobile-pix2pix"))
+        "pix2pix-finetune", mobile_start, data, work / "mobile-pix2pix", b, steps=b.mobile_steps,
+        lr=b.mobile_lr, progress=progress, stage="mobile-pix2pix"), mobile_start)
     stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure(
         "mobile-pix2pix-mmg", work, data, lambda: _train(
         "mmg", work / "mobile-pix2pix", data, work / "mobile-pix2pix-mmg", b, steps=b.mmg_steps, lr=b.mmg_lr,
-        progress=progress, guidance_inject=b.guidance_inject)))
+        progress=progress, guidance_inject=b.guidance_inject)), work / "mobile-pix2pix")
     stage("vpred", work / "vpred", lambda: _then_measure("vpred", work, data, lambda: _train(
         "vpred", work / "mobile-pix2pix-mmg", data, work / "vpred", b, steps=b.vpred_steps, lr=b.vpred_lr,
-        progress=progress, weighting=b.vpred_weighting)))
+        progress=progress, weighting=b.vpred_weighting)), work / "mobile-pix2pix-mmg")
     stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure(
         "mobile-pix2pix-1step", work, data, lambda: _train(
         "adversarial", work / "vpred", data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
@@ -435,7 +528,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         **({"teacher_sampler_model": str(work / "mobile-pix2pix-mmg")} if b.adversarial_teacher == "stage3" else {}),
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
         # measured against the 5-step teacher it learned from
-        "mobile-pix2pix-mmg" if b.adversarial_teacher == "stage3" else None))
+        "mobile-pix2pix-mmg" if b.adversarial_teacher == "stage3" else None), work / "vpred")
     record["total_seconds"] = round(sum(record["seconds"].values()), 1)
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     if ship_to is not None:
