@@ -188,7 +188,7 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
     import attrs
     from safetensors.torch import load_file
 
-    from movie_plugins.nano.chain import ChainBudget, train_chain
+    from movie_plugins.nano.chain import ChainBudget, ship, train_chain
 
     work = tmp_path / "work"
     budget = ChainBudget(**TINY_PAPER)
@@ -235,6 +235,11 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
     assert (work / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
     with pytest.raises(UsageError, match="another budget"):
         train_chain(work, attrs.evolve(budget, stage_order="ip2p"), device="cpu", progress=False, log=lambda _: None)
+    # it ships like the ip2p family: the text tower stayed frozen, so it is shared; the manifests keep the order
+    ship(work, tmp_path / "ship")
+    shipped = json.loads((tmp_path / "ship" / "mobile-pix2pix" / "movie.json").read_text())
+    assert shipped["chain"]["lineage"] == line and shipped["builtin"]["chain"]["stage_order"] == "paper"
+    assert shipped["components"]["text_encoder"] == "../text/text_encoder"
 
 
 @pytest.mark.slow
