@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -136,7 +137,7 @@ def main() -> None:
                       f"{rows[-1]['change_from_source']:.3f}, kept {all(kept.values())}")
     result = {
         "what": __doc__.strip().splitlines()[0],
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + shlex.join(sys.argv),
         "weights": (f"the trained model {args.model}" if args.model else
                     "denoiser: random init at nano size (seeded); autoencoder: the shipped nano TAESD"),
         "prompt": args.prompt,
