@@ -134,6 +134,67 @@ def test_lora_trains_only_adapters_and_exports_merged_weights(work, data, t2i_te
     assert not torch.allclose(one_step(out), one_step(t2i_teacher), atol=1e-6)
 
 
+def test_t2i_from_data_is_the_conditional_model_from_pure_noise(work, data, t2i_teacher):
+    """Text-to-image teacher (2-pass CFG), real x0 = the data: one guided output can not match guidance-free data at
+    every s_T (its unconditional pass never sees the prompt), so the generator trains its prompt's pass alone and the
+    exported recipe samples it at s_T = 1, not at the teacher's 7.5; its input at t = 999 is pure noise, as the
+    one-step sampler's is, not the schedule's alpha_999 x0 + sigma_999 eps from which it could read x0's colours.
+    With scales=sampled the export's s_T is the teacher's clamped into the range trained at."""
+    from movie_plugins.distillers._ufogen import guided_x0
+
+    d = distiller(real="data")
+    out = work / "t2i-data"
+    run(d, t2i_teacher, data, out, config(), progress=False)
+    assert d.conditional
+    assert json.loads((out / "movie.json").read_text())["recipe"]["text_guidance"] == 1.0
+    assert load(out).recipe.text_guidance == 1.0 and load(out).steps == 1
+    # the conditional output is the guided one at s_T = 1 (one pass instead of two)
+    den, k = d.student, d.options.timesteps
+    x0 = torch.randn(2, den.latent_channels, RES // 8, RES // 8)
+    emb = den.encode_prompt(["a red circle", "a blue square"])
+    ones = torch.ones(2)
+    alpha, sigma = (c.expand(2, 1, 1, 1) for c in (d.acp[999].sqrt(), (1 - d.acp[999]).sqrt()))
+    with torch.no_grad():
+        a = guided_x0(den, x0, d.grid[k], x0, emb, ones, ones, d.null_emb, alpha, sigma, conditional=True)
+        b = guided_x0(den, x0, d.grid[k], x0, emb, ones, ones, d.null_emb, alpha, sigma)
+    assert torch.allclose(a, b, atol=1e-5)
+
+    def top(x: torch.Tensor, k: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        return d.generator_input(x, k)
+
+    assert torch.equal(top(x0, k), top(x0 + 5.0, k))  # nothing of x0 at t = 999
+    assert not torch.equal(top(x0, k - 1), top(x0 + 5.0, k - 1))  # below it the forward process
+    d.options = d.options_class(terminal="schedule")
+    assert not torch.equal(top(x0, k), top(x0 + 5.0, k))
+    # scales=sampled: the export samples at the teacher's s_T (7.5) clamped into the range trained at
+    d.conditional = False
+    assert d.sampling_scales() == (1.5, 7.5)
+    d.options = d.options_class(scales="sampled", text_guidance_min=2.0, text_guidance_max=4.0)
+    assert d.sampling_scales() == (1.5, 4.0)
+
+
+def test_pairs_give_the_generator_the_noise_the_teacher_sampled_from(work, data, t2i_teacher):
+    """real=pairs: per training example a noise fixed by its index and the teacher's sample from it, computed once;
+    the conditional generator at t = 999 gets that noise, so its target is a function of its input."""
+    d = distiller(real="pairs", teacher_steps=2, timesteps=1, text_guidance_min=7.5, text_guidance_max=7.5)
+    out = work / "t2i-pairs"
+    run(d, t2i_teacher, data, out, config(1), progress=False)
+    assert d.conditional and d.pair_cache and load(out).recipe.text_guidance == 1.0
+    index = sorted(d.pair_cache)[:2]
+    before = {i: d.pair_cache[i] for i in index}
+    d.pair_cache = {}
+    den = d.teacher.denoiser
+    src = torch.zeros(2, den.latent_channels, RES // 8, RES // 8)
+    emb = den.encode_prompt(["a red circle", "a blue square"])
+    noise, x0 = d.pairs(index, src, emb)  # recomputed: the same noise for the same index
+    assert all(torch.equal(noise[j], before[i][0]) for j, i in enumerate(index))
+    assert not torch.equal(noise[0], noise[1])
+    with torch.no_grad():
+        again = den.sample(src, emb, steps=2, s_T=torch.full((2, 1, 1, 1), 7.5), null_emb=d.null_emb, latents=noise)
+    assert torch.allclose(x0, again, atol=1e-5)  # the teacher's sample from exactly that noise
+
+
 def test_md_vae_editing_model_with_ema_and_lora(work, data):
     """The MobileDiffusion editing stage in md-vae's 8-channel latent space, recon=ema with LoRA: runs and exports."""
     from movie_core.recipe import preset
@@ -162,7 +223,8 @@ def test_resumed_run_ends_where_an_uninterrupted_run_does(work, data, edit_teach
 
 
 def test_option_errors_are_one_line(capsys, work, data, edit_teacher):
-    for opt, what in (("recon=gan", "recon"), ("lora=0", "lora"), ("bogus=1", "bogus"), ("real=sky", "real")):
+    for opt, what in (("recon=gan", "recon"), ("lora=0", "lora"), ("bogus=1", "bogus"), ("real=sky", "real"),
+                      ("scales=cfg", "scales"), ("terminal=zero", "terminal")):
         code, _, err = run_cli(capsys, "distill", "ufogen", "--teacher", str(edit_teacher), "--data", str(data),
                                "--out", str(work / "never"), "-O", opt, "--steps", "1", "--no-progress")
         assert code == 2 and what in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -168,23 +168,38 @@ class UFOGenOptions(GuidanceRanges):
     the generator (peft; every linear and non-grouped conv layer, initialised to no effect) instead of all weights.
     real: where the real x0 comes from: 'data' (the dataset's target image; UFOGen's setting), 'teacher' (the frozen
     teacher sampled `teacher_steps` steps with its own sampler at the sampled guidance scales, as MoViE's Algorithm
-    2 does, so the one-step model keeps responding to s_I and s_T), 'auto' (teacher for guidance-embedded teachers,
-    else data). timesteps: the generator trains at t in {999 k / timesteps, k = 1..timesteps} (t = 999 is the one
-    step at inference) and t-1 is the next lower one (0 below the lowest). The loss weights are ours; the paper's
-    gamma_t is taken as 1."""
+    2 does, so the one-step model keeps responding to s_I and s_T), 'pairs' (the teacher's sample, at scales drawn
+    once per example, from a noise fixed per training example, both seeded by its index and computed once, and at
+    t = 999 the generator's input is that noise: the generator learns the teacher's noise-to-image map, where the
+    data or a teacher sample from other noise teach it at pure noise only the mean over all the prompt allows, a
+    blur of every position), 'auto' (teacher for guidance-embedded teachers, else data). timesteps: the generator
+    trains at t in {999 k / timesteps, k = 1..timesteps} (t = 999 is the one step at inference) and t-1 is the next
+    lower one (0 below the lowest). The loss weights are ours; the paper's gamma_t is taken as 1.
+    scales: the guidance scales the generator's output is taken at. 'sampled': s_I, s_T per example from the ranges
+    (the guided output is what is trained and what the exported recipe's scales, clamped into the ranges, sample);
+    'conditional': s_I = s_T = 1, the prompt's (and source's) pass alone, and the exported recipe samples at 1
+    (UFOGen's one-step text-to-image model has no classifier-free guidance; with real=teacher or pairs the teacher
+    still samples at the ranges' scales); 'auto': conditional when the real x0 is the data or pairs and the teacher's
+    guidance is 2- or 3-pass CFG (data carry no guidance: one guided output can not match them at every scale, and
+    the unconditional pass does not see the prompt), else sampled.
+    terminal: the generator's input at t = 999. 'noise': pure noise, what the one-step sampler starts from (SD's
+    schedule keeps alpha_999 = 0.068 of x0 there, enough for a generator trained on it to read an image's mean
+    colour from x_t, which inference never gives it); 'schedule': alpha_999 x0 + sigma_999 eps."""
 
     recon: str = attrs.field(default="diffusion", validator=attrs.validators.in_(("diffusion", "distill", "ema")))
     lora: int | None = attrs.field(default=None, converter=attrs.converters.optional(int), validator=_lora_rank)
     lora_alpha: float | None = attrs.field(default=None, converter=attrs.converters.optional(float),
                                            validator=attrs.validators.optional(_pos))
     recon_ema_decay: float = _float(default=0.999, validator=_prob)
-    real: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "data", "teacher")))
+    real: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "data", "teacher", "pairs")))
     teacher_steps: int = attrs.field(default=5, converter=int, validator=attrs.validators.ge(1))
     timesteps: int = attrs.field(default=4, converter=int, validator=attrs.validators.ge(1))
     lambda_recon: float = _float(default=1.0, validator=_ge0)
     lambda_adv: float = _float(default=0.1, validator=_ge0)
     lr_d: float = _float(default=1e-5, validator=_pos)
     head_channels: int = attrs.field(default=32, converter=int, validator=attrs.validators.ge(1))
+    scales: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "sampled", "conditional")))
+    terminal: str = attrs.field(default="noise", validator=attrs.validators.in_(("noise", "schedule")))
 
 
 T2I_INIT = ("auto", "model", "random")

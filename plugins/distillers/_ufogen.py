@@ -11,11 +11,16 @@ scales), its output map reduced by a small conv head to one logit per position; 
 ("aggregates logits across output locations"). The teacher is frozen.
 
 One training step (Eq. 1):
+  0. the scales: per example from the ranges, or 1 (`scales=conditional`; `auto` picks it when the real x0 is the
+     data and the teacher has 2- or 3-pass CFG: data carry no guidance, so the generator is the conditional model,
+     sampled at s = 1 as UFOGen's one-step model is; the exported recipe records the scales trained at).
   1. real x0: the dataset's target latents (`real=data`), or the teacher's `teacher_steps`-step sample at the
      sampled scales (`real=teacher`; `auto` picks it for guidance-embedded teachers so s_I, s_T keep steering);
-     s_I ~ U[1, 3], s_T ~ U[2, 14] per example (the options' ranges).
+     s_I ~ U[1, 3], s_T ~ U[2, 14] per example (the options' ranges); or (`real=pairs`) the teacher's sample from a
+     noise fixed per training example, cached, whose noise is the generator's x_t at t = 999.
   2. t from the generator's grid {999 k / K} (K = `timesteps`), t-1 the next lower grid point (0 below the lowest);
-     x_t = alpha_t x0 + sigma_t eps; x0' = G(x_t, t) = the x0 estimate of the student's guided output.
+     x_t = alpha_t x0 + sigma_t eps (at t = 999 with `terminal=noise` x_t = eps, the one-step sampler's input);
+     x0' = G(x_t, t) = the x0 estimate of the student's guided output.
   3. Both re-noised with the same fresh noise: x_{t-1} = alpha_{t-1} x0 + sigma_{t-1} eps',
      x'_{t-1} = alpha_{t-1} x0' + sigma_{t-1} eps'.
   4. D step: L_D = softplus(-D(x_{t-1}, t)) + softplus(D(x'_{t-1}, t)) (the log-loss of Eq. 1), x0' detached.
@@ -52,9 +57,14 @@ def timestep_grid(k: int, device: torch.device) -> torch.Tensor:
 
 
 def guided_x0(den: Any, x_t: torch.Tensor, t: torch.Tensor, src: torch.Tensor, emb: torch.Tensor, s_i: torch.Tensor,
-              s_t: torch.Tensor, null_emb: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The x0 estimate of a denoiser's guided one-step output at x_t (its own guidance: cfg2, cfg3 or embedded)."""
+              s_t: torch.Tensor, null_emb: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+              conditional: bool = False) -> torch.Tensor:
+    """The x0 estimate of a denoiser's guided one-step output at x_t (its own guidance: cfg2, cfg3 or embedded).
+    conditional: the scales are 1, and a 2-pass CFG model runs its prompt's pass alone (the same output)."""
     n = x_t.shape[0]
+    if conditional and den.guidance == "cfg2":
+        out = den.unet_forward(x_t, t, emb.expand(n, -1, -1))
+        return x0_from_output(den.prediction_type, out, x_t, alpha, sigma)
     out = den.predict(x_t, t, src, emb.expand(n, -1, -1), s_I=s_i.view(-1, 1, 1, 1), s_T=s_t.view(-1, 1, 1, 1),
                       null_emb=null_emb)
     return x0_from_output(den.prediction_type, out, x_t, alpha, sigma)
@@ -170,6 +180,9 @@ class UFOGenDistiller(BuiltinDistiller):
         teacher = self.teacher.denoiser
         self.real = o.real if o.real != "auto" else ("teacher" if teacher.guidance == "embedded" else "data")
         self.grid = timestep_grid(o.timesteps, accelerator.device)
+        self.conditional = o.scales == "conditional" or (
+            o.scales == "auto" and self.real in ("data", "pairs") and teacher.guidance in ("cfg2", "cfg3"))
+        self.pair_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
         disc = UNetDiscriminator(teacher, o.head_channels).to(accelerator.device)
         disc.train()
         opt_d = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=o.lr_d, weight_decay=0.0)
@@ -205,21 +218,68 @@ class UFOGenDistiller(BuiltinDistiller):
         if self.real == "data":
             return tgt
         with torch.no_grad():
-            return self.teacher.denoiser.sample(src, emb, steps=self.options.teacher_steps, s_T=s_t.view(-1, 1, 1, 1),
-                                                s_I=s_i.view(-1, 1, 1, 1), null_emb=self.null_emb)
+            return self.teacher_sample(src, emb, s_i, s_t)
+
+    def teacher_sample(self, src, emb, s_i, s_t, latents: torch.Tensor | None = None) -> torch.Tensor:
+        return self.teacher.denoiser.sample(src, emb, steps=self.options.teacher_steps, s_T=s_t.view(-1, 1, 1, 1),
+                                            s_I=s_i.view(-1, 1, 1, 1), null_emb=self.null_emb, latents=latents)
+
+    @torch.no_grad()
+    def pairs(self, index: list[Any], src, emb) -> tuple[torch.Tensor, torch.Tensor]:
+        """real=pairs: (noise, the teacher's sample from it) per example, both fixed by the example's index (noise and
+        scales from a generator seeded by it, the teacher's sampler deterministic), each computed once and cached."""
+        cache = self.pair_cache
+        missing = [j for j, i in enumerate(index) if i not in cache]
+        if missing:
+            shape = src.shape[1:]
+            gens = [torch.Generator().manual_seed(hash(index[j]) & 0x7FFFFFFF) for j in missing]
+            noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(src)
+            u = torch.stack([torch.rand(2, generator=g) for g in gens]).to(src)
+            o = self.options
+            s_i = o.image_guidance_min + (o.image_guidance_max - o.image_guidance_min) * u[:, 0]
+            s_t = o.text_guidance_min + (o.text_guidance_max - o.text_guidance_min) * u[:, 1]
+            rows = torch.tensor(missing, device=src.device)
+            x0 = self.teacher_sample(src[rows], emb.expand(src.shape[0], -1, -1)[rows], s_i, s_t, latents=noise)
+            for k, j in enumerate(missing):
+                cache[index[j]] = (noise[k], x0[k])
+        return torch.stack([cache[i][0] for i in index]), torch.stack([cache[i][1] for i in index])
+
+    def generator_input(self, x0: torch.Tensor, k: int) -> torch.Tensor:
+        """x_t at grid point k: the forward process, or at the top (t = 999) with terminal=noise pure noise, what the
+        one-step sampler gives the model (LCM from t = 999 starts at N(0, I))."""
+        noise = torch.randn_like(x0)
+        if k == self.options.timesteps and self.options.terminal == "noise":
+            return noise
+        alpha, sigma = vp_coefficients(self.acp, self.grid[k].view(1))
+        return alpha * x0 + sigma * noise
+
+    def sampling_scales(self) -> tuple[float, float]:
+        """(s_I, s_T) of the exported recipe: 1 for a conditional generator, else the teacher's clamped into the
+        trained ranges (a one-step model sampled at scales it never trained at is off its training)."""
+        if self.conditional:
+            return 1.0, 1.0
+        o, r = self.options, self.teacher.recipe
+        return (min(max(r.image_guidance, o.image_guidance_min), o.image_guidance_max),
+                min(max(r.text_guidance, o.text_guidance_min), o.text_guidance_max))
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         o = self.options
         src, tgt, emb = self.encode_batch(batch)
         n, dev = src.shape[0], src.device
-        s_i, s_t = sample_guidance(o, n, dev)
-        x0 = self.real_x0(src, tgt, emb, s_i, s_t)
+        s_i, s_t = sample_guidance(o, n, dev)  # the teacher's scales for real=teacher
         k = int(torch.randint(1, o.timesteps + 1, (1,)).item())
+        if self.real == "pairs":
+            start, x0 = self.pairs(batch["index"], src, emb)
+        else:
+            start, x0 = None, self.real_x0(src, tgt, emb, s_i, s_t)
+        if self.conditional:  # the generator (and a distill/ema target) at s = 1
+            s_i, s_t = torch.ones_like(s_i), torch.ones_like(s_t)
         t, t_prev = self.grid[k], self.grid[k - 1]
         alpha, sigma = vp_coefficients(self.acp, t.view(1))
         alpha_p, sigma_p = vp_coefficients(self.acp, t_prev.view(1))
-        x_t = alpha * x0 + sigma * torch.randn_like(x0)
-        x0_gen = guided_x0(self.student, x_t, t, src, emb, s_i, s_t, self.null_emb, alpha, sigma)
+        top = k == o.timesteps and o.terminal == "noise"
+        x_t = start if start is not None and top else self.generator_input(x0, k)
+        x0_gen = guided_x0(self.student, x_t, t, src, emb, s_i, s_t, self.null_emb, alpha, sigma, self.conditional)
         noise = torch.randn_like(x0)
         real_prev = alpha_p * x0 + sigma_p * noise
         fake_prev = alpha_p * x0_gen + sigma_p * noise
@@ -244,9 +304,11 @@ class UFOGenDistiller(BuiltinDistiller):
             if o.recon == "diffusion":
                 target = x0
             elif o.recon == "distill":
-                target = guided_x0(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, self.null_emb, alpha, sigma)
+                target = guided_x0(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, self.null_emb, alpha, sigma,
+                                   self.conditional)
             else:
-                target = guided_x0(self.ema_student, x_t, t, src, emb, s_i, s_t, self.null_emb, alpha, sigma)
+                target = guided_x0(self.ema_student, x_t, t, src, emb, s_i, s_t, self.null_emb, alpha, sigma,
+                                   self.conditional)
         recon = F.mse_loss(x0_gen.float(), target.float())
         loss_g = o.lambda_recon * recon + o.lambda_adv * adv
         self.step_optimizer(loss_g, self.optimizers[0], self.student.unet)
@@ -271,7 +333,9 @@ class UFOGenDistiller(BuiltinDistiller):
         from movie_core.pipeline import Pipeline
 
         student = self.export_denoiser().eval()
-        recipe = self.teacher.recipe.replace(denoiser=self.produces, steps=1, scheduler="lcm")
+        s_i, s_t = self.sampling_scales()
+        recipe = self.teacher.recipe.replace(denoiser=self.produces, steps=1, scheduler="lcm", image_guidance=s_i,
+                                             text_guidance=s_t)
         pipe = Pipeline(compose(recipe), self.teacher.encoder, self.teacher.decoder, student,
                         device=self.teacher.device, dtype=self.teacher.dtype)
         return pipe.save_pretrained(out, extra=extra | self.manifest_fields())
