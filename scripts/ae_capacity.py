@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_eval import LUMA_SSIM, _luma3, load, still  # noqa: E402
+from ae_photo_ceiling import measure  # noqa: E402
+from photo_eval import LUMA_SSIM  # noqa: E402
 
-from movie_core import evaluate as ev  # noqa: E402
 from movie_core.data.photos import EVALUATION_PHOTOS  # noqa: E402
 from movie_plugins.autoencoders._md_vae import MDVAE, config_for  # noqa: E402
 from movie_plugins.autoencoders._sd1 import VAE_SIZES  # noqa: E402
@@ -60,18 +60,11 @@ def _kl_loss(vae):
     return loss
 
 
-@torch.no_grad()
 def photo_ceiling(round_trip, width: int, height: int) -> dict[str, Any]:
-    per_photo = {}
-    for name in EVALUATION_PHOTOS:
-        image = still(load(name), width, height)
-        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-        out = ((round_trip(x)[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-        mse = float(np.mean((out.astype(np.float64) - image) ** 2))
-        per_photo[name] = {"psnr": round(10 * np.log10(255.0**2 / mse), 3),
-                           "luma_ssim": round(float(ev.ssim(_luma3(out), _luma3(image))), 4)}
-    return {"photos": per_photo, "mean_psnr": round(float(np.mean([p["psnr"] for p in per_photo.values()])), 3),
-            "mean_luma_ssim": round(float(np.mean([p["luma_ssim"] for p in per_photo.values()])), 4)}
+    """ae_photo_ceiling's measure, rounded for the JSON."""
+    m = measure(round_trip, width, height)
+    return {"photos": {n: {k: round(v, 4) for k, v in p.items()} for n, p in m["photos"].items()},
+            "mean_psnr": round(m["mean_psnr"], 3), "mean_luma_ssim": round(m["mean_luma_ssim"], 4)}
 
 
 @torch.no_grad()

@@ -27,6 +27,22 @@ from movie_core.loading import builtin_weights, load_pipeline  # noqa: E402
 from movie_core.recipe import preset  # noqa: E402
 
 
+@torch.no_grad()
+def measure(round_trip, width: int, height: int) -> dict:
+    """decode(encode(x)) of each evaluation photo's 4:3 still at width x height: per-photo PSNR and luma SSIM
+    against the photo, and their means."""
+    per_photo = {}
+    for name in EVALUATION_PHOTOS:
+        image = still(load(name), width, height)
+        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        out = ((round_trip(x)[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        mse = float(np.mean((out.astype(np.float64) - image) ** 2))
+        per_photo[name] = {"psnr": float(10 * np.log10(255.0**2 / mse)),
+                           "luma_ssim": float(ev.ssim(_luma3(out), _luma3(image)))}
+    return {"photos": per_photo, "mean_psnr": float(np.mean([p["psnr"] for p in per_photo.values()])),
+            "mean_luma_ssim": float(np.mean([p["luma_ssim"] for p in per_photo.values()]))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results/ae_photo_ceiling.json"))
@@ -47,23 +63,11 @@ def main() -> None:
     for vae, round_trip in pipes:
         for size in args.sizes:
             width, height = (int(v) for v in size.split("x"))
-            per_photo = {}
-            for name in EVALUATION_PHOTOS:
-                image = still(load(name), width, height)
-                x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-                with torch.no_grad():
-                    y = round_trip(x)
-                out = ((y[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-                mse = float(np.mean((out.astype(np.float64) - image) ** 2))
-                per_photo[name] = {"psnr": 10 * np.log10(255.0**2 / mse),
-                                   "luma_ssim": float(ev.ssim(_luma3(out), _luma3(image)))}
-            row = {"vae": vae, "size": [width, height], "photos": per_photo,
-                   "mean_psnr": float(np.mean([p["psnr"] for p in per_photo.values()])),
-                   "mean_luma_ssim": float(np.mean([p["luma_ssim"] for p in per_photo.values()]))}
+            row = {"vae": vae, "size": [width, height], **measure(round_trip, width, height)}
             rows.append(row)
             print(f"{vae:7} {width}x{height}: PSNR {row['mean_psnr']:.2f} dB, luma SSIM {row['mean_luma_ssim']:.3f} "
                   f"(bar {LUMA_SSIM}); per photo " + ", ".join(f"{n} {p['luma_ssim']:.3f}"
-                                                                for n, p in per_photo.items()))
+                                                                for n, p in row["photos"].items()))
     result = {"command": "python " + " ".join(sys.argv), "photos": list(EVALUATION_PHOTOS), "bar_luma_ssim": LUMA_SSIM,
               "machine": {"platform": platform.platform(), "torch": torch.__version__}, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
