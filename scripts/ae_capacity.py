@@ -92,7 +92,7 @@ def run(name: str, pool: torch.Tensor, args: argparse.Namespace, log) -> dict[st
     if name == "md-vae":
         ae = MDVAE(config_for("nano"))
         model = md_vae_train.Stage1(ae)
-        state = nano_train._train(name + " stage 1", model, md_vae_train.chain_batches(pool, model.loss, **kw),
+        state = nano_train._train(name + " stage 1", model, nano_train.vae_batches(pool, model.loss, **kw),
                                   **train)
         row["stage1"] = {"seconds": round(state["seconds"], 1),
                          **photo_ceiling(lambda x: ae.decode_unscaled(ae.moments(x)[0], model.full_decoder),
@@ -102,7 +102,7 @@ def run(name: str, pool: torch.Tensor, args: argparse.Namespace, log) -> dict[st
             m.requires_grad_(False)
         light = torch.nn.ModuleList(ae.decoder_modules())
 
-        state2 = nano_train._train(name + " stage 2", light, md_vae_train.chain_batches(
+        state2 = nano_train._train(name + " stage 2", light, nano_train.vae_batches(
             pool, lambda x, g: md_vae_train.decoder_loss(ae, x, g), **kw), **dict(train, steps=max(1, args.steps // 2)))
         row["seconds"] = round(state["seconds"] + state2["seconds"], 1)
         row.update(photo_ceiling(lambda x: ae.decode_unscaled(ae.moments(x)[0]), *args.size))
@@ -113,7 +113,7 @@ def run(name: str, pool: torch.Tensor, args: argparse.Namespace, log) -> dict[st
     channels, widths = {"sd4": (4, (32, 64, 64, 64)), "sd8": (8, (32, 64, 64, 64)),
                         "sd4-wide": (4, (64, 128, 128, 128))}[name]
     vae = _sd_vae(channels, widths)
-    state = nano_train._train(name, vae, md_vae_train.chain_batches(pool, _kl_loss(vae), **kw), **train)
+    state = nano_train._train(name, vae, nano_train.vae_batches(pool, _kl_loss(vae), **kw), **train)
     vae.eval()
     row["seconds"] = round(state["seconds"], 1)
     row.update(photo_ceiling(lambda x: vae.decode(vae.encode(x).latent_dist.mode()).sample, *args.size))

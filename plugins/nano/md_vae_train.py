@@ -141,24 +141,6 @@ def decoder_loss(ae: MDVAE, x: torch.Tensor, g: torch.Generator) -> tuple[torch.
     return rec, {"rec": rec.item()}
 
 
-def chain_batches(pool: torch.Tensor, loss, *, batch_size: int, crop: int, whole_every: int, seed: int):
-    """loss(x, g) over the chain's autoencoder batches (nano train._train_vae's): `crop`-pixel crops, and every
-    `whole_every`-th step whole images holding the same number of pixels."""
-    from movie_plugins.nano import train as nano_train
-
-    size = pool.shape[1]
-
-    def fn(step: int):
-        g = torch.Generator().manual_seed(seed * 7919 + step)
-        if whole_every and crop < size and step % whole_every == whole_every - 1:
-            index, flips, _ = nano_train._draw(step, len(pool), nano_train.whole_batch(batch_size, crop, size),
-                                               size, size, seed)
-            return loss(nano_train._images(pool, index, flips), g)
-        index, flips, offsets = nano_train._draw(step, len(pool), batch_size, size, crop, seed)
-        return loss(nano_train._crop(nano_train._images(pool, index, flips), offsets, crop), g)
-    return fn
-
-
 @torch.no_grad()
 def _psnr(ae: MDVAE, images: torch.Tensor) -> float:
     values = []
@@ -193,7 +175,8 @@ def train_nano(out: Path, *, steps: int, decoder_steps: int, batch_size: int = 6
               "source": source}
     nano_train._check_config(ckpt, config)
     pool = nano_train._load_pool(ckpt, pool_size, resolution, seed, log, source)
-    batches = dict(batch_size=batch_size, crop=min(crop, resolution), whole_every=whole_every, seed=seed)
+    batches = dict(batch_size=batch_size, crop=min(crop, resolution), whole_every=whole_every, seed=seed,
+                   device=device)
     train = dict(lr=5e-4, checkpoint_seconds=checkpoint_seconds, log=log)
     metrics: dict[str, Any] = {"config": config}
     stage1_done = ckpt / "stage1"
@@ -205,7 +188,7 @@ def train_nano(out: Path, *, steps: int, decoder_steps: int, batch_size: int = 6
         torch.manual_seed(seed + 2)
         ae = MDVAE(config_for(size))
         model = Stage1(ae).to(device)
-        state = nano_train._train("md-vae stage 1", model, chain_batches(pool, model.loss, **batches),
+        state = nano_train._train("md-vae stage 1", model, nano_train.vae_batches(pool, model.loss, **batches),
                                   steps=steps, state_file=ckpt / "stage1_state.pt", **train)
         ae.eval()
         images = nano_train.to_tensor(pool.numpy())
@@ -223,7 +206,7 @@ def train_nano(out: Path, *, steps: int, decoder_steps: int, batch_size: int = 6
         m.eval().requires_grad_(False)
     light = nn.ModuleList(ae.decoder_modules())
     light.requires_grad_(True)
-    state = nano_train._train("md-vae stage 2", light, chain_batches(pool, lambda x, g: decoder_loss(ae, x, g),
+    state = nano_train._train("md-vae stage 2", light, nano_train.vae_batches(pool, lambda x, g: decoder_loss(ae, x, g),
                                                                      **batches),
                               steps=decoder_steps, state_file=ckpt / "stage2_state.pt", **train)
     ae.eval().requires_grad_(False)

@@ -551,6 +551,23 @@ def whole_batch(batch_size: int, crop: int, size: int) -> int:
     return max(1, batch_size * crop * crop // (size * size))
 
 
+def vae_batches(pool: torch.Tensor, loss: Callable[[torch.Tensor, torch.Generator], Any], *, batch_size: int,
+                crop: int, whole_every: int, seed: int, device: str = "cpu") -> Callable[[int], Any]:
+    """loss(x, g) over the chain's autoencoder batches for a step: `crop`-pixel crops of the pool's images, and every
+    `whole_every`-th step (0: never; only when crops are smaller than the images) whole images holding the same
+    number of pixels; g is the step's noise generator. Every autoencoder the chain trains draws its batches here."""
+    size = pool.shape[1]
+
+    def fn(step: int):
+        g = torch.Generator().manual_seed(seed * 7919 + step)
+        if whole_every and crop < size and step % whole_every == whole_every - 1:
+            index, flips, _ = _draw(step, len(pool), whole_batch(batch_size, crop, size), size, size, seed)
+            return loss(_images(pool, index, flips).to(device), g)
+        index, flips, offsets = _draw(step, len(pool), batch_size, size, crop, seed)
+        return loss(_crop(_images(pool, index, flips), offsets, crop).to(device), g)
+    return fn
+
+
 def _train_vae(ckpt: Path, pool: torch.Tensor, config: dict[str, Any], device: str, checkpoint_seconds: float,
                log: Log, metrics: dict[str, Any]) -> AutoencoderKL:
     """Train (or resume, or reload when finished) the VAE, then rescale it; saved as ckpt/vae."""
@@ -562,17 +579,9 @@ def _train_vae(ckpt: Path, pool: torch.Tensor, config: dict[str, Any], device: s
         return vae
     torch.manual_seed(config["seed"])
     vae = new_vae().to(device)
-    seed, bs, crop = config["seed"], config["batch_size"], config["crop"]
-    whole_every, size = config.get("whole_every", 0), pool.shape[1]
-
-    def loss_fn(step: int):
-        g = torch.Generator().manual_seed(seed * 7919 + step)
-        if whole_every and step % whole_every == whole_every - 1:
-            index, flips, _ = _draw(step, len(pool), whole_batch(bs, crop, size), size, size, seed)
-            return _vae_loss(vae, _images(pool, index, flips).to(device), g)
-        index, flips, offsets = _draw(step, len(pool), bs, size, crop, seed)
-        return _vae_loss(vae, _crop(_images(pool, index, flips), offsets, crop).to(device), g)
-
+    loss_fn = vae_batches(pool, lambda x, g: _vae_loss(vae, x, g), batch_size=config["batch_size"],
+                          crop=config["crop"], whole_every=config.get("whole_every", 0), seed=config["seed"],
+                          device=device)
     state = _train("sd-vae", vae, loss_fn, steps=config["vae_steps"], lr=5e-4, state_file=ckpt / "vae_state.pt",
                    checkpoint_seconds=checkpoint_seconds, log=log)
     vae_metrics = _rescale(vae, pool, device, log)
