@@ -25,8 +25,6 @@ that `movie distill` reads (an imagefolder of image + caption; metadata.jsonl ke
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -299,7 +297,7 @@ def write_captions(out: str | Path, *, count: int = 20000, size: int = 64, seed:
     held-out combos and the phrasings. The test split's scenes are made of held-out combos only."""
     from PIL import Image
 
-    from movie_core.data.writer import _move_into_place, _prepare_output
+    from movie_core.data.writer import staged_dataset
 
     out = Path(out)
     if count < 2:
@@ -311,13 +309,9 @@ def write_captions(out: str | Path, *, count: int = 20000, size: int = 64, seed:
     if size < 16:
         raise UsageError(f"--size must be at least 16, got {size}")
     _check_seed(seed)
-    _prepare_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     counts = dict(zip(SPLITS, split_counts(count, test_fraction)))
-    temp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    temp.mkdir()
-    try:
+    with staged_dataset(out, overwrite) as temp:
         for split in SPLITS:
             folder = temp / split
             folder.mkdir()
@@ -347,10 +341,6 @@ def write_captions(out: str | Path, *, count: int = 20000, size: int = 64, seed:
             "seconds": round(time.perf_counter() - started, 3),
         }
         (temp / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _move_into_place(temp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return summary
 
 

@@ -6,10 +6,12 @@ procedural), so that neither imports the other's writer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +88,10 @@ def write_nano(
     if source not in photos.SOURCES:
         raise UsageError(f"unknown data source {source!r}: choose from {', '.join(photos.SOURCES)}")
     pool = photos._pool() if source != "procedural" else None  # before anything is written: no photos, no dataset
-    _prepare_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     image_counts = dict(zip(SPLITS, split_counts(count, test_fraction)))
     video_counts = dict(zip(SPLITS, split_counts(videos, test_fraction)))
-    temp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    temp.mkdir()
-    try:
+    with staged_dataset(out, overwrite) as temp:
         for split in SPLITS:
             with ImageFolderWriter(temp / split) as writer:
                 for sample_seed in sample_seeds(seed, split, image_counts[split]):
@@ -131,11 +129,24 @@ def write_nano(
             summary |= {"source": source, "photo_generator_version": photos.PHOTO_GENERATOR_VERSION,
                         "photos": pool.manifest()}
         (temp / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+@contextlib.contextmanager
+def staged_dataset(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A new temporary folder beside `out` to write a dataset into (out checked first: a file, or a folder without
+    --overwrite, is refused before anything is written). When the block ends it replaces out; on any exception
+    (Ctrl-C too) it goes, and out is as it was."""
+    _prepare_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    temp.mkdir()
+    try:
+        yield temp
         _move_into_place(temp, out, overwrite)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    return summary
 
 
 def _move_into_place(temp: Path, out: Path, overwrite: bool) -> None:
