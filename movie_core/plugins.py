@@ -28,6 +28,7 @@ DEFAULT_PLUGINS = (
     "movie_plugins.denoisers.mobile_diffusion",
     "movie_plugins.denoisers.mobile_diffusion_lite",
     "movie_plugins.denoisers.mobile_diffusion_pix2pix",
+    "movie_plugins.denoisers.mobile_diffusion_pix2pix_mmg",
     "movie_plugins.denoisers.mobile_diffusion_pix2pix_1step",
     "movie_plugins.backends.eager",
     "movie_plugins.backends.compile",

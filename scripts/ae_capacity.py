@@ -87,7 +87,7 @@ def params(modules) -> int:
 def run(name: str, pool: torch.Tensor, args: argparse.Namespace, log) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     kw = dict(batch_size=args.batch, crop=args.crop, whole_every=args.whole_every, seed=args.seed)
-    train = dict(steps=args.steps, lr=5e-4, state_file=None, checkpoint_seconds=1e9, log=log)
+    train = dict(steps=args.steps, lr=args.lr, state_file=None, checkpoint_seconds=1e9, log=log)
     row: dict[str, Any] = {"candidate": name}
     if name == "md-vae":
         ae = MDVAE(config_for("nano"))
@@ -113,6 +113,14 @@ def run(name: str, pool: torch.Tensor, args: argparse.Namespace, log) -> dict[st
     channels, widths = {"sd4": (4, (32, 64, 64, 64)), "sd8": (8, (32, 64, 64, 64)),
                         "sd4-wide": (4, (64, 128, 128, 128))}[name]
     vae = _sd_vae(channels, widths)
+    if args.init is not None:  # go on training a trained VAE of this shape (a fresh schedule over --steps)
+        from diffusers import AutoencoderKL
+
+        trained = AutoencoderKL.from_pretrained(args.init)
+        if tuple(trained.config.block_out_channels) != widths or trained.config.latent_channels != channels:
+            raise SystemExit(f"{args.init} is not a '{name}' VAE")
+        vae.load_state_dict(trained.state_dict())
+        row["init"] = str(args.init)
     state = nano_train._train(name, vae, nano_train.vae_batches(pool, _kl_loss(vae), **kw), **train)
     vae.eval()
     row["seconds"] = round(state["seconds"], 1)
@@ -135,6 +143,9 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=32)
     parser.add_argument("--whole-every", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=5e-4, help="the chain's VAE learning rate by default")
+    parser.add_argument("--init", type=Path, help="an SD VAE folder (diffusers) to go on training (sd4, sd8, "
+                        "sd4-wide: the candidate of its shape), instead of random init")
     parser.add_argument("--size", type=int, nargs=2, default=[256, 192], metavar=("W", "H"))
     parser.add_argument("--out", type=Path, default=Path("docs/results/ae_capacity.json"))
     args = parser.parse_args()
@@ -157,7 +168,8 @@ def main() -> None:
             f"trained in {r['seconds']} s")
         result = {"command": "python " + " ".join(sys.argv), "pool": source, "pool_shape": list(pool.shape),
                   "photos": list(EVALUATION_PHOTOS), "size": args.size, "bar_luma_ssim": LUMA_SSIM,
-                  "steps": args.steps, "batch": args.batch, "crop": args.crop, "whole_every": args.whole_every,
+                  "steps": args.steps, "lr": args.lr, "batch": args.batch, "crop": args.crop,
+                  "whole_every": args.whole_every,
                   "threads": torch.get_num_threads(),
                   "machine": {"platform": platform.platform(), "torch": torch.__version__}, "rows": rows}
         args.out.parent.mkdir(parents=True, exist_ok=True)

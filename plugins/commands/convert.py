@@ -9,7 +9,8 @@ import click
 
 from movie_core.hookspecs import hookimpl
 
-TARGETS = ("mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-diffusion-pix2pix", "mobile-diffusion-pix2pix-1step")
+TARGETS = ("mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-diffusion-pix2pix", "mobile-diffusion-pix2pix-mmg",
+           "mobile-diffusion-pix2pix-1step")
 
 
 @hookimpl

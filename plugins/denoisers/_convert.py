@@ -24,7 +24,7 @@ from movie_core.weights import (
 # the autoencoder a folder's vae/config.json class is (what the manifest records, so the folder runs without --vae)
 _VAE_CLASSES = {"AutoencoderKL": "sd-vae", "AutoencoderTiny": "taesd"}
 
-MD_TARGETS = ("mobile-diffusion-pix2pix", "mobile-diffusion-pix2pix-1step")
+MD_TARGETS = ("mobile-diffusion-pix2pix", "mobile-diffusion-pix2pix-mmg", "mobile-diffusion-pix2pix-1step")
 
 
 def _ldm_file(source: str) -> Path | None:
@@ -110,6 +110,11 @@ def convert_folder(source: str | Path, target: str | None, out: Path, overwrite:
     return out
 
 
+def _folder_prediction(folder: Path) -> str | None:
+    config = folder / "scheduler" / "scheduler_config.json"
+    return read_config(config).get("prediction_type") if config.is_file() else None
+
+
 def _convert_md(unet_dir: Path, tmp: Path, target: str) -> Any:
     """A MobileDiffusion UNet (text-to-image or editing) -> an editing stage on the same weights; its stage."""
     from movie_plugins.denoisers import _md_edit, _t2i
@@ -162,7 +167,9 @@ def _convert_unet(origin: Path, tmp: Path, target: str, manifest: dict, vae: str
         "format": "movie-model/1",
         "recipe": recipe,
         "stage": target,
-        "prediction_type": stage.prediction_type,
+        # the weights predict what they were trained to: the folder's own scheduler says so where it has one (a
+        # v-prediction text-to-image model stays v-prediction in the editing architecture)
+        "prediction_type": _folder_prediction(tmp) or stage.prediction_type,
         "guidance": "embedded" if stage.embedded else "cfg3",
         "default_steps": stage.steps,
         "converted_from": manifest.get("stage", was),

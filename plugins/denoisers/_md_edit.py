@@ -2,11 +2,14 @@
 
 mobile-diffusion-pix2pix        8 input channels (noisy latents + source latents / 0.18215), 3-pass CFG (MoViE
                                 Eq. 1), epsilon, DDIM 10 steps: InstructPix2Pix's recipe on the MD UNet
-mobile-diffusion-pix2pix-1step  + guidance embeddings (s_I, s_T sinusoids added to the time embedding, one pass)
-                                + v-prediction, LCM, 1 step: the MoViE 1-step stage on the MD UNet
+mobile-diffusion-pix2pix-mmg    + guidance embeddings (s_I, s_T sinusoids added to the time embedding, one pass),
+                                epsilon, DDIM 10 steps: MoViE's guidance-distilled Stage 3 on the MD UNet
+mobile-diffusion-pix2pix-1step  the same network, v-prediction, LCM, 1 step: the MoViE 1-step stage on the MD UNet
 
 The sampler loop, guidance formula and host features are the Pix2Pix family's (plugins/denoisers/_pix2pix.py);
-only the network differs. No trained weights yet: random init, or a folder written by save_pretrained.
+only the network differs. MoViE's distillers (pix2pix-finetune, mmg, vpred, adversarial) train these stages
+through the editing-stage methods both families share (`restaged`, `family_stage`, `guidance_embedded_unet`,
+`unet_forward` with the image latents and scales): see plugins/distillers/_common.py.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from diffusers.models.embeddings import get_timestep_embedding
 from transformers import CLIPTextModel
 
-from movie_core.components import BuildContext, Network
+from movie_core.components import BuildContext, Network, NetworkSplit
 from movie_plugins.denoisers import _mobile_diffusion as md
 from movie_plugins.denoisers import _t2i
 from movie_plugins.denoisers._pix2pix import (
@@ -31,10 +34,16 @@ from movie_plugins.denoisers._pix2pix import (
 )
 from movie_plugins.denoisers._tokenizer import CLIP_VOCAB_SIZE, byte_tokenizer
 
+# each MD stage samples and is trained as the Pix2Pix stage of the same role (its own name; no top attention to
+# drop: the MD UNet has no attention at its outer levels, so every MD stage counts as mobile)
 EDIT_STAGES = {
-    "mobile-diffusion-pix2pix": STAGES["instruct-pix2pix"],
-    "mobile-diffusion-pix2pix-1step": STAGES["mobile-pix2pix-1step"],
+    md_name: attrs.evolve(STAGES[p2p], name=md_name, mobile=True)
+    for md_name, p2p in (("mobile-diffusion-pix2pix", "instruct-pix2pix"),
+                         ("mobile-diffusion-pix2pix-mmg", "mobile-pix2pix-mmg"),
+                         ("mobile-diffusion-pix2pix-1step", "mobile-pix2pix-1step"))
 }
+FAMILY_STAGES = {"cfg3": "mobile-diffusion-pix2pix", "mmg": "mobile-diffusion-pix2pix-mmg",
+                 "1step": "mobile-diffusion-pix2pix-1step"}
 
 
 class MDEditNet(torch.nn.Module):
@@ -72,6 +81,17 @@ class MDEditDenoiser(_t2i.TextToImageDenoiser):
             self.__dict__["_nets"] = nets
         return nets[2]
 
+    def network_split(self) -> NetworkSplit | None:
+        """The 'unet' network (on the same graph inputs) cut after the top level, for Clockwork."""
+        split = self.__dict__.get("_split")
+        if split is None or split[0] is not self.unet:
+            if len(self.unet.config.channels) < 2:
+                return None
+            split = (self.unet, NetworkSplit(head=md.MDHead(self.unet), core=md.MDCore(self.unet),
+                                             tail=md.MDTail(self.unet)))
+            self.__dict__["_split"] = split
+        return split[1]
+
     def describe(self) -> dict[str, Any]:
         facts = super().describe() | {"task": "edit", "guidance_embed_scale": GUIDANCE_EMBED_SCALE
                                       if self.guidance == "embedded" else None}
@@ -104,12 +124,44 @@ class MDEditDenoiser(_t2i.TextToImageDenoiser):
             inputs.append(self.guidance_features(s_I, s_T, batch, x))
         return inputs
 
-    def edit_forward(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> torch.Tensor:
+    guidance_labels = guidance_features  # the Pix2Pix family's name for them (the adversarial discriminator's)
+
+    def unet_forward(self, x, t, image_latents, text_emb, s_I=None, s_T=None) -> torch.Tensor:  # type: ignore[override]
+        """One UNet pass on the editing stages' inputs (the Pix2Pix family's signature; the distillers call it)."""
         inputs = self.graph_inputs(x, t, image_latents, text_emb, s_I, s_T)
         runner = self.runner("unet")
         if runner is not None:
             return runner(*inputs)
         return self.networks()["unet"].module(*inputs)
+
+    edit_forward = unet_forward
+
+    # --- the editing-stage contract MoViE's distillers train through ----------------------
+
+    def family_stage(self, role: str) -> str:
+        """This family's stage for a MoViE role: 'cfg3', 'mmg' (guidance embedded, epsilon) or '1step'."""
+        return FAMILY_STAGES[role]
+
+    def guidance_embedded_unet(self, guidance_inject: str = "resnet") -> md.MobileDiffusionUNet:
+        """A copy of the UNet with a zero-initialised guidance embedding (MD has one way to take the scales: added
+        to the time embedding; guidance_inject is the Pix2Pix family's choice and is not used here)."""
+        return convert_md_unet(self.unet, FAMILY_STAGES["mmg"])
+
+    def restaged(self, stage: str, unet: torch.nn.Module | None = None, scheduler: str | None = None,
+                 prediction_type: str | None = None) -> MDEditDenoiser:
+        """A denoiser of another MD stage sharing nothing with this one: its UNet (or `unet`), a copy of its text
+        tower; the stage's scheduler and prediction type unless given."""
+        import copy
+
+        info = EDIT_STAGES[stage]
+        if prediction_type is not None:
+            info = attrs.evolve(info, prediction_type=prediction_type)
+        unet = unet if unet is not None else copy.deepcopy(self.unet)
+        if bool(unet.config.guidance_embed) != info.embedded:
+            raise ValueError(f"'{stage}' {'needs' if info.embedded else 'has no'} guidance embedding")
+        return MDEditDenoiser(info, unet, copy.deepcopy(self.text_encoder), self.tokenizer,
+                              scheduler or info.scheduler, latent_scale=self.latent_scale,
+                              standin_tokenizer=self.standin_tokenizer)
 
     def predict(self, x_t, t, image_latents, text_emb, s_I=1.5, s_T=7.5, null_emb=None) -> torch.Tensor:
         """MoViE Eq. 1 with three passes in one batch, or one embedded pass."""
@@ -121,6 +173,8 @@ class MDEditDenoiser(_t2i.TextToImageDenoiser):
             null_emb = self.encode_prompt([""]).to(text_emb)
         null_emb = null_emb.expand(batch, -1, -1)
         img = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+        if torch.is_tensor(t) and t.ndim == 1 and t.numel() == batch > 1:
+            t = t.repeat(3)  # per-sample timesteps (training): one per pass
         out = self.edit_forward(torch.cat([x_t] * 3), t, img, torch.cat([text_emb, null_emb, null_emb]))
         eps_text, eps_image, eps_uncond = out.chunk(3)
         s_I = torch.as_tensor(s_I, dtype=x_t.dtype, device=x_t.device).reshape(-1, 1, 1, 1)
@@ -182,13 +236,15 @@ def convert_md_unet(unet: md.MobileDiffusionUNet, target: str) -> md.MobileDiffu
     gets zero weights for the 4 source-latent channels (InstructPix2Pix's initialisation, so the model starts as
     its text-to-image self), and a guidance embedding is added zeroed (or dropped when the target has none)."""
     stage = EDIT_STAGES[target]
-    cfg = attrs.evolve(unet.config, in_channels=8, guidance_embed=stage.embedded)
+    channels = unet.config.out_channels  # 4 in SD's latent space, 8 in md-vae's: the editing UNet takes twice that
+    cfg = attrs.evolve(unet.config, in_channels=2 * channels, guidance_embed=stage.embedded)
     new = md.MobileDiffusionUNet(cfg)
     src, dst = unet.state_dict(), new.state_dict()
     for key, value in dst.items():
         if key == "conv_in.weight" and src[key].shape[1] != value.shape[1]:
-            if src[key].shape[1] != 4:
-                raise ValueError(f"conv_in has {src[key].shape[1]} input channels; 4 or 8 convert")
+            if src[key].shape[1] != channels:
+                raise ValueError(f"conv_in has {src[key].shape[1]} input channels; {channels} or {2 * channels} "
+                                 "convert")
             dst[key] = torch.cat([src[key], torch.zeros_like(src[key])], dim=1)
         elif key in src:
             dst[key] = src[key]

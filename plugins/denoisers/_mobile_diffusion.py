@@ -350,10 +350,8 @@ class MobileDiffusionUNet(nn.Module):
         cfg = self.config
         return timestep_features(t, cfg.channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text_emb: torch.Tensor,
-                time_features: bool = False, guidance: torch.Tensor | None = None) -> torch.Tensor:
-        """timestep: (B,) timesteps, or with time_features=True the (B, channels[0]) sinusoids themselves;
-        guidance: (B, 2 channels[0]) guidance-scale sinusoids when the config has guidance_embed."""
+    def _embedding(self, sample: torch.Tensor, timestep: torch.Tensor, time_features: bool,
+                   guidance: torch.Tensor | None) -> torch.Tensor:
         if not time_features:
             t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
             timestep = self.time_proj(t)
@@ -362,16 +360,35 @@ class MobileDiffusionUNet(nn.Module):
             if guidance is None:
                 raise ValueError("this UNet embeds the guidance scales: pass guidance features")
             temb = temb + self.guidance_embed(guidance.to(sample.dtype))
+        return temb
+
+    def _down(self, sample: torch.Tensor, temb: torch.Tensor, text_emb: torch.Tensor):
+        """The encoder arm: (h, skips, each level's output before its downsampler)."""
         h = self.conv_in(sample)
-        skips = [h]
+        skips, levels = [h], []
         for i, (blocks, attns) in enumerate(zip(self.down_blocks, self.down_attn)):
             for block, attn in zip(blocks, attns):
                 h = block(h, temb)
                 h = attn(h, text_emb) if isinstance(attn, Transformer) else h
                 skips.append(h)
+            levels.append(h)
             if i < len(self.downsamplers):
                 h = self.downsamplers[i](h)
                 skips.append(h)
+        return h, skips, levels
+
+    def down_features(self, sample: torch.Tensor, timestep: torch.Tensor, text_emb: torch.Tensor,
+                      time_features: bool = False, guidance: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The encoder arm's output at each level (channels[i] channels; the innermost is the bottleneck, the
+        network has no separate mid block): what a discriminator built on this UNet reads."""
+        return self._down(sample, self._embedding(sample, timestep, time_features, guidance), text_emb)[2]
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text_emb: torch.Tensor,
+                time_features: bool = False, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """timestep: (B,) timesteps, or with time_features=True the (B, channels[0]) sinusoids themselves;
+        guidance: (B, 2 channels[0]) guidance-scale sinusoids when the config has guidance_embed."""
+        temb = self._embedding(sample, timestep, time_features, guidance)
+        h, skips, _ = self._down(sample, temb, text_emb)
         for i, (blocks, attns) in enumerate(zip(self.up_blocks, self.up_attn)):
             for block, attn in zip(blocks, attns):
                 h = block(torch.cat([h, skips.pop()], dim=1), temb)
@@ -380,6 +397,72 @@ class MobileDiffusionUNet(nn.Module):
                 # to the next skip's size: x2, or the odd size a strided conv rounded down (as diffusers' UNet)
                 h = self.upsamplers[i](F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class MDHead(nn.Module):
+    """Clockwork's cut of the MobileDiffusion UNet (movie_core.components.NetworkSplit), the high-resolution path
+    before it: embeddings, input conv, the top level's blocks and its downsampler.
+    (sample, time_features, text_emb[, guidance_features]) -> (r_in, temb, text_emb, *top_skips)."""
+
+    def __init__(self, unet: MobileDiffusionUNet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, time_features, text_emb, *guidance):
+        unet = self.unet
+        temb = unet._embedding(sample, time_features, True, guidance[0] if guidance else None)
+        h = unet.conv_in(sample)
+        skips = [h]
+        for block, attn in zip(unet.down_blocks[0], unet.down_attn[0]):
+            h = block(h, temb)
+            h = attn(h, text_emb) if isinstance(attn, Transformer) else h
+            skips.append(h)
+        return (unet.downsamplers[0](h), temb, text_emb, *skips)
+
+
+class MDCore(nn.Module):
+    """The low-resolution core: levels 2.. down, back up, and the upsampler to the top resolution.
+    (r_in, temb, text_emb, *top_skips) -> r_out; the top skips only give the output size."""
+
+    def __init__(self, unet: MobileDiffusionUNet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, r_in, temb, text_emb, *top_skips):
+        unet = self.unet
+        h, skips = r_in, [r_in]
+        for i in range(1, len(unet.down_blocks)):
+            for block, attn in zip(unet.down_blocks[i], unet.down_attn[i]):
+                h = block(h, temb)
+                h = attn(h, text_emb) if isinstance(attn, Transformer) else h
+                skips.append(h)
+            if i < len(unet.downsamplers):
+                h = unet.downsamplers[i](h)
+                skips.append(h)
+        for i, (blocks, attns) in enumerate(zip(unet.up_blocks[:-1], unet.up_attn[:-1])):
+            for block, attn in zip(blocks, attns):
+                h = block(torch.cat([h, skips.pop()], dim=1), temb)
+                h = attn(h, text_emb) if isinstance(attn, Transformer) else h
+            target = skips[-1] if skips else top_skips[-1]
+            h = unet.upsamplers[i](F.interpolate(h, size=target.shape[-2:], mode="nearest"))
+        return h
+
+
+class MDTail(nn.Module):
+    """The high-resolution path after the cut: the top level's up blocks (fed the top skips) and the output layers.
+    (r_out, temb, text_emb, *top_skips) -> model output."""
+
+    def __init__(self, unet: MobileDiffusionUNet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, r_out, temb, text_emb, *top_skips):
+        unet = self.unet
+        h, skips = r_out, list(top_skips)
+        for block, attn in zip(unet.up_blocks[-1], unet.up_attn[-1]):
+            h = block(torch.cat([h, skips.pop()], dim=1), temb)
+            h = attn(h, text_emb) if isinstance(attn, Transformer) else h
+        return unet.conv_out(F.silu(unet.norm_out(h)))
 
 
 def build_unet(variant: str, size: str, **overrides: Any) -> MobileDiffusionUNet:

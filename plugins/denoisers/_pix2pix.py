@@ -462,6 +462,31 @@ class Pix2PixDenoiser(Denoiser):
         self.default_steps = stage.steps
         self._saved_processors: list[tuple[Any, Any]] | None = None
 
+    # --- the editing-stage contract MoViE's distillers train through ----------------------
+
+    def family_stage(self, role: str) -> str:
+        """This family's stage for a MoViE role: 'cfg3', 'mmg' (guidance embedded, epsilon) or '1step'."""
+        return {"cfg3": self.stage if not self.stage_info.embedded else "mobile-pix2pix",
+                "mmg": "mobile-pix2pix-mmg", "1step": "mobile-pix2pix-1step"}[role]
+
+    def guidance_embedded_unet(self, guidance_inject: str = "resnet") -> torch.nn.Module:
+        """A copy of the UNet with zero-initialised guidance layers taking the scales through each ResNet's own
+        linear layer ('resnet', paper Sec. 3.3) or one projection added to the time embedding ('time')."""
+        return convert_unet(self.unet, "mobile-pix2pix-mmg", guidance_inject)
+
+    def restaged(self, stage: str, unet: torch.nn.Module | None = None, scheduler: str | None = None,
+                 prediction_type: str | None = None) -> Pix2PixDenoiser:
+        """A denoiser of another stage sharing nothing with this one: its UNet (or `unet`), a copy of its text
+        tower; the stage's scheduler and prediction type unless given."""
+        import copy
+
+        info = STAGES[stage]
+        if prediction_type is not None:
+            info = attrs.evolve(info, prediction_type=prediction_type)
+        return Pix2PixDenoiser(info, unet if unet is not None else copy.deepcopy(self.unet),
+                               copy.deepcopy(self.text_encoder), self.tokenizer, scheduler or info.scheduler,
+                               standin_tokenizer=self.standin_tokenizer, latent_scale=self.latent_scale)
+
     # --- the contract's network surface ----------------------------------------------------
 
     def networks(self) -> dict[str, Network]:

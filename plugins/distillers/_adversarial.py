@@ -109,7 +109,8 @@ class AdversarialDistiller(BuiltinDistiller):
         if den.guidance != "embedded" or den.prediction_type != "v_prediction":
             raise UsageError(f"adversarial starts from the v-prediction model; the teacher is '{den.stage}' "
                              f"({den.guidance}, {den.prediction_type}): run `movie distill vpred` first")
-        student = restage(den, STUDENT_STAGE)
+        student = restage(den, den.family_stage("1step"), prediction_type=den.prediction_type)
+        self.produces = student.stage  # STUDENT_STAGE for SD's UNet
         student.default_steps = 1
         return student
 
@@ -144,6 +145,7 @@ class AdversarialDistiller(BuiltinDistiller):
         self.euler = make_euler(self.student.prediction_type, o.student_timesteps, accelerator.device)
         text_dim = self.null_emb.shape[-1]
         disc = Discriminator(self.sampler.unet, text_dim=text_dim, hidden=o.head_channels).to(accelerator.device)
+        self.latent_scale = float(getattr(self.sampler, "latent_scale", SD_SCALING_FACTOR))
         opt_d = torch.optim.AdamW(disc.trainable_parameters(), lr=o.lr_d, weight_decay=0.0)
         self.disc, opt_d = accelerator.prepare(disc, opt_d)
         self.optimizers.append(opt_d)  # after the student's: the loop's LR schedules follow this order
@@ -198,7 +200,7 @@ class AdversarialDistiller(BuiltinDistiller):
         s_i, s_t = sample_guidance(o, n, dev)
         x0 = self.real_samples(src, tgt, emb_m, s_i, s_t)
         x0_hat = self.student_x0(src, emb, x0, s_i, s_t)
-        cond = src / SD_SCALING_FACTOR
+        cond = src / self.latent_scale  # the source latents as the sampler's UNet takes them
 
         # discriminator: real and fake in one forward (one DDP pass), R1 on the real inputs
         t_d = logit_normal_timesteps(n, o.disc_noise_mean, o.disc_noise_std, dev)

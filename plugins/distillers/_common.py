@@ -9,45 +9,50 @@ Imports torch; loaded only when a distiller runs. Conventions (all latents in SD
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
 
 from movie_core.errors import UsageError
 from movie_core.training.distiller import Distiller
-from movie_plugins.denoisers._pix2pix import STAGES, Pix2PixDenoiser, convert_unet, make_scheduler
+from movie_plugins.denoisers._pix2pix import Pix2PixDenoiser, make_scheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 
 
-def pix2pix_denoiser(den: Any, strategy: str) -> Pix2PixDenoiser:
-    """The teacher's denoiser, if it is one of the built-in Pix2Pix stages (the only family these train)."""
-    if not isinstance(den, Pix2PixDenoiser):
-        raise UsageError(f"distiller '{strategy}' trains the built-in Pix2Pix stages; the teacher's denoiser is "
+EDITING_CONTRACT = ("stage_info", "family_stage", "restaged", "guidance_embedded_unet", "unet_forward", "predict")
+
+
+def pix2pix_denoiser(den: Any, strategy: str) -> Any:
+    """The teacher's denoiser, if it is an instruction-editing stage these distillers can train: one that has the
+    editing-stage methods (the Pix2Pix family on SD's UNet and the MobileDiffusion editing family have them):
+
+    stage_info      the stage's facts (embedded guidance, mobile, prediction type, scheduler, steps)
+    family_stage    its family's stage for a MoViE role: 'cfg3', 'mmg' (guidance embedded, epsilon), '1step'
+    restaged        a denoiser of another stage of the family (a copy of the text tower, the given UNet)
+    guidance_embedded_unet  a copy of the UNet with zero-initialised guidance layers
+    unet_forward    one pass: (x_t, t, image latents, prompt embeddings, s_I, s_T)
+    """
+    if not all(hasattr(den, name) for name in EDITING_CONTRACT):
+        raise UsageError(f"distiller '{strategy}' trains the instruction-editing stages (the Pix2Pix and "
+                         f"MobileDiffusion editing families); the teacher's denoiser is "
                          f"'{getattr(den, 'stage', type(den).__name__)}'")
     return den
 
 
-def restage(den: Pix2PixDenoiser, stage: str, unet: torch.nn.Module | None = None,
-            scheduler: str | None = None) -> Pix2PixDenoiser:
-    """A denoiser of another stage sharing nothing with `den`: its UNet (or `unet`), a copy of its text tower."""
-    info = STAGES[stage]
-    return Pix2PixDenoiser(
-        info,
-        unet if unet is not None else copy.deepcopy(den.unet),
-        copy.deepcopy(den.text_encoder),
-        den.tokenizer,
-        scheduler or info.scheduler,
-        standin_tokenizer=den.standin_tokenizer,
-    )
+def restage(den: Any, stage: str, unet: torch.nn.Module | None = None, scheduler: str | None = None,
+            prediction_type: str | None = None) -> Any:
+    """A denoiser of another stage of den's family sharing nothing with `den`: its UNet (or `unet`), a copy of its
+    text tower."""
+    return den.restaged(stage, unet, scheduler, prediction_type)
 
 
-def to_mmg(den: Pix2PixDenoiser, guidance_inject: str = "resnet") -> Pix2PixDenoiser:
-    """The guidance-embedded student of a cfg3 model: same weights, zero-initialised guidance layers, taking the
-    scales through each ResNet's own linear layer ('resnet', paper Sec. 3.3) or one projection added to the time
-    embedding ('time')."""
-    return restage(den, "mobile-pix2pix-mmg", convert_unet(den.unet, "mobile-pix2pix-mmg", guidance_inject))
+def to_mmg(den: Any, guidance_inject: str = "resnet") -> Any:
+    """The guidance-embedded student of a cfg3 model: same weights, zero-initialised guidance layers (for the
+    Pix2Pix family: through each ResNet's own linear layer, 'resnet', paper Sec. 3.3, or one projection added to
+    the time embedding, 'time'); it predicts what its teacher predicts."""
+    return den.restaged(den.family_stage("mmg"), den.guidance_embedded_unet(guidance_inject),
+                        prediction_type=den.prediction_type)
 
 
 def alphas_cumprod(den: Pix2PixDenoiser, device: torch.device) -> torch.Tensor:

@@ -72,6 +72,34 @@ class FeatureExtractor(nn.Module):
         return feats
 
 
+class MDFeatureExtractor(nn.Module):
+    """The same for a MobileDiffusion UNet: a frozen copy of its encoder arm (time and guidance embeddings, conv_in,
+    the down levels); one feature map per level (the innermost level is its bottleneck: it has no mid block)."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        unet = copy.deepcopy(getattr(unet, "module", unet))
+        for name in ("up_blocks", "up_attn", "upsamplers"):  # the decoder arm is not read
+            setattr(unet, name, nn.ModuleList())
+        self.unet = unet
+        self.channels = list(unet.config.channels)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> MDFeatureExtractor:
+        return super().train(False)
+
+    def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, text_emb: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return self.unet.down_features(sample, timesteps, text_emb, guidance=class_labels)
+
+
+def feature_extractor(unet: nn.Module) -> nn.Module:
+    """The frozen encoder-arm features of the teacher's UNet, whichever family it is."""
+    inner = getattr(unet, "module", unet)
+    return MDFeatureExtractor(inner) if hasattr(inner, "down_features") else FeatureExtractor(inner)
+
+
 class SpatialHead(nn.Module):
     """One trainable head: conv3x3 -> GroupNorm -> FiLM(t, s_I, s_T) -> SiLU -> conv1x1, + prompt projection."""
 
@@ -101,7 +129,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, teacher_unet: nn.Module, text_dim: int, hidden: int = 128, embed_dim: int = 128) -> None:
         super().__init__()
-        self.features = FeatureExtractor(teacher_unet)
+        self.features = feature_extractor(teacher_unet)
         self.embed_dim = embed_dim
         cond_dim = 2 * embed_dim
         self.cond_mlp = nn.Sequential(nn.Linear(3 * embed_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))

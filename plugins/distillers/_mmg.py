@@ -38,7 +38,9 @@ class MMGDistiller(GuidedRegressionDistiller):
         den = pix2pix_denoiser(teacher.denoiser, self.name)
         if den.guidance != "cfg3":
             raise UsageError(f"mmg distils a 3-pass (cfg3) teacher; '{den.stage}' already embeds its guidance")
-        return to_mmg(den, self.options.guidance_inject)
+        student = to_mmg(den, self.options.guidance_inject)
+        self.produces = student.stage  # this family's guidance-embedded stage (mobile-pix2pix-mmg for SD's UNet)
+        return student
 
     def target(self, x_t, t, src, emb, s_i, s_t, alpha, sigma) -> torch.Tensor:
         return cfg_target(self.teacher.denoiser, x_t, t, src, emb, s_i, s_t, self.null_emb)

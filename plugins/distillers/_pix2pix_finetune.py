@@ -67,7 +67,7 @@ class Pix2PixFinetuneDistiller(BuiltinDistiller):
         self.produces = target
         if target == den.stage:
             return copy.deepcopy(den)
-        if STAGES[target].mobile and not den.stage_info.mobile:
+        if target in STAGES and den.stage in STAGES and STAGES[target].mobile and not den.stage_info.mobile:
             return restage(den, target, convert_unet(den.unet, target))
         raise UsageError(f"pix2pix-finetune cannot turn a '{den.stage}' teacher into '{target}'")
 

@@ -38,10 +38,14 @@ class VPredDistiller(GuidedRegressionDistiller):
 
     def make_student(self, teacher) -> torch.nn.Module:
         den = pix2pix_denoiser(teacher.denoiser, self.name)
-        if den.guidance != "embedded" or den.prediction_type != "epsilon":
+        if den.guidance != "embedded":
             raise UsageError(f"vpred converts the guidance-distilled epsilon model (mobile-pix2pix-mmg); the teacher "
                              f"is '{den.stage}' ({den.guidance}, {den.prediction_type}): run `movie distill mmg` first")
-        student = restage(den, self.produces)
+        if den.prediction_type != "epsilon":
+            raise UsageError(f"vpred converts an epsilon model; the teacher '{den.stage}' predicts "
+                             f"{den.prediction_type} already: `movie distill adversarial` takes it as it is")
+        student = restage(den, den.family_stage("1step"), prediction_type="v_prediction")
+        self.produces = student.stage
         student.default_steps = self.options.default_steps
         return student
 
