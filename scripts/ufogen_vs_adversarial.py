@@ -15,6 +15,12 @@ whether strength rises with s_T and falls with s_I. The shipped 1-step model (10
 teacher at 1 step are scored alongside. Saves JSON; prints a table.
 
     nice -n 10 python scripts/ufogen_vs_adversarial.py [--steps 200] [--out FILE.json]
+
+With --table5 it trains MobileDiffusion's Table 5 grid instead, from the same teacher, data and budget: `ufogen` with
+each reconstruction loss (recon = diffusion, distill, ema) x full fine-tuning or LoRA (-O lora=RANK, --lora-rank),
+scored the same way (the paper's FID is replaced by PSNR/SSIM against the ground truth):
+
+    nice -n 10 python scripts/ufogen_vs_adversarial.py --table5 --steps 200 --out docs/results/table5_nano_edit.json
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shipped", type=Path, default=ROOT / "plugins" / "nano" / "mobile-pix2pix-1step")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "ufogen_vs_adversarial_nano.json")
     ap.add_argument("--work", type=Path, default=None, help="Keep the trained models here (default: a temp folder).")
+    ap.add_argument("--table5", action="store_true", help="MobileDiffusion's Table 5 grid: ufogen's three "
+                    "reconstruction losses x full or LoRA fine-tuning (instead of ufogen vs adversarial).")
+    ap.add_argument("--lora-rank", type=int, default=4, help="LoRA rank of the --table5 LoRA rows.")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -92,11 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     if not held.exists():
         writer.write_nano(held, count=2 * args.held_out, videos=0, size=args.resolution, seed=11,
                               test_fraction=0.5)
-    recipes = {
+    recipes: dict[str, dict] = {
         # the shipped recipe, whose teacher sampler is the student's own start (the same vpred teacher as ufogen's)
         "adversarial": {"data_weight": 1.0, "lr_d": args.lr, "teacher_sampler": "student-init"},
         "ufogen": {"recon": "diffusion", "lr_d": args.lr},
     }
+    if args.table5:  # Table 5: reconstruction loss x full / LoRA fine-tuning, all ufogen
+        recipes = {f"ufogen recon={recon}, {'LoRA rank ' + str(args.lora_rank) if lora else 'full'}":
+                   {"recon": recon, "lr_d": args.lr, **({"lora": args.lora_rank} if lora else {})}
+                   for lora in (False, True) for recon in ("diffusion", "distill", "ema")}
     result: dict = {"teacher": str(args.teacher.relative_to(ROOT)) if args.teacher.is_relative_to(ROOT)
                     else str(args.teacher),
                     "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
@@ -106,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
                     "command": "nice -n 10 python scripts/ufogen_vs_adversarial.py " + " ".join(argv or sys.argv[1:]),
                     "rows": {}}
     for name, options in recipes.items():
-        spec = get_registry().get("distiller", name)
+        spec = get_registry().get("distiller", name.split()[0])
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, resolution=args.resolution,
                           log_every=10, checkpoint_every=10_000, seed=0, cache_latents=True)
-        out = work / name
+        out = work / "".join(c if c.isalnum() else "-" for c in name)
         t0 = time.perf_counter()
         if not out.exists():
             run(spec.load_factory()(spec.make_config(**options)), args.teacher, train, out, cfg, progress=False)

@@ -82,7 +82,8 @@ def test_torch_probe_can_see_torch():
         (["compose", "--decoder", "sd_vae"], "autoencoder", "md-vae, sd-vae, taesd", "sd-vae"),
         (["compose", "--denoiser", "mobile-pix2pix-1stp"], "denoiser",
          "instruct-pix2pix, mobile-diffusion, mobile-diffusion-lite, mobile-diffusion-pix2pix, "
-         "mobile-diffusion-pix2pix-1step, mobile-pix2pix, mobile-pix2pix-1step, mobile-pix2pix-mmg, stable-diffusion",
+         "mobile-diffusion-pix2pix-1step, mobile-diffusion-pix2pix-mmg, mobile-pix2pix, mobile-pix2pix-1step, "
+         "mobile-pix2pix-mmg, stable-diffusion",
          "mobile-pix2pix-1step"),
         (["compose", "--backend", "eagre"], "backend",
          "aihub, compile, cuda-graphs, eager, hexagon, onnx, tensorrt", "eager"),

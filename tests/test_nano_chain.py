@@ -473,3 +473,39 @@ def test_shipped_taesd_pair_carries_tints_and_keeps_grey_grey():
     print(f"shipped TAESD pair on the photos at 128 px: {colour}")
     assert min(colour["red"], colour["green"], colour["blue"]) >= 0.6
     assert colour["grey_saturation"] <= 0.05 and colour["grey_chroma"] <= 0.015  # the photos themselves: 0.49, 0.25
+
+
+def test_the_md_line_needs_the_paper_order_and_does_not_ship(tmp_path):
+    from movie_plugins.nano.chain import ChainBudget, train_chain
+
+    with pytest.raises(ValueError, match="needs 'stage_order' paper"):
+        ChainBudget(editing_unet="mobile-diffusion")
+    with pytest.raises(UsageError, match="only the SD-UNet line ships"):
+        train_chain(tmp_path / "work", ChainBudget(**TINY_PAPER, editing_unet="mobile-diffusion"), device="cpu",
+                    ship_to=tmp_path / "ship", progress=False, log=lambda _: None)
+    assert not (tmp_path / "work").exists() and not (tmp_path / "ship").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_the_md_line_trains_movie_stages_on_the_mobilediffusion_unet(tmp_path):
+    """editing_unet=mobile-diffusion: a v-prediction MobileDiffusion text-to-image model, converted, then the MoViE
+    stages on it (no vpred: it predicts v already); each stage folder holds its MobileDiffusion stage."""
+    from movie_plugins.nano.chain import ChainBudget, train_chain
+
+    work = tmp_path / "work"
+    record = train_chain(work, ChainBudget(**TINY_PAPER, editing_unet="mobile-diffusion"), device="cpu",
+                         progress=False, log=lambda _: None)
+    assert "vpred" not in record["seconds"] and not (work / "vpred").exists()
+    expected = {"text-to-image": ("mobile-diffusion", "v_prediction"),
+                "text-to-image-mobile": ("mobile-diffusion-pix2pix", "v_prediction"),
+                "mobile-pix2pix": ("mobile-diffusion-pix2pix", "v_prediction"),
+                "mobile-pix2pix-mmg": ("mobile-diffusion-pix2pix-mmg", "v_prediction"),
+                "mobile-pix2pix-1step": ("mobile-diffusion-pix2pix-1step", "v_prediction")}
+    for folder, (denoiser, prediction) in expected.items():
+        manifest = json.loads((work / folder / "movie.json").read_text())
+        assert (manifest["recipe"]["denoiser"], manifest["prediction_type"]) == (denoiser, prediction), folder
+    assert record["lineage"]["mobile-pix2pix-1step"] == ["init", "text-to-image", "text-to-image-mobile",
+                                                         "mobile-pix2pix", "mobile-pix2pix-mmg",
+                                                         "mobile-pix2pix-1step"]
+    assert set(record["metrics"]) >= {"mobile-pix2pix-mmg", "mobile-pix2pix-1step"}

@@ -8,17 +8,18 @@ off-manifold latents) -> taesd-decoder-colour (the colours of the TAESD encoder'
 -> vpred -> mobile-pix2pix-1step (Algorithm 2) -> ship (the four stage folders plus the shared autoencoders,
 laid out as the package's built-in models). Each denoiser stage is `movie distill` from the previous stage's folder.
 
-Where mobile-pix2pix starts is the budget's `stage_order`. 'ip2p' (the default; how the shipped family was
-trained): from the trained instruct-pix2pix above, its top attention dropped. 'paper' (Sec. 4's order): a
-text-to-image model first -- captions (`movie data captions`, written once) -> text-to-image (`t2i-train` of a
-random nano `stable-diffusion` UNet with the chain's autoencoders and frozen text tower) -> text-to-image-mobile
-(`movie convert --to mobile-pix2pix`: top attention dropped, 4 zero-initialised image-latent channels added, TAESD
-swapped in) -> mobile-pix2pix (pix2pix-finetune of that on the editing data, Stage 2). instruct-pix2pix still trains
-(the ladder's base model) but the mobile line does not start from it. Paper Stage 1 finetunes the attention-less
-model as text-to-image before the image channels are added; here both structural changes come at once and the
-finetune on the editing data is Stage 2's (there is no text-to-image denoiser without top attention). Every
-denoiser stage's manifest records its `chain` provenance (the order and the folders it descends from,
-`lineage`); chain.json records the order and every stage's lineage.
+Where mobile-pix2pix starts is the budget's `stage_order`. 'ip2p' (the default; how the shipped family was trained):
+from the trained instruct-pix2pix above, its top attention dropped. 'paper' (Sec. 4's order): a text-to-image model
+first -- captions (`movie data captions`, written once) -> text-to-image (`t2i-train` of a random nano
+`stable-diffusion` UNet with the chain's autoencoders and frozen text tower) -> text-to-image-mobile (`movie convert
+--to mobile-pix2pix`: top attention dropped, 4 zero-initialised image-latent channels added, TAESD swapped in) ->
+mobile-pix2pix (pix2pix-finetune of that on the editing data, Stage 2). With `editing_unet` mobile-diffusion (issue
+23) the text-to-image model and the mobile line are MobileDiffusion UNets (`_md_line`). instruct-pix2pix still
+trains (the ladder's base model) but the mobile line does not start from it. Paper Stage 1 finetunes the
+attention-less model as text-to-image before the image channels are added; here both structural changes come at once
+and the finetune on the editing data is Stage 2's (there is no text-to-image denoiser without top attention). Every
+denoiser stage's manifest records its `chain` provenance (the order and the folders it descends from, `lineage`);
+chain.json records the order and every stage's lineage.
 
 Resumable: a finished stage (its output folder exists) is skipped; an interrupted distiller stage resumes
 from its last checkpoint. Per-stage wall times go to <out>/chain.json.
@@ -43,7 +44,8 @@ SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "v
 SHARED_AUTOENCODERS = ("vae", "taesd")
 SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, where all stages have the same
 STAGE_ORDERS = ("ip2p", "paper")  # ChainBudget.stage_order
-PAPER_ORDER_KEYS = ("captions", "t2i_steps")  # budget counts only the 'paper' order uses
+PAPER_ORDER_KEYS = ("captions", "t2i_steps", "md_edit_steps")  # budget counts only the 'paper' order uses
+EDITING_UNETS = ("stable-diffusion", "mobile-diffusion")  # ChainBudget.editing_unet
 
 
 @attrs.frozen(kw_only=True)
@@ -112,11 +114,22 @@ class ChainBudget:
     # dropped (the shipped family); 'paper' = Sec. 4's order, a text-to-image model trained first (t2i_steps on
     # `captions` captioned scenes), its top attention dropped and zeroed image channels added
     stage_order: str = attrs.field(default="ip2p", validator=attrs.validators.in_(STAGE_ORDERS))
+    # the UNet of the mobile line (mobile-pix2pix and after): SD-1.5's ('stable-diffusion', the shipped family) or
+    # MobileDiffusion's ('mobile-diffusion', issue 23): a MobileDiffusion UNet starts from its own text-to-image
+    # model (v-prediction, so the chain has no vpred stage) and needs the 'paper' order
+    editing_unet: str = attrs.field(default="stable-diffusion", validator=attrs.validators.in_(EDITING_UNETS))
+    md_edit_steps: int = 3000  # its Stage 2 (pix2pix-finetune from the converted text-to-image model)
+    md_edit_lr: float = 5e-4
     captions: int = 8000  # captioned scenes of the text-to-image stage ('paper' order only)
     t2i_steps: int = 4000  # text-to-image training steps ('paper' order only)
     t2i_lr: float = 5e-4
     ema_decay: float = 0.999
     seed: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if self.editing_unet == "mobile-diffusion" and self.stage_order != "paper":
+            raise ValueError("'editing_unet' mobile-diffusion needs 'stage_order' paper: the MobileDiffusion UNet "
+                             "starts from its own text-to-image model (no SD weights carry over)")
 
     def scaled(self, factor: float) -> ChainBudget:
         """Every step count (and the dataset sizes) times `factor`, at least 2. The text-to-image stage's only in the
@@ -132,7 +145,8 @@ class ChainBudget:
 
 # what a budget recorded before these keys existed (the shipped family's chain.json) ran with
 LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "data_source": "procedural",
-          "md_vae_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000, "t2i_lr": 5e-4}
+          "md_vae_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000, "t2i_lr": 5e-4,
+          "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -227,14 +241,22 @@ def _with_taesd(src: Path, out: Path, keep: tuple[str, ...] = ()) -> None:
 T2I_DENOISER = "stable-diffusion"  # the text-to-image model of the 'paper' order (SD-1.5's UNet at nano size)
 
 
+# the MobileDiffusion text-to-image stage as the nano text-to-image model was trained (issue 23, docs/
+# mobilediffusion.md): v-prediction with offset noise
+MD_T2I_OPTIONS = {"prediction": "v_prediction", "offset_noise": 0.1}
+
+
 def _text_to_image(work: Path, captions: Path, b: ChainBudget, progress: bool) -> None:
-    """Sec. 4's starting point: a text-to-image `stable-diffusion` UNet trained from random init on captioned
-    scenes, with the chain's autoencoders and its text tower, frozen as in every other stage (the init folder's)."""
+    """Sec. 4's starting point: a text-to-image UNet (`stable-diffusion`, or `mobile-diffusion` for the
+    MobileDiffusion line) trained from random init on captioned scenes, with the chain's autoencoders and its text
+    tower, frozen as in every other stage (the init folder's)."""
+    md = b.editing_unet == "mobile-diffusion"
     _train("t2i-train", work / "init", captions, work / "text-to-image", b, steps=b.t2i_steps, lr=b.t2i_lr,
-           progress=progress, init="random", denoiser=T2I_DENOISER, train_text=False)
+           progress=progress, init="random", denoiser="mobile-diffusion" if md else T2I_DENOISER, train_text=False,
+           **(MD_T2I_OPTIONS if md else {}))
 
 
-def _t2i_to_mobile(work: Path, out: Path) -> None:
+def _t2i_to_mobile(work: Path, out: Path, target: str = "mobile-pix2pix") -> None:
     """The text-to-image model in the mobile-pix2pix architecture (`movie convert --to mobile-pix2pix`): top
     attention dropped, 4 zero-initialised image-latent input channels added (the output ignores the image until
     Stage 2 trains it), then TAESD swapped in as for the ip2p order's mobile-pix2pix."""
@@ -243,7 +265,7 @@ def _t2i_to_mobile(work: Path, out: Path) -> None:
     tmp = out.with_name(f".{out.name}.sd-vae")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        convert_folder(work / "text-to-image", "mobile-pix2pix", tmp)
+        convert_folder(work / "text-to-image", target, tmp)
         shutil.copytree(work / "autoencoders" / "taesd", tmp / "taesd")
         _with_taesd(tmp, out, keep=("converted_from",))
     finally:
@@ -439,6 +461,9 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     from movie_plugins.nano import md_vae_train
     from movie_plugins.nano import train as nano_train
 
+    if ship_to is not None and budget.editing_unet != "stable-diffusion":
+        raise UsageError("only the SD-UNet line ships as the built-in family; train the MobileDiffusion line "
+                         "without --ship and use its stage folders with --model")
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "chain.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
@@ -505,11 +530,50 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         stage("text-to-image", work / "text-to-image", lambda: _text_to_image(work, captions, b, progress),
               work / "init")
         mobile_start = work / "text-to-image-mobile"
-        stage("t2i-convert", mobile_start, lambda: _t2i_to_mobile(work, mobile_start), work / "text-to-image")
+        target = "mobile-diffusion-pix2pix" if b.editing_unet == "mobile-diffusion" else "mobile-pix2pix"
+        stage("t2i-convert", mobile_start, lambda: _t2i_to_mobile(work, mobile_start, target), work / "text-to-image")
     else:
         mobile_start = work / "instruct-pix2pix-taesd"
         stage("taesd-swap", mobile_start, lambda: _with_taesd(work / "instruct-pix2pix", mobile_start),
               work / "instruct-pix2pix")
+    if b.editing_unet == "mobile-diffusion":
+        _md_line(work, data, mobile_start, b, stage, progress)
+    else:
+        _sd_line(work, data, mobile_start, b, stage, progress)
+    record["total_seconds"] = round(sum(record["seconds"].values()), 1)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    if ship_to is not None:
+        ship(work, ship_to)
+        log(f"[ship] {ship_to}")
+    return record
+
+
+def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callable[..., None],
+             progress: bool) -> None:
+    """The mobile line on the MobileDiffusion UNet, in the same work folders: mobile-pix2pix holds the
+    mobile-diffusion-pix2pix model (Stage 2 from the converted text-to-image model), mobile-pix2pix-mmg its
+    guidance-distilled mobile-diffusion-pix2pix-mmg (Algorithm 1), mobile-pix2pix-1step the adversarial one-step
+    model (Algorithm 2) from it: the text-to-image model predicts v already, so there is no vpred stage, and the
+    Stage-3 model is also the student's start (the adversarial teacher_sampler 'student-init')."""
+    stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
+        "pix2pix-finetune", start, data, work / "mobile-pix2pix", b, steps=b.md_edit_steps, lr=b.md_edit_lr,
+        progress=progress), start)
+    stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure(
+        "mobile-pix2pix-mmg", work, data, lambda: _train(
+        "mmg", work / "mobile-pix2pix", data, work / "mobile-pix2pix-mmg", b, steps=b.mmg_steps, lr=b.mmg_lr,
+        progress=progress)), work / "mobile-pix2pix")
+    stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure(
+        "mobile-pix2pix-1step", work, data, lambda: _train(
+        "adversarial", work / "mobile-pix2pix-mmg", data, work / "mobile-pix2pix-1step", b,
+        steps=b.adversarial_steps, lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
+        data_weight=b.adversarial_data_weight, teacher_sampler="student-init",
+        extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
+        "mobile-pix2pix-mmg"), work / "mobile-pix2pix-mmg")
+
+
+def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: Callable[..., None],
+             progress: bool) -> None:
+    """The mobile line on SD-1.5's UNet (the shipped family): mobile-pix2pix -> mmg -> vpred -> 1-step."""
     stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
         "pix2pix-finetune", mobile_start, data, work / "mobile-pix2pix", b, steps=b.mobile_steps,
         lr=b.mobile_lr, progress=progress, stage="mobile-pix2pix"), mobile_start)
@@ -529,9 +593,3 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
         # measured against the 5-step teacher it learned from
         "mobile-pix2pix-mmg" if b.adversarial_teacher == "stage3" else None), work / "vpred")
-    record["total_seconds"] = round(sum(record["seconds"].values()), 1)
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    if ship_to is not None:
-        ship(work, ship_to)
-        log(f"[ship] {ship_to}")
-    return record
