@@ -286,7 +286,7 @@ def test_convert_text_to_image_md_into_the_editing_stages(capsys, tmp_path):
         den = _md_edit_build(target, out)
         assert den.unet.config.in_channels == 8
         with torch.no_grad():
-            got = den.edit_forward(x, torch.tensor([500]), torch.randn(1, 4, 8, 8) * 0, emb, 1.5, 7.5)
+            got = den.unet_forward(x, torch.tensor([500]), torch.randn(1, 4, 8, 8) * 0, emb, 1.5, 7.5)
         assert torch.allclose(got, want, atol=1e-5)
         assert json.loads((out / "movie.json").read_text())["stage"] == target
     code, _, err = run_cli(capsys, "convert", str(tmp_path / "t2i"), "--to", "mobile-pix2pix", "--out",

@@ -134,7 +134,6 @@ class MDEditDenoiser(_t2i.TextToImageDenoiser):
             return runner(*inputs)
         return self.networks()["unet"].module(*inputs)
 
-    edit_forward = unet_forward
 
     # --- the editing-stage contract MoViE's distillers train through ----------------------
 
@@ -168,14 +167,14 @@ class MDEditDenoiser(_t2i.TextToImageDenoiser):
         batch = x_t.shape[0]
         text_emb = text_emb.expand(batch, -1, -1)
         if self.guidance == "embedded":
-            return self.edit_forward(x_t, t, image_latents, text_emb, s_I, s_T)
+            return self.unet_forward(x_t, t, image_latents, text_emb, s_I, s_T)
         if null_emb is None:
             null_emb = self.encode_prompt([""]).to(text_emb)
         null_emb = null_emb.expand(batch, -1, -1)
         img = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
         if torch.is_tensor(t) and t.ndim == 1 and t.numel() == batch > 1:
             t = t.repeat(3)  # per-sample timesteps (training): one per pass
-        out = self.edit_forward(torch.cat([x_t] * 3), t, img, torch.cat([text_emb, null_emb, null_emb]))
+        out = self.unet_forward(torch.cat([x_t] * 3), t, img, torch.cat([text_emb, null_emb, null_emb]))
         eps_text, eps_image, eps_uncond = out.chunk(3)
         s_I = torch.as_tensor(s_I, dtype=x_t.dtype, device=x_t.device).reshape(-1, 1, 1, 1)
         s_T = torch.as_tensor(s_T, dtype=x_t.dtype, device=x_t.device).reshape(-1, 1, 1, 1)
