@@ -188,7 +188,7 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
     import attrs
     from safetensors.torch import load_file
 
-    from movie_plugins.nano.chain import ChainBudget, ship, train_chain
+    from movie_plugins.nano.chain import AE_STAGES, ChainBudget, ship, train_chain
 
     work = tmp_path / "work"
     budget = ChainBudget(**TINY_PAPER)
@@ -240,6 +240,58 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
     shipped = json.loads((tmp_path / "ship" / "mobile-pix2pix" / "movie.json").read_text())
     assert shipped["chain"]["lineage"] == line and shipped["builtin"]["chain"]["stage_order"] == "paper"
     assert shipped["components"]["text_encoder"] == "../text/text_encoder"
+    # --reuse-from: one budget entry changed retrains only the stages that read it and those after them
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    for key, value, retrained in (("adversarial_data_weight", 0.0, {"mobile-pix2pix-1step"}),
+                                  ("guidance_inject", "time", {"mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"})):
+        other = tmp_path / f"other-{key}"
+        logs: list[str] = []
+        got = train_chain(other, attrs.evolve(budget, **{key: value}), device="cpu", progress=False, log=logs.append,
+                          reuse_from=work)
+        trained = set(got["seconds"]) - set(got["reused"])
+        assert trained == retrained | {"init"}, key  # init is rebuilt (0.2 s), never copied
+        for name in set(got["reused"]) - {"data", "captions", "text"} - set(AE_STAGES):
+            folder = "text-to-image-mobile" if name == "t2i-convert" else name
+            assert (other / folder / weights).read_bytes() == (work / folder / weights).read_bytes(), name
+            assert got["seconds"][name] == record["seconds"][name] and got["reused"][name]["from"] == str(work)
+        assert (other / "autoencoders" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
+            work / "autoencoders" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+        assert got["metrics"]["mobile-pix2pix-mmg"] != record["metrics"]["mobile-pix2pix-mmg"] or (
+            "mobile-pix2pix-mmg" not in retrained)
+        assert any("reused from" in line for line in logs)
+        assert json.loads((other / "chain.json").read_text())["reused"] == got["reused"]
+
+
+@pytest.mark.slow
+def test_reuse_from_a_shipped_family_copies_its_autoencoders_and_text_tower(chain, tmp_path):
+    """A shipped family holds the autoencoders (with the decoder stages' markers rebuilt from its chain.json) and the
+    text tower in reusable form; its stage folders reference them, so every denoiser stage trains."""
+    work = tmp_path / "work"
+    result = run("nano-train", "--out", str(work), *SCALED, "--reuse-from", str(chain["ship"]))
+    assert result.exit_code == 0, result.output
+    record = json.loads((work / "chain.json").read_text())
+    assert set(record["reused"]) == {"autoencoders", "taesd-decoder", "taesd-decoder-colour", "taesd-decoder-grey",
+                                     "text"}  # md-vae is not shipped: it trains here
+    assert (work / "autoencoders" / "md_vae" / "config.json").is_file()
+    shipped = json.loads((chain["ship"] / "chain.json").read_text())
+    assert record["seconds"]["taesd-decoder"] == shipped["seconds"]["taesd-decoder"]
+    for name in ("vae", "taesd"):
+        assert (work / "autoencoders" / name / "diffusion_pytorch_model.safetensors").read_bytes() == (
+            chain["ship"] / "autoencoders" / name / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert (work / "text" / "text_encoder" / "model.safetensors").read_bytes() == (
+        chain["ship"] / "text" / "text_encoder" / "model.safetensors").read_bytes()
+    assert {"instruct-pix2pix", "mobile-pix2pix-1step"} <= set(record["seconds"]) - set(record["reused"])
+
+
+def test_reuse_from_a_folder_that_is_no_chain_is_one_line(tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    (tmp_path / "empty").mkdir()
+    for source, says in (("empty", "no chain.json"), ("none", "no folder")):
+        code, out, err = run_cli(capsys, "nano-train", "--out", str(tmp_path / "work"), *SCALED, "--reuse-from",
+                                 str(tmp_path / source))
+        assert code != 0 and says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.slow

@@ -29,9 +29,13 @@ def movie_register_commands(cli):
                   "sampler = the vpred model, shared time-embedding guidance); 'paper' keeps the step counts and "
                   "takes the paper's values everywhere else, Sec. 4's stage order included (a text-to-image stage "
                   "first; docs/paper_fidelity.md).")
+    @click.option("--reuse-from", "reuse_from", metavar="WORK|nano",
+                  help="Copy every stage whose budget entries (its upstream stages' included) equal this budget's "
+                  "from another chain's work folder, or the autoencoders and text tower from a shipped family "
+                  "('nano': the package's); an ablation of one entry retrains only what depends on it.")
     @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
     def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
-                   preset: str | None, progress: bool) -> None:
+                   preset: str | None, progress: bool, reuse_from: str | None) -> None:
         """Train the nano model family from scratch: autoencoders, text tower and the four denoiser stages."""
         from movie_core.extras import require
 
@@ -57,6 +61,13 @@ def movie_register_commands(cli):
             raise UsageError(f"--budget: {e.args[0]}") from None
         if scale != 1.0:
             budget = budget.scaled(scale)
+        source = None
+        if reuse_from is not None:
+            from movie_plugins import nano
+
+            source = Path(nano.__file__).parent if reuse_from == "nano" else Path(reuse_from)
+            if not source.is_dir():
+                raise UsageError(f"--reuse-from: no folder {reuse_from}")
         record = train_chain(Path(out), budget, device=device, ship_to=Path(ship_to) if ship_to else None,
-                             progress=progress, log=lambda m: click.echo(m, err=True))
+                             progress=progress, log=lambda m: click.echo(m, err=True), reuse_from=source)
         click.echo(json.dumps(record["seconds"]))

@@ -405,6 +405,110 @@ def _new_decoder_everywhere(work: Path, metrics: dict[str, Any], done: str) -> d
     return metrics
 
 
+# the budget entries each stage reads (train_chain's stage(keys=...); --reuse-from compares them)
+DATA_KEYS = ("count", "videos", "resolution", "seed", "data_source")
+AE_KEYS = ("resolution", "seed", "data_source", "batch_size", "ae_pool", "ae_crop", "ae_batch_size", "ae_whole_every",
+           "vae_steps", "taesd_steps", "taesd_decoder_steps", "taesd_grey_steps", "taesd_grey_resolution",
+           "md_vae_steps")  # one group: every autoencoder stage writes into work/autoencoders
+AE_STAGES = ("autoencoders", "md-vae", "taesd-decoder", "taesd-decoder-colour", "taesd-decoder-grey")
+TEXT_KEYS = ("text_steps", "seed")
+TRAIN_KEYS = ("batch_size", "resolution", "seed", "ema_decay")  # every distiller stage (_train)
+ADVERSARIAL_KEYS = ("adversarial_steps", "adversarial_lr", "adversarial_data_weight", "adversarial_extra_resolution")
+
+
+@attrs.define
+class _ReuseSource:
+    """Finished stages of another chain (train_chain's reuse_from): a work folder, or a shipped family (its
+    autoencoders and text tower; the stage folders there share them by reference and are not copied)."""
+
+    root: Path
+    work: Path
+    budget: dict[str, Any] = attrs.field(init=False)
+    record: dict[str, Any] = attrs.field(init=False)
+    shipped: bool = attrs.field(init=False)
+    ae_copied: bool = False  # work/autoencoders came from here (all autoencoder stages at once)
+
+    def __attrs_post_init__(self) -> None:
+        chain = self.root / "chain.json"
+        if not chain.is_file():
+            raise UsageError(f"--reuse-from {self.root}: no chain.json there (not a chain's work folder or a "
+                             "shipped family)")
+        self.record = json.loads(chain.read_text())
+        self.budget = recorded_budget(self.record.get("budget") or {})
+        self.shipped = not (self.root / "init").is_dir() and (self.root / "autoencoders" / "vae").is_dir()
+        if _same_folder_path(self.root, self.work):
+            raise UsageError("--reuse-from names the work folder itself")
+
+    def made(self, name: str) -> bool:
+        """Whether stage name's output exists because this source's copy made it (the autoencoder group)."""
+        return name in AE_STAGES and self.ae_copied
+
+    def copy(self, name: str, done: Path, keys: set[str], budget: ChainBudget,
+             log: Callable[[str], None]) -> dict[str, Any] | None:
+        """Copy stage `name`'s output (done's folder) from the source when it finished there and every key in
+        `keys` is equal; returns what chain.json records for it, or None."""
+        ours = attrs.asdict(budget)
+        if not keys or any(k not in self.budget or self.budget[k] != ours[k] for k in keys):
+            return None
+        seconds = self.record.get("seconds", {}).get(name)
+        if seconds is None:  # not finished there
+            return None
+        if name in AE_STAGES:
+            if not self.ae_copied and not self._copy_autoencoders() or not done.exists():
+                return None  # (a shipped family has no md_vae: the md-vae stage trains here)
+        elif name == "text":
+            src = self.root / "text"
+            if not (src / "text_encoder").is_dir():
+                return None
+            _copy_folder(src, self.work / "text")
+        else:
+            if self.shipped or name == "init":
+                return None
+            rel = done.relative_to(self.work)
+            if not (self.root / rel).exists():
+                return None
+            _copy_folder(self.root / rel, done)
+        log(f"[{name}] reused from {self.root} ({len(keys)} budget entries equal)")
+        return {"from": str(self.root), "seconds": seconds, "metrics": self.record.get("metrics", {}).get(name)}
+
+    def _copy_autoencoders(self) -> bool:
+        dest = self.work / "autoencoders"
+        if dest.exists():  # copied already for an earlier autoencoder stage (or made here: not reused)
+            return False
+        src = self.root / "autoencoders"
+        if not self.shipped:
+            _copy_folder(src, dest, ignore=shutil.ignore_patterns(".*"))
+            self.ae_copied = True
+            return True
+        if not all((src / n).is_dir() for n in SHARED_AUTOENCODERS):
+            return False
+        tmp = dest.with_name(".autoencoders.reuse")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for n in SHARED_AUTOENCODERS:
+            shutil.copytree(src / n, tmp / n)
+        metrics = self.record.get("metrics", {})  # the finished decoder stages' markers, from their records
+        for stage, marker in (("taesd-decoder", TAESD_DECODER_DONE), ("taesd-decoder-colour", TAESD_COLOUR_DONE),
+                              ("taesd-decoder-grey", TAESD_GREY_DONE)):
+            if stage in self.record.get("seconds", {}):
+                (tmp / marker).write_text(json.dumps(metrics.get(stage, {}) | {"reused_from": str(self.root)},
+                                                     indent=2) + "\n")
+        tmp.replace(dest)
+        self.ae_copied = True
+        return True
+
+
+def _same_folder_path(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def _copy_folder(src: Path, dest: Path, ignore: Callable[..., Any] | None = None) -> None:
+    """src copied to dest whole or not at all (a stage's output existing means the stage is done)."""
+    tmp = dest.with_name(f".{dest.name}.reuse")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=ignore)
+    tmp.replace(dest)
+
+
 CLOCK_BEAT = 30.0  # seconds between writes of a running stage's clock
 
 
@@ -451,8 +555,14 @@ def _then_measure(stage: str, work: Path, data: Path, train: Callable[[], Any],
 
 
 def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_to: Path | None = None,
-                progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every stage into `work`; returns the per-stage record also saved as work/chain.json."""
+                progress: bool = True, log: Callable[[str], None] = print,
+                reuse_from: Path | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage into `work`; returns the per-stage record also saved as work/chain.json.
+
+    reuse_from: another chain's work folder, or a shipped family (plugins/nano): a stage not done here is copied
+    from there when every budget key it depends on, its upstream stages' included (`keys`/`needs` below), has the
+    same value in both budgets, so an ablation that changes one key retrains only the stages downstream of it. A
+    shipped family holds only the autoencoders and the text tower in a reusable form."""
     import torch
 
     from movie_core.components import resolve_device
@@ -464,6 +574,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     if ship_to is not None and budget.editing_unet != "stable-diffusion":
         raise UsageError("only the SD-UNet line ships as the built-in family; train the MobileDiffusion line "
                          "without --ship and use its stage folders with --model")
+    source = _ReuseSource(reuse_from, work) if reuse_from is not None else None  # checked before work is made
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "chain.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
@@ -476,10 +587,22 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     data = work / "data"
 
     record["stage_order"] = budget.stage_order
+    depends: dict[str, set[str]] = {}
 
-    def stage(name: str, done: Path, fn: Callable[[], Any], start: Path | None = None) -> None:
+    def stage(name: str, done: Path, fn: Callable[[], Any], start: Path | None = None, *,
+              keys: tuple[str, ...] = (), needs: tuple[str, ...] = ()) -> None:
         """Run stage `name` unless `done` exists; `start`: the model folder the stage's model (the folder `done`)
-        starts from, recorded in its manifest and in chain.json's lineage."""
+        starts from, recorded in its manifest and in chain.json's lineage. keys: the budget entries the stage reads,
+        needs: the stages whose output it reads (their keys count as its own for --reuse-from)."""
+        depends[name] = set(keys).union(*(depends[n] for n in needs))
+        if source is not None and name not in record["seconds"] and (not done.exists() or source.made(name)):
+            reused = source.copy(name, done, depends[name], budget, log)
+            if reused is not None:
+                record["seconds"][name] = reused["seconds"]
+                record.setdefault("reused", {})[name] = reused
+                if reused.get("metrics") is not None:
+                    record.setdefault("metrics", {})[name] = reused["metrics"]
+                record_path.write_text(json.dumps(record, indent=2) + "\n")
         if done.exists():
             log(f"[{name}] done ({record['seconds'].get(name, '?')} s), skipped")
             if start is not None:
@@ -499,47 +622,59 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
 
     b = budget
     stage("data", data, lambda: write_nano(data, count=b.count, videos=b.videos, size=b.resolution, seed=b.seed,
-                                           test_fraction=0.1, source=b.data_source))
+                                           test_fraction=0.1, source=b.data_source), keys=DATA_KEYS)
     stage("autoencoders", work / "autoencoders" / "taesd", lambda: nano_train.train_autoencoders(
         work / "autoencoders", vae_steps=b.vae_steps, taesd_steps=b.taesd_steps, batch_size=b.ae_batch_size,
         resolution=b.resolution, crop=min(b.ae_crop, b.resolution), whole_every=b.ae_whole_every, pool_size=b.ae_pool,
-        device=dev, seed=b.seed, log=log, source=b.data_source))
+        device=dev, seed=b.seed, log=log, source=b.data_source), keys=AE_KEYS)
     if b.md_vae_steps:
         stage("md-vae", work / "autoencoders" / "md_vae", lambda: md_vae_train.train_nano(
             work / "autoencoders", steps=b.md_vae_steps, decoder_steps=max(1, b.md_vae_steps // 2),
             batch_size=b.ae_batch_size, resolution=b.resolution, crop=min(b.ae_crop, b.resolution),
             whole_every=b.ae_whole_every, pool_size=b.ae_pool, device=dev, seed=b.seed, log=log,
-            source=b.data_source))
-    stage("taesd-decoder", work / "autoencoders" / TAESD_DECODER_DONE, lambda: _taesd_decoder(work, b, dev, log))
+            source=b.data_source), keys=AE_KEYS)
+    stage("taesd-decoder", work / "autoencoders" / TAESD_DECODER_DONE, lambda: _taesd_decoder(work, b, dev, log),
+          keys=AE_KEYS)
     stage("taesd-decoder-colour", work / "autoencoders" / TAESD_COLOUR_DONE,
-          lambda: _taesd_decoder_colour(work, b, dev, log))
+          lambda: _taesd_decoder_colour(work, b, dev, log), keys=AE_KEYS)
     if b.taesd_grey_steps:
         stage("taesd-decoder-grey", work / "autoencoders" / TAESD_GREY_DONE,
-              lambda: _taesd_decoder_grey(work, b, dev, log))
+              lambda: _taesd_decoder_grey(work, b, dev, log), keys=AE_KEYS)
     stage("text", work / "text" / "text_encoder", lambda: nano_train.train_text_encoder(
-        work / "text", steps=b.text_steps, device=dev, seed=b.seed, log=log))
-    stage("init", work / "init", lambda: _initial_model(work, work / "init", b.seed))
-    stage("instruct-pix2pix", work / "instruct-pix2pix", lambda: (
-        _train("pix2pix-finetune", work / "init", data, work / "instruct-pix2pix", b, steps=b.ip2p_steps,
-               lr=b.ip2p_lr, progress=progress),
-        shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")), work / "init")
+        work / "text", steps=b.text_steps, device=dev, seed=b.seed, log=log), keys=TEXT_KEYS)
+    stage("init", work / "init", lambda: _initial_model(work, work / "init", b.seed), keys=("seed",),
+          needs=("autoencoders", "text"))
+
+    def base() -> None:
+        stage("instruct-pix2pix", work / "instruct-pix2pix", lambda: (
+            _train("pix2pix-finetune", work / "init", data, work / "instruct-pix2pix", b, steps=b.ip2p_steps,
+                   lr=b.ip2p_lr, progress=progress),
+            shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")), work / "init",
+              keys=("ip2p_steps", "ip2p_lr", *TRAIN_KEYS), needs=("init", "data"))
+
     if b.stage_order == "paper":  # Sec. 4: Stage 1 from a text-to-image model, Stage 2 adds the image channels
         captions = work / "captions"
         stage("captions", captions, lambda: write_captions(captions, count=b.captions, size=b.resolution,
-                                                           seed=b.seed))
+                                                           seed=b.seed), keys=("captions", "resolution", "seed"))
         stage("text-to-image", work / "text-to-image", lambda: _text_to_image(work, captions, b, progress),
-              work / "init")
+              work / "init", keys=("t2i_steps", "t2i_lr", "editing_unet", *TRAIN_KEYS), needs=("init", "captions"))
         mobile_start = work / "text-to-image-mobile"
         target = "mobile-diffusion-pix2pix" if b.editing_unet == "mobile-diffusion" else "mobile-pix2pix"
-        stage("t2i-convert", mobile_start, lambda: _t2i_to_mobile(work, mobile_start, target), work / "text-to-image")
+        stage("t2i-convert", mobile_start, lambda: _t2i_to_mobile(work, mobile_start, target), work / "text-to-image",
+              needs=("text-to-image",))
+        start_stage = "t2i-convert"
     else:
+        base()
         mobile_start = work / "instruct-pix2pix-taesd"
         stage("taesd-swap", mobile_start, lambda: _with_taesd(work / "instruct-pix2pix", mobile_start),
-              work / "instruct-pix2pix")
+              work / "instruct-pix2pix", needs=("instruct-pix2pix",))
+        start_stage = "taesd-swap"
     if b.editing_unet == "mobile-diffusion":
-        _md_line(work, data, mobile_start, b, stage, progress)
+        _md_line(work, data, mobile_start, b, stage, progress, start_stage)
     else:
-        _sd_line(work, data, mobile_start, b, stage, progress)
+        _sd_line(work, data, mobile_start, b, stage, progress, start_stage)
+    if b.stage_order == "paper":
+        base()  # the ladder's base model, off the mobile line in this order: last, so the mobile line comes first
     record["total_seconds"] = round(sum(record["seconds"].values()), 1)
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     if ship_to is not None:
@@ -549,7 +684,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
 
 
 def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callable[..., None],
-             progress: bool) -> None:
+             progress: bool, start_stage: str) -> None:
     """The mobile line on the MobileDiffusion UNet, in the same work folders: mobile-pix2pix holds the
     mobile-diffusion-pix2pix model (Stage 2 from the converted text-to-image model), mobile-pix2pix-mmg its
     guidance-distilled mobile-diffusion-pix2pix-mmg (Algorithm 1), mobile-pix2pix-1step the adversarial one-step
@@ -557,33 +692,37 @@ def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callabl
     Stage-3 model is also the student's start (the adversarial teacher_sampler 'student-init')."""
     stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
         "pix2pix-finetune", start, data, work / "mobile-pix2pix", b, steps=b.md_edit_steps, lr=b.md_edit_lr,
-        progress=progress), start)
+        progress=progress), start, keys=("md_edit_steps", "md_edit_lr", "editing_unet", *TRAIN_KEYS),
+        needs=(start_stage, "data"))
     stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure(
         "mobile-pix2pix-mmg", work, data, lambda: _train(
         "mmg", work / "mobile-pix2pix", data, work / "mobile-pix2pix-mmg", b, steps=b.mmg_steps, lr=b.mmg_lr,
-        progress=progress)), work / "mobile-pix2pix")
+        progress=progress)), work / "mobile-pix2pix", keys=("mmg_steps", "mmg_lr"), needs=("mobile-pix2pix",))
     stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure(
         "mobile-pix2pix-1step", work, data, lambda: _train(
         "adversarial", work / "mobile-pix2pix-mmg", data, work / "mobile-pix2pix-1step", b,
         steps=b.adversarial_steps, lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
         data_weight=b.adversarial_data_weight, teacher_sampler="student-init",
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
-        "mobile-pix2pix-mmg"), work / "mobile-pix2pix-mmg")
+        "mobile-pix2pix-mmg"), work / "mobile-pix2pix-mmg", keys=ADVERSARIAL_KEYS, needs=("mobile-pix2pix-mmg",))
 
 
 def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: Callable[..., None],
-             progress: bool) -> None:
+             progress: bool, start_stage: str) -> None:
     """The mobile line on SD-1.5's UNet (the shipped family): mobile-pix2pix -> mmg -> vpred -> 1-step."""
     stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
         "pix2pix-finetune", mobile_start, data, work / "mobile-pix2pix", b, steps=b.mobile_steps,
-        lr=b.mobile_lr, progress=progress, stage="mobile-pix2pix"), mobile_start)
+        lr=b.mobile_lr, progress=progress, stage="mobile-pix2pix"), mobile_start,
+        keys=("mobile_steps", "mobile_lr", "editing_unet", *TRAIN_KEYS), needs=(start_stage, "data"))
     stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure(
         "mobile-pix2pix-mmg", work, data, lambda: _train(
         "mmg", work / "mobile-pix2pix", data, work / "mobile-pix2pix-mmg", b, steps=b.mmg_steps, lr=b.mmg_lr,
-        progress=progress, guidance_inject=b.guidance_inject)), work / "mobile-pix2pix")
+        progress=progress, guidance_inject=b.guidance_inject)), work / "mobile-pix2pix",
+        keys=("mmg_steps", "mmg_lr", "guidance_inject"), needs=("mobile-pix2pix",))
     stage("vpred", work / "vpred", lambda: _then_measure("vpred", work, data, lambda: _train(
         "vpred", work / "mobile-pix2pix-mmg", data, work / "vpred", b, steps=b.vpred_steps, lr=b.vpred_lr,
-        progress=progress, weighting=b.vpred_weighting)), work / "mobile-pix2pix-mmg")
+        progress=progress, weighting=b.vpred_weighting)), work / "mobile-pix2pix-mmg",
+        keys=("vpred_steps", "vpred_lr", "vpred_weighting"), needs=("mobile-pix2pix-mmg",))
     stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure(
         "mobile-pix2pix-1step", work, data, lambda: _train(
         "adversarial", work / "vpred", data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
@@ -592,4 +731,5 @@ def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: 
         **({"teacher_sampler_model": str(work / "mobile-pix2pix-mmg")} if b.adversarial_teacher == "stage3" else {}),
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
         # measured against the 5-step teacher it learned from
-        "mobile-pix2pix-mmg" if b.adversarial_teacher == "stage3" else None), work / "vpred")
+        "mobile-pix2pix-mmg" if b.adversarial_teacher == "stage3" else None), work / "vpred",
+        keys=(*ADVERSARIAL_KEYS, "adversarial_teacher"), needs=("vpred", "mobile-pix2pix-mmg"))

@@ -1,0 +1,83 @@
+"""scripts/chain_compare.py (issue 28) in --quick mode on two tiny random-init families: every stage scored with its
+own folder's recipe, the discriminator's health read from the adversarial stage's log, finished stages reused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from test_nano_results import _numbers, _script, tiny_family
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _compare():
+    _script()  # nano_results, which chain_compare imports, registered as test_nano_results does
+    if "chain_compare" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("chain_compare", ROOT / "scripts" / "chain_compare.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["chain_compare"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["chain_compare"]
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    stages = _script().STAGES
+    a = tiny_family(tmp_path_factory.mktemp("a") / "ship", stages)
+    b = tmp_path_factory.mktemp("b") / "work"
+    shutil.copytree(a, b)
+    log = b / "mobile-pix2pix-1step.train" / "log.jsonl"
+    log.parent.mkdir()
+    rows = [{"step": s, "loss": 1.0} | ({"d_acc_real": s / 100, "d_acc_fake": 1 - s / 100, "d_hinge": 2.0,
+                                         "g_adv_share": 0.1, "g_adv_term": 0.01, "g_mse_term": 0.1}
+                                        if s > 10 else {}) for s in range(1, 101)]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return a, b
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_two_chains_side_by_side_and_reused_on_a_rerun(families, tmp_path, monkeypatch):
+    a, b = families
+    out = tmp_path / "cmp.json"
+    args = ["--chain", f"shipped={a}", "--chain", f"paper={b}", "--quick", "--out", str(out)]
+    result = _compare().main(args)
+    for name in ("shipped", "paper"):
+        stages = result["chains"][name]["stages"]
+        assert list(stages) == [s for _, s in _script().STAGES]
+        for stage, row in stages.items():
+            assert row["images"]["test"]["count"] == 2 and row["weights"]
+            assert ("controllability" in row) == (row["preset"] in ("mmg", "movie")), stage
+    assert result["chains"]["shipped"]["stages"]["instruct-pix2pix"]["ratio_to_base"]["psnr_img"] == 1.0
+    health = result["chains"]["paper"]["stages"]["mobile-pix2pix-1step"]["discriminator"]
+    assert result["chains"]["shipped"]["stages"]["mobile-pix2pix-1step"]["discriminator"] is None  # no log
+    assert health["logged_steps"] == 90 and health["last_step"] == 100 and len(health["curve"]) == 10
+    assert math.isclose(health["last_tenth"]["d_acc_real"], sum(range(92, 101)) / 9 / 100)
+    assert math.isclose(health["first_tenth"]["d_acc_fake"], 1 - sum(range(11, 20)) / 9 / 100)
+    assert all(math.isfinite(v) for p, v in _numbers(json.loads(out.read_text())) if "seconds" not in p)
+    # a rerun scores nothing again; changed weights are scored again
+    scored: list[str] = []
+    real = sys.modules["nano_results"].evaluate_stage
+    monkeypatch.setattr(sys.modules["nano_results"], "evaluate_stage",
+                        lambda pipe, *a, **k: scored.append(pipe) or real(pipe, *a, **k))
+    again = _compare().main(args)
+    assert scored == [] and again["chains"]["paper"]["stages"] == result["chains"]["paper"]["stages"]
+    weights = b / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    tensors["conv_in.bias"] = tensors["conv_in.bias"] + 1
+    save_file(tensors, weights)
+    _compare().main(args)
+    assert len(scored) == 1
+
+
+def test_a_chain_that_is_not_a_folder_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="NAME=FOLDER"):
+        _compare().main(["--chain", f"x={tmp_path / 'none'}", "--out", str(tmp_path / "o.json")])
+    assert not (tmp_path / "o.json").exists()
