@@ -81,3 +81,32 @@ def test_a_chain_that_is_not_a_folder_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="NAME=FOLDER"):
         _compare().main(["--chain", f"x={tmp_path / 'none'}", "--out", str(tmp_path / "o.json")])
     assert not (tmp_path / "o.json").exists()
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("paper_ablation", ROOT / "scripts" / "paper_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ablation_sets_back_every_paper_value_the_shipped_chain_departs_from_one_at_a_time(tmp_path, capsys):
+    """scripts/paper_ablation.py's departures are exactly the budget entries where the paper preset differs from the
+    shipped family's recorded budget, each with the shipped value; each is one --reuse-from run of the paper chain."""
+    from movie_plugins.nano.chain import PRESETS, ChainBudget, recorded_budget
+
+    ablation = _ablation()
+    shipped = recorded_budget(json.loads((ROOT / "plugins" / "nano" / "chain.json").read_text())["budget"])
+    paper = ChainBudget(**PRESETS["paper"])
+    import attrs
+
+    paper_values = attrs.asdict(paper)
+    differing = {k for k in paper_values if k in shipped and paper_values[k] != shipped[k]}
+    assert {key for key, _, _ in ablation.DEPARTURES.values()} == differing
+    for key, value, _ in ablation.DEPARTURES.values():
+        assert value == shipped[key] and attrs.asdict(attrs.evolve(paper, **{key: value})) != paper_values
+    ablation.main(["--root", str(tmp_path), "--dry-run", "--only", "gt-anchoring", "--only", "mmg-lr"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
+    assert len(lines) == 3 and "--reuse-from" not in lines[0]
+    assert lines[1].endswith(f"-B adversarial_data_weight=1.0 --reuse-from {tmp_path / 'paper'}")
+    assert "-B mmg_lr=0.0003" in lines[2] and not any(tmp_path.iterdir())
