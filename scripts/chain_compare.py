@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
                     images = ev.open_image_data(Path(data["path"]), "test")
                     row["controllability"] = nr.controllability_curves(pipe, images, sizes)
-                if stage == "mobile-pix2pix-1step":
-                    row["discriminator"] = discriminator_health(folder / f"{stage}.train" / "log.jsonl")
+                if stage == "mobile-pix2pix-1step":  # trained here, or where --reuse-from copied it from
+                    origin = Path(((_chain_record(folder).get("reused") or {}).get(stage) or {}).get("from", folder))
+                    row["discriminator"] = discriminator_health(origin / f"{stage}.train" / "log.jsonl")
                 rows[stage] = row
                 partial = {**old, "chains": {**old.get("chains", {}), name: {"stages": rows}}}
                 args.out.parent.mkdir(parents=True, exist_ok=True)
