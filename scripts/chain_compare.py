@@ -79,6 +79,12 @@ def discriminator_health(log: Path, points: int = 10) -> dict[str, Any] | None:
             "curve": [{"step": w[-1].get("step"), **{k: mean(w, k) for k in HEALTH}} for w in windows if w]}
 
 
+def _health(folder: Path, stage: str) -> dict[str, Any] | None:
+    """discriminator_health of the stage's log where it was trained: here, or where --reuse-from copied it from."""
+    origin = Path(((_chain_record(folder).get("reused") or {}).get(stage) or {}).get("from", folder))
+    return discriminator_health(origin / f"{stage}.train" / "log.jsonl")
+
+
 def _chain_record(folder: Path) -> dict[str, Any]:
     path = folder / "chain.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
@@ -125,10 +131,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if not (stage_folder / "movie.json").is_file():
                     continue
                 key = _weights_hash(stage_folder)
-                earlier = old.get("chains", {}).get(name, {}).get("stages", {}).get(stage)
-                if earlier and earlier.get("weights") == key:
+                earlier = [row for entry in [*old.get("chains", {}).values(), *result["chains"].values()]
+                           for row in entry.get("stages", {}).values()
+                           if row.get("weights") == key and row.get("preset") == preset_name]
+                if earlier:  # the same weights scored before (here or in another chain that copied the stage)
                     nr.log(f"{name}/{stage}: scored before, same weights")
-                    rows[stage] = earlier
+                    rows[stage] = {**earlier[0], "folder": str(stage_folder)}
+                    if stage == "mobile-pix2pix-1step":
+                        rows[stage]["discriminator"] = _health(folder, stage)
                     continue
                 nr.log(f"scoring {name}/{stage} ({stage_folder})")
                 pipe, recipe = _pipe(stage_folder, preset_name)
@@ -141,9 +151,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
                     images = ev.open_image_data(Path(data["path"]), "test")
                     row["controllability"] = nr.controllability_curves(pipe, images, sizes)
-                if stage == "mobile-pix2pix-1step":  # trained here, or where --reuse-from copied it from
-                    origin = Path(((_chain_record(folder).get("reused") or {}).get(stage) or {}).get("from", folder))
-                    row["discriminator"] = discriminator_health(origin / f"{stage}.train" / "log.jsonl")
+                if stage == "mobile-pix2pix-1step":
+                    row["discriminator"] = _health(folder, stage)
                 rows[stage] = row
                 partial = {**old, "chains": {**old.get("chains", {}), name: {"stages": rows}}}
                 args.out.parent.mkdir(parents=True, exist_ok=True)
