@@ -63,9 +63,9 @@ def movie_register_commands(cli):
             budget = budget.scaled(scale)
         source = None
         if reuse_from is not None:
-            from movie_plugins import nano
+            from movie_core.weights import builtin_root
 
-            source = Path(nano.__file__).parent if reuse_from == "nano" else Path(reuse_from)
+            source = builtin_root() if reuse_from == "nano" else Path(reuse_from)
             if not source.is_dir():
                 raise UsageError(f"--reuse-from: no folder {reuse_from}")
         record = train_chain(Path(out), budget, device=device, ship_to=Path(ship_to) if ship_to else None,

@@ -134,7 +134,6 @@ class MDEditDenoiser(_t2i.TextToImageDenoiser):
             return runner(*inputs)
         return self.networks()["unet"].module(*inputs)
 
-
     # --- the editing-stage contract MoViE's distillers train through ----------------------
 
     def family_stage(self, role: str) -> str:

@@ -436,7 +436,7 @@ class _ReuseSource:
         self.record = json.loads(chain.read_text())
         self.budget = recorded_budget(self.record.get("budget") or {})
         self.shipped = not (self.root / "init").is_dir() and (self.root / "autoencoders" / "vae").is_dir()
-        if _same_folder_path(self.root, self.work):
+        if self.root.resolve() == self.work.resolve():
             raise UsageError("--reuse-from names the work folder itself")
 
     def made(self, name: str) -> bool:
@@ -495,10 +495,6 @@ class _ReuseSource:
         tmp.replace(dest)
         self.ae_copied = True
         return True
-
-
-def _same_folder_path(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
 
 
 def _copy_folder(src: Path, dest: Path, ignore: Callable[..., Any] | None = None) -> None:
