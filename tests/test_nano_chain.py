@@ -243,7 +243,10 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
     # --reuse-from: one budget entry changed retrains only the stages that read it and those after them
     weights = "unet/diffusion_pytorch_model.safetensors"
     for key, value, retrained in (("adversarial_data_weight", 0.0, {"mobile-pix2pix-1step"}),
-                                  ("guidance_inject", "time", {"mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"})):
+                                  ("guidance_inject", "time", {"mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"}),
+                                  # the other order: the base is the same, the whole mobile line starts elsewhere
+                                  ("stage_order", "ip2p", {"taesd-swap", "mobile-pix2pix", "mobile-pix2pix-mmg",
+                                                           "vpred", "mobile-pix2pix-1step"})):
         other = tmp_path / f"other-{key}"
         logs: list[str] = []
         got = train_chain(other, attrs.evolve(budget, **{key: value}), device="cpu", progress=False, log=logs.append,

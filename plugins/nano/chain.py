@@ -656,14 +656,15 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
               work / "init", keys=("t2i_steps", "t2i_lr", "editing_unet", *TRAIN_KEYS), needs=("init", "captions"))
         mobile_start = work / "text-to-image-mobile"
         target = "mobile-diffusion-pix2pix" if b.editing_unet == "mobile-diffusion" else "mobile-pix2pix"
+        # the start of the mobile line: what follows depends on the order through it
         stage("t2i-convert", mobile_start, lambda: _t2i_to_mobile(work, mobile_start, target), work / "text-to-image",
-              needs=("text-to-image",))
+              keys=("stage_order",), needs=("text-to-image",))
         start_stage = "t2i-convert"
     else:
         base()
         mobile_start = work / "instruct-pix2pix-taesd"
         stage("taesd-swap", mobile_start, lambda: _with_taesd(work / "instruct-pix2pix", mobile_start),
-              work / "instruct-pix2pix", needs=("instruct-pix2pix",))
+              work / "instruct-pix2pix", keys=("stage_order",), needs=("instruct-pix2pix",))
         start_stage = "taesd-swap"
     if b.editing_unet == "mobile-diffusion":
         _md_line(work, data, mobile_start, b, stage, progress, start_stage)
