@@ -35,6 +35,8 @@ DEPARTURES: dict[str, tuple[str, object, str]] = {
     "mmg-lr": ("mmg_lr", 3e-4, "30x Appendix B's rate"),
     "time-embedding-guidance": ("guidance_inject", "time", "one guidance projection added to the time embedding "
                                 "(Sec. 3.3: each ResNet block's own)"),
+    "no-t2i-finetune": ("t2i_mobile_steps", 0, "Stage 1 without its finetune: the top attention dropped and the "
+                        "image channels added at once (as the first paper-order chain ran; Sec. 4 finetunes between)"),
     "mobile-lr": ("mobile_lr", 2e-4, "2x InstructPix2Pix's rate for Stage 2"),
     "ip2p-lr": ("ip2p_lr", 5e-4, "5x InstructPix2Pix's rate for the base model (off the paper order's mobile line)"),
     "ip2p-order": ("stage_order", "ip2p", "mobile-pix2pix from the trained instruct-pix2pix (Sec. 4: from "

@@ -177,15 +177,17 @@ def test_stage_order_keys_keep_recorded_budgets_equal():
 TINY_PAPER = dict(count=24, videos=2, resolution=32, batch_size=4, ae_pool=8, ae_batch_size=4, vae_steps=2,
                   taesd_steps=2, taesd_decoder_steps=2, taesd_grey_steps=0, text_steps=2, ip2p_steps=2,
                   mobile_steps=2, mmg_steps=2, vpred_steps=2, adversarial_steps=2, adversarial_extra_resolution=0,
-                  stage_order="paper", captions=8, t2i_steps=2)
+                  stage_order="paper", captions=8, t2i_steps=2, t2i_mobile_steps=2)
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tmp_path):
-    """Sec. 4's order: a text-to-image stable-diffusion model trained on captions, converted (top attention
-    dropped, zeroed image channels), then trained into mobile-pix2pix on the editing data; recorded, resumable."""
+    """Sec. 4's order: a text-to-image stable-diffusion model trained on captions, its top attention dropped and
+    finetuned as text-to-image (Stage 1), converted (zeroed image channels), then trained into mobile-pix2pix on the
+    editing data (Stage 2); recorded, resumable."""
     import attrs
+    import torch
     from safetensors.torch import load_file
 
     from movie_plugins.nano.chain import AE_STAGES, ChainBudget, ship, train_chain
@@ -194,38 +196,53 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
     budget = ChainBudget(**TINY_PAPER)
     record = train_chain(work, budget, device="cpu", progress=False, log=lambda _: None)
     assert record["stage_order"] == "paper"
-    for name in ("captions", "text-to-image", "t2i-convert", "instruct-pix2pix", "mobile-pix2pix",
+    for name in ("captions", "text-to-image", "t2i-drop-attention", "t2i-finetune", "t2i-convert",
+                 "instruct-pix2pix", "mobile-pix2pix",
                  "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"):
         assert record["seconds"][name] >= 0, name
     assert "taesd-swap" not in record["seconds"] and not (work / "instruct-pix2pix-taesd").exists()
     manifest = {s: json.loads((work / s / "movie.json").read_text())
-                for s in ("text-to-image", "text-to-image-mobile", "mobile-pix2pix", "mobile-pix2pix-1step")}
+                for s in ("text-to-image", "text-to-image-noattn", "text-to-image-finetuned", "text-to-image-mobile",
+                          "mobile-pix2pix", "mobile-pix2pix-1step")}
     t2i = manifest["text-to-image"]
     assert t2i["recipe"]["denoiser"] == "stable-diffusion" and t2i["training"]["strategy"] == "t2i-train"
     assert t2i["training"]["data"] == str(work / "captions") and t2i["started_from"] == "random"
+    assert manifest["text-to-image-noattn"]["top_attention"] == "dropped"
+    finetuned = manifest["text-to-image-finetuned"]  # Stage 1's finetune: text-to-image on, from the dropped model
+    assert finetuned["training"]["teacher"] == str(work / "text-to-image-noattn")
+    assert finetuned["training"]["data"] == str(work / "captions") and finetuned["started_from"] == "model"
+    assert finetuned["recipe"]["denoiser"] == "stable-diffusion"
     assert manifest["text-to-image-mobile"]["converted_from"] == "stable-diffusion"
     assert manifest["text-to-image-mobile"]["recipe"]["encoder"] == "taesd"
     mobile = manifest["mobile-pix2pix"]
     assert mobile["training"]["teacher"] == str(work / "text-to-image-mobile")
     assert mobile["training"]["data"] == str(work / "data")  # Stage 2 trains on the editing data
-    line = ["init", "text-to-image", "text-to-image-mobile", "mobile-pix2pix"]
+    line = ["init", "text-to-image", "text-to-image-noattn", "text-to-image-finetuned", "text-to-image-mobile",
+            "mobile-pix2pix"]
     assert mobile["chain"] == {"stage_order": "paper", "start": "text-to-image-mobile", "lineage": line}
-    assert manifest["mobile-pix2pix-1step"]["chain"]["lineage"][:4] == line
+    assert manifest["mobile-pix2pix-1step"]["chain"]["lineage"][:6] == line
     assert record["lineage"]["mobile-pix2pix"] == line and "instruct-pix2pix" not in record["lineage"]["vpred"]
     # the converted start: 8 input channels, the image's 4 at zero, no top-level attention
     config = json.loads((work / "text-to-image-mobile" / "unet" / "config.json").read_text())
     assert config["in_channels"] == 8
     assert config["down_block_types"][0] == "DownBlock2D" and config["up_block_types"][-1] == "UpBlock2D"
     unets = {s: load_file(work / s / "unet" / "diffusion_pytorch_model.safetensors")
-             for s in ("text-to-image", "text-to-image-mobile", "mobile-pix2pix", "instruct-pix2pix")}
+             for s in ("text-to-image", "text-to-image-noattn", "text-to-image-finetuned", "text-to-image-mobile",
+                       "mobile-pix2pix", "instruct-pix2pix")}
     start = unets["text-to-image-mobile"]
+    # Stage 1: the dropped model is the text-to-image one less its top attention; the finetune moved it; Stage 2's
+    # start is the finetuned model with the image channels added
+    assert all(torch.equal(v, unets["text-to-image"][k]) for k, v in unets["text-to-image-noattn"].items())
+    assert not torch.equal(unets["text-to-image-finetuned"][key := "mid_block.resnets.0.conv1.weight"],
+                           unets["text-to-image-noattn"][key])
+    assert torch.equal(start[key], unets["text-to-image-finetuned"][key])
     assert not start["conv_in.weight"][:, 4:].any()
     top = ("down_blocks.0.attentions.", "up_blocks.3.attentions.")
-    dropped = set(unets["text-to-image"]) - set(start)
+    dropped = set(unets["text-to-image"]) - set(unets["text-to-image-noattn"])
+    assert set(unets["text-to-image-noattn"]) == set(start)  # Stage 2 adds input channels, no layers
     assert dropped and all(k.startswith(top) for k in dropped)
     assert not any(k.startswith(top) for k in unets["mobile-pix2pix"])
     # mobile-pix2pix's weights are the converted text-to-image model's after two steps, not instruct-pix2pix's
-    key = "mid_block.resnets.0.conv1.weight"
     trained = unets["mobile-pix2pix"][key]
     assert (trained - start[key]).norm() < 0.1 * (trained - unets["instruct-pix2pix"][key]).norm()
     # resumable: a second run skips every stage; another order is another budget
@@ -244,6 +261,9 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
     weights = "unet/diffusion_pytorch_model.safetensors"
     for key, value, retrained in (("adversarial_data_weight", 0.0, {"mobile-pix2pix-1step"}),
                                   ("guidance_inject", "time", {"mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"}),
+                                  # Stage 1 without its finetune: the mobile line starts from the unfinetuned model
+                                  ("t2i_mobile_steps", 0, {"t2i-convert", "mobile-pix2pix", "mobile-pix2pix-mmg",
+                                                           "vpred", "mobile-pix2pix-1step"}),
                                   # the other order: the base is the same, the whole mobile line starts elsewhere
                                   ("stage_order", "ip2p", {"taesd-swap", "mobile-pix2pix", "mobile-pix2pix-mmg",
                                                            "vpred", "mobile-pix2pix-1step"})):
@@ -254,7 +274,8 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
         trained = set(got["seconds"]) - set(got["reused"])
         assert trained == retrained | {"init"}, key  # init is rebuilt (0.2 s), never copied
         for name in set(got["reused"]) - {"data", "captions", "text"} - set(AE_STAGES):
-            folder = "text-to-image-mobile" if name == "t2i-convert" else name
+            folder = {"t2i-convert": "text-to-image-mobile", "t2i-drop-attention": "text-to-image-noattn",
+                      "t2i-finetune": "text-to-image-finetuned"}.get(name, name)
             assert (other / folder / weights).read_bytes() == (work / folder / weights).read_bytes(), name
             assert got["seconds"][name] == record["seconds"][name] and got["reused"][name]["from"] == str(work)
         assert (other / "autoencoders" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == (

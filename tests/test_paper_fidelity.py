@@ -301,6 +301,48 @@ def test_stage2_from_a_text_to_image_unet_has_the_paper_structure_and_edits():
     assert edited.shape == img.shape and torch.isfinite(edited).all()
 
 
+def test_stage1_drops_the_top_attention_of_a_text_to_image_folder_and_it_stays_text_to_image(tmp_path, capsys):
+    """`movie convert --drop-top-attention` (Sec. 4 Stage 1, before its finetune): the `stable-diffusion` folder's UNet
+    keeps its 4 input channels and every weight but the top level's attention, loads and samples as text-to-image,
+    and converts on to Stage 2 (image channels added). Dropping twice, with --to, or from a MobileDiffusion UNet is
+    one line and writes nothing."""
+    from movie_core.components import BuildContext
+    from movie_core.plugins import get_registry
+    from movie_plugins.denoisers import _t2i
+    from movie_plugins.denoisers._convert import convert_folder
+
+    from cli_helpers import run_cli
+
+    spec = get_registry().get("denoiser", "stable-diffusion")
+    t2i = spec.load_factory()(BuildContext(size="nano"), spec.make_config())
+    t2i.save_pretrained(tmp_path / "t2i")
+    code, out, _ = run_cli(capsys, "convert", str(tmp_path / "t2i"), "--drop-top-attention", "--out",
+                           str(tmp_path / "noattn"))
+    assert code == 0 and "top attention dropped" in out
+    dropped = _t2i.load("stable-diffusion", tmp_path / "noattn", "ddim")
+    assert dropped.unet.config.in_channels == 4 and dropped.unet.config.down_block_types[0] == "DownBlock2D"
+    assert dropped.unet.config.up_block_types[-1] == "UpBlock2D"
+    assert not hasattr(dropped.unet.down_blocks[0], "attentions")
+    before, after = t2i.unet.state_dict(), dropped.unet.state_dict()
+    gone = set(before) - set(after)
+    assert gone and all(".attentions." in k for k in gone) and set(after) <= set(before)
+    assert all(torch.equal(after[k], before[k]) for k in after)
+    emb = dropped.encode_prompt(["a red ball"])
+    latents = dropped.sample(torch.zeros(1, 4, 8, 8), emb, steps=2, generator=torch.Generator().manual_seed(0))
+    assert latents.shape[1] == 4 and torch.isfinite(latents).all()
+    stage2 = convert_folder(tmp_path / "noattn", "mobile-pix2pix", tmp_path / "stage2")
+    assert (stage2 / "unet" / "config.json").is_file()
+    for args, says in (((str(tmp_path / "noattn"), "--drop-top-attention"), "no top-level attention"),
+                       ((str(tmp_path / "t2i"), "--drop-top-attention", "--to", "mobile-pix2pix"), "drops the top")):
+        code, _, err = run_cli(capsys, "convert", *args, "--out", str(tmp_path / "bad"))
+        assert code != 0 and says in err and "Traceback" not in err and not (tmp_path / "bad").exists()
+    md_spec = get_registry().get("denoiser", "mobile-diffusion")
+    md_spec.load_factory()(BuildContext(size="nano"), md_spec.make_config()).save_pretrained(tmp_path / "md")
+    code, _, err = run_cli(capsys, "convert", str(tmp_path / "md"), "--drop-top-attention", "--out",
+                           str(tmp_path / "bad"))
+    assert code != 0 and "UNet2DConditionModel" in err and not (tmp_path / "bad").exists()
+
+
 def test_shipped_preset_is_what_the_shipped_family_ran_and_the_default_follows_the_paper():
     """The shipped chain.json budget (its keys filled with LEGACY) equals `--preset shipped`; the default budget
     takes the paper's teacher sampler and guidance injection; `--preset paper` is a valid budget."""

@@ -25,7 +25,11 @@ def movie_register_commands(cli):
                   help="How a guidance-embedded target takes s_I, s_T: 'resnet' (paper Sec. 3.3, each ResNet's own "
                   "linear layer; the default for a source without guidance layers) or 'time' (one projection added "
                   "to the time embedding, as the shipped nano family). A source with guidance layers keeps its own.")
-    def convert(source: str, target: str | None, out: str, overwrite: bool, guidance_inject: str | None) -> None:
+    @click.option("--drop-top-attention", is_flag=True,
+                  help="Without --to: keep the architecture but remove the top level's self- and cross-attention "
+                  "(Sec. 4 Stage 1 on the text-to-image SD UNet, before it is finetuned as text-to-image).")
+    def convert(source: str, target: str | None, out: str, overwrite: bool, guidance_inject: str | None,
+                drop_top_attention: bool) -> None:
         """Write SOURCE as a model folder, its UNet converted with --to.
 
         SOURCE: a model folder, a Hugging Face cache snapshot or a repo id in the local cache (never downloaded),
@@ -37,5 +41,7 @@ def movie_register_commands(cli):
         """
         from movie_plugins.denoisers._convert import convert_folder
 
-        dest = convert_folder(source, target, Path(out), overwrite=overwrite, guidance_inject=guidance_inject)
-        click.echo(f"wrote {target} model {dest}" if target else f"wrote model folder {dest}")
+        dest = convert_folder(source, target, Path(out), overwrite=overwrite, guidance_inject=guidance_inject,
+                              drop_top_attention=drop_top_attention)
+        done = f"wrote {target} model" if target else "wrote model folder"
+        click.echo(f"{done} {dest}" + (" (top attention dropped)" if drop_top_attention else ""))

@@ -65,13 +65,17 @@ def autoencoder_of(folder: Path) -> str | None:
 
 
 def convert_folder(source: str | Path, target: str | None, out: Path, overwrite: bool = False,
-                   guidance_inject: str | None = None) -> Path:
+                   guidance_inject: str | None = None, drop_top_attention: bool = False) -> Path:
     """Write `out`: the source (model folder, HF-cache snapshot or repo id, movie single file or original LDM
     checkpoint) as a model folder, its UNet converted to `target`'s architecture when a target is given.
 
     A text-to-image SD UNet (4 input channels) converts too (Sec. 4's order: top attention dropped, zeroed image
-    channels added). guidance_inject: how an embedded target takes the scales (None: the source's, else 'resnet')."""
+    channels added). guidance_inject: how an embedded target takes the scales (None: the source's, else 'resnet').
+    drop_top_attention (no target): the same denoiser with its top level's attention removed (Sec. 4 Stage 1)."""
     source = str(source)
+    if drop_top_attention and target:
+        raise UsageError(f"--drop-top-attention keeps the source's architecture; --to {target} drops the top "
+                         "attention already")
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists; pass --overwrite")
     if not out.parent.is_dir():
@@ -93,12 +97,14 @@ def convert_folder(source: str | Path, target: str | None, out: Path, overwrite:
         else:
             assert folder is not None
             origin = folder
-            skip = ("unet", "movie.json") if target else ("movie.json",)
+            skip = ("unet", "movie.json") if target or drop_top_attention else ("movie.json",)
             shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(*skip))
         manifest = {k: v for k, v in (read_manifest(origin) or {}).items() if k != "provenance"}
         vae = autoencoder_of(tmp)
         if target:
             _convert_unet(origin, tmp, target, manifest, vae, guidance_inject)
+        elif drop_top_attention:
+            _drop_top_attention(origin, tmp, manifest)
         elif manifest:
             if vae and "recipe" in manifest:
                 manifest["recipe"] = {"encoder": vae, "decoder": vae} | manifest["recipe"]
@@ -108,6 +114,25 @@ def convert_folder(source: str | Path, target: str | None, out: Path, overwrite:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _drop_top_attention(origin: Path, tmp: Path, manifest: dict) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from movie_core.weights import check_component, load_checked, low_memory_kw
+    from movie_plugins.denoisers._pix2pix import drop_top_attention
+
+    unet_dir = origin / "unet"
+    check_folder(unet_dir)
+    kind = read_config(unet_dir / "config.json").get("_class_name")
+    if kind != "UNet2DConditionModel":
+        raise MovieError(f"{unet_dir} is a {kind}; --drop-top-attention takes an SD-style UNet2DConditionModel")
+    kw = check_component(unet_dir, "diffusion_pytorch_model")
+    unet = load_checked(unet_dir, lambda: UNet2DConditionModel.from_pretrained(unet_dir, **kw, **low_memory_kw()))
+    drop_top_attention(unet).save_pretrained(tmp / "unet", safe_serialization=True)
+    # the same denoiser and recipe: the manifest only says what changed (a plain diffusers folder keeps none)
+    if manifest:
+        write_manifest(tmp, manifest | {"top_attention": "dropped"})
 
 
 def _folder_prediction(folder: Path) -> str | None:

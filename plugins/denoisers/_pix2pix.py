@@ -1057,6 +1057,30 @@ def convert_unet(unet: UNet2DConditionModel, target: str, guidance_inject: str |
     return new
 
 
+def drop_top_attention(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """The same UNet (its input channels and guidance layers too) with the top level's self- and cross-attention
+    removed, every other weight carried over: Mobile-Pix2Pix's block removal on its own, as Sec. 4's Stage 1 applies
+    it to the text-to-image SD UNet before finetuning it (the image channels come in Stage 2)."""
+    cfg = dict(unet.config)
+    down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
+    if not down or not up:
+        raise MovieError("cannot drop the top attention: the UNet has no down or up blocks")
+    top = unet_config("nano", STAGES["mobile-pix2pix"])
+    new_down, new_up = top["down_block_types"][0], top["up_block_types"][-1]
+    if (down[0], up[-1]) == (new_down, new_up):
+        raise MovieError("the UNet has no top-level attention to drop (its top blocks are "
+                         f"{down[0]} and {up[-1]})")
+    down[0], up[-1] = new_down, new_up
+    cfg.update(down_block_types=tuple(down), up_block_types=tuple(up))
+    new = UNet2DConditionModel(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+    removed = ("down_blocks.0.attentions.", f"up_blocks.{len(up) - 1}.attentions.")
+    missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
+    stray = [k for k in unexpected if not k.startswith(removed)]
+    if missing or stray:
+        raise MovieError(f"cannot drop the top attention: weights {(missing or stray)[:3]} do not carry over")
+    return new
+
+
 def export_tokenizer(tokenizer: Any, length: int, folder: Path) -> dict[str, Any]:
     """tokenizer.json (Hugging Face tokenizers format) of a CLIP tokenizer, truncating and padding to length."""
     import tempfile

@@ -11,15 +11,16 @@ laid out as the package's built-in models). Each denoiser stage is `movie distil
 Where mobile-pix2pix starts is the budget's `stage_order`. 'ip2p' (the default; how the shipped family was trained):
 from the trained instruct-pix2pix above, its top attention dropped. 'paper' (Sec. 4's order): a text-to-image model
 first -- captions (`movie data captions`, written once) -> text-to-image (`t2i-train` of a random nano
-`stable-diffusion` UNet with the chain's autoencoders and frozen text tower) -> text-to-image-mobile (`movie convert
---to mobile-pix2pix`: top attention dropped, 4 zero-initialised image-latent channels added, TAESD swapped in) ->
-mobile-pix2pix (pix2pix-finetune of that on the editing data, Stage 2). With `editing_unet` mobile-diffusion (issue
-23) the text-to-image model and the mobile line are MobileDiffusion UNets (`_md_line`). instruct-pix2pix still
-trains (the ladder's base model) but the mobile line does not start from it. Paper Stage 1 finetunes the
-attention-less model as text-to-image before the image channels are added; here both structural changes come at once
-and the finetune on the editing data is Stage 2's (there is no text-to-image denoiser without top attention). Every
-denoiser stage's manifest records its `chain` provenance (the order and the folders it descends from, `lineage`);
-chain.json records the order and every stage's lineage.
+`stable-diffusion` UNet with the chain's autoencoders and frozen text tower) -> text-to-image-noattn (`movie convert
+--drop-top-attention`: Stage 1's block removal) -> text-to-image-finetuned (`t2i-train -O init=model` of that on the
+captions for `t2i_mobile_steps`: Stage 1's finetune) -> text-to-image-mobile (`movie convert --to mobile-pix2pix`: 4
+zero-initialised image-latent channels added, TAESD swapped in) -> mobile-pix2pix (pix2pix-finetune of that on the
+editing data, Stage 2). `t2i_mobile_steps` 0 skips Stage 1's finetune: both structural changes come at once, as the
+first paper-order chains ran. With `editing_unet` mobile-diffusion (issue 23) the text-to-image model and the
+mobile line are MobileDiffusion UNets (`_md_line`; no SD top attention to drop). instruct-pix2pix still trains (the
+ladder's base model) but the mobile line does not start from it. Every denoiser stage's manifest records its `chain`
+provenance (the order and the folders it descends from, `lineage`); chain.json records the order and every stage's
+lineage.
 
 Resumable: a finished stage (its output folder exists) is skipped; an interrupted distiller stage resumes
 from its last checkpoint. Per-stage wall times go to <out>/chain.json.
@@ -44,7 +45,8 @@ SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "v
 SHARED_AUTOENCODERS = ("vae", "taesd")
 SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, where all stages have the same
 STAGE_ORDERS = ("ip2p", "paper")  # ChainBudget.stage_order
-PAPER_ORDER_KEYS = ("captions", "t2i_steps", "md_edit_steps")  # budget counts only the 'paper' order uses
+# budget counts only the 'paper' order uses
+PAPER_ORDER_KEYS = ("captions", "t2i_steps", "t2i_mobile_steps", "md_edit_steps")
 EDITING_UNETS = ("stable-diffusion", "mobile-diffusion")  # ChainBudget.editing_unet
 
 
@@ -123,6 +125,10 @@ class ChainBudget:
     captions: int = 8000  # captioned scenes of the text-to-image stage ('paper' order only)
     t2i_steps: int = 4000  # text-to-image training steps ('paper' order only)
     t2i_lr: float = 5e-4
+    # Sec. 4 Stage 1's finetune of the text-to-image model once its top attention is dropped, before Stage 2 adds the
+    # image channels (text-to-image steps at t2i_lr, 'paper' order, SD line only; 0: no finetune, both changes at once,
+    # as paper-order chains ran before the key existed; `--preset paper` sets it)
+    t2i_mobile_steps: int = 0
     ema_decay: float = 0.999
     seed: int = 0
 
@@ -146,6 +152,7 @@ class ChainBudget:
 # what a budget recorded before these keys existed (the shipped family's chain.json) ran with
 LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "data_source": "procedural",
           "md_vae_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000, "t2i_lr": 5e-4,
+          "t2i_mobile_steps": 0,
           "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
@@ -160,6 +167,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "adversarial_extra_resolution": 0,  # one training resolution
         "adversarial_teacher": "stage3", "guidance_inject": "resnet",
         "stage_order": "paper",  # Sec. 4: mobile-pix2pix from a text-to-image model (adds the text-to-image stage)
+        "t2i_mobile_steps": 1000,  # Sec. 4 Stage 1: finetuned once its top attention is dropped (half of Stage 2's)
     },
 }
 
@@ -256,7 +264,21 @@ def _text_to_image(work: Path, captions: Path, b: ChainBudget, progress: bool) -
            **(MD_T2I_OPTIONS if md else {}))
 
 
-def _t2i_to_mobile(work: Path, out: Path, target: str = "mobile-pix2pix") -> None:
+def _t2i_drop_attention(work: Path, out: Path) -> None:
+    """Stage 1's block removal (`movie convert --drop-top-attention`): the text-to-image model, its top level's
+    self- and cross-attention removed, still a text-to-image model."""
+    from movie_plugins.denoisers._convert import convert_folder
+
+    convert_folder(work / "text-to-image", None, out, drop_top_attention=True)
+
+
+def _t2i_finetune(work: Path, captions: Path, b: ChainBudget, progress: bool) -> None:
+    """Stage 1's finetune: the attention-less text-to-image model trained on as text-to-image (frozen text tower)."""
+    _train("t2i-train", work / "text-to-image-noattn", captions, work / "text-to-image-finetuned", b,
+           steps=b.t2i_mobile_steps, lr=b.t2i_lr, progress=progress, init="model", train_text=False)
+
+
+def _t2i_to_mobile(work: Path, out: Path, target: str = "mobile-pix2pix", source: str = "text-to-image") -> None:
     """The text-to-image model in the mobile-pix2pix architecture (`movie convert --to mobile-pix2pix`): top
     attention dropped, 4 zero-initialised image-latent input channels added (the output ignores the image until
     Stage 2 trains it), then TAESD swapped in as for the ip2p order's mobile-pix2pix."""
@@ -265,7 +287,7 @@ def _t2i_to_mobile(work: Path, out: Path, target: str = "mobile-pix2pix") -> Non
     tmp = out.with_name(f".{out.name}.sd-vae")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        convert_folder(work / "text-to-image", target, tmp)
+        convert_folder(work / source, target, tmp)
         shutil.copytree(work / "autoencoders" / "taesd", tmp / "taesd")
         _with_taesd(tmp, out, keep=("converted_from",))
     finally:
@@ -655,10 +677,20 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         stage("text-to-image", work / "text-to-image", lambda: _text_to_image(work, captions, b, progress),
               work / "init", keys=("t2i_steps", "t2i_lr", "editing_unet", *TRAIN_KEYS), needs=("init", "captions"))
         mobile_start = work / "text-to-image-mobile"
-        target = "mobile-diffusion-pix2pix" if b.editing_unet == "mobile-diffusion" else "mobile-pix2pix"
+        md = b.editing_unet == "mobile-diffusion"
+        target = "mobile-diffusion-pix2pix" if md else "mobile-pix2pix"
+        t2i, t2i_stage = "text-to-image", "text-to-image"
+        if b.t2i_mobile_steps and not md:  # Stage 1: top attention dropped, then finetuned as text-to-image
+            stage("t2i-drop-attention", work / "text-to-image-noattn", lambda: _t2i_drop_attention(
+                work, work / "text-to-image-noattn"), work / "text-to-image", needs=("text-to-image",))
+            stage("t2i-finetune", work / "text-to-image-finetuned", lambda: _t2i_finetune(work, captions, b, progress),
+                  work / "text-to-image-noattn", keys=("t2i_mobile_steps", "t2i_lr", *TRAIN_KEYS),
+                  needs=("t2i-drop-attention", "captions"))
+            t2i, t2i_stage = "text-to-image-finetuned", "t2i-finetune"
         # the start of the mobile line: what follows depends on the order through it
-        stage("t2i-convert", mobile_start, lambda: _t2i_to_mobile(work, mobile_start, target), work / "text-to-image",
-              keys=("stage_order",), needs=("text-to-image",))
+        # (t2i_mobile_steps is a key of its own here: 0 makes it convert another folder, not the finetuned one)
+        stage("t2i-convert", mobile_start, lambda: _t2i_to_mobile(work, mobile_start, target, t2i), work / t2i,
+              keys=("stage_order", *(() if md else ("t2i_mobile_steps",))), needs=(t2i_stage,))
         start_stage = "t2i-convert"
     else:
         base()
