@@ -19,6 +19,11 @@ movie_core.data.captions.score against the caption's spec:
 By default each model runs at its own steps and sampler and, if that is more than one step, at 1 LCM step too (its
 one-pass x0 estimate from pure noise: the one-step baseline a one-step distillation starts from).
 
+With --loss, also each model's held-out denoising loss: the mean squared error of its prediction (the target of its
+own prediction type) on the split's images at timesteps 100, 300, ..., 900, one fixed noise per image and timestep,
+conditioned on the caption; the training objective, without sampling's variance (compares two models of one
+prediction type, e.g. a model before and after a block is removed).
+
 Rates are also split by the number of shapes. Prints a table and saves JSON (default
 docs/results/t2i_prompt_following.json); --sheet writes a contact sheet of the first generated images.
 
@@ -116,6 +121,37 @@ def scored(images: np.ndarray, specs: list[dict[str, Any]], seed: int) -> dict[s
     return row
 
 
+LOSS_TIMESTEPS = (100, 300, 500, 700, 900)
+
+
+@torch.no_grad()
+def heldout_loss(pipe, images: np.ndarray, prompts: list[str], seed: int, batch: int = 50) -> dict[str, Any]:
+    """Mean squared error of the model's output against its prediction type's target on held-out (image, caption)
+    pairs at LOSS_TIMESTEPS; image i at timestep k gets the noise of seed + i + 1000 k whatever the batch."""
+    from movie_plugins.distillers._common import model_target, vp_coefficients
+    from movie_plugins.distillers._t2i_train import TextToImageNets
+
+    den = pipe.denoiser
+    nets = TextToImageNets(den).eval()
+    acp = den.make_scheduler().alphas_cumprod.float()
+    per_t: dict[int, list[float]] = {t: [] for t in LOSS_TIMESTEPS}
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(images[start:start + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x0 = pipe.encode(x).float()
+        ids, _ = den.tokenize(prompts[start:start + batch])
+        for k, step in enumerate(LOSS_TIMESTEPS):
+            noise = torch.cat([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(
+                seed + start + i + 1000 * k))[None] for i in range(len(x0))])
+            t = torch.full((len(x0),), step, dtype=torch.long)
+            alpha, sigma = vp_coefficients(acp, t)
+            out = nets(alpha * x0 + sigma * noise, t, ids)
+            target = model_target(den.prediction_type, x0, noise, alpha, sigma)
+            per_t[step] += ((out.float() - target) ** 2).flatten(1).mean(1).tolist()
+    by_t = {str(t): round(float(np.mean(v)), 5) for t, v in per_t.items()}
+    return {"mean": round(float(np.mean(list(by_t.values()))), 5), "by_timestep": by_t,
+            "prediction_type": den.prediction_type, "timesteps": list(LOSS_TIMESTEPS)}
+
+
 def sheet(images: np.ndarray, path: Path, columns: int = 8) -> None:
     from PIL import Image
 
@@ -145,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sheet", help="Write a contact sheet PNG of each run's first 32 images: SHEET-<model>-<run>.png")
+    p.add_argument("--loss", action="store_true", help="Also each model's held-out denoising loss (no sampling).")
+    p.add_argument("--no-sampling", action="store_true", help="Only the --loss (no generation, no rates).")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON result file.")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -173,6 +211,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         entry: dict[str, Any] = {"model": str(folder), "recipe": {**pipe.recipe.components(), "steps": pipe.steps},
                                  "training": manifest.get("training", {}), "ceiling": ceiling, "runs": []}
         print(f"\n{folder}: autoencoder ceiling follows {ceiling['follows']:.3f}, shape {ceiling['shape']:.3f}")
+        if args.loss or args.no_sampling:
+            entry["heldout_loss"] = heldout_loss(pipe, truth, prompts, args.seed)
+            loss = entry["heldout_loss"]
+            print(f"held-out {loss['prediction_type']} loss {loss['mean']:.4f} (t " + ", ".join(
+                f"{t}: {v:.4f}" for t, v in loss["by_timestep"].items()) + ")")
+        if args.no_sampling:
+            result["models"].append(entry)
+            continue
         print(f"{'steps':>5} {'sampler':>8} {'s_T':>5} {'follows':>8} {'chance':>7} {'backgr':>7} {'colour':>7} "
               f"{'shape':>6} {'all':>6} {'1-shape':>8} {'2-shape':>8} {'s':>6}")
         for steps, sampler in plan(pipe.steps, args.steps, args.scheduler):

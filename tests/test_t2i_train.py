@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,3 +167,26 @@ def test_prompt_following_script_runs_on_the_model(work, data, trained):
     assert all(0 <= r["follows"] <= 1 and 0 <= r["chance"]["follows"] <= 1 for r in runs)
     with pytest.raises(SystemExit, match="not a text-to-image"):
         module.main(["--model", str(TEACHER), "--data", str(data), "--count", "4", "--out", str(out)])
+    # --loss --no-sampling: the held-out denoising loss alone; the same whatever the batch; a UNet whose output is
+    # zero scores the target's mean square (epsilon: the noise's, about 1)
+    only = module.main(["--model", str(trained), "--data", str(data), "--count", "4", "--no-sampling", "--out",
+                        str(out)])
+    loss = only["models"][0]["heldout_loss"]
+    assert only["models"][0]["runs"] == [] and set(loss["by_timestep"]) == {"100", "300", "500", "700", "900"}
+    pipe = module.load(str(trained))
+    images = module.round_trip(pipe, np.zeros((4, 32, 32, 3), np.uint8) + 128)
+    prompts = ["a red circle"] * 4
+    assert module.heldout_loss(pipe, images, prompts, 0, batch=1) == module.heldout_loss(pipe, images, prompts, 0)
+    assert loss["mean"] > 0 and loss["prediction_type"] == pipe.denoiser.prediction_type
+
+    def zero(_module, _inputs, out):
+        if isinstance(out, tuple):
+            return (torch.zeros_like(out[0]), *out[1:])
+        return torch.zeros_like(out) if torch.is_tensor(out) else type(out)(torch.zeros_like(out.sample))
+
+    pipe.denoiser.unet.register_forward_hook(zero)
+    x0_ms = pipe.encode(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).float().pow(2).mean()
+    acp = pipe.denoiser.make_scheduler().alphas_cumprod.float()[list(module.LOSS_TIMESTEPS)]
+    # E[target^2]: epsilon 1; v = alpha noise - sigma x0: alpha^2 + sigma^2 E[x0^2]
+    expected = 1.0 if pipe.denoiser.prediction_type == "epsilon" else float((acp + (1 - acp) * x0_ms).mean())
+    assert module.heldout_loss(pipe, images, prompts, 0)["mean"] == pytest.approx(expected, rel=0.2)
