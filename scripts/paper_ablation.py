@@ -10,12 +10,14 @@ on one held-out dataset into --out.
         [--scale 0.01] [--dry-run] --out docs/results/paper_ablation.json
 
 Resumable at every level: a finished chain stage is skipped, an interrupted one resumes from its checkpoint, a
-scored stage is not scored again. --dry-run prints the commands and what each departure retrains.
+scored stage is not scored again. --dry-run prints the commands and what each departure retrains. --table prints
+the scored --out as the markdown table of docs/paper_fidelity.md (no training, no scoring).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,15 +59,64 @@ def _train(root: Path, name: str, changes: dict[str, object], scale: float, dry_
         subprocess.run(cmd, check=True)
 
 
+SCORED = ("mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-pix2pix-1step")  # the mobile line's scored stages
+
+
+def table(result: dict) -> str:
+    """Markdown: the shipped family, the paper chain and each scored departure; per chain the entry set back, the
+    stages trained again (the rest copied from the paper chain), each scored mobile-line stage's held-out PSNR /
+    SSIM ('=' where copied), the one-step model's PSNR change against the paper chain, its s_T / s_I responses and
+    the discriminator's accuracy on real / fake examples over its last tenth of training."""
+    chains = result["chains"]
+    paper = chains["paper"]["stages"]["mobile-pix2pix-1step"]["images"]["test"]["psnr"]
+    head = ["chain", "set back to", "trained again", "mobile-pix2pix", "mmg", "1-step", "1-step vs paper (dB)",
+            "s_T / s_I (1-step)", "D acc real / fake"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, entry in chains.items():
+        record = entry.get("chain") or {}
+        reused = set(record.get("reused") or {})
+        trained = [k for k in record.get("seconds") or {} if k not in reused and k != "init"]
+        if name in ("shipped", "paper"):
+            what, again = ("(all)", "(all)")
+        else:
+            key, value, _ = DEPARTURES.get(name, (name, "?", ""))
+            what, again = f"`{key}={value}`", ", ".join(trained) or "-"
+        cells = []
+        for stage in SCORED:
+            row = entry["stages"].get(stage)
+            copied = name not in ("shipped", "paper") and stage in reused
+            cells.append("-" if row is None else "=" if copied else
+                         f"{row['images']['test']['psnr']:.2f} / {row['images']['test']['ssim']:.3f}")
+        one = entry["stages"].get("mobile-pix2pix-1step") or {}
+        control = one.get("controllability") or {}
+        health = (one.get("discriminator") or {}).get("last_tenth") or {}
+        psnr = (one.get("images") or {}).get("test", {}).get("psnr")
+        lines.append("| " + " | ".join([
+            name, what, again, *cells, "-" if psnr is None or name == "paper" else f"{psnr - paper:+.2f}",
+            f"{control.get('text_guidance', {}).get('direction', '-')} / "
+            f"{control.get('image_guidance', {}).get('direction', '-')}",
+            f"{health['d_acc_real']:.2f} / {health['d_acc_fake']:.2f}" if health.get("d_acc_real") is not None
+            else "-"]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", type=Path, required=True, help="Folder of the chains (ROOT/paper is the base).")
+    p.add_argument("--root", type=Path, help="Folder of the chains (ROOT/paper is the base).")
     p.add_argument("--only", action="append", choices=sorted(DEPARTURES), help="These departures (repeatable).")
     p.add_argument("--scale", type=float, default=1.0, help="nano-train --scale (a smoke run: 0.001).")
     p.add_argument("--dry-run", action="store_true", help="Print the commands; train and score nothing.")
     p.add_argument("--no-compare", action="store_true", help="Train only.")
+    p.add_argument("--table", action="store_true", help="Print the scored --out as a markdown table and stop.")
     p.add_argument("--out", type=Path, default=Path("docs/results/paper_ablation.json"))
     args = p.parse_args(argv)
+    if args.table:
+        if not args.out.is_file():
+            raise SystemExit(f"error: {args.out} does not exist: nothing scored yet")
+        print(table(json.loads(args.out.read_text())))
+        return
+    if args.root is None:
+        p.error("--root is required (unless --table)")
     names = args.only or list(DEPARTURES)
     _train(args.root, "paper", {}, args.scale, args.dry_run)
     for name in names:

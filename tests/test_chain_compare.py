@@ -110,3 +110,26 @@ def test_the_ablation_sets_back_every_paper_value_the_shipped_chain_departs_from
     assert len(lines) == 3 and "--reuse-from" not in lines[0]
     assert lines[1].endswith(f"-B adversarial_data_weight=1.0 --reuse-from {tmp_path / 'paper'}")
     assert "-B mmg_lr=0.0003" in lines[2] and not any(tmp_path.iterdir())
+
+
+def test_the_ablation_table_marks_copied_stages_and_the_one_step_change():
+    """--table's rows: a departure shows the entry set back, the stages it trained again, '=' for the scored stages
+    it copied from the paper chain, and its one-step PSNR against the paper chain's."""
+    ablation = _ablation()
+
+    def stage(psnr, ssim, control=None, health=None):
+        return {"images": {"test": {"psnr": psnr, "ssim": ssim}}, "controllability": control or {},
+                "discriminator": {"last_tenth": health} if health else None}
+
+    line = ("mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-pix2pix-1step")
+    paper = {"chain": {"seconds": dict.fromkeys(("init", "vpred", *line), 1.0)},
+             "stages": dict(zip(line, (stage(13.25, 0.487), stage(13.16, 0.506), stage(13.9, 0.363))))}
+    departure = {"chain": {"seconds": dict.fromkeys(("init", "vpred", *line), 1.0),
+                           "reused": dict.fromkeys(("vpred", "mobile-pix2pix", "mobile-pix2pix-mmg"), {})},
+                 "stages": {**paper["stages"], "mobile-pix2pix-1step": stage(
+                     15.4, 0.5, {"text_guidance": {"direction": "grows"}, "image_guidance": {"direction": "falls"}},
+                     {"d_acc_real": 0.5, "d_acc_fake": 0.75})}}
+    rows = ablation.table({"chains": {"paper": paper, "gt-anchoring": departure}}).splitlines()
+    assert len(rows) == 4 and rows[2].startswith("| paper | (all) |")
+    assert rows[3] == ("| gt-anchoring | `adversarial_data_weight=1.0` | mobile-pix2pix-1step | = | = | "
+                       "15.40 / 0.500 | +1.50 | grows / falls | 0.50 / 0.75 |")
