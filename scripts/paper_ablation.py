@@ -69,12 +69,16 @@ def table(result: dict) -> str:
     the discriminator's accuracy on real / fake examples over its last tenth of training."""
     chains = result["chains"]
     paper = chains["paper"]["stages"]["mobile-pix2pix-1step"]["images"]["test"]["psnr"]
+    paper_copied = (chains["paper"].get("chain") or {}).get("reused") or {}
     head = ["chain", "set back to", "trained again", "mobile-pix2pix", "mmg", "1-step", "1-step vs paper (dB)",
             "s_T / s_I (1-step)", "D acc real / fake"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, entry in chains.items():
         record = entry.get("chain") or {}
-        reused = set(record.get("reused") or {})
+        # copied from the paper chain, or the paper chain's copy of it (a departure trained before the paper chain)
+        here = Path(entry.get("folder", name)).resolve()
+        reused = set(record.get("reused") or {}) | {
+            stage for stage, copy in paper_copied.items() if Path(copy.get("from", "")).resolve() == here}
         trained = [k for k in record.get("seconds") or {} if k not in reused and k != "init"]
         if name in ("shipped", "paper"):
             what, again = ("(all)", "(all)")

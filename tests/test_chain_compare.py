@@ -129,7 +129,14 @@ def test_the_ablation_table_marks_copied_stages_and_the_one_step_change():
                  "stages": {**paper["stages"], "mobile-pix2pix-1step": stage(
                      15.4, 0.5, {"text_guidance": {"direction": "grows"}, "image_guidance": {"direction": "falls"}},
                      {"d_acc_real": 0.5, "d_acc_fake": 0.75})}}
-    rows = ablation.table({"chains": {"paper": paper, "gt-anchoring": departure}}).splitlines()
-    assert len(rows) == 4 and rows[2].startswith("| paper | (all) |")
+    # a departure trained first, the paper chain copying its shared stages: those count as copied too
+    earlier = {"folder": "/runs/no-t2i", "chain": {"seconds": dict.fromkeys(("init", "text", *line), 1.0)},
+               "stages": {**paper["stages"], "mobile-pix2pix": stage(13.0, 0.4)}}
+    paper["chain"]["reused"] = {"text": {"from": "/runs/no-t2i"}}
+    rows = ablation.table({"chains": {"paper": paper, "gt-anchoring": departure, "no-t2i-finetune": earlier}})
+    rows = rows.splitlines()
+    assert len(rows) == 5 and rows[2].startswith("| paper | (all) |")
+    assert rows[4].startswith("| no-t2i-finetune | `t2i_mobile_steps=0` | mobile-pix2pix, mobile-pix2pix-mmg, "
+                              "mobile-pix2pix-1step | 13.00 / 0.400 |")
     assert rows[3] == ("| gt-anchoring | `adversarial_data_weight=1.0` | mobile-pix2pix-1step | = | = | "
                        "15.40 / 0.500 | +1.50 | grows / falls | 0.50 / 0.75 |")
