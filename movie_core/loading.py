@@ -137,6 +137,8 @@ def resolve_recipe(
         base = preset(index[0]).replace(**index[1])
     else:
         base = preset("movie")
+        if builtin and model is None and not flags["init"] and builtin_autoencoder(DEFAULT_AUTOENCODER):
+            base = base.replace(encoder=DEFAULT_AUTOENCODER, decoder=DEFAULT_AUTOENCODER)
     changes = {key: flags[key] for key in _CHANGES if flags[key] is not None}
     if flags["options"]:
         merged = {slot: dict(v) for slot, v in base.component_options.items()}
@@ -157,6 +159,19 @@ def resolve_recipe(
                 f"({recipe.encoder} encoder, {recipe.decoder} decoder, {recipe.steps or 'default'} steps)"
             )
     return recipe, model, flags["init"]
+
+
+# the default model's autoencoder (no --model, --preset or --recipe): the `movie` preset's TAESD without its
+# full-resolution blocks, distilled into TAESD's latents (movie_plugins.nano.taesd_lite). At 256x256 on two CPU cores
+# the autoencoders are ~95% of a frame; this pair takes the default from 8.8 to 20 frames/s there (docs/results).
+DEFAULT_AUTOENCODER = "taesd-lite"
+
+
+def builtin_autoencoder(name: str) -> bool:
+    """Whether the shipped nano family has weights for autoencoder `name` (its autoencoders/<name> folder)."""
+    from movie_core.weights import builtin_root
+
+    return (builtin_root() / "autoencoders" / name).is_dir()
 
 
 def device_default_backend(recipe: Recipe, note: Callable[[str], None] | None = None) -> Recipe:

@@ -174,6 +174,8 @@ def summarise(rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="model folder or nano:<stage> (default: movie edit's)")
+    p.add_argument("--vae", default=None, help="autoencoder pair (default: movie edit's: taesd-lite on the built-in "
+                   "model where it ships, else taesd)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "photo_eval.json")
     p.add_argument("--grid", type=Path, default=None, help="before/after PNG (default: beside --out)")
     p.add_argument("--seconds", type=float, default=5.0)
@@ -198,7 +200,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from movie_core.recipe import preset
 
     started = time.perf_counter()
+    from movie_core.loading import DEFAULT_AUTOENCODER, builtin_autoencoder
+
     recipe = preset("movie")
+    vae = args.vae or (DEFAULT_AUTOENCODER if args.model == DEFAULT_MODEL and builtin_autoencoder(DEFAULT_AUTOENCODER)
+                       else recipe.encoder)
+    recipe = recipe.replace(encoder=vae, decoder=vae)
     model = args.model
     if model.startswith("nano:"):
         from movie_core.weights import resolve_model
@@ -213,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     frames = max(2, round(args.seconds * args.fps))
     result: dict[str, Any] = {
         "command": "python scripts/photo_eval.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
-        "model": args.model, "recipe": "movie", "photos": list(photos),
+        "model": args.model, "recipe": "movie", "vae": vae, "photos": list(photos),
         "size": [args.width, args.height], "processed_size": [processed[1], processed[0]], "processed_why": why,
         "pan": {"seconds": args.seconds, "fps": args.fps, "frames": frames},
         "bars": {"margin_db": MARGIN_DB, "invert_db": INVERT_DB, "grey_saturation": GREY_SATURATION,

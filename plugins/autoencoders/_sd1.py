@@ -24,6 +24,9 @@ VAE_SIZES = {
     # a nano VAE trained that way turned +0.3 red into +0.09 red +0.12 blue (a tint edit's output, lost).
     "nano": dict(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=8),
 }
+# taesd-lite: TAESD without its full-resolution blocks (the encoder's first, the decoder's last), where ~3/4 of its
+# convolutions run; (encoder blocks, decoder blocks) per size, the channels as TAESD's
+TAESD_LITE_BLOCKS = {"full": ((0, 3, 3, 3), (3, 3, 3, 0)), "nano": ((0, 1, 1, 1), (1, 1, 1, 0))}
 TAESD_CONFIG_ONLY = "block_out_channels"  # what AutoencoderTiny writes into its config but does not take back
 TAESD_SIZES = {
     "full": dict(),
@@ -74,10 +77,12 @@ class TAESD(Autoencoder):
         self.tae = tae
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.tae.encoder(images)
+        with _nhwc(self.tae.encoder, images) as x:
+            return self.tae.encoder(x).contiguous()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.tae.decoder(latents).clamp(-1, 1)
+        with _nhwc(self.tae.decoder, latents) as z:
+            return self.tae.decoder(z).clamp(-1, 1).contiguous()
 
     def save_pretrained(self, root: str | Path) -> None:
         folder = Path(root) / self.subfolder
@@ -87,6 +92,27 @@ class TAESD(Autoencoder):
         config = read_config(folder / "config.json")
         if config.pop(TAESD_CONFIG_ONLY, None) is not None:
             (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _nhwc(net: torch.nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """TAESD is convolutions and ReLUs only; on CPU, oneDNN runs them 1.5-1.7x faster in channels-last layout (the
+    nano encoder 82 -> 49 ms, decoder 91 -> 60 ms per 256x256 frame on this project's 2-core machine), so eager CPU
+    calls run in that layout and hand back an ordinary contiguous tensor. Same values up to float rounding; the layout
+    is not part of a traced or exported graph, so exports are untouched."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing() or x.dim() != 4:
+        yield x
+        return
+    weight = next(net.parameters(), None)
+    if weight is not None and weight.dim() == 4 and not weight.is_contiguous(memory_format=torch.channels_last):
+        net.to(memory_format=torch.channels_last)
+    yield x.contiguous(memory_format=torch.channels_last)
+
+
+class TAESDLite(TAESD):
+    """TAESD without its full-resolution blocks (TAESD_LITE_BLOCKS): AutoencoderTiny as well, its own folder."""
+
+    subfolder = "taesd-lite"
 
 
 def _find(root: Path, names: tuple[str, ...], class_name: str, what: str) -> Path:
@@ -126,6 +152,23 @@ def build_taesd(ctx: BuildContext, config) -> TAESD:
         with ctx.torch_device:
             tae = AutoencoderTiny(**TAESD_SIZES[ctx.size])
     return _finish(TAESD(tae), ctx)
+
+
+def build_taesd_lite(ctx: BuildContext, config) -> TAESDLite:
+    """AutoencoderTiny without TAESD's full-resolution blocks, random or loaded from <model>/taesd-lite (the nano
+    one: movie_plugins.nano.taesd_lite distils it from the nano TAESD)."""
+    if ctx.weights is not None:
+        folder = _find(Path(ctx.weights), (TAESDLite.subfolder,), "AutoencoderTiny", "taesd-lite")
+        kw = check_component(folder, "diffusion_pytorch_model", ctx.variant)
+        with _config_copy_accepted(folder):
+            tae = load_checked(folder, lambda: AutoencoderTiny.from_pretrained(folder, **kw, **low_memory_kw()))
+    else:
+        torch.manual_seed(ctx.seed + 1)
+        encoder_blocks, decoder_blocks = TAESD_LITE_BLOCKS[ctx.size]
+        with ctx.torch_device:
+            tae = AutoencoderTiny(**(TAESD_SIZES[ctx.size] | dict(num_encoder_blocks=encoder_blocks,
+                                                                  num_decoder_blocks=decoder_blocks)))
+    return _finish(TAESDLite(tae), ctx)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ from movie_core.weights import replace_folder
 
 SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step")
 SHARED_AUTOENCODERS = ("vae", "taesd")
+TAESD_LITE, TAESD_LITE_METRICS = "taesd-lite", "taesd_lite.json"  # the taesd-lite stage's folder and record
 SHARED_TEXT = ("text_encoder", "tokenizer")  # frozen in every stage: one copy, where all stages have the same
 STAGE_ORDERS = ("ip2p", "paper")  # ChainBudget.stage_order
 # budget counts only the 'paper' order uses
@@ -86,6 +87,9 @@ class ChainBudget:
     # this many steps, stage 2 (the light decoder, encoder frozen) for half as many; 0: no md-vae stage. Not
     # shipped (the nano family's weights are at the size limit); the md8 denoisers need it (issue 23)
     md_vae_steps: int = 0
+    # the default recipe's autoencoder, taesd-lite (TAESD without its full-resolution blocks, ~1/3 of its CPU time),
+    # distilled from the finished TAESD for this many steps (movie_plugins.nano.taesd_lite); 0: none
+    taesd_lite_steps: int = 5000
     text_steps: int = 600
     ip2p_steps: int = 6000
     ip2p_lr: float = 5e-4
@@ -151,14 +155,14 @@ class ChainBudget:
 
 # what a budget recorded before these keys existed (the shipped family's chain.json) ran with
 LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "data_source": "procedural",
-          "md_vae_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000, "t2i_lr": 5e-4,
-          "t2i_mobile_steps": 0,
+          "md_vae_steps": 0, "taesd_lite_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000,
+          "t2i_lr": 5e-4, "t2i_mobile_steps": 0,
           "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
 PRESETS: dict[str, dict[str, Any]] = {
-    "shipped": dict(LEGACY),
+    "shipped": LEGACY | {"taesd_lite_steps": 5000},  # its taesd-lite was distilled after the key existed
     "paper": {
         "ip2p_lr": 1e-4, "mobile_lr": 1e-4,  # InstructPix2Pix's rate (the paper gives none for Stages 1-2)
         "mmg_lr": 1e-5, "vpred_lr": 1e-6, "adversarial_lr": 1e-5,  # Appendix B
@@ -327,8 +331,11 @@ def ship(work: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.movie-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in SHARED_AUTOENCODERS:
+    autoencoders = [n for n in (*SHARED_AUTOENCODERS, TAESD_LITE) if (work / "autoencoders" / n).is_dir()]
+    for name in autoencoders:
         shutil.copytree(work / "autoencoders" / name, tmp / "autoencoders" / name)
+    if (work / "autoencoders" / TAESD_LITE_METRICS).is_file():
+        shutil.copy2(work / "autoencoders" / TAESD_LITE_METRICS, tmp / "autoencoders" / TAESD_LITE_METRICS)
     for name in SHARED_TEXT:
         shutil.copytree(work / SHIPPED_STAGES[0] / name, tmp / "text" / name)
     chain = json.loads((work / "chain.json").read_text()) if (work / "chain.json").is_file() else {}
@@ -338,7 +345,7 @@ def ship(work: Path, dest: Path) -> None:
                         ignore=shutil.ignore_patterns(*SHARED_AUTOENCODERS, *shared, "*.train"))
         manifest_path = tmp / stage / "movie.json"
         manifest = json.loads(manifest_path.read_text())
-        manifest["components"] = {**{name: f"../autoencoders/{name}" for name in SHARED_AUTOENCODERS},
+        manifest["components"] = {**{name: f"../autoencoders/{name}" for name in autoencoders},
                                   **{name: f"../text/{name}" for name in shared}}
         manifest["builtin"] = {"family": "nano", "chain": chain.get("budget"), "device": chain.get("device")}
         # what the model knows (movie list --edits; movie edit warns on an instruction far from all of them)
@@ -362,6 +369,12 @@ def _swap_family(tmp: Path, dest: Path) -> None:
         else:
             new.replace(dest / new.name)
     tmp.rmdir()
+
+
+def _taesd_lite(*args: Any, **kw: Any) -> dict[str, Any]:
+    from movie_plugins.nano.taesd_lite import distill_taesd_lite
+
+    return distill_taesd_lite(*args, **kw)
 
 
 TAESD_DECODER_DONE = "taesd_decoder.json"
@@ -484,7 +497,7 @@ class _ReuseSource:
                 return None
             _copy_folder(src, self.work / "text")
         else:
-            if self.shipped or name == "init":
+            if self.shipped and name != "taesd-lite" or name == "init":
                 return None
             rel = done.relative_to(self.work)
             if not (self.root / rel).exists():
@@ -499,7 +512,8 @@ class _ReuseSource:
             return False
         src = self.root / "autoencoders"
         if not self.shipped:
-            _copy_folder(src, dest, ignore=shutil.ignore_patterns(".*"))
+            # taesd-lite is a stage of its own (its own budget key): it is copied, or not, by its own stage
+            _copy_folder(src, dest, ignore=shutil.ignore_patterns(".*", TAESD_LITE, TAESD_LITE_METRICS))
             self.ae_copied = True
             return True
         if not all((src / n).is_dir() for n in SHARED_AUTOENCODERS):
@@ -658,6 +672,11 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     if b.taesd_grey_steps:
         stage("taesd-decoder-grey", work / "autoencoders" / TAESD_GREY_DONE,
               lambda: _taesd_decoder_grey(work, b, dev, log), keys=AE_KEYS)
+    if b.taesd_lite_steps:  # from the finished TAESD: after every decoder stage
+        stage("taesd-lite", work / "autoencoders" / TAESD_LITE, lambda: _taesd_lite(
+            work / "autoencoders", steps=b.taesd_lite_steps, pool_size=max(2, b.ae_pool // 2),
+            resolution=2 * b.resolution, crop=b.resolution, device=dev, seed=b.seed, log=log),
+            keys=("taesd_lite_steps", *AE_KEYS))
     stage("text", work / "text" / "text_encoder", lambda: nano_train.train_text_encoder(
         work / "text", steps=b.text_steps, device=dev, seed=b.seed, log=log), keys=TEXT_KEYS)
     stage("init", work / "init", lambda: _initial_model(work, work / "init", b.seed), keys=("seed",),
