@@ -624,6 +624,8 @@ def _intro(result: dict[str, Any]) -> list[str]:
                                      "taesd_decoder_steps"),
             "taesd-decoder-grey": ("the same at 128 px, grey-heavy (grey stays grey off the manifold too)",
                                    "taesd_grey_steps"),
+            "taesd-lite": ("TAESD without its full-resolution blocks, distilled from it (the default's autoencoder)",
+                           "taesd_lite_steps"),
             "text": ("tokenizer + text tower", "text_steps"), "init": ("random nano InstructPix2Pix UNet", None),
             "instruct-pix2pix": ("pix2pix-finetune", "ip2p_steps"), "taesd-swap": ("TAESD in, weights kept", None),
             "mobile-pix2pix": ("top attention dropped, finetuned", "mobile_steps"),

@@ -52,8 +52,9 @@ def chain(tmp_path_factory) -> dict:
 def test_chain_writes_every_stage_and_records_times(chain):
     record = json.loads((chain["work"] / "chain.json").read_text())
     for stage in ("data", "autoencoders", "md-vae", "taesd-decoder", "taesd-decoder-colour", "taesd-decoder-grey",
-                  "text", "init", *STAGES):
+                  "taesd-lite", "text", "init", *STAGES):
         assert record["seconds"][stage] >= 0
+    assert set(record["metrics"]["taesd-lite"]["heldout"]) >= {"psnr_lite", "psnr_taesd", "latent_mse"}
     assert record["budget"]["md_vae_steps"] == 2 and set(record["metrics"]["md-vae"]) >= {"stage1", "stage2", "psnr"}
     assert (chain["work"] / "autoencoders" / "md_vae" / "config.json").is_file()
     assert not (chain["ship"] / "autoencoders" / "md_vae").exists()  # not shipped: the weights' size limit
@@ -85,7 +86,7 @@ def test_chain_resumes_by_skipping_finished_stages(chain):
     before = (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     result = run("nano-train", "--out", str(chain["work"]), *SCALED)
     assert result.exit_code == 0, result.output
-    assert result.output.count("skipped") == 14  # data, 5 autoencoder stages, text, init, six training stages
+    assert result.output.count("skipped") == 15  # data, 6 autoencoder stages, text, init, six training stages
     assert (chain["work"] / "mobile-pix2pix" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
@@ -120,9 +121,10 @@ def test_colour_stage_added_to_a_trained_folder_updates_every_stage_decoder(chai
     before = (work / "autoencoders" / weights).read_bytes()
     result = invoke("nano-train", "--out", str(work), *SCALED)
     assert result.exit_code == 0, result.output
-    assert result.output.count("skipped") == 13
+    assert result.output.count("skipped") == 13  # the colour stage reruns, and taesd-lite from its new TAESD
     new = (work / "autoencoders" / weights).read_bytes()
     assert new != before
+    assert (work / "autoencoders" / "taesd-lite" / "config.json").is_file()
     record = json.loads((work / "chain.json").read_text())
     replaced = record["metrics"]["taesd-decoder-colour"]["replaced_in"]
     assert set(STAGES) <= set(replaced)
@@ -177,7 +179,7 @@ def test_stage_order_keys_keep_recorded_budgets_equal():
 TINY_PAPER = dict(count=24, videos=2, resolution=32, batch_size=4, ae_pool=8, ae_batch_size=4, vae_steps=2,
                   taesd_steps=2, taesd_decoder_steps=2, taesd_grey_steps=0, text_steps=2, ip2p_steps=2,
                   mobile_steps=2, mmg_steps=2, vpred_steps=2, adversarial_steps=2, adversarial_extra_resolution=0,
-                  stage_order="paper", captions=8, t2i_steps=2, t2i_mobile_steps=2)
+                  stage_order="paper", captions=8, t2i_steps=2, t2i_mobile_steps=2, taesd_lite_steps=2)
 
 
 @pytest.mark.slow
@@ -275,8 +277,10 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
         assert trained == retrained | {"init"}, key  # init is rebuilt (0.2 s), never copied
         for name in set(got["reused"]) - {"data", "captions", "text"} - set(AE_STAGES):
             folder = {"t2i-convert": "text-to-image-mobile", "t2i-drop-attention": "text-to-image-noattn",
-                      "t2i-finetune": "text-to-image-finetuned"}.get(name, name)
-            assert (other / folder / weights).read_bytes() == (work / folder / weights).read_bytes(), name
+                      "t2i-finetune": "text-to-image-finetuned",
+                      "taesd-lite": "autoencoders/taesd-lite"}.get(name, name)
+            file = weights.removeprefix("unet/") if name == "taesd-lite" else weights
+            assert (other / folder / file).read_bytes() == (work / folder / file).read_bytes(), name
             assert got["seconds"][name] == record["seconds"][name] and got["reused"][name]["from"] == str(work)
         assert (other / "autoencoders" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == (
             work / "autoencoders" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
@@ -295,11 +299,11 @@ def test_reuse_from_a_shipped_family_copies_its_autoencoders_and_text_tower(chai
     assert result.exit_code == 0, result.output
     record = json.loads((work / "chain.json").read_text())
     assert set(record["reused"]) == {"autoencoders", "taesd-decoder", "taesd-decoder-colour", "taesd-decoder-grey",
-                                     "text"}  # md-vae is not shipped: it trains here
+                                     "taesd-lite", "text"}  # md-vae is not shipped: it trains here
     assert (work / "autoencoders" / "md_vae" / "config.json").is_file()
     shipped = json.loads((chain["ship"] / "chain.json").read_text())
     assert record["seconds"]["taesd-decoder"] == shipped["seconds"]["taesd-decoder"]
-    for name in ("vae", "taesd"):
+    for name in ("vae", "taesd", "taesd-lite"):
         assert (work / "autoencoders" / name / "diffusion_pytorch_model.safetensors").read_bytes() == (
             chain["ship"] / "autoencoders" / name / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (work / "text" / "text_encoder" / "model.safetensors").read_bytes() == (
@@ -327,6 +331,7 @@ def test_shipped_layout_shares_the_autoencoders_and_text_tower(chain):
         assert not (folder / "vae").exists() and not (folder / "taesd").exists()
         assert not (folder / "text_encoder").exists() and not (folder / "tokenizer").exists()
         assert component_folder(folder, "vae") == (ship / "autoencoders" / "vae").resolve()
+        assert component_folder(folder, "taesd-lite") == (ship / "autoencoders" / "taesd-lite").resolve()
         assert component_folder(folder, "text_encoder") == (ship / "text" / "text_encoder").resolve()
     assert json.loads((ship / "vpred" / "movie.json").read_text())["training_stage"] == "vpred"
     for stage in SHIPPED:  # what each model knows: movie list --edits, movie edit's far-instruction warning

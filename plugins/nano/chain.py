@@ -89,7 +89,7 @@ class ChainBudget:
     md_vae_steps: int = 0
     # the default recipe's autoencoder, taesd-lite (TAESD without its full-resolution blocks, ~1/3 of its CPU time),
     # distilled from the finished TAESD for this many steps (movie_plugins.nano.taesd_lite); 0: none
-    taesd_lite_steps: int = 5000
+    taesd_lite_steps: int = 2500
     text_steps: int = 600
     ip2p_steps: int = 6000
     ip2p_lr: float = 5e-4
@@ -162,7 +162,7 @@ LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "dat
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
 PRESETS: dict[str, dict[str, Any]] = {
-    "shipped": LEGACY | {"taesd_lite_steps": 5000},  # its taesd-lite was distilled after the key existed
+    "shipped": LEGACY | {"taesd_lite_steps": 2500},  # its taesd-lite was distilled after the key existed
     "paper": {
         "ip2p_lr": 1e-4, "mobile_lr": 1e-4,  # InstructPix2Pix's rate (the paper gives none for Stages 1-2)
         "mmg_lr": 1e-5, "vpred_lr": 1e-6, "adversarial_lr": 1e-5,  # Appendix B
@@ -388,6 +388,7 @@ def _taesd_decoder(work: Path, b: ChainBudget, device: str, log: Callable[[str],
                                                 batch_size=b.batch_size, resolution=b.resolution, device=device,
                                                 pool_size=max(2, b.ae_pool // 4),  # fresh images, a quarter as many
                                                 seed=b.seed, log=log, source=b.data_source)
+    _drop_stale_lite(work)
     (work / "autoencoders" / TAESD_DECODER_DONE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -423,12 +424,20 @@ def _taesd_decoder_grey(work: Path, b: ChainBudget, device: str, log: Callable[[
     return _new_decoder_everywhere(work, metrics, TAESD_GREY_DONE)
 
 
+def _drop_stale_lite(work: Path) -> None:
+    """A taesd-lite distilled from the TAESD before a decoder stage changed it is stale: removed, so its stage (which
+    comes after every decoder stage) runs again."""
+    shutil.rmtree(work / "autoencoders" / TAESD_LITE, ignore_errors=True)
+    (work / "autoencoders" / TAESD_LITE_METRICS).unlink(missing_ok=True)
+
+
 def _new_decoder_everywhere(work: Path, metrics: dict[str, Any], done: str) -> dict[str, Any]:
     """Copy the finetuned work/autoencoders/taesd over every stage folder's copy, then mark the stage `done`.
 
     Encoders untouched: the denoisers' training is unaffected, so a work folder whose denoiser stages were
     trained before a decoder stage existed stays valid; their copies of the decoder are replaced by the new one."""
     new = work / "autoencoders" / "taesd"
+    _drop_stale_lite(work)
     for old in sorted(work.glob("*/taesd")):
         if old != new and (old.parent / "movie.json").is_file():
             tmp = old.with_name(".taesd.tmp")

@@ -82,7 +82,7 @@ def compare(student: TAESD, teacher: TAESD, images: np.ndarray) -> dict[str, flo
 
 
 def distill_taesd_lite(folder: Path, *, steps: int, batch_size: int = 16, resolution: int = 128, crop: int = 64,
-                       pool_size: int = 1024, lr: float = 3e-4, device: str = "cpu", seed: int = 0,
+                       pool_size: int = 1024, lr: float = 5e-4, device: str = "cpu", seed: int = 0,
                        source: str = "mixed", log: nano_train.Log = print,
                        checkpoint_seconds: float = 120.0) -> dict[str, Any]:
     """Distil folder/taesd into folder/taesd-lite (resumable from folder/taesd_lite_state.pt); returns the metrics
