@@ -77,9 +77,9 @@ def test_torch_probe_can_see_torch():
 @pytest.mark.parametrize(
     "args, family, available, guess",
     [
-        (["compose", "--vae", "nosuch"], "autoencoder", "md-vae, sd-vae, taesd", None),
-        (["compose", "--vae", "taesdd"], "autoencoder", "md-vae, sd-vae, taesd", "taesd"),
-        (["compose", "--decoder", "sd_vae"], "autoencoder", "md-vae, sd-vae, taesd", "sd-vae"),
+        (["compose", "--vae", "nosuch"], "autoencoder", "md-vae, sd-vae, taesd, taesd-lite", None),
+        (["compose", "--vae", "taesdd"], "autoencoder", "md-vae, sd-vae, taesd, taesd-lite", "taesd"),
+        (["compose", "--decoder", "sd_vae"], "autoencoder", "md-vae, sd-vae, taesd, taesd-lite", "sd-vae"),
         (["compose", "--denoiser", "mobile-pix2pix-1stp"], "denoiser",
          "instruct-pix2pix, mobile-diffusion, mobile-diffusion-lite, mobile-diffusion-pix2pix, "
          "mobile-diffusion-pix2pix-1step, mobile-diffusion-pix2pix-mmg, mobile-pix2pix, mobile-pix2pix-1step, "
@@ -121,7 +121,7 @@ def test_bad_flags_are_one_line_usage_errors(capsys, args, needle):
 def test_bad_flags_in_a_real_process(run_movie):
     proc = run_movie("compose", "--vae", "nosuch")
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == ("movie: error: unknown autoencoder 'nosuch'; available: md-vae, sd-vae, taesd; "
+    assert proc.stderr == ("movie: error: unknown autoencoder 'nosuch'; available: md-vae, sd-vae, taesd, taesd-lite; "
                            "did you mean 'taesd'?\n")
     proc = run_movie("compose", "--text-guidance", "-1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--text-guidance" in proc.stderr
