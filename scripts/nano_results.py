@@ -745,8 +745,9 @@ def _stage_tables(result: dict[str, Any]) -> list[str]:
                    f"{sp['ms_per_frame']:.1f} | {p['gpu_s']} | {p['phone_s']} |")
     large = result.get("speed_large")
     if large:
-        out += ["", (f"The default (1-step) model at {large['height']}x{large['width']}: "
-                f"{large['frames_per_s']:.2f} frames/s ({large['ms_per_frame']:.1f} ms/frame).")]
+        out += ["", (f"The 1-step stage with TAESD (the `movie` preset) at {large['height']}x{large['width']}: "
+                f"{large['frames_per_s']:.2f} frames/s ({large['ms_per_frame']:.1f} ms/frame); the default model "
+                "runs it with taesd-lite: section 6.")]
     out += ["", "![Cost vs quality](nano/cost_vs_quality.png)", "", "### Per edit (test split, PSNR dB)", ""]
     edits = sorted({e for s in stages for e in s["images"]["test"]["per_edit"]})
     out += ["| edit | n |" + "".join(f" {s['preset']} |" for s in stages) + " identity |",
