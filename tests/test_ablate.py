@@ -45,7 +45,7 @@ def test_importing_the_api_does_not_import_torch():
             "print('torch' in sys.modules, r.decoder, ','.join(sorted(p['components']['autoencoder'])))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "sd-vae", "md-vae,sd-vae,taesd"]
+    assert proc.stdout.split() == ["False", "sd-vae", "md-vae,sd-vae,taesd,taesd-lite"]
 
 
 def test_api_names_are_exported_and_return_plain_data(data):

@@ -444,7 +444,7 @@ def test_disable_autoload_hides_thirdparty_plugin(example_plugin_on_path, monkey
     assert plugins.get_registry().get("autoencoder", "example-ae").plugin == "example"
     monkeypatch.setenv("MOVIE_DISABLE_PLUGIN_AUTOLOAD", "1")
     plugins.reset()
-    assert plugins.get_registry().names("autoencoder") == ["md-vae", "sd-vae", "taesd"]
+    assert plugins.get_registry().names("autoencoder") == ["md-vae", "sd-vae", "taesd", "taesd-lite"]
     assert "example" not in {row["name"] for row in plugins.plugin_info()}
 
 
