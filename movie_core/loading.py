@@ -136,9 +136,7 @@ def resolve_recipe(
     elif index:
         base = preset(index[0]).replace(**index[1])
     else:
-        base = preset("movie")
-        if builtin and model is None and not flags["init"] and builtin_autoencoder(DEFAULT_AUTOENCODER):
-            base = base.replace(encoder=DEFAULT_AUTOENCODER, decoder=DEFAULT_AUTOENCODER)
+        base = builtin_default_recipe() if builtin and model is None and not flags["init"] else preset("movie")
     changes = {key: flags[key] for key in _CHANGES if flags[key] is not None}
     if flags["options"]:
         merged = {slot: dict(v) for slot, v in base.component_options.items()}
@@ -167,11 +165,15 @@ def resolve_recipe(
 DEFAULT_AUTOENCODER = "taesd-lite"
 
 
-def builtin_autoencoder(name: str) -> bool:
-    """Whether the shipped nano family has weights for autoencoder `name` (its autoencoders/<name> folder)."""
+def builtin_default_recipe() -> Recipe:
+    """The default model's recipe before any flag: the `movie` preset, with DEFAULT_AUTOENCODER as both autoencoders
+    where the shipped nano family has its weights (its autoencoders/<name> folder)."""
     from movie_core.weights import builtin_root
 
-    return (builtin_root() / "autoencoders" / name).is_dir()
+    recipe = preset("movie")
+    if (builtin_root() / "autoencoders" / DEFAULT_AUTOENCODER).is_dir():
+        recipe = recipe.replace(encoder=DEFAULT_AUTOENCODER, decoder=DEFAULT_AUTOENCODER)
+    return recipe
 
 
 def device_default_backend(recipe: Recipe, note: Callable[[str], None] | None = None) -> Recipe:

@@ -200,12 +200,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from movie_core.recipe import preset
 
     started = time.perf_counter()
-    from movie_core.loading import DEFAULT_AUTOENCODER, builtin_autoencoder
+    from movie_core.loading import builtin_default_recipe
 
-    recipe = preset("movie")
-    vae = args.vae or (DEFAULT_AUTOENCODER if args.model == DEFAULT_MODEL and builtin_autoencoder(DEFAULT_AUTOENCODER)
-                       else recipe.encoder)
-    recipe = recipe.replace(encoder=vae, decoder=vae)
+    recipe = builtin_default_recipe() if args.model == DEFAULT_MODEL else preset("movie")
+    if args.vae:
+        recipe = recipe.replace(encoder=args.vae, decoder=args.vae)
+    vae = recipe.encoder
     model = args.model
     if model.startswith("nano:"):
         from movie_core.weights import resolve_model

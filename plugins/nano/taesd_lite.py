@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderTiny
 
 from movie_core.weights import replace_folder
-from movie_plugins.autoencoders._sd1 import TAESD, TAESD_LITE_BLOCKS
+from movie_plugins.autoencoders._sd1 import TAESD, TAESDLite
 from movie_plugins.nano import train as nano_train
 from movie_plugins.nano.chain import TAESD_LITE as LITE_FOLDER
 from movie_plugins.nano.chain import TAESD_LITE_METRICS as METRICS
@@ -92,11 +92,8 @@ def distill_taesd_lite(folder: Path, *, steps: int, batch_size: int = 16, resolu
     teacher = TAESD(teacher_tae.requires_grad_(False)).eval()
     torch.manual_seed(seed)
     student_tae = AutoencoderTiny(**lite_config(teacher_tae)).to(device)
-    blocks = (tuple(student_tae.config.num_encoder_blocks), tuple(student_tae.config.num_decoder_blocks))
-    if blocks != TAESD_LITE_BLOCKS["nano"]:
-        log("taesd-lite: the teacher is not the nano TAESD; the lite plugin's nano config will not build this")
     copied = init_from_teacher(student_tae, teacher_tae)
-    student = TAESD(student_tae)
+    student = TAESDLite(student_tae)
     pool = torch.from_numpy(nano_train.make_pool(pool_size, resolution, seed=seed + 7, source=source))
     heldout = nano_train.heldout_scenes(32, resolution, seed)
     before = compare(student.eval(), teacher, heldout)
@@ -127,12 +124,11 @@ def distill_taesd_lite(folder: Path, *, steps: int, batch_size: int = 16, resolu
         "heldout_before": before, "heldout": after,
         "photos_256": compare(student, teacher, photos) if photos is not None else None,
     }
-    tmp = folder / f".{LITE_FOLDER}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    student.save_pretrained(tmp.parent / ".lite-save")
-    (tmp.parent / ".lite-save" / TAESD.subfolder).rename(tmp)
-    shutil.rmtree(tmp.parent / ".lite-save")
-    replace_folder(tmp, folder / LITE_FOLDER)
+    staging = folder / ".taesd-lite.tmp"  # TAESDLite.save_pretrained writes <root>/taesd-lite, then swapped in
+    shutil.rmtree(staging, ignore_errors=True)
+    student.save_pretrained(staging)
+    replace_folder(staging / TAESDLite.subfolder, folder / LITE_FOLDER)
+    shutil.rmtree(staging)
     (folder / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     (folder / STATE).unlink(missing_ok=True)
     log(f"taesd-lite: held-out {after}; photos {metrics['photos_256']}")
