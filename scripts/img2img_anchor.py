@@ -6,7 +6,9 @@ random (nano size, seeded) and the autoencoder is the shipped nano TAESD, so the
 structure; `--model` runs a trained text-to-image model folder instead (`movie distill --strategy t2i-train`),
 with `--prompt` in its training phrasing. Reported per run: the mean absolute
 change between consecutive output frames (0-255), the same for the source clip, the mean change from the source,
-and the probe of the output (frames, fps, size, audio) against the source's. Prints and saves JSON.
+the edit change (the same frame-to-frame measure of output minus source: how much the edit itself flickers, motion
+that the output follows from the source cancelling out), and the probe of the output (frames, fps, size, audio)
+against the source's. Prints and saves JSON.
 
     python scripts/img2img_anchor.py --out docs/results/img2img_anchor.json
     python scripts/img2img_anchor.py --model T2I --steps 25 --width 128 --height 96 \
@@ -73,6 +75,25 @@ def random_model(den: str, model: Path, seed: int) -> None:
         shutil.copyfile(TAESD / name, model / "taesd" / name)
 
 
+def summary(rows: list[dict]) -> list[dict]:
+    """Per denoiser and strength, over the seeds: the mean frame change and edit change with the anchor and without,
+    and for how many seeds the anchor lowers each."""
+    out = []
+    for den, strength in dict.fromkeys((r["denoiser"], r["strength"]) for r in rows):
+        line: dict = {"denoiser": den, "strength": strength}
+        for key in ("frame_change", "edit_change"):
+            by = {(r["seed"], r["anchor"]): r[key] for r in rows
+                  if r["denoiser"] == den and r["strength"] == strength}
+            seeds = sorted({seed for seed, _ in by})
+            anchored = float(np.mean([by[s, "middle"] for s in seeds]))
+            none = float(np.mean([by[s, "none"] for s in seeds]))
+            line.update({"seeds": len(seeds), key: {
+                "anchored": round(anchored, 3), "none": round(none, 3), "relative": round(anchored / none - 1, 4),
+                "lowered": sum(by[s, "middle"] < by[s, "none"] for s in seeds)}})
+        out.append(line)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--denoisers", default="stable-diffusion,mobile-diffusion")
@@ -82,7 +103,9 @@ def main() -> None:
     ap.add_argument("--fps", type=int, default=8)
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--height", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, nargs="+", default=[0],
+                    help="seeds (each: the random weights' and the edit's); with several, a summary per denoiser and "
+                         "strength: the mean frame change with and without the anchor and how many seeds it lowers")
     ap.add_argument("--model", type=Path, help="a trained text-to-image model folder (default: random weights)")
     ap.add_argument("--prompt", default="a watercolor painting of a red square")
     ap.add_argument("--clip", choices=("test", "captions"), default="test",
@@ -105,15 +128,16 @@ def main() -> None:
                               height=args.height, audio=True, frame_fn=moving_scene(args) if args.clip == "captions"
                               else None)
         source = frames(src)
-        runs = [(json.loads((args.model / "movie.json").read_text())["recipe"]["denoiser"], args.model)] \
-            if args.model else [(den, Path(tmp) / den) for den in args.denoisers.split(",")]
-        for den, model in runs:
+        runs = [(json.loads((args.model / "movie.json").read_text())["recipe"]["denoiser"], args.model, seed)
+                for seed in args.seed] if args.model else \
+            [(den, Path(tmp) / f"{den}-{seed}", seed) for den in args.denoisers.split(",") for seed in args.seed]
+        for den, model, seed in runs:
             if not args.model:
-                random_model(den, model, args.seed)
+                random_model(den, model, seed)
             for strength, anchor in itertools.product(args.strength, ("middle", "none")):
-                out = Path(tmp) / f"{den}-{strength}-{anchor}.mp4"
+                out = Path(tmp) / f"{den}-{seed}-{strength}-{anchor}.mp4"
                 argv = ["edit", str(src), "-p", args.prompt, "-o", str(out),
-                        "--model", str(model), "--steps", str(args.steps), "--seed", str(args.seed),
+                        "--model", str(model), "--steps", str(args.steps), "--seed", str(seed),
                         "--strength", str(strength),
                         "--anchor", anchor, "--no-progress"]
                 try:
@@ -125,13 +149,14 @@ def main() -> None:
                 want, got = probe(src), probe(out)
                 kept = {k: got[k] == want[k] for k in ("frame_count", "fps", "width", "height", "audio_codec")}
                 rows.append({
-                    "denoiser": den, "anchor": anchor, "strength": strength, "steps": args.steps,
+                    "denoiser": den, "seed": seed, "anchor": anchor, "strength": strength, "steps": args.steps,
                     "frame_change": round(frame_change(edited), 3),
                     "source_frame_change": round(frame_change(source), 3),
                     "change_from_source": round(float(np.abs(edited - source).mean()), 3),
+                    "edit_change": round(frame_change(edited - source), 3),
                     "kept": kept,
                 })
-                print(f"{den:18s} strength {strength} anchor {anchor:6s}: "
+                print(f"{den:18s} seed {seed} strength {strength} anchor {anchor:6s}: "
                       f"frame-to-frame change {rows[-1]['frame_change']:.3f} "
                       f"(source {rows[-1]['source_frame_change']:.3f}), from source "
                       f"{rows[-1]['change_from_source']:.3f}, kept {all(kept.values())}")
@@ -146,7 +171,14 @@ def main() -> None:
                     f"a frame, sensor noise {args.noise}" if args.clip == "captions" else "")),
         "machine": platform.platform(),
         "rows": rows,
+        "summary": summary(rows),
     }
+    for line in result["summary"]:
+        for key in ("frame_change", "edit_change"):
+            m = line[key]
+            print(f"{line['denoiser']:18s} strength {line['strength']}: {key.replace('_', ' ')} {m['anchored']:.3f} "
+                  f"anchored, {m['none']:.3f} without ({m['relative']:+.2%}); the anchor lowers it for "
+                  f"{m['lowered']} of {line['seeds']} seeds")
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.write_text(text + "\n")

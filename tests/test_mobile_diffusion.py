@@ -363,3 +363,47 @@ def test_edit_strength_refusals_are_one_line(capsys, tmp_path):
         assert code != 0 and len(lines) == 1 and message in lines[0], (extra, err)
         assert "Traceback" not in err and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def _script(name: str):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_attention_uniformity_finds_each_self_attention_layer_and_sees_sharpening():
+    """scripts/attention_uniformity.py (issue 22's anchor explanation): uniform rows score 1, one-hot rows 0; every
+    self-attention layer of both UNet families is measured; larger query weights sharpen the attention it reports."""
+    au = _script("attention_uniformity")
+    assert au.rows_of(torch.full((2, 8), 1 / 8)) == pytest.approx((1.0, 1.0))
+    assert au.rows_of(torch.eye(8)) == pytest.approx((0.0, 8.0), abs=1e-6)
+    assert au.rows_of(torch.ones(3, 1)) == (1.0, 1.0)
+    for name, count in (("stable-diffusion", 10), ("mobile-diffusion", 5)):
+        den = _t2i.build(name, BuildContext(size="nano", seed=0), None)
+        layers = au.measure(den, "a red square", 128, 500, 0)
+        assert len(layers) == count == len(den.anchor_layers())
+        assert all(0 < x["entropy"] <= 1 and x["peak"] >= 1 for x in layers)
+        with torch.no_grad():
+            for m in den.unet.modules():
+                if hasattr(m, "to_q") and isinstance(m.to_q, torch.nn.Linear):
+                    m.to_q.weight.mul_(30)
+        sharp = au.measure(den, "a red square", 128, 500, 0)
+        assert np.mean([x["entropy"] for x in sharp]) < np.mean([x["entropy"] for x in layers]) - 0.1
+
+
+def test_img2img_anchor_summary_means_and_counts_over_seeds():
+    summary = _script("img2img_anchor").summary
+    rows = [{"denoiser": "sd", "strength": 0.5, "seed": seed, "anchor": anchor, "frame_change": value,
+             "edit_change": 2 * value}
+            for seed, (anchored, none) in enumerate([(1.0, 2.0), (3.0, 2.0), (1.0, 1.5)])
+            for anchor, value in (("middle", anchored), ("none", none))]
+    (line,) = summary(rows)
+    assert line["seeds"] == 3
+    assert line["frame_change"] == {"anchored": pytest.approx(5 / 3, abs=1e-3),
+                                    "none": pytest.approx(5.5 / 3, abs=1e-3),
+                                    "relative": pytest.approx(5 / 5.5 - 1, abs=1e-4), "lowered": 2}
+    assert line["edit_change"]["lowered"] == 2 and line["edit_change"]["anchored"] == pytest.approx(10 / 3, abs=1e-3)
