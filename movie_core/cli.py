@@ -268,11 +268,19 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, convention: 
     help="img2img (SDEdit) with a text-to-image denoiser: noise each frame's latent this far into the schedule "
     "and denoise it with the prompt (same as -O denoiser.strength=S).",
 )
+@click.option(
+    "--detail",
+    type=click.Choice(["none", "global", "local"]),
+    help="How the edit reaches the output size: none resizes the model's frames back; global (the built-in "
+    "model's default) / local apply the colour map the model made, one per frame / per window, to the source's own "
+    "pixels, keeping its detail (colour edits only: what adds content is smoothed away).",
+)
 def edit(
     input_path: str,
     prompt: str,
     output: str,
     strength: float | None,
+    detail: str | None,
     height: int | None,
     width: int | None,
     max_side: int | None,
@@ -310,6 +318,8 @@ def edit(
             raise UsageError("--strength and -O denoiser.strength are the same setting: give one")
         kw["options"] = (*(kw.get("options") or ()), f"denoiser.strength={strength}")
     recipe, model, _ = resolve_recipe(kw, builtin=True)
+    if detail is not None:
+        recipe = recipe.replace(detail=detail)
     try:
         comp = do_compose(recipe)
     except UsageError as exc:
@@ -346,11 +356,9 @@ def edit(
         batch, why_batch = edit_mod.choose_batch(per_frame, edit_mod.available_memory(pipe.device), batch_size)
         # say what was chosen for the user (not what they asked for): a resize to the model's size, a smaller batch
         resized = size != (source.height, source.width) and why_size.startswith("the model's")
-        if resized or (why_batch == "memory" and batch < edit_mod.DEFAULT_MAX_BATCH):
-            click.echo(
-                "note: " + edit_mod.plan_line((source.height, source.width), size, why_size, batch, why_batch),
-                err=True,
-            )
+        if resized or recipe.detail != "none" or (why_batch == "memory" and batch < edit_mod.DEFAULT_MAX_BATCH):
+            click.echo("note: " + edit_mod.plan_line((source.height, source.width), size, why_size, batch, why_batch,
+                                                     recipe.detail), err=True)
         with video.open_sink(output, source, crf=crf, overwrite=overwrite) as sink:
             summary = edit_mod.edit_video(
                 pipe,

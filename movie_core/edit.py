@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from movie_core import crossframe, overlap
+from movie_core import crossframe, detail, overlap
 from movie_core.errors import MovieError, UsageError
 from movie_core.pipeline import Pipeline
 from movie_core.video import CorruptVideoError
@@ -132,11 +132,16 @@ def choose_batch(per_frame: int, available: int | None, requested: int | None = 
     return max(1, min(most, fits)), "memory"
 
 
-def plan_line(source_hw: tuple[int, int], size: tuple[int, int], why_size: str, batch: int, why_batch: str) -> str:
-    """The one line that says what size and batch an edit runs at."""
+def plan_line(source_hw: tuple[int, int], size: tuple[int, int], why_size: str, batch: int, why_batch: str,
+              detail_mode: str = "none") -> str:
+    """The one line that says what size and batch an edit runs at, and how its output reaches the source size."""
     (sh, sw), (h, w) = source_hw, size
     where = "at its own size" if (h, w) == (sh, sw) else f"at {w}x{h} ({why_size})"
-    back = f"; output resized back to {sw}x{sh}" if (h, w) != (sh, sw) else ""
+    if detail_mode != "none":
+        maps = "one colour map per frame" if detail_mode == "global" else "colour maps per window"
+        back = f"; output: the edit's {maps} applied to the source's own {sw}x{sh} pixels (--detail {detail_mode})"
+    else:
+        back = f"; output resized back to {sw}x{sh}" if (h, w) != (sh, sw) else ""
     return f"processing {sw}x{sh} {where}, batch {batch} ({why_batch}){back}"
 
 
@@ -209,7 +214,23 @@ class FrameEditor:
 
     def edit(self, frames: list[np.ndarray], out_size: tuple[int, int]) -> list[np.ndarray]:
         """Edit a batch of uint8 frames; returns uint8 frames at out_size."""
-        return to_frames(self.run(self.tensor(frames)), self.size, out_size)
+        x = self.tensor(frames)
+        return self.output(frames, x, self.run(x), out_size)
+
+    def output(self, frames: list[np.ndarray], x: torch.Tensor, y: torch.Tensor,
+               out_size: tuple[int, int]) -> list[np.ndarray]:
+        """uint8 frames at out_size from the model's input x and output y (working size, padded) for the source
+        `frames`: y resized back, or with the recipe's `detail` the colour map x -> y applied to the frames
+        themselves at out_size (movie_core.detail)."""
+        mode = self.pipe.recipe.detail
+        if mode == "none":
+            return to_frames(y, self.size, out_size)
+        h, w = self.size
+        full = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
+        if tuple(full.shape[-2:]) != out_size:
+            full = F.interpolate(full, size=out_size, mode="bicubic", align_corners=False, antialias=True)
+        small = [t[:, :, :h, :w].float().cpu() for t in (x, y)]
+        return to_frames(detail.transfer(mode, full.clamp(-1, 1), *small), out_size, out_size)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """Edit a batch on the device: through the backend's fused frame function where it offers one."""
@@ -307,10 +328,10 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
             editor.record_anchor(anchor, index)
         bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="editing")
 
-        def write(item: tuple[list, torch.Tensor]) -> None:  # the writer thread: to uint8, encode
+        def write(item: tuple[list, torch.Tensor, torch.Tensor]) -> None:  # the writer thread: to uint8, encode
             nonlocal done
-            batch, y = item
-            for (src, pts), out in zip(batch, to_frames(y, editor.size, out_size)):
+            batch, x, y = item
+            for (src, pts), out in zip(batch, editor.output([f for f, _ in batch], x, y, out_size)):
                 sink.write(out, pts)
                 if done in keep:
                     pairs.append((src, out))
@@ -326,7 +347,7 @@ def edit_video(pipe: Pipeline, source, sink, prompt: str, *, policy: SizePolicy,
             with bar:
                 edited = 0
                 for batch, x in reader:
-                    writer.put((batch, editor.run(x)))
+                    writer.put((batch, x, editor.run(x)))
                     edited += len(batch)
                     if on_progress is not None:
                         on_progress(edited, total)

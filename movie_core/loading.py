@@ -163,14 +163,18 @@ def resolve_recipe(
 # full-resolution blocks, distilled into TAESD's latents (movie_plugins.nano.taesd_lite). At 256x256 on two CPU cores
 # the autoencoders are ~95% of a frame; this pair takes the default from 8.8 to 20 frames/s there (docs/results).
 DEFAULT_AUTOENCODER = "taesd-lite"
+# `movie edit`'s default --detail on the built-in model (movie_core.detail; chosen on training photographs by
+# scripts/detail_tune.py: one colour map per frame beat every window radius for the model's global edits)
+DEFAULT_DETAIL = "global"
 
 
 def builtin_default_recipe() -> Recipe:
     """The default model's recipe before any flag: the `movie` preset, with DEFAULT_AUTOENCODER as both autoencoders
-    where the shipped nano family has its weights (its autoencoders/<name> folder)."""
+    where the shipped nano family has its weights (its autoencoders/<name> folder), and DEFAULT_DETAIL: its edits
+    are all global colour edits, so one colour map per frame carries them onto the full-resolution source."""
     from movie_core.weights import builtin_root
 
-    recipe = preset("movie")
+    recipe = preset("movie").replace(detail=DEFAULT_DETAIL)
     if (builtin_root() / "autoencoders" / DEFAULT_AUTOENCODER).is_dir():
         recipe = recipe.replace(encoder=DEFAULT_AUTOENCODER, decoder=DEFAULT_AUTOENCODER)
     return recipe

@@ -138,6 +138,7 @@ def _component_options(instance: Any, attribute: attrs.Attribute, value: dict) -
 
 # how a frame clock's adaptor gets r_out_prev (movie_core.clockwork.frame_blend); the first is the default
 FRAME_BLENDS = ("linear", "previous")
+DETAIL_MODES = ("none", "global", "local")  # movie_core.detail
 
 @attrs.frozen(kw_only=True)
 class Recipe:
@@ -165,6 +166,10 @@ class Recipe:
         converter=_anchor_value,
         validator=_matches(_ANCHOR, "middle, first, none or a frame index"),
     )
+    # how the edit reaches the output size (movie_core.detail): 'none' resizes the model's frames back; 'global' /
+    # 'local' fit the colour map that took the source to the edit at the working size (one per frame / per window)
+    # and apply it to the full-resolution source, so its detail survives (for colour edits only)
+    detail: str = attrs.field(default="none", validator=[_text, attrs.validators.in_(DETAIL_MODES)])
     device: str = attrs.field(default="cpu", validator=_matches(_DEVICE, "cpu, auto, mps, cuda or cuda:N"))
     dtype: str = attrs.field(default="float32", validator=[_text, attrs.validators.in_(DTYPES)])
     # which weight files of a model folder: "fp16" reads *.fp16.safetensors

@@ -176,6 +176,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model folder or nano:<stage> (default: movie edit's)")
     p.add_argument("--vae", default=None, help="autoencoder pair (default: movie edit's: taesd-lite on the built-in "
                    "model where it ships, else taesd)")
+    p.add_argument("--detail", choices=("none", "global", "local"), default=None,
+                   help="how the edit reaches the output size (default: movie edit's: global on the built-in model)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "photo_eval.json")
     p.add_argument("--grid", type=Path, default=None, help="before/after PNG (default: beside --out)")
     p.add_argument("--seconds", type=float, default=5.0)
@@ -205,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     recipe = builtin_default_recipe() if args.model == DEFAULT_MODEL else preset("movie")
     if args.vae:
         recipe = recipe.replace(encoder=args.vae, decoder=args.vae)
+    if args.detail:
+        recipe = recipe.replace(detail=args.detail)
     vae = recipe.encoder
     model = args.model
     if model.startswith("nano:"):
@@ -216,11 +220,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     pipe = load_pipeline(compose(recipe), model)
     policy, why = size_policy(recipe.resolution, working_side(pipe), multiple=int(pipe.encoder.downscale))
     processed = policy.target(args.height, args.width)
-    log(f"model {args.model}; {args.width}x{args.height} processed at {processed[1]}x{processed[0]} ({why})")
+    log(f"model {args.model}; {args.width}x{args.height} processed at {processed[1]}x{processed[0]} ({why}); "
+        f"detail {recipe.detail}")
     frames = max(2, round(args.seconds * args.fps))
     result: dict[str, Any] = {
         "command": "python scripts/photo_eval.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
-        "model": args.model, "recipe": "movie", "vae": vae, "photos": list(photos),
+        "model": args.model, "recipe": "movie", "vae": vae, "detail": recipe.detail, "photos": list(photos),
         "size": [args.width, args.height], "processed_size": [processed[1], processed[0]], "processed_why": why,
         "pan": {"seconds": args.seconds, "fps": args.fps, "frames": frames},
         "bars": {"margin_db": MARGIN_DB, "invert_db": INVERT_DB, "grey_saturation": GREY_SATURATION,

@@ -291,3 +291,10 @@ def test_cli_media_battery(media, case: str, tmp_path: Path, capfd) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ([] if code_expected else [name])  # nothing else, no temp files
     assert {p.name for p in temp.iterdir() if TEMP_TAG in p.name} <= temp_before
     assert digest(src) == before
+
+
+def test_plan_line_says_how_the_detail_transfer_reaches_the_source_size() -> None:
+    line = edit_mod.plan_line((240, 320), (192, 256), "the model's working size", 4, "memory", "global")
+    assert line.endswith("output: the edit's one colour map per frame applied to the source's own 320x240 pixels "
+                         "(--detail global)")
+    assert "colour maps per window" in edit_mod.plan_line((48, 64), (48, 64), "x", 2, "memory", "local")

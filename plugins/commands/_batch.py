@@ -24,7 +24,7 @@ from movie_core.errors import MovieError, UsageError
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 # the recipe fields a manifest row may override: they change how the one pipeline runs, not which one is built
-ROW_OVERRIDES = ("steps", "seed", "text_guidance", "image_guidance", "anchor", "resolution")
+ROW_OVERRIDES = ("steps", "seed", "text_guidance", "image_guidance", "anchor", "resolution", "detail")
 
 
 @attrs.frozen
@@ -250,8 +250,9 @@ class Editor:
                 out_size = (source.height, source.width)
                 frames = itertools.islice(source.frames(with_pts=True), start, stop)
                 for batch in edit_mod.batched(frames, plan["batch"]):
-                    out = edit_mod.to_frames(editor.run(editor.tensor([f for f, _ in batch])), plan["size"], out_size)
-                    yield np.stack(out), [pts for _, pts in batch]
+                    sources = [f for f, _ in batch]
+                    x = editor.tensor(sources)
+                    yield np.stack(editor.output(sources, x, editor.run(x), out_size)), [pts for _, pts in batch]
             editor.close()
         finally:
             self.pipe.recipe = self.base
