@@ -58,7 +58,7 @@ def _global(guide: torch.Tensor, out: torch.Tensor, full: torch.Tensor, eps: flo
     g, o = guide.flatten(2).double(), out.flatten(2).double()  # N x 3 x P
     p = g.shape[-1]
     a, b = _solve(g.mean(-1), o.mean(-1), g @ g.transpose(1, 2) / p, o @ g.transpose(1, 2) / p, eps)
-    return torch.einsum("ncg,nghw->nchw", a.to(full.dtype), full) + b.to(full.dtype)[:, :, None, None]
+    return (torch.baddbmm(b.to(full.dtype)[:, :, None], a.to(full.dtype), full.flatten(2))).view_as(full)
 
 
 def _local(guide: torch.Tensor, out: torch.Tensor, full: torch.Tensor, r: int, eps: float) -> torch.Tensor:
