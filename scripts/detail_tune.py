@@ -5,7 +5,8 @@ scikit-learn's china and flower: movie_core.data.photos.TRAINING_PHOTOS) at its 
 output is then rebuilt at 320x240 by plain resizing (`--detail none`) and by the colour-map transfer
 (movie_core.detail: one map per frame, 'global', or one per window, 'local', for each radius), for each
 regulariser. Reported per setting: mean PSNR against the closed-form edit over photos and edits, the worst edit's
-margin over identity, and the colour-only edits' luma SSIM against the source. Prints and saves JSON.
+margin over identity, the colour-only edits' luma SSIM against the source, and the mean PSNR on the darkened copies
+(--dark: each photo also at 0.3 of its exposure, as night footage is). Prints and saves JSON.
 
     python scripts/detail_tune.py --out docs/results/detail_tune.json
 """
@@ -32,6 +33,10 @@ def main() -> None:
     ap.add_argument("--radius", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64],
                     help="'local' window radii at the working size ('global' is always tried)")
     ap.add_argument("--eps", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
+    ap.add_argument("--relative-eps", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1],
+                    help="'global' regularisers relative to the frame's mean colour variance")
+    ap.add_argument("--dark", type=float, default=0.3,
+                    help="also each photo at this exposure (its pixel values times it): footage can be dark")
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--out", type=Path)
@@ -56,13 +61,16 @@ def main() -> None:
     size = policy.target(args.height, args.width)
     padded = policy.padded(*size)
     by_name = {p.name: p for p in TRAINING_PHOTOS}
-    settings = [("none", None, None)] + [("global", None, e) for e in args.eps] + [
-        ("local", r, e) for r, e in itertools.product(args.radius, args.eps)]
+    settings = [("none", None, None, None)] + [("global", None, e, False) for e in args.eps] + [
+        ("global", None, e, True) for e in args.relative_eps] + [
+        ("local", r, e, False) for r, e in itertools.product(args.radius, args.eps)]
     scores: dict[tuple, list[dict]] = {s: [] for s in settings}
-    for name in PHOTOS:
+    for name, exposure in itertools.product(PHOTOS, (1.0, args.dark)):
         photo = np.asarray(by_name[name].load())[..., :3]
         source = still(photo, args.width, args.height)
-        full = torch.from_numpy(source).permute(2, 0, 1)[None].float() / 127.5 - 1
+        if exposure != 1.0:
+            source = np.round(source * exposure).astype(np.uint8)
+        full = torch.from_numpy(np.array(source)).permute(2, 0, 1)[None].float() / 127.5 - 1
         for edit in PHOTO_EDITS:
             editor = FrameEditor(pipe, EDITS[edit].phrasings[0], size=size, padded=padded)
             x = editor.tensor([source])
@@ -70,30 +78,34 @@ def main() -> None:
                 y = editor.run(x)
             small_x, small_y = x[:, :, :size[0], :size[1]], y[:, :, :size[0], :size[1]]
             reference = apply_edit(edit, source[None])[0]
-            for mode, r, e in settings:
+            for mode, r, e, rel in settings:
                 if mode == "none":
                     out = to_frames(y, size, (args.height, args.width))[0]
                 else:
-                    q = detail.transfer(mode, full, small_x, small_y, radius=r or 0, eps=e)
+                    q = detail.transfer(mode, full, small_x, small_y, radius=r or 0, eps=e, relative=rel)
                     out = to_frames(q, (args.height, args.width), (args.height, args.width))[0]
-                row = {"photo": name, "edit": edit, "psnr": ev.psnr(out, reference),
+                row = {"photo": name, "exposure": exposure, "edit": edit, "psnr": ev.psnr(out, reference),
                        "identity_psnr": ev.psnr(source, reference)}
                 if edit in COLOUR_ONLY:
                     row["luma_ssim"] = ev.ssim(_luma3(out), _luma3(source))
-                scores[(mode, r, e)].append(row)
-        print(f"{name}: done", file=sys.stderr, flush=True)
+                scores[(mode, r, e, rel)].append(row)
+        print(f"{name} at exposure {exposure}: done", file=sys.stderr, flush=True)
     rows = []
-    for (mode, r, e), per in scores.items():
-        rows.append({"detail": mode, "radius": r, "eps": e,
+    for (mode, r, e, rel), per in scores.items():
+        dark = [x for x in per if x["exposure"] != 1.0]
+        rows.append({"detail": mode, "radius": r, "eps": e, "relative": rel,
+                     "dark_mean_psnr": round(float(np.mean([x["psnr"] for x in dark])), 3),
                      "mean_psnr": round(float(np.mean([x["psnr"] for x in per])), 3),
                      "worst_margin_db": round(float(min(x["psnr"] - x["identity_psnr"] for x in per)), 3),
                      "mean_luma_ssim": round(float(np.mean([x["luma_ssim"] for x in per if "luma_ssim" in x])), 4),
                      "min_luma_ssim": round(float(min(x["luma_ssim"] for x in per if "luma_ssim" in x)), 4)})
-        print(f"{mode:6s} r={r} eps={e}: PSNR {rows[-1]['mean_psnr']:.2f} dB, worst margin "
+        print(f"{mode:6s} r={r} eps={e}{' relative' if rel else ''}: PSNR {rows[-1]['mean_psnr']:.2f} dB "
+              f"(dark {rows[-1]['dark_mean_psnr']:.2f}), worst margin "
               f"{rows[-1]['worst_margin_db']:+.2f} dB, luma SSIM mean {rows[-1]['mean_luma_ssim']:.3f} "
               f"min {rows[-1]['min_luma_ssim']:.3f}")
     result = {"what": __doc__.strip().splitlines()[0], "command": "python " + shlex.join(sys.argv),
-              "photos": list(PHOTOS), "size": [args.width, args.height], "processed": [size[1], size[0]],
+              "photos": list(PHOTOS), "exposures": [1.0, args.dark],
+              "size": [args.width, args.height], "processed": [size[1], size[0]],
               "edits": list(PHOTO_EDITS), "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -110,3 +110,18 @@ def test_movie_edit_default_keeps_the_source_detail_and_says_so(tmp_path: Path, 
     assert corr["default"] > corr["none"], corr
     code, _, err = run_cli(capfd, "edit", str(src), "-p", "x", "-o", str(tmp_path / "bad.mp4"), "--detail", "sharp")
     assert code != 0 and "Traceback" not in err and not (tmp_path / "bad.mp4").exists()
+
+
+def test_a_relative_regulariser_shrinks_a_dark_frames_map_no_more_than_a_bright_ones() -> None:
+    bright = textured(1)
+    dark = (bright + 1) * 0.1 - 1  # a tenth of the exposure
+    errors = {}
+    for name, source in (("bright", bright), ("dark", dark)):
+        small = F.interpolate(source, size=(48, 64), mode="bicubic", antialias=True, align_corners=False)
+        for relative in (False, True):
+            got = detail.transfer("global", source, small, -small, eps=0.01, relative=relative)
+            # the error as a share of the frame's own contrast (a darker frame has less of both)
+            spread = (source - source.mean((-1, -2), keepdim=True)).abs().mean()
+            errors[name, relative] = float((got + source).abs().mean() / spread)
+    assert errors["dark", False] > 2 * errors["bright", False]  # the absolute ridge shrinks the dark frame's map
+    assert errors["dark", True] < 1.5 * errors["bright", True]
