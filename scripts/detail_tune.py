@@ -6,7 +6,9 @@ output is then rebuilt at 320x240 by plain resizing (`--detail none`) and by the
 (movie_core.detail: one map per frame, 'global', or one per window, 'local', for each radius), for each
 regulariser. Reported per setting: mean PSNR against the closed-form edit over photos and edits, the worst edit's
 margin over identity, the colour-only edits' luma SSIM against the source, and the mean PSNR on the darkened copies
-(--dark: each photo also at 0.3 of its exposure, as night footage is). Prints and saves JSON.
+(--dark: each photo also at 0.3 of its exposure, as night footage is). The built-in model's four other edits (more
+and less contrast, posterize, night) are scored too, resized back against the default ('global', 1e-3), not tuned
+on. Prints and saves JSON.
 
     python scripts/detail_tune.py --out docs/results/detail_tune.json
 """
@@ -65,6 +67,8 @@ def main() -> None:
         ("global", None, e, True) for e in args.relative_eps] + [
         ("local", r, e, False) for r, e in itertools.product(args.radius, args.eps)]
     scores: dict[tuple, list[dict]] = {s: [] for s in settings}
+    others = [e for e in EDITS if e not in PHOTO_EDITS]
+    other: dict[str, dict[str, list[float]]] = {e: {"none": [], "global": [], "identity": []} for e in others}
     for name, exposure in itertools.product(PHOTOS, (1.0, args.dark)):
         photo = np.asarray(by_name[name].load())[..., :3]
         source = still(photo, args.width, args.height)
@@ -89,6 +93,17 @@ def main() -> None:
                 if edit in COLOUR_ONLY:
                     row["luma_ssim"] = ev.ssim(_luma3(out), _luma3(source))
                 scores[(mode, r, e, rel)].append(row)
+        for edit in others:  # the built-in model's other edits: plain resizing against the default only
+            editor = FrameEditor(pipe, EDITS[edit].phrasings[0], size=size, padded=padded)
+            x = editor.tensor([source])
+            with torch.no_grad():
+                y = editor.run(x)
+            reference = apply_edit(edit, source[None])[0]
+            q = detail.transfer("global", full, x[:, :, :size[0], :size[1]], y[:, :, :size[0], :size[1]])
+            other[edit]["none"].append(ev.psnr(to_frames(y, size, (args.height, args.width))[0], reference))
+            other[edit]["global"].append(ev.psnr(to_frames(q, (args.height, args.width),
+                                                           (args.height, args.width))[0], reference))
+            other[edit]["identity"].append(ev.psnr(source, reference))
         print(f"{name} at exposure {exposure}: done", file=sys.stderr, flush=True)
     rows = []
     for (mode, r, e, rel), per in scores.items():
@@ -106,7 +121,10 @@ def main() -> None:
     result = {"what": __doc__.strip().splitlines()[0], "command": "python " + shlex.join(sys.argv),
               "photos": list(PHOTOS), "exposures": [1.0, args.dark],
               "size": [args.width, args.height], "processed": [size[1], size[0]],
-              "edits": list(PHOTO_EDITS), "rows": rows}
+              "edits": list(PHOTO_EDITS), "rows": rows,
+              "other_edits": {e: {k: round(float(np.mean(v)), 3) for k, v in m.items()} for e, m in other.items()}}
+    for e, m in result["other_edits"].items():
+        print(f"{e}: mean PSNR resized back {m['none']:.2f} dB, global {m['global']:.2f}, identity {m['identity']:.2f}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.out}")
