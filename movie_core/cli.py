@@ -14,6 +14,7 @@ from movie_core import __version__
 from movie_core.cleanup import Terminated, terminate_like_interrupt
 from movie_core.errors import MovieError, UsageError, warnings_as_lines
 from movie_core.options import recipe_options, resolve_recipe
+from movie_core.recipe import DETAIL_MODES
 
 _SLOT_OF = {"autoencoder": "vae", "denoiser": "denoiser", "backend": "backend", "distiller": "distiller"}
 
@@ -270,7 +271,7 @@ def flops(height: int, width: int, as_json: bool, plot: str | None, convention: 
 )
 @click.option(
     "--detail",
-    type=click.Choice(["none", "global", "local"]),
+    type=click.Choice(DETAIL_MODES),
     help="How the edit reaches the output size: none resizes the model's frames back; global (the built-in "
     "model's default) / local apply the colour map the model made, one per frame / per window, to the source's own "
     "pixels, keeping its detail (colour edits only: what adds content is smoothed away).",

@@ -69,6 +69,14 @@ def main() -> None:
     scores: dict[tuple, list[dict]] = {s: [] for s in settings}
     others = [e for e in EDITS if e not in PHOTO_EDITS]
     other: dict[str, dict[str, list[float]]] = {e: {"none": [], "global": [], "identity": []} for e in others}
+    def edited(source: np.ndarray, edit: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The model's input and output for `source` (working size, padding cropped) and its exact edit."""
+        editor = FrameEditor(pipe, EDITS[edit].phrasings[0], size=size, padded=padded)
+        x = editor.tensor([source])
+        with torch.no_grad():
+            y = editor.run(x)
+        return x[:, :, :size[0], :size[1]], y[:, :, :size[0], :size[1]], apply_edit(edit, source[None])[0]
+
     for name, exposure in itertools.product(PHOTOS, (1.0, args.dark)):
         photo = np.asarray(by_name[name].load())[..., :3]
         source = still(photo, args.width, args.height)
@@ -76,15 +84,10 @@ def main() -> None:
             source = np.round(source * exposure).astype(np.uint8)
         full = torch.from_numpy(np.array(source)).permute(2, 0, 1)[None].float() / 127.5 - 1
         for edit in PHOTO_EDITS:
-            editor = FrameEditor(pipe, EDITS[edit].phrasings[0], size=size, padded=padded)
-            x = editor.tensor([source])
-            with torch.no_grad():
-                y = editor.run(x)
-            small_x, small_y = x[:, :, :size[0], :size[1]], y[:, :, :size[0], :size[1]]
-            reference = apply_edit(edit, source[None])[0]
+            small_x, small_y, reference = edited(source, edit)
             for mode, r, e, rel in settings:
                 if mode == "none":
-                    out = to_frames(y, size, (args.height, args.width))[0]
+                    out = to_frames(small_y, size, (args.height, args.width))[0]
                 else:
                     q = detail.transfer(mode, full, small_x, small_y, radius=r or 0, eps=e, relative=rel)
                     out = to_frames(q, (args.height, args.width), (args.height, args.width))[0]
@@ -94,13 +97,9 @@ def main() -> None:
                     row["luma_ssim"] = ev.ssim(_luma3(out), _luma3(source))
                 scores[(mode, r, e, rel)].append(row)
         for edit in others:  # the built-in model's other edits: plain resizing against the default only
-            editor = FrameEditor(pipe, EDITS[edit].phrasings[0], size=size, padded=padded)
-            x = editor.tensor([source])
-            with torch.no_grad():
-                y = editor.run(x)
-            reference = apply_edit(edit, source[None])[0]
-            q = detail.transfer("global", full, x[:, :, :size[0], :size[1]], y[:, :, :size[0], :size[1]])
-            other[edit]["none"].append(ev.psnr(to_frames(y, size, (args.height, args.width))[0], reference))
+            small_x, small_y, reference = edited(source, edit)
+            q = detail.transfer("global", full, small_x, small_y)
+            other[edit]["none"].append(ev.psnr(to_frames(small_y, size, (args.height, args.width))[0], reference))
             other[edit]["global"].append(ev.psnr(to_frames(q, (args.height, args.width),
                                                            (args.height, args.width))[0], reference))
             other[edit]["identity"].append(ev.psnr(source, reference))

@@ -176,7 +176,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model folder or nano:<stage> (default: movie edit's)")
     p.add_argument("--vae", default=None, help="autoencoder pair (default: movie edit's: taesd-lite on the built-in "
                    "model where it ships, else taesd)")
-    p.add_argument("--detail", choices=("none", "global", "local"), default=None,
+    from movie_core.recipe import DETAIL_MODES
+
+    p.add_argument("--detail", choices=DETAIL_MODES, default=None,
                    help="how the edit reaches the output size (default: movie edit's: global on the built-in model)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "photo_eval.json")
     p.add_argument("--grid", type=Path, default=None, help="before/after PNG (default: beside --out)")
