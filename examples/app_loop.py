@@ -60,6 +60,42 @@ class ClipTokenizer:
         return ids + [self.info["pad_id"]] * (n - len(ids))
 
 
+def box(x: np.ndarray, r: int) -> np.ndarray:  # mean over each pixel's (2r+1)^2 window (H x W x ...), clipped
+    for axis in (0, 1):
+        n = x.shape[axis]
+        c = np.concatenate([np.zeros_like(x.take([0], axis)), x.cumsum(axis)], axis)
+        lo, hi = np.maximum(np.arange(n) - r, 0), np.minimum(np.arange(n) + r, n - 1) + 1
+        x = (c.take(hi, axis) - c.take(lo, axis)) / (hi - lo).reshape((-1,) + (1,) * (x.ndim - 1 - axis))
+    return x
+
+
+def bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:  # H x W x ... resized, half-pixel centres, no antialias
+    for axis, n in ((0, h), (1, w)):
+        src = np.maximum((np.arange(n) + 0.5) * x.shape[axis] / n - 0.5, 0)
+        i0 = src.astype(int)
+        i1, f = np.minimum(i0 + 1, x.shape[axis] - 1), (src - i0).reshape((-1,) + (1,) * (x.ndim - 1 - axis))
+        x = x.take(i0, axis) * (1 - f) + x.take(i1, axis) * f
+    return x
+
+
+def colour_map(rule: dict, guide: np.ndarray, out: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """The manifest's detail rule: the ridge affine colour map guide -> out (H x W x 3, [0, 1]) applied to full."""
+    g, o = guide.astype(np.float64), out.astype(np.float64)
+    if rule["mode"] == "global":
+        g, o = g.reshape(1, 1, -1, 3), o.reshape(1, 1, -1, 3)
+        mean = lambda t: t.mean(2)  # noqa: E731
+    else:
+        mean = lambda t: box(t, rule["radius"])  # noqa: E731
+    mg, mo = mean(g), mean(o)
+    var = mean(g[..., :, None] * g[..., None, :]) - mg[..., :, None] * mg[..., None, :] + rule["eps"] * np.eye(3)
+    cov = mean(o[..., :, None] * g[..., None, :]) - mo[..., :, None] * mg[..., None, :]
+    a = np.linalg.solve(var, cov.swapaxes(-1, -2)).swapaxes(-1, -2)  # A var = cov
+    b = mo - (a @ mg[..., None])[..., 0]
+    if rule["mode"] == "local":
+        a, b = (bilinear(box(t, rule["radius"]), *full.shape[:2]) for t in (a, b))
+    return (a @ full[..., None])[..., 0] + b
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("export")
@@ -90,11 +126,15 @@ def main() -> None:
     text_emb = sessions["text_encoder"].run(None, {"input_ids": np.array([ids], dtype=np.int64)})[0]
     h, w, (ph, pw) = frame["height"], frame["width"], frame["padded"]
     sources = [np.asarray(Image.open(p).convert("RGB")) for p in a.frames]
+    detail = m.get("detail", {"mode": "none"})  # exports before the field resized back
+
+    def model_input(img: np.ndarray) -> np.ndarray:  # bicubic to the exported size, x / 127.5 - 1 (H x W x 3)
+        if img.shape[:2] != (h, w):
+            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
+        return img.astype(np.float32) / 127.5 - 1.0
 
     def unet(name: str, img: np.ndarray, kv: list[np.ndarray]) -> list[np.ndarray]:
-        if img.shape[:2] != (h, w):  # bicubic to the exported size, x / 127.5 - 1, edge-padded, NCHW
-            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
-        x = np.pad(img.astype(np.float32) / 127.5 - 1.0, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+        x = np.pad(model_input(img), ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
         feeds = {"initial_noise": const["initial_noise"], "text_emb": text_emb,
                  "image_latents": sessions["encoder"].run(None, {"images": x.transpose(2, 0, 1)[None]})[0],
                  "time_features": const["time_features"][:1], "guidance_features": const["guidance_features"]}
@@ -108,7 +148,10 @@ def main() -> None:
     Path(a.out).mkdir(parents=True, exist_ok=True)
     for i, src in enumerate(sources):
         y = sessions["decoder"].run(None, {"latents": unet("unet_replay" if kv else "unet", src, kv)[0]})[0]
-        y = np.round((np.clip(y[0, :, :h, :w].transpose(1, 2, 0), -1, 1) + 1) * 127.5).astype(np.uint8)
+        y = y[0, :, :h, :w].transpose(1, 2, 0)
+        if detail["mode"] != "none":  # the model's colour map on the source's own pixels (the manifest's rule)
+            y = colour_map(detail, (model_input(src) + 1) / 2, (y + 1) / 2, src / 255.0) * 2 - 1
+        y = np.round((np.clip(y, -1, 1) + 1) * 127.5).astype(np.uint8)
         if y.shape[:2] != src.shape[:2]:  # back to the source's size
             y = np.asarray(Image.fromarray(y).resize((src.shape[1], src.shape[0]), Image.BICUBIC))
         Image.fromarray(y).save(Path(a.out) / f"frame_{i + 1:06d}.png")

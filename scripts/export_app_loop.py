@@ -1,9 +1,9 @@
 """Measure the reference app loop against `movie edit` (not a test): max and mean pixel differences.
 
 For each backend (onnx: onnxruntime's CPU provider; hexagon: QNN context binaries in onnxruntime-qnn's HTP
-emulator, fp16) and each case (one frame with `--anchor none`; three frames with the default middle anchor):
-`movie export` of the default `movie` recipe (built-in nano weights) at the size, `movie edit` of the same
-synthetic frames, and examples/app_loop.py on the export in a subprocess where torch, diffusers, transformers and
+emulator, fp16) and each case (one frame with `--anchor none`; three frames with the default middle anchor; those
+two with `--detail global` / `local` on frames twice the working size, the output rule the default model uses):
+`movie export` of the `movie` recipe (built-in nano weights) at the size, `movie edit` of the same synthetic frames, and examples/app_loop.py on the export in a subprocess where torch, diffusers, transformers and
 tokenizers cannot be imported. Writes the figures, the commands and the versions as JSON.
 
     python scripts/export_app_loop.py [--backends onnx,hexagon] [--out docs/results/export_app_loop.json]
@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "make it look like a watercolor painting"
 HEIGHT, WIDTH = 192, 256
-CASES = (("none", 1), ("middle", 3))
+CASES = (("none", 1, "none"), ("middle", 3, "none"), ("middle", 3, "global"), ("none", 1, "local"))
 BLOCK = ("torch", "diffusers", "transformers", "tokenizers")
 # run a script with BLOCK unimportable (a meta-path finder refusing them)
 BLOCKED = f"""
@@ -72,19 +72,23 @@ def read(folder: Path) -> np.ndarray:
 
 
 def compare(backend: str, anchor: str, count: int, work: Path, height: int = HEIGHT, width: int = WIDTH,
-            env: dict[str, str] | None = None) -> dict:
-    """Export, edit and run the app loop for one case (exports and edits found in work are reused)."""
+            env: dict[str, str] | None = None, detail: str = "none") -> dict:
+    """Export, edit and run the app loop for one case (exports and edits found in work are reused). With a detail
+    mode the source frames are twice the working size, so the output is the colour map on pixels the model never
+    saw (the manifest's detail rule), not its frames resized back."""
     env = env or {}
     size = ["--height", str(height), "--width", str(width)]
-    recipe = ["--preset", "movie", "--size", "nano", "--anchor", anchor]
-    export = work / f"export-{backend}-{anchor}"
-    src, edit, app = work / f"src-{count}", work / f"edit-{anchor}-{count}", work / f"app-{backend}-{anchor}-{count}"
+    recipe = ["--preset", "movie", "--size", "nano", "--anchor", anchor, "--detail", detail]
+    sh, sw = (height, width) if detail == "none" else (2 * height, 2 * width)
+    export = work / f"export-{backend}-{anchor}-{detail}"
+    src, tag = work / f"src-{count}-{sh}x{sw}", f"{anchor}-{count}-{detail}"
+    edit, app = work / f"edit-{tag}", work / f"app-{backend}-{tag}"
     commands = [f"movie export --backend {backend} {' '.join(recipe + size)} --out EXPORT",
                 f"movie edit SRC -p '{PROMPT}' -o EDIT {' '.join(recipe + size)} --fps 10 --no-progress",
                 f"python examples/app_loop.py EXPORT '{PROMPT}' SRC/frame_*.png --out APP"]
     if not export.is_dir():
         movie("export", "--backend", backend, *recipe, *size, "--out", str(export), env=env)
-    paths = sorted(src.glob("frame_*.png")) or frames(src, count, height, width)
+    paths = sorted(src.glob("frame_*.png")) or frames(src, count, sh, sw)
     if not edit.is_dir():
         movie("edit", str(src), "-p", PROMPT, "-o", str(edit), *recipe, *size, "--fps", "10", "--no-progress", env=env)
     run([sys.executable, "-c", BLOCKED, str(ROOT / "examples" / "app_loop.py"), str(export), PROMPT,
@@ -95,6 +99,7 @@ def compare(backend: str, anchor: str, count: int, work: Path, height: int = HEI
     diff = np.abs(got - want)
     runtime = json.loads((export / "manifest.json").read_text())["runtime"]
     return {"backend": backend, "anchor": anchor, "frames": count, "height": height, "width": width,
+            "detail": detail, "source_size": [sh, sw],
             "max_abs_diff": int(diff.max()), "mean_abs_diff": round(float(diff.mean()), 6),
             "pixels_over_1": int((diff > 1).sum()), "mean_edit_change": round(float(np.abs(want - source).mean()), 3),
             "provider": runtime["provider"], "provider_options": runtime["options"], "commands": commands}
@@ -124,10 +129,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     for backend in a.backends.split(","):
-        for anchor, count in CASES:
-            r = compare(backend, anchor, count, work, a.height, a.width)
+        for anchor, count, detail in CASES:
+            r = compare(backend, anchor, count, work, a.height, a.width, detail=detail)
             results.append(r)
-            print(f"{backend:8} anchor {anchor:6} {count} frame(s): max {r['max_abs_diff']} "
+            print(f"{backend:8} anchor {anchor:6} {count} frame(s), detail {detail:6}: max {r['max_abs_diff']} "
                   f"mean {r['mean_abs_diff']:.6f} (edit changed the frames by {r['mean_edit_change']} on average)",
                   flush=True)
             record = {"what": "examples/app_loop.py (numpy, PIL, onnxruntime; torch, diffusers, transformers and "

@@ -116,16 +116,49 @@ BACKENDS = [pytest.param("onnx", 1, 0.01, id="onnx"),
 @pytest.mark.slow  # five ONNX graphs and a movie edit per case: minutes on two cores (hexagon: more)
 @pytest.mark.skipif(not has("onnxscript"), reason="the onnx export needs onnxscript (pip install '.[onnx]')")
 @pytest.mark.parametrize("backend,max_diff,mean_diff", BACKENDS)
-@pytest.mark.parametrize("anchor,count", [("none", 1), ("middle", 3)])
-def test_torch_free_app_loop_matches_movie_edit(tmp_path, cache, backend, max_diff, mean_diff, anchor, count):
+@pytest.mark.parametrize("anchor,count,detail", [("none", 1, "none"), ("middle", 3, "none"), ("middle", 3, "global")])
+def test_torch_free_app_loop_matches_movie_edit(tmp_path, cache, backend, max_diff, mean_diff, anchor, count, detail):
     """examples/app_loop.py, with torch, diffusers, transformers and tokenizers blocked, on the export (the
-    provider and its options from the manifest) reproduces `movie edit` of the same frames."""
-    r = measure().compare(backend, anchor, count, tmp_path, HEIGHT, WIDTH, env=cache)
-    print(f"app loop ({backend}) vs movie edit, anchor {anchor}, {count} frame(s): "
+    provider and its options from the manifest) reproduces `movie edit` of the same frames; with --detail global
+    (the default model's output rule) on frames twice the exported size, from the manifest's detail rule."""
+    r = measure().compare(backend, anchor, count, tmp_path, HEIGHT, WIDTH, env=cache, detail=detail)
+    print(f"app loop ({backend}) vs movie edit, anchor {anchor}, {count} frame(s), detail {detail}: "
           f"max {r['max_abs_diff']} mean {r['mean_abs_diff']:.6f}")
+    assert r["source_size"] == ([HEIGHT, WIDTH] if detail == "none" else [2 * HEIGHT, 2 * WIDTH])
+    if detail != "none":  # the map is fitted on the decoder's output: the graphs' float rounding moves every pixel's
+        mean_diff *= 5    # value a little, so more of them cross a grey level's rounding edge (onnx: 0.014 measured)
     assert r["max_abs_diff"] <= max_diff and r["mean_abs_diff"] <= mean_diff, r
     assert r["mean_edit_change"] > 2  # it edited
     assert r["provider"] == {"onnx": "CPUExecutionProvider", "hexagon": "QNNExecutionProvider"}[backend]
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_app_loop_colour_map_is_movie_edits(mode):
+    """The app loop's numpy detail transfer, read from the manifest's rule, gives movie_core.detail's output
+    (working size 24x40 -> a 53x77 source: the local maps' resize takes uneven steps), and the rule is the one
+    `movie export` writes."""
+    import torch
+
+    from movie_core import detail
+    from movie_plugins.backends._export import _detail_rule
+
+    app, rule = app_loop_module(), _detail_rule(mode)
+    assert rule["mode"] == mode and rule["eps"] == detail.EPS and rule.get("radius") == (
+        detail.LOCAL_RADIUS if mode == "local" else None)
+    rule["radius"] = 5 if mode == "local" else None
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(2, 3, 24, 40, generator=g) * 2 - 1
+    tone = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.5]])
+    ramp = torch.linspace(0, 1, 40).view(1, 1, 1, 40)  # a colour change that varies over the frame (local's case)
+    out = (torch.einsum("ij,njhw->nihw", tone, small) * (0.5 + ramp) + 0.05 * torch.randn(2, 3, 24, 40,
+                                                                                         generator=g)).clamp(-1, 1)
+    full = torch.rand(2, 3, 53, 77, generator=g) * 2 - 1
+    want = detail.transfer(mode, full, small, out, radius=5 if mode == "local" else detail.LOCAL_RADIUS)
+    hwc = lambda t: t.permute(0, 2, 3, 1).double().numpy()  # noqa: E731
+    for i in range(2):
+        got = app.colour_map(rule, (hwc(small)[i] + 1) / 2, (hwc(out)[i] + 1) / 2, (hwc(full)[i] + 1) / 2) * 2 - 1
+        assert np.abs(np.clip(got, -1, 1) - hwc(want)[i]).max() < 1e-4
+    assert (want - full).abs().mean() > 0.1  # the map changed the frames
 
 
 def test_blocked_subprocess_refuses_the_blocked_packages(tmp_path):
@@ -209,6 +242,7 @@ def check_app_manifest(m: dict, out: Path, backend: str) -> None:
     for t in m["host"]["tensors"].values():
         assert list(np.load(out / t["file"]).shape) == t["shape"], t
     assert set(m["frame"]["size_policy"]) == {"resize", "pad", "crop", "input", "output"}
+    assert m["detail"]["mode"] in ("none", "global", "local") and m["detail"]["rule"]
     anchor = m["anchor"]
     assert anchor["policy"] in ("none", "middle") and ("kv_shapes" in anchor) == (anchor["policy"] != "none")
     for name, c in m["components"].items():

@@ -100,6 +100,7 @@ def export_recipe(recipe, model: Path | None, out: Path, *, height: int, width: 
                 "decoder": "takes the sampler's (the unet's edited_latents) output as it is",
             },
             "anchor": _anchor_rule(recipe.anchor, shapes),
+            "detail": _detail_rule(recipe.detail),
             # what the app sets to run the artifacts: runtime, execution provider and its options, model file
             "runtime": runtime,
             "clock": _clock_rule(pipe, fixed=not any(v["shape"][0] == "batch" for c in components.values()
@@ -173,6 +174,29 @@ def _anchor_rule(anchor: str, shapes: dict[str, Any]) -> dict[str, Any]:
             "rule": "run unet on the anchor frame alone (batch 1) first; it returns anchor_k_i / anchor_v_i; every "
                     "frame (the anchor included) then runs unet_replay with them",
             "kv_shapes": kv}
+
+
+def _detail_rule(mode: str) -> dict[str, Any]:
+    """How the decoder's frame reaches the output (movie_core.detail): resized back, or the colour map of the model's
+    input -> output applied to the source frame itself (`--detail global|local`)."""
+    from movie_core import detail
+
+    if mode == "none":
+        return {"mode": "none", "rule": "the decoder's frame, cropped, is the output (resized back: size_policy.crop)"}
+    maps = ("one map per frame, fitted on all of its pixels" if mode == "global" else
+            f"one map per (2r+1)^2 window, r = radius, clipped at the border; each pixel's map the mean of the maps of "
+            "the windows covering it (running sums); the maps resized to the source size (bilinear, half-pixel "
+            "centres, no antialiasing) and applied there")
+    rule = {"mode": mode, "eps": detail.EPS, "colours": "[0, 1]: (x + 1) / 2 of the [-1, 1] images",
+            "rule": "guide g = the unet's input image (resized to height x width, before padding), out o = the "
+                    "decoder's output cropped to height x width (not clipped), both in [0, 1]; the affine colour map "
+                    "o = A g + b by ridge regression: A = C (V + eps I)^-1, b = mean(o) - A mean(g), V the covariance "
+                    "of g, C the cross-covariance of o and g; " + maps + "; the output is the source frame (at its "
+                    "own size, in [0, 1]) through A and b, times 2 minus 1, clipped to [-1, 1], then "
+                    "size_policy.output"}
+    if mode == "local":
+        rule["radius"] = detail.LOCAL_RADIUS
+    return rule
 
 
 def _clock_rule(pipe, fixed: bool = False) -> dict[str, Any]:

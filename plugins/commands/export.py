@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from movie_core.hookspecs import hookimpl
+from movie_core.recipe import DETAIL_MODES
 
 
 @hookimpl
@@ -22,13 +23,20 @@ def movie_register_commands(cli):
     @click.option("--width", type=click.IntRange(min=8), default=512, show_default=True, help="Frame width.")
     @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per call.")
     @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+    @click.option("--detail", type=click.Choice(DETAIL_MODES),
+                  help="The output rule the manifest gives the app (as `movie edit --detail`): none resizes the "
+                  "model's frames back; global / local apply its colour map to the source's own pixels (default: "
+                  "the recipe's; the built-in model's is global).")
     @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-    def export(out: str, height: int, width: int, batch_size: int, overwrite: bool, as_json: bool, **kw: Any) -> None:
+    def export(out: str, height: int, width: int, batch_size: int, overwrite: bool, detail: str | None, as_json: bool,
+               **kw: Any) -> None:
         """Export a recipe's text encoder, encoder, UNet and decoder as deployable artifacts for --backend."""
         from movie_core.options import resolve_recipe
         from movie_plugins.backends._export import export_recipe
 
         recipe, model, _ = resolve_recipe(kw, builtin=True)  # no --model/--init: the built-in nano weights
+        if detail is not None:
+            recipe = recipe.replace(detail=detail)
         manifest = export_recipe(recipe, model, Path(out), height=height, width=width, batch_size=batch_size,
                                  overwrite=overwrite)
         if as_json:
