@@ -195,6 +195,41 @@ def test_pairs_give_the_generator_the_noise_the_teacher_sampled_from(work, data,
     assert torch.allclose(x0, again, atol=1e-5)  # the teacher's sample from exactly that noise
 
 
+def test_noise_pairs_sample_the_teacher_from_the_generators_own_noise(work, data, edit_teacher, monkeypatch):
+    """real=noise-pairs on a guidance-embedded teacher: at t = 999 the teacher samples from the very noise the
+    generator gets as x_t, at the step's sampled scales, fresh each step (not cached); where x_t is not pure noise
+    (terminal=schedule) and with real=teacher the teacher's sample starts from noise of its own."""
+    import movie_plugins.distillers._ufogen as ufogen
+
+    seen: list[tuple[str, torch.Tensor | None, torch.Tensor]] = []
+    sample, guided = ufogen.UFOGenDistiller.teacher_sample, ufogen.guided_x0
+
+    def teacher_sample(self, src, emb, s_i, s_t, latents=None):
+        seen.append(("teacher", None if latents is None else latents.clone(), s_i.clone()))
+        return sample(self, src, emb, s_i, s_t, latents=latents)
+
+    def guided_x0(den, x_t, t, src, emb, s_i, s_t, *args, **kw):
+        if den is not None and any(p.requires_grad for p in den.unet.parameters()):  # the generator's call
+            seen.append(("generator", x_t.clone(), s_i.clone()))
+        return guided(den, x_t, t, src, emb, s_i, s_t, *args, **kw)
+
+    monkeypatch.setattr(ufogen.UFOGenDistiller, "teacher_sample", teacher_sample)
+    monkeypatch.setattr(ufogen, "guided_x0", guided_x0)
+    for real, terminal in (("noise-pairs", "noise"), ("teacher", "noise"), ("noise-pairs", "schedule")):
+        seen.clear()
+        d = distiller(real=real, timesteps=1, teacher_steps=2, terminal=terminal)
+        run(d, edit_teacher, data, work / f"np-{real}-{terminal}", config(3), progress=False)
+        assert not d.conditional and not d.pair_cache
+        pairs = list(zip(seen[::2], seen[1::2]))
+        assert len(pairs) == 3 and all(a[0] == "teacher" and b[0] == "generator" for a, b in pairs)
+        for (_, start, s_teacher), (_, x_t, s_gen) in pairs:
+            assert torch.equal(s_teacher, s_gen)  # the teacher's sample at the generator's scales
+            paired = start is not None and torch.equal(start, x_t)
+            assert paired == (real == "noise-pairs" and terminal == "noise"), (real, terminal)
+        if real == "noise-pairs" and terminal == "noise":
+            assert not torch.equal(pairs[0][1][1], pairs[1][1][1])  # fresh noise each step
+
+
 def test_md_vae_editing_model_with_ema_and_lora(work, data):
     """The MobileDiffusion editing stage in md-vae's 8-channel latent space, recon=ema with LoRA: runs and exports."""
     from movie_core.recipe import preset

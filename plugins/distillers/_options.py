@@ -172,7 +172,10 @@ class UFOGenOptions(GuidanceRanges):
     once per example, from a noise fixed per training example, both seeded by its index and computed once, and at
     t = 999 the generator's input is that noise: the generator learns the teacher's noise-to-image map, where the
     data or a teacher sample from other noise teach it at pure noise only the mean over all the prompt allows, a
-    blur of every position), 'auto' (teacher for guidance-embedded teachers, else data). timesteps: the generator
+    blur of every position), 'noise-pairs' (as 'teacher', but at t = 999 the teacher samples from the generator's
+    own input noise, drawn fresh each step with fresh scales: the generator learns the teacher's noise-to-image map
+    at every scale, so a scale's effect on that map is not lost in the spread of samples from other noises), 'auto'
+    (teacher for guidance-embedded teachers, else data). timesteps: the generator
     trains at t in {999 k / timesteps, k = 1..timesteps} (t = 999 is the one step at inference) and t-1 is the next
     lower one (0 below the lowest). The loss weights are ours; the paper's gamma_t is taken as 1.
     scales: the guidance scales the generator's output is taken at. 'sampled': s_I, s_T per example from the ranges
@@ -191,7 +194,8 @@ class UFOGenOptions(GuidanceRanges):
     lora_alpha: float | None = attrs.field(default=None, converter=attrs.converters.optional(float),
                                            validator=attrs.validators.optional(_pos))
     recon_ema_decay: float = _float(default=0.999, validator=_prob)
-    real: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "data", "teacher", "pairs")))
+    real: str = attrs.field(default="auto", validator=attrs.validators.in_(
+        ("auto", "data", "teacher", "pairs", "noise-pairs")))
     teacher_steps: int = attrs.field(default=5, converter=int, validator=attrs.validators.ge(1))
     timesteps: int = attrs.field(default=4, converter=int, validator=attrs.validators.ge(1))
     lambda_recon: float = _float(default=1.0, validator=_ge0)

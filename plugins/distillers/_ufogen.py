@@ -17,7 +17,8 @@ One training step (Eq. 1):
   1. real x0: the dataset's target latents (`real=data`), or the teacher's `teacher_steps`-step sample at the
      sampled scales (`real=teacher`; `auto` picks it for guidance-embedded teachers so s_I, s_T keep steering);
      s_I ~ U[1, 3], s_T ~ U[2, 14] per example (the options' ranges); or (`real=pairs`) the teacher's sample from a
-     noise fixed per training example, cached, whose noise is the generator's x_t at t = 999.
+     noise fixed per training example, cached, whose noise is the generator's x_t at t = 999; or (`real=noise-pairs`)
+     the teacher's sample at the sampled scales from the generator's own x_t at t = 999, fresh each step.
   2. t from the generator's grid {999 k / K} (K = `timesteps`), t-1 the next lower grid point (0 below the lowest);
      x_t = alpha_t x0 + sigma_t eps (at t = 999 with `terminal=noise` x_t = eps, the one-step sampler's input);
      x0' = G(x_t, t) = the x0 estimate of the student's guided output.
@@ -215,7 +216,7 @@ class UFOGenDistiller(BuiltinDistiller):
     # --- one step ----------------------------------------------------------------------------------------------
 
     def real_x0(self, src, tgt, emb, s_i, s_t) -> torch.Tensor:
-        if self.real == "data":
+        if self.real == "data":  # (noise-pairs where x_t is not pure noise: the teacher from other noise, as 'teacher')
             return tgt
         with torch.no_grad():
             return self.teacher_sample(src, emb, s_i, s_t)
@@ -268,8 +269,13 @@ class UFOGenDistiller(BuiltinDistiller):
         n, dev = src.shape[0], src.device
         s_i, s_t = sample_guidance(o, n, dev)  # the teacher's scales for real=teacher
         k = int(torch.randint(1, o.timesteps + 1, (1,)).item())
+        top = k == o.timesteps and o.terminal == "noise"
         if self.real == "pairs":
             start, x0 = self.pairs(batch["index"], src, emb)
+        elif self.real == "noise-pairs" and top:  # the teacher from the generator's own noise, fresh each step
+            start = torch.randn_like(src)  # the latents' shape (as pairs' noise)
+            with torch.no_grad():
+                x0 = self.teacher_sample(src, emb, s_i, s_t, latents=start)
         else:
             start, x0 = None, self.real_x0(src, tgt, emb, s_i, s_t)
         if self.conditional:  # the generator (and a distill/ema target) at s = 1
@@ -277,7 +283,6 @@ class UFOGenDistiller(BuiltinDistiller):
         t, t_prev = self.grid[k], self.grid[k - 1]
         alpha, sigma = vp_coefficients(self.acp, t.view(1))
         alpha_p, sigma_p = vp_coefficients(self.acp, t_prev.view(1))
-        top = k == o.timesteps and o.terminal == "noise"
         x_t = start if start is not None and top else self.generator_input(x0, k)
         x0_gen = guided_x0(self.student, x_t, t, src, emb, s_i, s_t, self.null_emb, alpha, sigma, self.conditional)
         noise = torch.randn_like(x0)
