@@ -6,7 +6,8 @@ with the same batch, resolution, learning rate and data (procedural edits, gener
 
 * adversarial: the shipped recipe's options (`data_weight=1`, 5-step LCM teacher samples, hinge GAN + MSE);
 * ufogen: `recon=diffusion` (the paper's final choice), real x0 from the teacher at the sampled s_I, s_T (`real=auto`
-  for a guidance-embedded teacher), lr_d = lr.
+  for a guidance-embedded teacher), lr_d = lr; --ufogen-real adds rows with other real x0 (`noise-pairs`: the
+  teacher's sample from the generator's own noise). --seeds trains every recipe once per seed and adds the means.
 
 Scored on held-out procedural edits (another generator seed): PSNR / SSIM of the 1-step edit against the ground
 truth at the movie preset's scales (s_I 1.5, s_T 7.5), and the controllability response: edit strength (mean
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table5", action="store_true", help="MobileDiffusion's Table 5 grid: ufogen's three "
                     "reconstruction losses x full or LoRA fine-tuning (instead of ufogen vs adversarial).")
     ap.add_argument("--lora-rank", type=int, default=4, help="LoRA rank of the --table5 LoRA rows.")
+    ap.add_argument("--ufogen-real", nargs="+", default=["auto"], choices=["auto", "teacher", "noise-pairs", "pairs"],
+                    help="ufogen's real x0 (-O real=...), one row each (default: auto, i.e. teacher here).")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="Training seeds: every recipe once per seed "
+                    "(rows named '... seed N' when more than one), and the mean over seeds per recipe.")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -104,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     recipes: dict[str, dict] = {
         # the shipped recipe, whose teacher sampler is the student's own start (the same vpred teacher as ufogen's)
         "adversarial": {"data_weight": 1.0, "lr_d": args.lr, "teacher_sampler": "student-init"},
-        "ufogen": {"recon": "diffusion", "lr_d": args.lr},
+        **{"ufogen" + ("" if real == "auto" else f" real={real}"): {"recon": "diffusion", "lr_d": args.lr} | (
+            {} if real == "auto" else {"real": real}) for real in args.ufogen_real},
     }
     if args.table5:  # Table 5: reconstruction loss x full / LoRA fine-tuning, all ufogen
         recipes = {f"ufogen recon={recon}, {'LoRA rank ' + str(args.lora_rank) if lora else 'full'}":
@@ -118,19 +124,31 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
                     "command": "nice -n 10 python scripts/ufogen_vs_adversarial.py " + " ".join(argv or sys.argv[1:]),
                     "rows": {}}
-    for name, options in recipes.items():
-        spec = get_registry().get("distiller", name.split()[0])
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, resolution=args.resolution,
-                          log_every=10, checkpoint_every=10_000, seed=0, cache_latents=True)
-        out = work / "".join(c if c.isalnum() else "-" for c in name)
-        t0 = time.perf_counter()
-        if not out.exists():
-            run(spec.load_factory()(spec.make_config(**options)), args.teacher, train, out, cfg, progress=False)
-        seconds = time.perf_counter() - t0
-        row = score(out, held, args.held_out)
-        row |= {"options": options, "train_seconds": round(seconds, 1)}
-        result["rows"][name] = row
-        print(name, json.dumps(row), flush=True)
+    for seed in args.seeds:
+        for recipe_name, options in recipes.items():
+            name = recipe_name + (f" seed {seed}" if len(args.seeds) > 1 else "")
+            spec = get_registry().get("distiller", name.split()[0])
+            cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, resolution=args.resolution,
+                              log_every=10, checkpoint_every=10_000, seed=seed, cache_latents=True)
+            out = work / "".join(c if c.isalnum() else "-" for c in name)
+            t0 = time.perf_counter()
+            if not out.exists():
+                run(spec.load_factory()(spec.make_config(**options)), args.teacher, train, out, cfg, progress=False)
+            seconds = time.perf_counter() - t0
+            row = score(out, held, args.held_out)
+            row |= {"options": options, "seed": seed, "train_seconds": round(seconds, 1)}
+            result["rows"][name] = row
+            print(name, json.dumps(row), flush=True)
+    if len(args.seeds) > 1:  # per recipe: the mean over seeds, and in how many seeds each scale's response held
+        result["means"] = {}
+        for recipe_name in recipes:
+            rows = [result["rows"][f"{recipe_name} seed {seed}"] for seed in args.seeds]
+            result["means"][recipe_name] = {
+                "psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows])),
+                **{key: {v: float(np.mean([r[key][v] for r in rows])) for v in rows[0][key]}
+                   for key in ("strength_vs_s_T", "strength_vs_s_I")},
+                "monotonic_in_seeds": {k: sum(r["monotonic"][k] for r in rows) for k in rows[0]["monotonic"]},
+                "seeds": list(args.seeds)}
     for name, folder in (("shipped 1-step (adversarial, 1000 steps)", args.shipped),
                          ("teacher (vpred) at 1 step", args.teacher)):
         result["rows"][name] = score(folder, held, args.held_out)
