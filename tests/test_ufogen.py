@@ -195,7 +195,8 @@ def test_pairs_give_the_generator_the_noise_the_teacher_sampled_from(work, data,
     assert torch.allclose(x0, again, atol=1e-5)  # the teacher's sample from exactly that noise
 
 
-def test_noise_pairs_sample_the_teacher_from_the_generators_own_noise(work, data, edit_teacher, monkeypatch):
+def test_noise_pairs_sample_the_teacher_from_the_generators_own_noise(work, data, edit_teacher, t2i_teacher,
+                                                                     monkeypatch):
     """real=noise-pairs on a guidance-embedded teacher: at t = 999 the teacher samples from the very noise the
     generator gets as x_t, at the step's sampled scales, fresh each step (not cached); where x_t is not pure noise
     (terminal=schedule) and with real=teacher the teacher's sample starts from noise of its own."""
@@ -228,6 +229,12 @@ def test_noise_pairs_sample_the_teacher_from_the_generators_own_noise(work, data
             assert paired == (real == "noise-pairs" and terminal == "noise"), (real, terminal)
         if real == "noise-pairs" and terminal == "noise":
             assert not torch.equal(pairs[0][1][1], pairs[1][1][1])  # fresh noise each step
+    # a 2-pass CFG teacher: the generator is its conditional pass, as with real=pairs (the teacher samples guided)
+    seen.clear()
+    d = distiller(real="noise-pairs", timesteps=1, teacher_steps=2)
+    run(d, t2i_teacher, data, work / "np-t2i", config(1), progress=False)
+    assert d.conditional and load(work / "np-t2i").recipe.text_guidance == 1.0
+    assert seen[1][0] == "generator" and torch.equal(seen[0][1], seen[1][1])
 
 
 def test_md_vae_editing_model_with_ema_and_lora(work, data):

@@ -182,9 +182,9 @@ class UFOGenOptions(GuidanceRanges):
     (the guided output is what is trained and what the exported recipe's scales, clamped into the ranges, sample);
     'conditional': s_I = s_T = 1, the prompt's (and source's) pass alone, and the exported recipe samples at 1
     (UFOGen's one-step text-to-image model has no classifier-free guidance; with real=teacher or pairs the teacher
-    still samples at the ranges' scales); 'auto': conditional when the real x0 is the data or pairs and the teacher's
-    guidance is 2- or 3-pass CFG (data carry no guidance: one guided output can not match them at every scale, and
-    the unconditional pass does not see the prompt), else sampled.
+    still samples at the ranges' scales); 'auto': conditional when the real x0 is the data or (noise-)pairs and the
+    teacher's guidance is 2- or 3-pass CFG (data carry no guidance: one guided output can not match them at every
+    scale, and the unconditional pass does not see the prompt), else sampled.
     terminal: the generator's input at t = 999. 'noise': pure noise, what the one-step sampler starts from (SD's
     schedule keeps alpha_999 = 0.068 of x0 there, enough for a generator trained on it to read an image's mean
     colour from x_t, which inference never gives it); 'schedule': alpha_999 x0 + sigma_999 eps."""

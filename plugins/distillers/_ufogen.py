@@ -182,7 +182,8 @@ class UFOGenDistiller(BuiltinDistiller):
         self.real = o.real if o.real != "auto" else ("teacher" if teacher.guidance == "embedded" else "data")
         self.grid = timestep_grid(o.timesteps, accelerator.device)
         self.conditional = o.scales == "conditional" or (
-            o.scales == "auto" and self.real in ("data", "pairs") and teacher.guidance in ("cfg2", "cfg3"))
+            o.scales == "auto" and self.real in ("data", "pairs", "noise-pairs")
+            and teacher.guidance in ("cfg2", "cfg3"))
         self.pair_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
         disc = UNetDiscriminator(teacher, o.head_channels).to(accelerator.device)
         disc.train()
