@@ -1,10 +1,11 @@
 """Measure the reference app loop against `movie edit` (not a test): max and mean pixel differences.
 
 For each backend (onnx: onnxruntime's CPU provider; hexagon: QNN context binaries in onnxruntime-qnn's HTP
-emulator, fp16) and each case (one frame with `--anchor none`; three frames with the default middle anchor; those
-two with `--detail global` / `local` on frames twice the working size, the output rule the default model uses):
-`movie export` of the `movie` recipe (built-in nano weights) at the size, `movie edit` of the same synthetic frames, and examples/app_loop.py on the export in a subprocess where torch, diffusers, transformers and
-tokenizers cannot be imported. Writes the figures, the commands and the versions as JSON.
+emulator, fp16) and each case (one frame with `--anchor none`; three frames with the default middle anchor; three
+frames with `--detail global` and one with `--detail local`, on frames twice the working size: the output rule the
+default model uses): `movie export` of the `movie` recipe (built-in nano weights) at the size, `movie edit` of the
+same synthetic frames, and examples/app_loop.py on the export in a subprocess where torch, diffusers, transformers
+and tokenizers cannot be imported. Writes the figures, the commands and the versions as JSON.
 
     python scripts/export_app_loop.py [--backends onnx,hexagon] [--out docs/results/export_app_loop.json]
 """

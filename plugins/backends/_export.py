@@ -184,7 +184,7 @@ def _detail_rule(mode: str) -> dict[str, Any]:
     if mode == "none":
         return {"mode": "none", "rule": "the decoder's frame, cropped, is the output (resized back: size_policy.crop)"}
     maps = ("one map per frame, fitted on all of its pixels" if mode == "global" else
-            f"one map per (2r+1)^2 window, r = radius, clipped at the border; each pixel's map the mean of the maps of "
+            "one map per (2r+1)^2 window, r = radius, clipped at the border; each pixel's map the mean of the maps of "
             "the windows covering it (running sums); the maps resized to the source size (bilinear, half-pixel "
             "centres, no antialiasing) and applied there")
     rule = {"mode": mode, "eps": detail.EPS, "colours": "[0, 1]: (x + 1) / 2 of the [-1, 1] images",
