@@ -42,7 +42,7 @@ S_T = (2.0, 5.0, 7.5, 10.0, 14.0)
 S_I = (1.0, 1.5, 2.0, 3.0)
 
 
-def score(folder: Path, held: Path, n: int) -> dict:
+def score(folder: Path, held: Path, n: int, steps: int = 1) -> dict:
     from movie_core.data.datasets import open_dataset
     from movie_core.evaluate import PipelinePredictor, psnr, ssim
     from movie_core.training.distiller import Distiller
@@ -52,7 +52,7 @@ def score(folder: Path, held: Path, n: int) -> dict:
     samples = [ds[i] for i in range(min(n, len(ds)))]
     sources = [s["source"] for s in samples]
     prompts = [s["instruction"] for s in samples]
-    predictor = PipelinePredictor(pipe, steps=1, seed=0)
+    predictor = PipelinePredictor(pipe, steps=steps, seed=0)
     out = predictor.at(s_T=7.5, s_I=1.5)(sources, prompts)
     row = {"psnr": float(np.mean([psnr(o, s["edited"]) for o, s in zip(out, samples)])),
            "ssim": float(np.mean([ssim(o, s["edited"]) for o, s in zip(out, samples)]))}
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora-rank", type=int, default=4, help="LoRA rank of the --table5 LoRA rows.")
     ap.add_argument("--ufogen-real", nargs="+", default=["auto"], choices=["auto", "teacher", "noise-pairs", "pairs"],
                     help="ufogen's real x0 (-O real=...), one row each (default: auto, i.e. teacher here).")
+    ap.add_argument("--teacher-steps", nargs="*", type=int, default=[5, 8], help="Also score the teacher at these "
+                    "steps (5: the sampler real=teacher draws its real x0 with; its response is the students' ceiling).")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="Training seeds: every recipe once per seed "
                     "(rows named '... seed N' when more than one), and the mean over seeds per recipe.")
     args = ap.parse_args(argv)
@@ -132,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                               log_every=10, checkpoint_every=10_000, seed=seed, cache_latents=True)
             out = work / "".join(c if c.isalnum() else "-" for c in name)
             t0 = time.perf_counter()
+            timing = out / "train_seconds.json"  # a model found in --work keeps the time it was trained in
             if not out.exists():
                 run(spec.load_factory()(spec.make_config(**options)), args.teacher, train, out, cfg, progress=False)
-            seconds = time.perf_counter() - t0
+                timing.write_text(json.dumps(time.perf_counter() - t0) + "\n")
+            seconds = json.loads(timing.read_text()) if timing.is_file() else time.perf_counter() - t0
             row = score(out, held, args.held_out)
             row |= {"options": options, "seed": seed, "train_seconds": round(seconds, 1)}
             result["rows"][name] = row
@@ -149,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                    for key in ("strength_vs_s_T", "strength_vs_s_I")},
                 "monotonic_in_seeds": {k: sum(r["monotonic"][k] for r in rows) for k in rows[0]["monotonic"]},
                 "seeds": list(args.seeds)}
-    for name, folder in (("shipped 1-step (adversarial, 1000 steps)", args.shipped),
-                         ("teacher (vpred) at 1 step", args.teacher)):
-        result["rows"][name] = score(folder, held, args.held_out)
+    for name, folder, steps in (("shipped 1-step (adversarial, 1000 steps)", args.shipped, 1),
+                                ("teacher (vpred) at 1 step", args.teacher, 1),
+                                *((f"teacher (vpred) at {k} steps", args.teacher, k) for k in args.teacher_steps)):
+        result["rows"][name] = score(folder, held, args.held_out, steps)
         print(name, json.dumps(result["rows"][name]), flush=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{'model':44s} {'PSNR':>6s} {'SSIM':>6s}  strength s_T 2->14      s_I 1->3     monotonic")
