@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ufogen-real", nargs="+", default=["auto"], choices=["auto", "teacher", "noise-pairs", "pairs"],
                     help="ufogen's real x0 (-O real=...), one row each (default: auto, i.e. teacher here).")
     ap.add_argument("--teacher-steps", nargs="*", type=int, default=[5, 8], help="Also score the teacher at these "
-                    "steps (5: the sampler real=teacher draws its real x0 with; its response is the students' ceiling).")
+                    "steps (5: the sampler real=teacher draws its real x0 with; its response bounds the students').")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="Training seeds: every recipe once per seed "
                     "(rows named '... seed N' when more than one), and the mean over seeds per recipe.")
     args = ap.parse_args(argv)
