@@ -133,8 +133,8 @@ def main() -> None:
             img = np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
         return img.astype(np.float32) / 127.5 - 1.0
 
-    def unet(name: str, img: np.ndarray, kv: list[np.ndarray]) -> list[np.ndarray]:
-        x = np.pad(model_input(img), ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    def unet(name: str, x: np.ndarray, kv: list[np.ndarray]) -> list[np.ndarray]:  # x: model_input's, edge-padded
+        x = np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
         feeds = {"initial_noise": const["initial_noise"], "text_emb": text_emb,
                  "image_latents": sessions["encoder"].run(None, {"images": x.transpose(2, 0, 1)[None]})[0],
                  "time_features": const["time_features"][:1], "guidance_features": const["guidance_features"]}
@@ -144,13 +144,14 @@ def main() -> None:
 
     policy, pick, kv = m["anchor"]["policy"], {"middle": len(sources) // 2, "first": 0}, []
     if "unet_replay" in sessions:  # the anchor frame's self-attention keys/values, replayed for every frame
-        kv = unet("unet", sources[pick[policy] if policy in pick else int(policy)], [])[1:]
+        kv = unet("unet", model_input(sources[pick[policy] if policy in pick else int(policy)]), [])[1:]
     Path(a.out).mkdir(parents=True, exist_ok=True)
     for i, src in enumerate(sources):
-        y = sessions["decoder"].run(None, {"latents": unet("unet_replay" if kv else "unet", src, kv)[0]})[0]
+        x = model_input(src)
+        y = sessions["decoder"].run(None, {"latents": unet("unet_replay" if kv else "unet", x, kv)[0]})[0]
         y = y[0, :, :h, :w].transpose(1, 2, 0)
         if detail["mode"] != "none":  # the model's colour map on the source's own pixels (the manifest's rule)
-            y = colour_map(detail, (model_input(src) + 1) / 2, (y + 1) / 2, src / 255.0) * 2 - 1
+            y = colour_map(detail, (x + 1) / 2, (y + 1) / 2, src / 255.0) * 2 - 1
         y = np.round((np.clip(y, -1, 1) + 1) * 127.5).astype(np.uint8)
         if y.shape[:2] != src.shape[:2]:  # back to the source's size
             y = np.asarray(Image.fromarray(y).resize((src.shape[1], src.shape[0]), Image.BICUBIC))

@@ -217,7 +217,7 @@ class UFOGenDistiller(BuiltinDistiller):
     # --- one step ----------------------------------------------------------------------------------------------
 
     def real_x0(self, src, tgt, emb, s_i, s_t) -> torch.Tensor:
-        if self.real == "data":  # (noise-pairs where x_t is not pure noise: the teacher from other noise, as 'teacher')
+        if self.real == "data":
             return tgt
         with torch.no_grad():
             return self.teacher_sample(src, emb, s_i, s_t)
@@ -274,6 +274,7 @@ class UFOGenDistiller(BuiltinDistiller):
         if self.real == "pairs":
             start, x0 = self.pairs(batch["index"], src, emb)
         elif self.real == "noise-pairs" and top:  # the teacher from the generator's own noise, fresh each step
+            # (below t = 999 x_t is made from x0, so noise-pairs samples the teacher from other noise, as 'teacher')
             start = torch.randn_like(src)  # the latents' shape (as pairs' noise)
             with torch.no_grad():
                 x0 = self.teacher_sample(src, emb, s_i, s_t, latents=start)
