@@ -237,6 +237,52 @@ def test_noise_pairs_sample_the_teacher_from_the_generators_own_noise(work, data
     assert seen[1][0] == "generator" and torch.equal(seen[0][1], seen[1][1])
 
 
+def test_teacher_sampler_model_draws_the_real_x0(capsys, work, data, edit_teacher, t2i_teacher, monkeypatch):
+    """teacher_sampler_model: the real x0 of real=teacher comes from that folder's denoiser (another UNet, the same
+    text tower), while the generator still starts as the --teacher; a sampler of another kind or text tower is
+    refused in one line before anything is written."""
+    from movie_core.composer import compose
+    from movie_core.loading import build
+    from movie_core.recipe import preset
+
+    pipe = build(compose(preset("mmg").replace(size="nano", seed=0)))  # the edit teacher's text tower (same seed)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in pipe.denoiser.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pipe.save_pretrained(work / "sampler")
+    callers: list[object] = []
+    original = type(load(edit_teacher).denoiser).sample
+
+    def sample(self, *args, **kw):
+        if kw.get("steps") == 2:  # the real x0's sampler runs teacher_steps = 2
+            callers.append(self)
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(type(load(edit_teacher).denoiser), "sample", sample)
+    for sampler in (None, work / "sampler"):
+        callers.clear()
+        options = {"teacher_sampler_model": str(sampler)} if sampler else {}
+        d = distiller(real="teacher", timesteps=1, teacher_steps=2, **options)
+        run(d, edit_teacher, data, work / f"sampled-{bool(sampler)}", config(2), progress=False)
+        assert len(callers) == 2 and all(c is d.sampler for c in callers)
+        assert (d.sampler is d.teacher.denoiser) == (sampler is None)
+        if sampler:  # another UNet samples; the generator started from the teacher's
+            a, b = d.sampler.unet.state_dict(), d.teacher.denoiser.unet.state_dict()
+            assert any(not torch.equal(a[k], b[k]) for k in a)
+    other = build(compose(preset("mmg").replace(size="nano", seed=1)))  # another text tower
+    other.save_pretrained(work / "other-text")
+    capsys.readouterr()  # the saves' progress bars
+    for folder, what in ((t2i_teacher, "text-to-image"), (work / "other-text", "text tower")):
+        code, _, err = run_cli(capsys, "distill", "ufogen", "--teacher", str(edit_teacher), "--data", str(data),
+                               "--out", str(work / "never-sampled"), "-O", f"teacher_sampler_model={folder}",
+                               "--steps", "1", "--no-progress")
+        # (transformers' loading bar: imported by the test session before the CLI could turn it off)
+        lines = [line for line in err.strip().splitlines() if line.strip() and "it/s]" not in line]
+        assert code == 2 and what in err and len(lines) == 1 and "Traceback" not in err, err
+        assert not (work / "never-sampled").exists()
+
+
 def test_md_vae_editing_model_with_ema_and_lora(work, data):
     """The MobileDiffusion editing stage in md-vae's 8-channel latent space, recon=ema with LoRA: runs and exports."""
     from movie_core.recipe import preset

@@ -187,7 +187,12 @@ class UFOGenOptions(GuidanceRanges):
     scale, and the unconditional pass does not see the prompt), else sampled.
     terminal: the generator's input at t = 999. 'noise': pure noise, what the one-step sampler starts from (SD's
     schedule keeps alpha_999 = 0.068 of x0 there, enough for a generator trained on it to read an image's mean
-    colour from x_t, which inference never gives it); 'schedule': alpha_999 x0 + sigma_999 eps."""
+    colour from x_t, which inference never gives it); 'schedule': alpha_999 x0 + sigma_999 eps.
+    teacher_sampler_model: a model folder whose denoiser draws the real x0 of real=teacher, pairs and noise-pairs
+    in place of the --teacher (which still starts the generator and the discriminator): MoViE's Appendix B samples
+    its adversarial teacher from the Stage-3 (guidance-distilled) model, so `nano:mobile-pix2pix-mmg` with a
+    v-prediction --teacher gives ufogen the teacher `adversarial` has by default. Its text tower must match the
+    teacher's (the prompt embeddings are the teacher's; checked on the empty prompt)."""
 
     recon: str = attrs.field(default="diffusion", validator=attrs.validators.in_(("diffusion", "distill", "ema")))
     lora: int | None = attrs.field(default=None, converter=attrs.converters.optional(int), validator=_lora_rank)
@@ -204,6 +209,7 @@ class UFOGenOptions(GuidanceRanges):
     head_channels: int = attrs.field(default=32, converter=int, validator=attrs.validators.ge(1))
     scales: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "sampled", "conditional")))
     terminal: str = attrs.field(default="noise", validator=attrs.validators.in_(("noise", "schedule")))
+    teacher_sampler_model: str | None = None
 
 
 T2I_INIT = ("auto", "model", "random")

@@ -185,6 +185,9 @@ class UFOGenDistiller(BuiltinDistiller):
             o.scales == "auto" and self.real in ("data", "pairs", "noise-pairs")
             and teacher.guidance in ("cfg2", "cfg3"))
         self.pair_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.sampler = teacher
+        if o.teacher_sampler_model:
+            self.sampler = self.load_sampler(Path(o.teacher_sampler_model), accelerator.device)
         disc = UNetDiscriminator(teacher, o.head_channels).to(accelerator.device)
         disc.train()
         opt_d = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=o.lr_d, weight_decay=0.0)
@@ -201,6 +204,31 @@ class UFOGenDistiller(BuiltinDistiller):
             ema.requires_grad_(False).eval()
             self.ema_student = ema
             accelerator.register_for_checkpointing(ema.unet)  # resumed with the run
+
+    def load_sampler(self, folder: Path, device: torch.device) -> Any:
+        """teacher_sampler_model's denoiser, if it can sample for this teacher: the same kind of model (an editing
+        or a text-to-image denoiser, as the teacher), the same latents and the same prompt embeddings."""
+        teacher = self.teacher.denoiser
+        pipe = self.load_teacher(folder, device)
+        sampler = pipe.denoiser
+        where = f"ufogen: teacher_sampler_model {folder}"
+        if sampler.prediction_type not in ("epsilon", "v_prediction"):
+            raise UsageError(f"{where} predicts '{sampler.prediction_type}'; it needs epsilon or v_prediction")
+        def kind(den: Any) -> str:
+            return "an instruction-editing" if hasattr(den, "stage_info") else "a text-to-image"
+
+        if kind(sampler) != kind(teacher):
+            raise UsageError(f"{where} is {kind(sampler)} model, the teacher {kind(teacher)} one; the sampler "
+                             "must be of the teacher's kind")
+        mine, theirs = (pipe.composition.denoiser_latent_space(),
+                        self.teacher.composition.denoiser_latent_space())
+        if mine != theirs:
+            raise UsageError(f"{where} works in the '{mine}' latent space, the teacher in '{theirs}'")
+        null = sampler.encode_prompt([""])
+        if null.shape != self.null_emb.shape or not torch.allclose(null.to(self.null_emb), self.null_emb, atol=1e-4):
+            raise UsageError(f"{where} has another text tower than the teacher (its prompt embeddings differ); "
+                             "the sampler is given the teacher's")
+        return sampler
 
     def _disc_module(self) -> UNetDiscriminator:
         return getattr(self.disc, "module", self.disc)
@@ -223,8 +251,8 @@ class UFOGenDistiller(BuiltinDistiller):
             return self.teacher_sample(src, emb, s_i, s_t)
 
     def teacher_sample(self, src, emb, s_i, s_t, latents: torch.Tensor | None = None) -> torch.Tensor:
-        return self.teacher.denoiser.sample(src, emb, steps=self.options.teacher_steps, s_T=s_t.view(-1, 1, 1, 1),
-                                            s_I=s_i.view(-1, 1, 1, 1), null_emb=self.null_emb, latents=latents)
+        return self.sampler.sample(src, emb, steps=self.options.teacher_steps, s_T=s_t.view(-1, 1, 1, 1),
+                                   s_I=s_i.view(-1, 1, 1, 1), null_emb=self.null_emb, latents=latents)
 
     @torch.no_grad()
     def pairs(self, index: list[Any], src, emb) -> tuple[torch.Tensor, torch.Tensor]:
