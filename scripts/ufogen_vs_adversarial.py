@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="ufogen's real x0 (-O real=...), one row each (default: auto, i.e. teacher here).")
     ap.add_argument("--teacher-steps", nargs="*", type=int, default=[5, 8], help="Also score the teacher at these "
                     "steps (5: the sampler real=teacher draws its real x0 with; its response bounds the students').")
+    ap.add_argument("--sampler", type=Path, default=None, help="The model both recipes draw their real x0 from "
+                    "(adversarial -O teacher_sampler=stage3, ufogen -O teacher_sampler_model; both still start from "
+                    "--teacher): Appendix B's Stage-3 model, e.g. plugins/nano/mobile-pix2pix-mmg. Default: the "
+                    "--teacher itself. Scored at --teacher-steps in its place.")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="Training seeds: every recipe once per seed "
                     "(rows named '... seed N' when more than one), and the mean over seeds per recipe.")
     args = ap.parse_args(argv)
@@ -108,18 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     if not held.exists():
         writer.write_nano(held, count=2 * args.held_out, videos=0, size=args.resolution, seed=11,
                               test_fraction=0.5)
+    # the shipped recipe's teacher sampler is the student's own start (the same vpred teacher as ufogen's); with
+    # --sampler both draw from that model (adversarial also takes it as the discriminator's backbone, Appendix B)
+    args.sampler = args.sampler.resolve() if args.sampler else None
+    sampler = {"teacher_sampler_model": str(args.sampler)} if args.sampler else {}
     recipes: dict[str, dict] = {
-        # the shipped recipe, whose teacher sampler is the student's own start (the same vpred teacher as ufogen's)
-        "adversarial": {"data_weight": 1.0, "lr_d": args.lr, "teacher_sampler": "student-init"},
+        "adversarial": {"data_weight": 1.0, "lr_d": args.lr} | (
+            {"teacher_sampler": "stage3"} | sampler if sampler else {"teacher_sampler": "student-init"}),
         **{"ufogen" + ("" if real == "auto" else f" real={real}"): {"recon": "diffusion", "lr_d": args.lr} | (
-            {} if real == "auto" else {"real": real}) for real in args.ufogen_real},
+            {} if real == "auto" else {"real": real}) | sampler for real in args.ufogen_real},
     }
     if args.table5:  # Table 5: reconstruction loss x full / LoRA fine-tuning, all ufogen
         recipes = {f"ufogen recon={recon}, {'LoRA rank ' + str(args.lora_rank) if lora else 'full'}":
                    {"recon": recon, "lr_d": args.lr, **({"lora": args.lora_rank} if lora else {})}
                    for lora in (False, True) for recon in ("diffusion", "distill", "ema")}
-    result: dict = {"teacher": str(args.teacher.relative_to(ROOT)) if args.teacher.is_relative_to(ROOT)
-                    else str(args.teacher),
+    def shown(folder: Path) -> str:
+        return str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)
+
+    result: dict = {"teacher": shown(args.teacher), "sampler": shown(args.sampler or args.teacher),
                     "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                               "resolution": args.resolution, "train_count": args.train_count, "data_seed": 0},
                     "held_out": {"count": args.held_out, "data_seed": 11, "scales": {"s_I": 1.5, "s_T": 7.5}},
@@ -140,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 timing.write_text(json.dumps(time.perf_counter() - t0) + "\n")
             seconds = json.loads(timing.read_text()) if timing.is_file() else time.perf_counter() - t0
             row = score(out, held, args.held_out)
-            row |= {"options": options, "seed": seed, "train_seconds": round(seconds, 1)}
+            shown_options = options | ({"teacher_sampler_model": shown(args.sampler)} if args.sampler else {})
+            row |= {"options": shown_options, "seed": seed, "train_seconds": round(seconds, 1)}
             result["rows"][name] = row
             print(name, json.dumps(row), flush=True)
     if len(args.seeds) > 1:  # per recipe: the mean over seeds, and in how many seeds each scale's response held
@@ -153,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                    for key in ("strength_vs_s_T", "strength_vs_s_I")},
                 "monotonic_in_seeds": {k: sum(r["monotonic"][k] for r in rows) for k in rows[0]["monotonic"]},
                 "seeds": list(args.seeds)}
+    drawn = args.sampler or args.teacher
     for name, folder, steps in (("shipped 1-step (adversarial, 1000 steps)", args.shipped, 1),
                                 ("teacher (vpred) at 1 step", args.teacher, 1),
-                                *((f"teacher (vpred) at {k} steps", args.teacher, k) for k in args.teacher_steps)):
+                                *((f"{'sampler (' + drawn.name + ')' if args.sampler else 'teacher (vpred)'} at {k} "
+                                   "steps", drawn, k) for k in args.teacher_steps)):
         result["rows"][name] = score(folder, held, args.held_out, steps)
         print(name, json.dumps(result["rows"][name]), flush=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
