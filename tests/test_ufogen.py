@@ -240,7 +240,7 @@ def test_noise_pairs_sample_the_teacher_from_the_generators_own_noise(work, data
 def test_teacher_sampler_model_draws_the_real_x0(capsys, work, data, edit_teacher, t2i_teacher, monkeypatch):
     """teacher_sampler_model: the real x0 of real=teacher comes from that folder's denoiser (another UNet, the same
     text tower), while the generator still starts as the --teacher; a sampler of another kind or text tower is
-    refused in one line before anything is written."""
+    refused in one line before anything is written, and so is a sampler for a run whose real x0 is the data."""
     from movie_core.composer import compose
     from movie_core.loading import build
     from movie_core.recipe import preset
@@ -273,10 +273,12 @@ def test_teacher_sampler_model_draws_the_real_x0(capsys, work, data, edit_teache
     other = build(compose(preset("mmg").replace(size="nano", seed=1)))  # another text tower
     other.save_pretrained(work / "other-text")
     capsys.readouterr()  # the saves' progress bars
-    for folder, what in ((t2i_teacher, "text-to-image"), (work / "other-text", "text tower")):
+    for folder, what, real in ((t2i_teacher, "text-to-image", "teacher"),
+                               (work / "other-text", "text tower", "teacher"),
+                               (work / "sampler", "is the data", "data")):
         code, _, err = run_cli(capsys, "distill", "ufogen", "--teacher", str(edit_teacher), "--data", str(data),
                                "--out", str(work / "never-sampled"), "-O", f"teacher_sampler_model={folder}",
-                               "--steps", "1", "--no-progress")
+                               "-O", f"real={real}", "--steps", "1", "--no-progress")
         # (transformers' loading bar: imported by the test session before the CLI could turn it off)
         lines = [line for line in err.strip().splitlines() if line.strip() and "it/s]" not in line]
         assert code == 2 and what in err and len(lines) == 1 and "Traceback" not in err, err

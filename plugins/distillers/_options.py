@@ -192,7 +192,8 @@ class UFOGenOptions(GuidanceRanges):
     in place of the --teacher (which still starts the generator and the discriminator): MoViE's Appendix B samples
     its adversarial teacher from the Stage-3 (guidance-distilled) model, so `nano:mobile-pix2pix-mmg` with a
     v-prediction --teacher gives ufogen the teacher `adversarial` has by default. Its text tower must match the
-    teacher's (the prompt embeddings are the teacher's; checked on the empty prompt)."""
+    teacher's (the prompt embeddings are the teacher's; checked on the empty prompt). Refused when the real x0 is
+    the data."""
 
     recon: str = attrs.field(default="diffusion", validator=attrs.validators.in_(("diffusion", "distill", "ema")))
     lora: int | None = attrs.field(default=None, converter=attrs.converters.optional(int), validator=_lora_rank)

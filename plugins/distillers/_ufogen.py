@@ -186,6 +186,9 @@ class UFOGenDistiller(BuiltinDistiller):
             and teacher.guidance in ("cfg2", "cfg3"))
         self.pair_cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
         self.sampler = teacher
+        if o.teacher_sampler_model and self.real == "data":
+            raise UsageError(f"ufogen: teacher_sampler_model draws the real x0 of real=teacher, pairs or noise-pairs; "
+                             f"this run's real x0 is the data (real={o.real})")
         if o.teacher_sampler_model:
             self.sampler = self.load_sampler(Path(o.teacher_sampler_model), accelerator.device)
         disc = UNetDiscriminator(teacher, o.head_channels).to(accelerator.device)
@@ -214,6 +217,7 @@ class UFOGenDistiller(BuiltinDistiller):
         where = f"ufogen: teacher_sampler_model {folder}"
         if sampler.prediction_type not in ("epsilon", "v_prediction"):
             raise UsageError(f"{where} predicts '{sampler.prediction_type}'; it needs epsilon or v_prediction")
+
         def kind(den: Any) -> str:
             return "an instruction-editing" if hasattr(den, "stage_info") else "a text-to-image"
 
