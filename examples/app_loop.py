@@ -133,7 +133,7 @@ def main() -> None:
             img = np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
         return img.astype(np.float32) / 127.5 - 1.0
 
-    def unet(name: str, x: np.ndarray, kv: list[np.ndarray]) -> list[np.ndarray]:  # x: model_input's, edge-padded
+    def unet(name: str, x: np.ndarray, kv: list[np.ndarray]) -> list[np.ndarray]:  # x: model_input's (padded here)
         x = np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
         feeds = {"initial_noise": const["initial_noise"], "text_emb": text_emb,
                  "image_latents": sessions["encoder"].run(None, {"images": x.transpose(2, 0, 1)[None]})[0],

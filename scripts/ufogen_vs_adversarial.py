@@ -165,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                 "monotonic_in_seeds": {k: sum(r["monotonic"][k] for r in rows) for k in rows[0]["monotonic"]},
                 "seeds": list(args.seeds)}
     drawn = args.sampler or args.teacher
+    label = f"sampler ({drawn.name})" if args.sampler else "teacher (vpred)"
     for name, folder, steps in (("shipped 1-step (adversarial, 1000 steps)", args.shipped, 1),
                                 ("teacher (vpred) at 1 step", args.teacher, 1),
-                                *((f"{'sampler (' + drawn.name + ')' if args.sampler else 'teacher (vpred)'} at {k} "
-                                   "steps", drawn, k) for k in args.teacher_steps)):
+                                *((f"{label} at {k} steps", drawn, k) for k in args.teacher_steps)):
         result["rows"][name] = score(folder, held, args.held_out, steps)
         print(name, json.dumps(result["rows"][name]), flush=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -252,14 +252,15 @@ def test_teacher_sampler_model_draws_the_real_x0(capsys, work, data, edit_teache
             p.add_(0.05 * torch.randn_like(p))
     pipe.save_pretrained(work / "sampler")
     callers: list[object] = []
-    original = type(load(edit_teacher).denoiser).sample
+    denoiser_class = type(load(edit_teacher).denoiser)
+    original = denoiser_class.sample
 
     def sample(self, *args, **kw):
         if kw.get("steps") == 2:  # the real x0's sampler runs teacher_steps = 2
             callers.append(self)
         return original(self, *args, **kw)
 
-    monkeypatch.setattr(type(load(edit_teacher).denoiser), "sample", sample)
+    monkeypatch.setattr(denoiser_class, "sample", sample)
     for sampler in (None, work / "sampler"):
         callers.clear()
         options = {"teacher_sampler_model": str(sampler)} if sampler else {}
