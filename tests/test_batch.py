@@ -115,6 +115,33 @@ def test_sections_start_on_batch_boundaries() -> None:
     assert sum(b - a for a, b in sections(2000, 4, 3)) == 2000
 
 
+def test_a_retry_counts_its_own_finished_output_as_done(clips: Path, references, tmp_path: Path) -> None:
+    """A worker killed after its output was renamed into place but before it reported: Ray retries the call with the
+    same queued_at, and the retry finds the whole output written since then; an output older than the job is not
+    this job's and stays refused."""
+    import time
+
+    from movie_core.loading import resolve_recipe
+    from movie_plugins.commands._batch import Editor
+
+    recipe, model, _ = resolve_recipe({}, builtin=True)
+    editor = Editor(recipe, model, threads=1)
+    clip = sorted(clips.glob("*.mp4"))[0]
+    job = Job(str(clip), PROMPT, str(tmp_path / clip.name))
+    sent = time.time()
+    first = editor.edit(job, queued_at=sent)
+    assert first["status"] == "done" and "note" not in first, first
+    written = Path(job.output).read_bytes()
+    assert written == references[clip.name]
+    again = editor.edit(job, queued_at=sent)  # the retry of the same call
+    assert again["status"] == "done" and again["frames"] == first["frames"] and "earlier attempt" in again["note"]
+    assert Path(job.output).read_bytes() == written
+    later = editor.edit(job, queued_at=os.lstat(job.output).st_mtime + 1)  # an output from before this job
+    assert later["status"] == "failed" and "exists" in later["error"], later
+    assert editor.edit(job)["status"] == "failed"  # no queued_at (a direct call): an existing output is refused
+    assert Path(job.output).read_bytes() == written
+
+
 # --- on a local Ray cluster ---------------------------------------------------------------------
 
 
@@ -207,7 +234,7 @@ def test_a_worker_killed_mid_job_and_every_output_is_right(ray_cluster, clips: P
     pool.run(jobs, on_result)
     assert killed and killed[0] not in pool.pids()  # it was replaced
     assert any(r["worker"] not in before for r in results)  # and the new worker took on videos
-    assert [r["status"] for r in results] == ["done"] * len(jobs)
+    assert [r["status"] for r in results] == ["done"] * len(jobs), [r.get("error") for r in results]
     for job in jobs:
         assert Path(job.output).read_bytes() == references[Path(job.input).name]
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # the killed worker's temp file is gone

@@ -125,6 +125,15 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
 
 
+def _written_since(path: str, since: float) -> bool:
+    """Whether `path` exists and was last written at or after `since` (time.time(); outputs are renamed into
+    place whole, so one that exists is complete)."""
+    try:
+        return os.lstat(path).st_mtime >= since
+    except OSError:
+        return False
+
+
 class Editor:
     """One pipeline, loaded once, that edits files as `movie edit` does (the worker of an actor pool)."""
 
@@ -166,14 +175,23 @@ class Editor:
         batch, _ = edit_mod.choose_batch(per_frame, edit_mod.available_memory(pipe.device), self.batch_size)
         return {"policy": policy, "size": size, "padded": policy.padded(*size), "batch": batch}
 
-    def edit(self, job: Job, on_progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+    def edit(self, job: Job, on_progress: Callable[[int, int | None], None] | None = None,
+             queued_at: float | None = None) -> dict[str, Any]:
         """Edit one file into its output (atomic); a failure is returned as its one-line error, not raised.
-        on_progress(frames edited, total or None): after each batch (see edit_video)."""
+        on_progress(frames edited, total or None): after each batch (see edit_video). queued_at (time.time() when
+        the pool first sent this job, the same on every retry): an output written since then is this job's own,
+        finished by an attempt whose worker was lost before it reported, and counts as done."""
         from movie_core import edit as edit_mod
         from movie_core import video
 
         start = time.perf_counter()
         try:
+            if queued_at is not None and not self.overwrite and _written_since(job.output, queued_at):
+                with video.open_source(job.output) as written:
+                    frames = written.frame_count
+                return {"status": "done", "frames": frames, "seconds": time.perf_counter() - start,
+                        "worker": os.getpid(), "note": "written by an earlier attempt whose worker was lost "
+                                                       "before it reported"}
             self._recipe(job)
             with video.open_source(job.input) as source:
                 plan = self.plan(source)
@@ -324,12 +342,14 @@ class Pool:
         queue = list(enumerate(jobs))
         running: dict[Any, tuple[int, int, Job]] = {}
         lost: dict[int, int] = {}  # job index -> how often its worker was lost under it
+        queued: dict[int, float] = {}  # job index -> when it was first sent (a retry finds its own finished output)
         idle = list(range(len(self.actors)))
         while queue or running:
             while queue and idle:
                 slot = idle.pop()
                 index, job = queue.pop(0)
-                running[self.actors[slot].edit.remote(job)] = (slot, index, job)
+                queued.setdefault(index, time.time())
+                running[self.actors[slot].edit.remote(job, queued_at=queued[index])] = (slot, index, job)
             done, _ = ray.wait(list(running), num_returns=1)
             slot, index, job = running.pop(done[0])
             try:
