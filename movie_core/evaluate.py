@@ -130,6 +130,26 @@ def ssim(prediction: np.ndarray, target: np.ndarray, data_range: float = 255.0) 
     return float((num / den).mean())
 
 
+def _luma_edges(image: np.ndarray) -> np.ndarray:
+    y = _as_float(image)
+    if y.ndim == 3:
+        y = y[..., :3] @ np.array([0.299, 0.587, 0.114]) if y.shape[-1] >= 3 else y.mean(-1)
+    gy, gx = np.gradient(y)
+    return np.hypot(gx, gy)
+
+
+def structure_kept(output: np.ndarray, source: np.ndarray) -> float:
+    """How much of the source's structure an edit keeps: the Pearson correlation of the two images' luma gradient
+    magnitudes (1 = every edge where it was; about 0 = none of them). Blind to colour maps that keep edges (grey,
+    sepia, a tint, inversion), so it is the pixel analogue of InstructPix2Pix's image-similarity axis, the one its
+    image guidance s_I moves. 0 when either image has no edges."""
+    _check_pair(output, source)
+    a, b = _luma_edges(output).ravel(), _luma_edges(source).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Spearman rank correlation (average ranks for ties); None when either series is constant or too short."""
     xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)

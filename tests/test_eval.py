@@ -89,6 +89,28 @@ def test_ssim_properties():
     assert ev.ssim(x[:6, :6], noisy[:6, :6]) <= 1  # window cut to small images
 
 
+def test_structure_kept_sees_edges_not_colours():
+    """1 for colour maps that keep every edge (grey, inversion, a uniform tint), lower for a blurred copy, near 0
+    for an unrelated image and 0 for a flat one."""
+    from movie_core.data.procedural import make_sample
+
+    x = make_sample(3, size=64)["source"]
+    grey = np.repeat(np.round(x @ [0.299, 0.587, 0.114]).astype(np.uint8)[..., None], 3, -1)
+    assert ev.structure_kept(x, x) == pytest.approx(1.0)
+    assert ev.structure_kept(255 - x, x) == pytest.approx(1.0)
+    assert ev.structure_kept(grey, x) > 0.99
+    assert ev.structure_kept(np.clip(x.astype(int) + [30, 0, -20], 0, 255).astype(np.uint8), x) > 0.95
+    blur = x.astype(np.float64)
+    for _ in range(3):
+        blur = (blur + np.roll(blur, 1, 0) + np.roll(blur, -1, 0) + np.roll(blur, 1, 1) + np.roll(blur, -1, 1)) / 5
+    blurred = ev.structure_kept(blur.astype(np.uint8), x)
+    assert 0.2 < blurred < 0.95
+    assert abs(ev.structure_kept(make_sample(4, size=64)["source"], x)) < blurred
+    assert ev.structure_kept(np.full_like(x, 90), x) == 0.0
+    with pytest.raises(MovieError):
+        ev.structure_kept(x, x[:32])
+
+
 def test_spearman_and_edit_types():
     assert ev.spearman([1, 2, 3, 4], [10, 20, 25, 40]) == pytest.approx(1.0)
     assert ev.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
