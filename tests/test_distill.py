@@ -159,6 +159,45 @@ def test_vpred_weighting_option():
         spec.make_config(weighting="snr")
 
 
+def test_pix2pix_finetune_v_weighting_is_the_v_error_of_an_epsilon_model():
+    """weighting 'v': the weighted mean of epsilon errors over alpha_bar_t equals the mean error in the v each
+    prediction implies (v_hat from eps_hat through x0_hat), up to the weights' mean; a v model's loss is unchanged."""
+    from movie_core.errors import UsageError
+    from movie_core.plugins import get_registry
+    from movie_plugins.distillers._pix2pix_finetune import denoising_loss
+
+    class Den:  # what denoising_loss reads of a denoiser: its prediction type and a UNet call
+        def __init__(self, prediction_type: str) -> None:
+            self.prediction_type = prediction_type
+            self.conv = torch.nn.Conv2d(8, 4, 3, padding=1)
+
+        def unet_forward(self, x_t, t, src, emb):
+            return self.conv(torch.cat([x_t, src], 1)) + emb.mean() * 0
+
+    torch.manual_seed(0)
+    acp = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2, 0)
+    x0, src, noise = torch.randn(6, 4, 8, 8), torch.randn(6, 4, 8, 8), torch.randn(6, 4, 8, 8)
+    emb, t = torch.randn(6, 3, 5), torch.tensor([0, 150, 400, 700, 950, 999])
+    eps_model = Den("epsilon")
+    with torch.no_grad():
+        weighted = denoising_loss(eps_model, acp, src, x0, emb, t, noise, "v").item()
+        uniform = denoising_loss(eps_model, acp, src, x0, emb, t, noise).item()
+        a, s = acp[t].sqrt().view(-1, 1, 1, 1), (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
+        x_t = a * x0 + s * noise
+        eps_hat = eps_model.unet_forward(x_t, t, src, emb)
+        x0_hat = (x_t - s * eps_hat) / a
+        v_error = ((a * eps_hat - s * x0_hat) - (a * noise - s * x0)).pow(2).mean().item()
+    assert weighted == pytest.approx(v_error / (1 / acp[t]).mean().item(), rel=1e-4)
+    assert weighted != pytest.approx(uniform, rel=1e-2)
+    v_model = Den("v_prediction")
+    v_model.conv = eps_model.conv
+    with torch.no_grad():
+        assert denoising_loss(v_model, acp, src, x0, emb, t, noise, "v").item() == pytest.approx(
+            denoising_loss(v_model, acp, src, x0, emb, t, noise).item(), rel=1e-6)
+    with pytest.raises(UsageError, match="weighting"):
+        get_registry().get("distiller", "pix2pix-finetune").make_config(weighting="snr")
+
+
 def finetune_loss(folder: Path, data: Path) -> float:
     """Held-out denoising loss (the training objective, no dropout) over fixed (t, noise) draws."""
     from movie_plugins.distillers._common import alphas_cumprod
@@ -188,7 +227,8 @@ def test_pix2pix_finetune_lowers_held_out_loss(finetuned):
     assert finetuned["after"] <= 0.5 * finetuned["before"]
     manifest = json.loads((finetuned["out"] / "movie.json").read_text())
     assert manifest["stage"] == "mobile-pix2pix" and manifest["guidance"] == "cfg3"
-    assert manifest["training"]["options"] == {"stage": None, "drop_text": 0.05, "drop_image": 0.05, "drop_both": 0.05}
+    assert manifest["training"]["options"] == {"stage": None, "drop_text": 0.05, "drop_image": 0.05,
+                                               "drop_both": 0.05, "weighting": "uniform"}
     log = read_log(finetuned["out"])
     assert [row["step"] for row in log] == list(range(5, 151, 5))
 

@@ -162,7 +162,7 @@ def test_stage_order_keys_keep_recorded_budgets_equal():
 
     from movie_plugins.nano.chain import LEGACY, PRESETS, ChainBudget, recorded_budget
 
-    new_keys = ("stage_order", "captions", "t2i_steps", "t2i_lr")
+    new_keys = ("stage_order", "captions", "t2i_steps", "t2i_lr", "pix2pix_weighting")
     for budget in (ChainBudget(), ChainBudget(**PRESETS["shipped"]), ChainBudget().scaled(0.0005)):
         old = {k: v for k, v in attrs.asdict(budget).items() if k not in new_keys}
         assert recorded_budget(old) == attrs.asdict(budget)
@@ -309,6 +309,24 @@ def test_reuse_from_a_shipped_family_copies_its_autoencoders_and_text_tower(chai
     assert (work / "text" / "text_encoder" / "model.safetensors").read_bytes() == (
         chain["ship"] / "text" / "text_encoder" / "model.safetensors").read_bytes()
     assert {"instruct-pix2pix", "mobile-pix2pix-1step"} <= set(record["seconds"]) - set(record["reused"])
+
+
+def test_pix2pix_weighting_reaches_the_epsilon_stages_and_retrains_only_them(chain, tmp_path):
+    """-B pix2pix_weighting=v: instruct-pix2pix and mobile-pix2pix train with pix2pix-finetune's 'v' weighting (in
+    their manifests); reused from a uniform chain, the stages upstream of them are copied, they and what follows
+    retrain."""
+    work = tmp_path / "work"
+    result = run("nano-train", "--out", str(work), *SCALED, "-B", "pix2pix_weighting=v", "--reuse-from",
+                 str(chain["work"]))
+    assert result.exit_code == 0, result.output
+    record = json.loads((work / "chain.json").read_text())
+    assert {"data", "autoencoders", "text"} <= set(record["reused"])
+    assert not {"instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-pix2pix-1step"} & set(
+        record["reused"])
+    for stage in ("instruct-pix2pix", "mobile-pix2pix"):
+        assert json.loads((work / stage / "movie.json").read_text())["training"]["options"]["weighting"] == "v"
+        shipped = json.loads((chain["work"] / stage / "movie.json").read_text())
+        assert shipped["training"]["options"]["weighting"] == "uniform"
 
 
 def test_reuse_from_a_folder_that_is_no_chain_is_one_line(tmp_path, capsys):

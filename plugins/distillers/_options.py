@@ -37,13 +37,21 @@ class GuidanceRanges:
 
 @attrs.frozen(kw_only=True)
 class Pix2PixFinetuneOptions:
-    """InstructPix2Pix training (Brooks et al.): conditioning dropout 5% text, 5% image, 5% both."""
+    """InstructPix2Pix training (Brooks et al.): conditioning dropout 5% text, 5% image, 5% both.
+
+    weighting: 'uniform' (InstructPix2Pix's, default): the plain mean squared error of the prediction; 'v' (a
+    departure, ours): each example's squared error counted as the error in v it implies, which for an epsilon model
+    is its epsilon error over alpha_bar_t (a v model's loss is that already: unchanged), as a weighted mean over
+    the batch. Under SD's schedule an epsilon model's x0 at t near 999 is its epsilon error divided by
+    sqrt(alpha_bar_t), about 0.07, so the plain loss barely counts the examples that set an edit's colours when
+    sampling starts from pure noise (docs/paper_fidelity.md measures it at nano scale)."""
 
     stage: str | None = attrs.field(default=None,
                                     validator=attrs.validators.optional(attrs.validators.in_(CFG3_STAGES)))
     drop_text: float = _float(default=0.05, validator=_prob)
     drop_image: float = _float(default=0.05, validator=_prob)
     drop_both: float = _float(default=0.05, validator=_prob)
+    weighting: str = attrs.field(default="uniform", validator=attrs.validators.in_(("uniform", "v")))
 
     def __attrs_post_init__(self) -> None:
         total = self.drop_text + self.drop_image + self.drop_both

@@ -43,12 +43,19 @@ def apply_dropout(src: torch.Tensor, emb: torch.Tensor, null_emb: torch.Tensor, 
 
 
 def denoising_loss(den, acp: torch.Tensor, src: torch.Tensor, x0: torch.Tensor, emb: torch.Tensor,
-                   t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """MSE between the UNet output at x_t and the target of its prediction type."""
+                   t: torch.Tensor, noise: torch.Tensor, weighting: str = "uniform") -> torch.Tensor:
+    """MSE between the UNet output at x_t and the target of its prediction type; weighting 'v': each example's
+    error as the v error it implies (epsilon's over alpha_bar_t), a weighted mean over the batch."""
     alpha, sigma = acp[t].sqrt().view(-1, 1, 1, 1), (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
     x_t = alpha * x0 + sigma * noise
     out = den.unet_forward(x_t, t, src, emb)
-    return F.mse_loss(out.float(), model_target(den.prediction_type, x0, noise, alpha, sigma).float())
+    target = model_target(den.prediction_type, x0, noise, alpha, sigma)
+    if weighting == "uniform" or den.prediction_type != "epsilon":
+        return F.mse_loss(out.float(), target.float())
+    # v = alpha eps - sigma x0 and x0_hat = (x_t - sigma eps_hat) / alpha give v_hat - v = (eps_hat - eps) / alpha
+    per_example = F.mse_loss(out.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    w = 1.0 / acp[t].float()
+    return (w * per_example).sum() / w.sum()
 
 
 class Pix2PixFinetuneDistiller(BuiltinDistiller):
@@ -79,6 +86,6 @@ class Pix2PixFinetuneDistiller(BuiltinDistiller):
         src, emb = apply_dropout(src, emb, self.null_emb, drop_t, drop_i)
         t = sample_timesteps(n, x0.device)
         noise = torch.randn_like(x0)
-        loss = denoising_loss(self.student, self.acp, src, x0, emb, t, noise)
+        loss = denoising_loss(self.student, self.acp, src, x0, emb, t, noise, o.weighting)
         self.step_optimizer(loss, self.optimizers[0], self.student.unet)
         return {"loss": loss.item()}

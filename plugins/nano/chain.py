@@ -95,6 +95,10 @@ class ChainBudget:
     ip2p_lr: float = 5e-4
     mobile_steps: int = 2000
     mobile_lr: float = 2e-4
+    # pix2pix-finetune's weighting over t in the epsilon stages (instruct-pix2pix, mobile-pix2pix of the SD line):
+    # 'uniform' (InstructPix2Pix's plain loss) or 'v' (each example's error in v; the option's docstring and
+    # docs/paper_fidelity.md: with the plain loss the nano models' multi-step edits lose their colours at t near 999)
+    pix2pix_weighting: str = attrs.field(default="uniform", validator=attrs.validators.in_(("uniform", "v")))
     mmg_steps: int = 4000  # enough to halve the held-out distance to the 3-pass teacher (the paper's bar)
     mmg_lr: float = 3e-4
     vpred_steps: int = 3500
@@ -157,7 +161,8 @@ class ChainBudget:
 LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "data_source": "procedural",
           "md_vae_steps": 0, "taesd_lite_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000,
           "t2i_lr": 5e-4, "t2i_mobile_steps": 0,
-          "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4}
+          "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4,
+          "pix2pix_weighting": "uniform"}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -694,9 +699,9 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     def base() -> None:
         stage("instruct-pix2pix", work / "instruct-pix2pix", lambda: (
             _train("pix2pix-finetune", work / "init", data, work / "instruct-pix2pix", b, steps=b.ip2p_steps,
-                   lr=b.ip2p_lr, progress=progress),
+                   lr=b.ip2p_lr, progress=progress, weighting=b.pix2pix_weighting),
             shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")), work / "init",
-              keys=("ip2p_steps", "ip2p_lr", *TRAIN_KEYS), needs=("init", "data"))
+              keys=("ip2p_steps", "ip2p_lr", "pix2pix_weighting", *TRAIN_KEYS), needs=("init", "data"))
 
     if b.stage_order == "paper":  # Sec. 4: Stage 1 from a text-to-image model, Stage 2 adds the image channels
         captions = work / "captions"
@@ -769,8 +774,9 @@ def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: 
     """The mobile line on SD-1.5's UNet (the shipped family): mobile-pix2pix -> mmg -> vpred -> 1-step."""
     stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
         "pix2pix-finetune", mobile_start, data, work / "mobile-pix2pix", b, steps=b.mobile_steps,
-        lr=b.mobile_lr, progress=progress, stage="mobile-pix2pix"), mobile_start,
-        keys=("mobile_steps", "mobile_lr", "editing_unet", *TRAIN_KEYS), needs=(start_stage, "data"))
+        lr=b.mobile_lr, progress=progress, stage="mobile-pix2pix", weighting=b.pix2pix_weighting), mobile_start,
+        keys=("mobile_steps", "mobile_lr", "editing_unet", "pix2pix_weighting", *TRAIN_KEYS),
+        needs=(start_stage, "data"))
     stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure(
         "mobile-pix2pix-mmg", work, data, lambda: _train(
         "mmg", work / "mobile-pix2pix", data, work / "mobile-pix2pix-mmg", b, steps=b.mmg_steps, lr=b.mmg_lr,
