@@ -162,12 +162,16 @@ def test_stage_order_keys_keep_recorded_budgets_equal():
 
     from movie_plugins.nano.chain import LEGACY, PRESETS, ChainBudget, recorded_budget
 
-    new_keys = ("stage_order", "captions", "t2i_steps", "t2i_lr", "pix2pix_weighting")
+    new_keys = ("stage_order", "captions", "t2i_steps", "t2i_lr")
     for budget in (ChainBudget(), ChainBudget(**PRESETS["shipped"]), ChainBudget().scaled(0.0005)):
         old = {k: v for k, v in attrs.asdict(budget).items() if k not in new_keys}
         assert recorded_budget(old) == attrs.asdict(budget)
         assert recorded_budget(old) != attrs.asdict(attrs.evolve(budget, stage_order="paper"))
     assert {k: LEGACY[k] for k in new_keys} == {k: attrs.asdict(ChainBudget())[k] for k in new_keys}
+    # a key whose default changed when it was added: recorded budgets ran the old way, the default is the new one
+    old = {k: v for k, v in attrs.asdict(ChainBudget()).items() if k != "pix2pix_weighting"}
+    assert recorded_budget(old)["pix2pix_weighting"] == "uniform" != ChainBudget().pix2pix_weighting
+    assert ChainBudget(**PRESETS["shipped"]).pix2pix_weighting == ChainBudget(**PRESETS["paper"]).pix2pix_weighting
     assert ChainBudget(**PRESETS["paper"]).stage_order == "paper"
     small = ChainBudget(captions=8000, t2i_steps=4000, stage_order="paper").scaled(0.001)
     assert (small.captions, small.t2i_steps, small.ip2p_steps) == (8, 4, 6)
@@ -312,11 +316,11 @@ def test_reuse_from_a_shipped_family_copies_its_autoencoders_and_text_tower(chai
 
 
 def test_pix2pix_weighting_reaches_the_epsilon_stages_and_retrains_only_them(chain, tmp_path):
-    """-B pix2pix_weighting=v: instruct-pix2pix and mobile-pix2pix train with pix2pix-finetune's 'v' weighting (in
-    their manifests); reused from a uniform chain, the stages upstream of them are copied, they and what follows
-    retrain."""
+    """-B pix2pix_weighting=uniform: instruct-pix2pix and mobile-pix2pix train with pix2pix-finetune's plain loss
+    (in their manifests; the default budget's is 'v'); reused from a default chain, the stages upstream of them are
+    copied, they and what follows retrain."""
     work = tmp_path / "work"
-    result = run("nano-train", "--out", str(work), *SCALED, "-B", "pix2pix_weighting=v", "--reuse-from",
+    result = run("nano-train", "--out", str(work), *SCALED, "-B", "pix2pix_weighting=uniform", "--reuse-from",
                  str(chain["work"]))
     assert result.exit_code == 0, result.output
     record = json.loads((work / "chain.json").read_text())
@@ -324,9 +328,9 @@ def test_pix2pix_weighting_reaches_the_epsilon_stages_and_retrains_only_them(cha
     assert not {"instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "mobile-pix2pix-1step"} & set(
         record["reused"])
     for stage in ("instruct-pix2pix", "mobile-pix2pix"):
-        assert json.loads((work / stage / "movie.json").read_text())["training"]["options"]["weighting"] == "v"
-        shipped = json.loads((chain["work"] / stage / "movie.json").read_text())
-        assert shipped["training"]["options"]["weighting"] == "uniform"
+        assert json.loads((work / stage / "movie.json").read_text())["training"]["options"]["weighting"] == "uniform"
+        default = json.loads((chain["work"] / stage / "movie.json").read_text())
+        assert default["training"]["options"]["weighting"] == "v"
 
 
 def test_reuse_from_a_folder_that_is_no_chain_is_one_line(tmp_path, capsys):
