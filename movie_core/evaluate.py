@@ -131,9 +131,11 @@ def ssim(prediction: np.ndarray, target: np.ndarray, data_range: float = 255.0) 
 
 
 def _luma_edges(image: np.ndarray) -> np.ndarray:
+    from movie_core.data.procedural import LUMA
+
     y = _as_float(image)
     if y.ndim == 3:
-        y = y[..., :3] @ np.array([0.299, 0.587, 0.114]) if y.shape[-1] >= 3 else y.mean(-1)
+        y = y[..., :3] @ LUMA if y.shape[-1] >= 3 else y.mean(-1)
     gy, gx = np.gradient(y)
     return np.hypot(gx, gy)
 

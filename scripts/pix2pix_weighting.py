@@ -33,27 +33,22 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _images(batch: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def start_colours(pipe, sources: list[np.ndarray], targets: list[np.ndarray], prompts: list[str]) -> dict:
+def start_colours(pipe, batch: dict) -> dict:
     """The x0 the model implies from pure noise at t = 999: latent MSE and per-channel-mean correlation with the
-    target's latents (conditional prediction, s_I = s_T = 1)."""
+    target's latents (conditional prediction, s_I = s_T = 1). batch: to_torch_batch's."""
+    from movie_plugins.distillers._common import alphas_cumprod, vp_coefficients, x0_from_output
+
     den = pipe.denoiser
     with torch.no_grad():
-        z_src, z_gt = pipe.encode(_images(sources)), pipe.encode(_images(targets))
-        emb = den.encode_prompt(prompts)
-        acp = den.make_scheduler().alphas_cumprod
-        t = 999
+        z_src, z_gt = pipe.encode(batch["source"]), pipe.encode(batch["edited"])
+        emb = den.encode_prompt(batch["instruction"])
+        t = torch.tensor([999])
+        alpha, sigma = vp_coefficients(alphas_cumprod(den, torch.device("cpu")), t)
         noise = torch.randn(z_gt.shape, generator=torch.Generator().manual_seed(0))
-        out = den.predict(noise, torch.tensor(t), z_src, emb, 1.0, 1.0)
-        a = acp[t]
-        x0 = (noise - (1 - a).sqrt() * out) / a.sqrt() if den.prediction_type == "epsilon" else \
-            a.sqrt() * noise - (1 - a).sqrt() * out
+        x0 = x0_from_output(den.prediction_type, den.predict(noise, t[0], z_src, emb, 1.0, 1.0), noise, alpha, sigma)
     m, mg = x0.mean((2, 3)).numpy(), z_gt.mean((2, 3)).numpy()
     corr = float(np.mean([np.corrcoef(m[:, c], mg[:, c])[0, 1] for c in range(m.shape[1])]))
-    return {"t": t, "x0_latent_mse": float(((x0 - z_gt) ** 2).mean()), "channel_mean_correlation": corr}
+    return {"t": int(t), "x0_latent_mse": float(((x0 - z_gt) ** 2).mean()), "channel_mean_correlation": corr}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,15 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from movie_core.data import writer
-    from movie_core.data.datasets import open_dataset
+    from movie_core.data.datasets import open_dataset, to_torch_batch
     from movie_core.evaluate import PipelinePredictor, psnr, ssim, structure_kept
     from movie_core.training.distiller import Distiller
-    from movie_core.weights import resolve_model
+    from movie_core.weights import read_manifest, resolve_model
 
-    held = Path(tempfile.mkdtemp(prefix="pix2pix-weighting-")) / "held"
-    writer.write_nano(held, count=2 * args.count, videos=0, size=64, seed=11, test_fraction=0.5)
-    ds = open_dataset(held, "test")
-    samples = [ds[i] for i in range(min(args.count, len(ds)))]
+    with tempfile.TemporaryDirectory(prefix="pix2pix-weighting-") as tmp:
+        held = Path(tmp) / "held"
+        writer.write_nano(held, count=2 * args.count, videos=0, size=64, seed=11, test_fraction=0.5)
+        ds = open_dataset(held, "test")
+        samples = [ds[i] for i in range(min(args.count, len(ds)))]
+    batch = to_torch_batch(samples)
     sources, targets = [s["source"] for s in samples], [s["edited"] for s in samples]
     prompts = [s["instruction"] for s in samples]
     result: dict = {
@@ -86,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.model:
         folder = resolve_model(name)
         pipe = Distiller().load_teacher(Path(folder), torch.device("cpu"))
-        manifest = json.loads((Path(folder) / "movie.json").read_text())
+        manifest = read_manifest(Path(folder)) or {}
         row: dict = {"stage": manifest.get("stage"), "training": manifest.get("training", {}).get("options"),
-                     "start": start_colours(pipe, sources, targets, prompts)}
+                     "start": start_colours(pipe, batch)}
         for steps in args.steps:
             edits = PipelinePredictor(pipe, steps=steps, seed=0).at(s_T=7.5, s_I=1.5)(sources, prompts)
             row[f"steps_{steps}"] = {

@@ -56,23 +56,27 @@ def score(folder: Path, held: Path, n: int, steps: int = 1) -> dict:
     sources = [s["source"] for s in samples]
     prompts = [s["instruction"] for s in samples]
     predictor = PipelinePredictor(pipe, steps=steps, seed=0)
-    out = predictor.at(s_T=7.5, s_I=1.5)(sources, prompts)
+    made: dict[tuple[float, float], list[np.ndarray]] = {}  # (s_T, s_I) -> the edits (the same seed: made once)
+
+    def edits(s_T: float, s_I: float) -> list[np.ndarray]:
+        if (s_T, s_I) not in made:
+            made[s_T, s_I] = predictor.at(s_T=s_T, s_I=s_I)(sources, prompts)
+        return made[s_T, s_I]
+
+    def strength(s_T: float, s_I: float) -> float:
+        return float(np.mean([np.abs(e.astype(np.float64) - s.astype(np.float64)).mean()
+                              for e, s in zip(edits(s_T, s_I), sources)]))
+
+    out = edits(7.5, 1.5)
     row = {"psnr": float(np.mean([psnr(o, s["edited"]) for o, s in zip(out, samples)])),
            "ssim": float(np.mean([ssim(o, s["edited"]) for o, s in zip(out, samples)]))}
-
-    def response(**scales) -> tuple[float, list[float]]:
-        edits = predictor.at(**scales)(sources, prompts)
-        return (float(np.mean([np.abs(e.astype(np.float64) - s.astype(np.float64)).mean()
-                               for e, s in zip(edits, sources)])),
-                [structure_kept(e, s) for e, s in zip(edits, sources)])
-
-    row["strength_vs_s_T"] = {str(v): response(s_T=v, s_I=1.5)[0] for v in S_T}
-    by_s_I = {str(v): response(s_T=7.5, s_I=v) for v in S_I}
-    row["strength_vs_s_I"] = {v: r[0] for v, r in by_s_I.items()}
-    row["structure_vs_s_I"] = {v: float(np.mean(r[1])) for v, r in by_s_I.items()}
+    row["strength_vs_s_T"] = {str(v): strength(v, 1.5) for v in S_T}
+    row["strength_vs_s_I"] = {str(v): strength(7.5, v) for v in S_I}
+    kept = {v: [structure_kept(e, s) for e, s in zip(edits(7.5, v), sources)] for v in S_I}
+    row["structure_vs_s_I"] = {str(v): float(np.mean(k)) for v, k in kept.items()}
     # the same images and noise at every s_I: the share of them whose structure kept rises from the lowest s_I to the
     # highest (0.5 = no response; a sign test over the held-out images)
-    first, last = by_s_I[str(S_I[0])][1], by_s_I[str(S_I[-1])][1]
+    first, last = kept[S_I[0]], kept[S_I[-1]]
     row["structure_rises_in"] = float(np.mean([b > a for a, b in zip(first, last)]))
     t, i, k = (list(row[key].values()) for key in ("strength_vs_s_T", "strength_vs_s_I", "structure_vs_s_I"))
     row["monotonic"] = {"s_T_rises": all(b >= a for a, b in zip(t, t[1:])),

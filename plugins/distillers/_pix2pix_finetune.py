@@ -16,7 +16,14 @@ import torch.nn.functional as F
 
 from movie_core.errors import UsageError
 from movie_plugins.denoisers._pix2pix import STAGES, convert_unet
-from movie_plugins.distillers._common import BuiltinDistiller, model_target, pix2pix_denoiser, restage, sample_timesteps
+from movie_plugins.distillers._common import (
+    BuiltinDistiller,
+    model_target,
+    pix2pix_denoiser,
+    restage,
+    sample_timesteps,
+    vp_coefficients,
+)
 from movie_plugins.distillers._options import Pix2PixFinetuneOptions
 
 
@@ -46,7 +53,7 @@ def denoising_loss(den, acp: torch.Tensor, src: torch.Tensor, x0: torch.Tensor, 
                    t: torch.Tensor, noise: torch.Tensor, weighting: str = "uniform") -> torch.Tensor:
     """MSE between the UNet output at x_t and the target of its prediction type; weighting 'v': each example's
     error as the v error it implies (epsilon's over alpha_bar_t), a weighted mean over the batch."""
-    alpha, sigma = acp[t].sqrt().view(-1, 1, 1, 1), (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
+    alpha, sigma = vp_coefficients(acp, t)
     x_t = alpha * x0 + sigma * noise
     out = den.unet_forward(x_t, t, src, emb)
     target = model_target(den.prediction_type, x0, noise, alpha, sigma)
