@@ -12,7 +12,11 @@ the chain's data):
 
 An epsilon model's x0 at t = 999 is its epsilon error over sqrt(alpha_bar_999) ~ 0.068 (SD's schedule): the plain
 loss counts that error like any other t, so a small model never learns it, and a sampler starting from pure noise
-commits to colours it cannot correct later. Saves JSON; prints a table.
+commits to colours it cannot correct later. Saves JSON; prints a table. With --mmg-teacher and --data, each
+guidance-embedded model also gets the mmg stage's objective against that teacher (mmg's `weighting`):
+
+    python scripts/pix2pix_weighting.py --model W/cont2000-v --model W/mmg-uniform --model W/mmg-v \
+        --mmg-teacher W/cont2000-v --data D --out docs/results/mmg_weighting.json
 
     OMP_NUM_THREADS=1 python scripts/pix2pix_weighting.py --model nano:instruct-pix2pix --model W/cont2000-uniform \\
         --model W/cont2000-v --out docs/results/pix2pix_weighting.json
@@ -57,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--count", type=int, default=48, help="Held-out edits.")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "pix2pix_weighting.json")
+    ap.add_argument("--mmg-teacher", help="The 3-pass teacher the guidance-embedded --model folders were distilled "
+                    "from: also report the mmg objective (distance to its guidance over the (s_I, s_T) grid).")
+    ap.add_argument("--data", type=Path, help="The dataset whose held-out split the mmg objective uses.")
     args = ap.parse_args(argv)
+    if (args.mmg_teacher is None) != (args.data is None):
+        ap.error("--mmg-teacher and --data go together")
 
     from movie_core.data import writer
     from movie_core.data.datasets import open_dataset, to_torch_batch
@@ -86,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         manifest = read_manifest(Path(folder)) or {}
         row: dict = {"stage": manifest.get("stage"), "training": manifest.get("training", {}).get("options"),
                      "start": start_colours(pipe, batch)}
+        if args.mmg_teacher and pipe.denoiser.stage_info.embedded:
+            from movie_plugins.distillers._mmg import MMGDistiller
+            row["mmg_objective"] = MMGDistiller.objective(Path(folder), resolve_model(args.mmg_teacher), args.data)
         for steps in args.steps:
             edits = PipelinePredictor(pipe, steps=steps, seed=0).at(s_T=7.5, s_I=1.5)(sources, prompts)
             row[f"steps_{steps}"] = {
@@ -97,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     ident = result["identity"]["psnr"]
     print(f"identity {ident:.2f} dB")
-    print(f"{'model':48s} {'t=999 corr':>10s} {'x0 MSE':>7s}  " + "  ".join(f"PSNR@{k:<3d}" for k in args.steps))
+    print(f"{'model':48s} {'t=999 corr':>10s} {'x0 MSE':>7s}  " + "  ".join(f"PSNR@{k:<3d}" for k in args.steps)
+          + "  mmg ratio")
     for name, row in result["rows"].items():
         cells = "  ".join(f"{row[f'steps_{k}']['psnr']:8.2f}" for k in args.steps)
+        ratio = f"{row['mmg_objective']['ratio']:9.3f}" if "mmg_objective" in row else ""
         print(f"{name:48s} {row['start']['channel_mean_correlation']:10.2f} {row['start']['x0_latent_mse']:7.2f}  "
-              f"{cells}")
+              f"{cells}  {ratio}")
     return 0
 
 

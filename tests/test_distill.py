@@ -159,6 +159,33 @@ def test_vpred_weighting_option():
         spec.make_config(weighting="snr")
 
 
+def test_regression_loss_v_weighting_is_the_v_error_of_epsilon_outputs():
+    """mmg's weighting 'v': each example's squared epsilon error over alpha_bar_t (the v error it implies, since
+    v_hat - v = (eps_hat - eps) / alpha for the same x_t), a weighted mean over the batch; it needs alpha_bar_t;
+    a v-prediction student (nothing to convert) gets the plain loss; other names are refused."""
+    from movie_core.errors import UsageError
+    from movie_core.plugins import get_registry
+    from movie_plugins.distillers._common import regression_loss
+
+    torch.manual_seed(0)
+    acp = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2, 0)
+    t = torch.tensor([0, 300, 700, 999])
+    pred, target = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    a, s = acp[t].sqrt().view(-1, 1, 1, 1), (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
+    x_t = torch.randn(4, 4, 8, 8)
+    v_of = lambda eps: (eps - s * x_t) / a  # noqa: E731  v from epsilon at the same x_t
+    v_error = (v_of(pred) - v_of(target)).pow(2).mean().item()
+    weighted = regression_loss(pred, target, "v", acp[t]).item()
+    assert weighted == pytest.approx(v_error / (1 / acp[t]).mean().item(), rel=1e-4)
+    assert weighted != pytest.approx(regression_loss(pred, target).item(), rel=1e-2)
+    with pytest.raises(ValueError, match="alpha_bar"):
+        regression_loss(pred, target, "v")
+    spec = get_registry().get("distiller", "mmg")
+    assert spec.make_config().weighting == "uniform" and spec.make_config(weighting="v").weighting == "v"
+    with pytest.raises(UsageError, match="weighting"):
+        spec.make_config(weighting="relative")
+
+
 def test_pix2pix_finetune_v_weighting_is_the_v_error_of_an_epsilon_model():
     """weighting 'v': the weighted mean of epsilon errors over alpha_bar_t equals the mean error in the v each
     prediction implies (v_hat from eps_hat through x0_hat), up to the weights' mean; a v model's loss is unchanged."""

@@ -333,6 +333,21 @@ def test_pix2pix_weighting_reaches_the_epsilon_stages_and_retrains_only_them(cha
         assert default["training"]["options"]["weighting"] == "v"
 
 
+def test_mmg_weighting_reaches_the_mmg_stage_and_retrains_only_from_it(chain, tmp_path):
+    """-B mmg_weighting=v: the mmg stage trains with weighting 'v' (in its manifest; the default budget's is
+    'uniform'); reused from a default chain, every stage before it is copied, it and what follows retrain."""
+    work = tmp_path / "work"
+    result = run("nano-train", "--out", str(work), *SCALED, "-B", "mmg_weighting=v", "--reuse-from",
+                 str(chain["work"]))
+    assert result.exit_code == 0, result.output
+    record = json.loads((work / "chain.json").read_text())
+    assert {"data", "autoencoders", "text", "instruct-pix2pix", "mobile-pix2pix"} <= set(record["reused"])
+    assert not {"mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"} & set(record["reused"])
+    options = json.loads((work / "mobile-pix2pix-mmg" / "movie.json").read_text())["training"]["options"]
+    default = json.loads((chain["work"] / "mobile-pix2pix-mmg" / "movie.json").read_text())["training"]["options"]
+    assert (options["weighting"], default["weighting"]) == ("v", "uniform")
+
+
 def test_reuse_from_a_folder_that_is_no_chain_is_one_line(tmp_path, capsys):
     from cli_helpers import run_cli
 

@@ -129,13 +129,21 @@ class BuiltinDistiller(Distiller):
         return alpha * x0 + sigma * noise, alpha, sigma
 
 
-def regression_loss(pred: torch.Tensor, target: torch.Tensor, weighting: str = "uniform") -> torch.Tensor:
-    """'uniform': mean squared error; 'relative': per example ||pred - target||^2 / ||target||^2, averaged."""
+def regression_loss(pred: torch.Tensor, target: torch.Tensor, weighting: str = "uniform",
+                    acp_t: torch.Tensor | None = None) -> torch.Tensor:
+    """'uniform': mean squared error; 'relative': per example ||pred - target||^2 / ||target||^2, averaged; 'v'
+    (epsilon outputs): each example's squared error over alpha_bar_t (`acp_t`, per example), the v error it implies,
+    as a weighted mean over the batch (as pix2pix-finetune's denoising_loss)."""
     import torch.nn.functional as F
 
     pred, target = pred.float(), target.float()
     if weighting == "uniform":
         return F.mse_loss(pred, target)
+    if weighting == "v":
+        if acp_t is None:
+            raise ValueError("weighting 'v' needs each example's alpha_bar_t")
+        w = 1.0 / acp_t.float()
+        return (w * (pred - target).pow(2).flatten(1).mean(1)).sum() / w.sum()
     err = (pred - target).pow(2).flatten(1).sum(1)
     return (err / target.pow(2).flatten(1).sum(1).clamp_min(1e-6)).mean()
 
@@ -155,7 +163,10 @@ class GuidedRegressionDistiller(BuiltinDistiller):
         with torch.no_grad():
             target = self.target(x_t, t, src, emb, s_i, s_t, alpha, sigma)
         pred = self.student.unet_forward(x_t, t, src, emb, s_i, s_t)
-        loss = self.options.loss_weight * regression_loss(pred, target, getattr(self.options, "weighting", "uniform"))
+        weighting = getattr(self.options, "weighting", "uniform")
+        if weighting == "v" and self.student.prediction_type != "epsilon":
+            weighting = "uniform"  # a v model's error is the error in v already
+        loss = self.options.loss_weight * regression_loss(pred, target, weighting, self.acp[t])
         self.step_optimizer(loss, self.optimizers[0], self.student.unet)
         return {"loss": loss.item()}
 

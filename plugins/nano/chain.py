@@ -103,6 +103,10 @@ class ChainBudget:
     pix2pix_weighting: str = attrs.field(default="v", validator=attrs.validators.in_(("uniform", "v")))
     mmg_steps: int = 4000  # enough to halve the held-out distance to the 3-pass teacher (the paper's bar)
     mmg_lr: float = 3e-4
+    # the mmg stage's weighting over t (`-O weighting`, SD line): 'uniform' (Algorithm 1's plain error) or 'v' (each
+    # example's error in v, as pix2pix_weighting): 'v' measured 0.3 dB below 'uniform' from a 'v'-weighted teacher
+    # (docs/paper_fidelity.md), so the plain loss stays
+    mmg_weighting: str = attrs.field(default="uniform", validator=attrs.validators.in_(("uniform", "v")))
     vpred_steps: int = 3500
     vpred_lr: float = 2e-4
     # 'relative' (each example's error over its target's norm) keeps the large errors near t = 999 from
@@ -164,7 +168,7 @@ LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "dat
           "md_vae_steps": 0, "taesd_lite_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000,
           "t2i_lr": 5e-4, "t2i_mobile_steps": 0,
           "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4,
-          "pix2pix_weighting": "uniform"}
+          "pix2pix_weighting": "uniform", "mmg_weighting": "uniform"}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -174,7 +178,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ip2p_lr": 1e-4, "mobile_lr": 1e-4,  # InstructPix2Pix's rate (the paper gives none for Stages 1-2)
         "mmg_lr": 1e-5, "vpred_lr": 1e-6, "adversarial_lr": 1e-5,  # Appendix B
         "vpred_weighting": "uniform",  # a constant lambda
-        "pix2pix_weighting": "uniform",  # InstructPix2Pix's plain loss
+        "pix2pix_weighting": "uniform", "mmg_weighting": "uniform",  # InstructPix2Pix's and Algorithm 1's plain losses
         "adversarial_data_weight": 0.0,  # Algorithm 2: the real samples are the teacher's
         "adversarial_extra_resolution": 0,  # one training resolution
         "adversarial_teacher": "stage3", "guidance_inject": "resnet",
@@ -783,8 +787,8 @@ def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: 
     stage("mobile-pix2pix-mmg", work / "mobile-pix2pix-mmg", lambda: _then_measure(
         "mobile-pix2pix-mmg", work, data, lambda: _train(
         "mmg", work / "mobile-pix2pix", data, work / "mobile-pix2pix-mmg", b, steps=b.mmg_steps, lr=b.mmg_lr,
-        progress=progress, guidance_inject=b.guidance_inject)), work / "mobile-pix2pix",
-        keys=("mmg_steps", "mmg_lr", "guidance_inject"), needs=("mobile-pix2pix",))
+        progress=progress, guidance_inject=b.guidance_inject, weighting=b.mmg_weighting)), work / "mobile-pix2pix",
+        keys=("mmg_steps", "mmg_lr", "guidance_inject", "mmg_weighting"), needs=("mobile-pix2pix",))
     stage("vpred", work / "vpred", lambda: _then_measure("vpred", work, data, lambda: _train(
         "vpred", work / "mobile-pix2pix-mmg", data, work / "vpred", b, steps=b.vpred_steps, lr=b.vpred_lr,
         progress=progress, weighting=b.vpred_weighting)), work / "mobile-pix2pix-mmg",
