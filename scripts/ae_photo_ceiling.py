@@ -5,6 +5,15 @@ denoiser trained on these latents. Prints and saves JSON.
 
     python scripts/ae_photo_ceiling.py [--out docs/results/ae_photo_ceiling.json] [--vae taesd sd-vae]
         [--folder AUTOENCODERS]   # also a trained SD VAE in diffusers format (AUTOENCODERS/vae, as nano-train writes)
+
+--edits: also the ceiling of each global edit through the default path with a perfect denoiser: the working-size
+still's closed-form edit through the autoencoder (decode(encode(edit(x)))) as the model's output, the detail
+transfer (`--detail`, default global as the built-in model) onto the 320x240 still, measured as
+scripts/photo_eval.py measures the default model's stills (its bars: invert 20 dB, grayscale saturation 0.05, ...).
+What fails here no denoiser on these latents can pass. --family ROOT takes the autoencoders of another chain (a
+`movie nano-train` work folder: ROOT/autoencoders, laid out as plugins/nano's):
+
+    python scripts/ae_photo_ceiling.py --edits --vae taesd-lite --sizes 256x192 [--family WORK] --out JSON
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,16 +53,69 @@ def measure(round_trip, width: int, height: int) -> dict:
             "mean_luma_ssim": float(np.mean([p["luma_ssim"] for p in per_photo.values()]))}
 
 
+@torch.no_grad()
+def edit_ceiling(round_trip, width: int, height: int, detail_mode: str, out_size=(320, 240)) -> dict:
+    """Per photo and global edit: the default path's output with the closed-form edit as the model's latent
+    target (see --edits), measured with photo_eval.measure; and photo_eval.summarise's means over the photos."""
+    from nano_results import PHOTO_EDITS
+    from photo_eval import PHOTOS, measure, summarise
+
+    from movie_core.data.procedural import apply_edit
+    from movie_core.detail import transfer
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+    rows: dict = {}
+    for name in PHOTOS:
+        photo = load(name)
+        small, full = still(photo, width, height), still(photo, *out_size)
+        rows[name] = {}
+        for edit in PHOTO_EDITS:
+            y = round_trip(tensor(apply_edit(edit, small))).clamp(-1, 1)
+            out = y if detail_mode == "none" else transfer(detail_mode, tensor(full), tensor(small), y)
+            if out.shape[-2:] != (out_size[1], out_size[0]):
+                out = torch.nn.functional.interpolate(out, size=(out_size[1], out_size[0]), mode="bicubic",
+                                                      align_corners=False, antialias=True)
+            frame = ((out[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+            rows[name][edit] = measure(edit, full[None], frame[None], apply_edit(edit, full)[None])
+    return {"photos": rows, "summary": summarise(rows)}
+
+
+def _family_pipes(root: Path, vaes: list[str], tmp: Path) -> list:
+    """Round trips of `vaes` loaded from root/autoencoders (another chain's), through a temporary copy of the
+    built-in one-step model folder whose shared components point there."""
+    import shutil
+
+    from movie_core.weights import builtin_model
+
+    base = builtin_model("mobile-pix2pix-1step")
+    shutil.copytree(root / "autoencoders", tmp / "autoencoders")
+    shutil.copytree(base.parent / "text", tmp / "text")
+    shutil.copytree(base, tmp / "model")
+    pipes = []
+    for vae in vaes:
+        recipe = preset("movie").replace(size="nano", vae=vae)
+        pipes.append((f"{root}:{vae}", load_pipeline(recipe, tmp / "model").round_trip))
+    return pipes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/results/ae_photo_ceiling.json"))
     parser.add_argument("--vae", nargs="+", default=["taesd", "sd-vae"])
     parser.add_argument("--sizes", nargs="+", default=["256x192", "128x96"], help="WxH")
     parser.add_argument("--folder", type=Path, help="an autoencoders folder whose vae/ (diffusers) is measured too")
+    parser.add_argument("--edits", action="store_true", help="also each global edit's ceiling (see above)")
+    parser.add_argument("--detail", choices=("global", "local", "none"), default="global")
+    parser.add_argument("--family", type=Path, help="the --vae autoencoders of this chain work folder instead")
     args = parser.parse_args()
     rows = []
     pipes = []
-    for vae in args.vae:
+    tmp = tempfile.TemporaryDirectory(prefix="ae-ceiling-")
+    if args.family is not None:
+        pipes = _family_pipes(args.family, args.vae, Path(tmp.name))
+    for vae in args.vae if args.family is None else ():
         recipe = preset("movie").replace(size="nano", vae=vae)
         pipes.append((vae, load_pipeline(recipe, builtin_weights(recipe)).round_trip))
     if args.folder is not None:
@@ -68,6 +131,14 @@ def main() -> None:
             print(f"{vae:7} {width}x{height}: PSNR {row['mean_psnr']:.2f} dB, luma SSIM {row['mean_luma_ssim']:.3f} "
                   f"(bar {LUMA_SSIM}); per photo " + ", ".join(f"{n} {p['luma_ssim']:.3f}"
                                                                 for n, p in row["photos"].items()))
+            if args.edits:
+                row["edits"] = edit_ceiling(round_trip, width, height, args.detail)
+                row["edits"]["detail"] = args.detail
+                for edit, m in row["edits"]["summary"].items():
+                    extra = f", saturation {m['saturation']:.3f}" if "saturation" in m else ""
+                    print(f"    {edit:10} PSNR {m['psnr']:.2f} (identity {m['identity_psnr']:.2f}){extra}, right "
+                          f"{m['right']}/{m['photos']}, every bar {m['passes_all']}/{m['photos']}")
+    tmp.cleanup()
     result = {"command": "python " + " ".join(sys.argv), "photos": list(EVALUATION_PHOTOS), "bar_luma_ssim": LUMA_SSIM,
               "machine": {"platform": platform.platform(), "torch": torch.__version__}, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
