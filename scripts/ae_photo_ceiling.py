@@ -114,6 +114,8 @@ def main() -> None:
     pipes = []
     tmp = tempfile.TemporaryDirectory(prefix="ae-ceiling-")
     if args.family is not None:
+        if not (args.family / "autoencoders").is_dir():
+            parser.error(f"--family {args.family}: no autoencoders/ folder there (a movie nano-train work folder)")
         pipes = _family_pipes(args.family, args.vae, Path(tmp.name))
     for vae in args.vae if args.family is None else ():
         recipe = preset("movie").replace(size="nano", vae=vae)

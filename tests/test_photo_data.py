@@ -180,3 +180,22 @@ def test_photo_eval_measures_tell_the_closed_form_from_doing_nothing():
             assert exact["luma_ssim"] > 0.9
             blurred = np.repeat(np.repeat(reference[:, ::8, ::8], 8, 1), 8, 2)[:, :30, :40]
             assert pe.measure(edit, source, blurred, reference)["luma_ssim"] < exact["luma_ssim"]
+
+
+def test_the_edit_ceiling_passes_a_lossless_autoencoder_and_fails_one_that_drops_colour():
+    """scripts/ae_photo_ceiling.py --edits: with decode(encode(x)) = x the default path (closed-form edit at the
+    working size, global detail transfer to the output size) passes every bar for every global edit on every
+    photo; an autoencoder that returns grey cannot make a tint or keep invert's colours."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "ae_photo_ceiling.py"
+    spec = importlib.util.spec_from_file_location("ae_photo_ceiling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lossless = module.edit_ceiling(lambda x: x, 64, 48, "global", out_size=(80, 60))
+    assert all(m["passes_all"] == m["photos"] == 4 for m in lossless["summary"].values()), lossless["summary"]
+    assert lossless["summary"]["grayscale"]["saturation"] < 0.01
+    grey = module.edit_ceiling(lambda x: x.mean(1, keepdim=True).expand_as(x), 64, 48, "global", out_size=(80, 60))
+    for edit in ("invert", "red_tint", "green_tint", "blue_tint", "sepia"):
+        assert grey["summary"][edit]["passes_all"] < 4, (edit, grey["summary"][edit])
