@@ -58,7 +58,8 @@ def edit_ceiling(round_trip, width: int, height: int, detail_mode: str, out_size
     """Per photo and global edit: the default path's output with the closed-form edit as the model's latent
     target (see --edits), measured with photo_eval.measure; and photo_eval.summarise's means over the photos."""
     from nano_results import PHOTO_EDITS
-    from photo_eval import PHOTOS, measure, summarise
+    from photo_eval import PHOTOS, summarise
+    from photo_eval import measure as edit_measures
 
     from movie_core.data.procedural import apply_edit
     from movie_core.detail import transfer
@@ -78,7 +79,7 @@ def edit_ceiling(round_trip, width: int, height: int, detail_mode: str, out_size
                 out = torch.nn.functional.interpolate(out, size=(out_size[1], out_size[0]), mode="bicubic",
                                                       align_corners=False, antialias=True)
             frame = ((out[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-            rows[name][edit] = measure(edit, full[None], frame[None], apply_edit(edit, full)[None])
+            rows[name][edit] = edit_measures(edit, full[None], frame[None], apply_edit(edit, full)[None])
     return {"photos": rows, "summary": summarise(rows)}
 
 
