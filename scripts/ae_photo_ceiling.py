@@ -33,8 +33,19 @@ from photo_eval import LUMA_SSIM, _luma3, load, still  # noqa: E402
 
 from movie_core import evaluate as ev  # noqa: E402
 from movie_core.data.photos import EVALUATION_PHOTOS  # noqa: E402
+from movie_core.edit import to_frames  # noqa: E402
 from movie_core.loading import builtin_weights, load_pipeline  # noqa: E402
 from movie_core.recipe import preset  # noqa: E402
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HxWx3 -> 1x3xHxW in [-1, 1]."""
+    return torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def _frame(x: torch.Tensor, out_size: tuple[int, int]) -> np.ndarray:
+    """1x3xHxW in [-1, 1] -> a uint8 frame at out_size (H, W), as movie edit resizes its output back."""
+    return to_frames(x, tuple(x.shape[-2:]), out_size)[0]
 
 
 @torch.no_grad()
@@ -44,8 +55,7 @@ def measure(round_trip, width: int, height: int) -> dict:
     per_photo = {}
     for name in EVALUATION_PHOTOS:
         image = still(load(name), width, height)
-        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-        out = ((round_trip(x)[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        out = _frame(round_trip(_tensor(image)), (height, width))
         mse = float(np.mean((out.astype(np.float64) - image) ** 2))
         per_photo[name] = {"psnr": float(10 * np.log10(255.0**2 / mse)),
                            "luma_ssim": float(ev.ssim(_luma3(out), _luma3(image)))}
@@ -64,21 +74,15 @@ def edit_ceiling(round_trip, width: int, height: int, detail_mode: str, out_size
     from movie_core.data.procedural import apply_edit
     from movie_core.detail import transfer
 
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-
     rows: dict = {}
     for name in PHOTOS:
         photo = load(name)
         small, full = still(photo, width, height), still(photo, *out_size)
         rows[name] = {}
         for edit in PHOTO_EDITS:
-            y = round_trip(tensor(apply_edit(edit, small))).clamp(-1, 1)
-            out = y if detail_mode == "none" else transfer(detail_mode, tensor(full), tensor(small), y)
-            if out.shape[-2:] != (out_size[1], out_size[0]):
-                out = torch.nn.functional.interpolate(out, size=(out_size[1], out_size[0]), mode="bicubic",
-                                                      align_corners=False, antialias=True)
-            frame = ((out[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+            y = round_trip(_tensor(apply_edit(edit, small))).clamp(-1, 1)
+            out = y if detail_mode == "none" else transfer(detail_mode, _tensor(full), _tensor(small), y)
+            frame = _frame(out, (out_size[1], out_size[0]))
             rows[name][edit] = edit_measures(edit, full[None], frame[None], apply_edit(edit, full)[None])
     return {"photos": rows, "summary": summarise(rows)}
 
@@ -113,10 +117,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     pipes = []
-    tmp = tempfile.TemporaryDirectory(prefix="ae-ceiling-")
+    tmp = None
     if args.family is not None:
         if not (args.family / "autoencoders").is_dir():
             parser.error(f"--family {args.family}: no autoencoders/ folder there (a movie nano-train work folder)")
+        tmp = tempfile.TemporaryDirectory(prefix="ae-ceiling-")
         pipes = _family_pipes(args.family, args.vae, Path(tmp.name))
     for vae in args.vae if args.family is None else ():
         recipe = preset("movie").replace(size="nano", vae=vae)
@@ -141,7 +146,8 @@ def main() -> None:
                     extra = f", saturation {m['saturation']:.3f}" if "saturation" in m else ""
                     print(f"    {edit:10} PSNR {m['psnr']:.2f} (identity {m['identity_psnr']:.2f}){extra}, right "
                           f"{m['right']}/{m['photos']}, every bar {m['passes_all']}/{m['photos']}")
-    tmp.cleanup()
+    if tmp is not None:
+        tmp.cleanup()
     result = {"command": "python " + " ".join(sys.argv), "photos": list(EVALUATION_PHOTOS), "bar_luma_ssim": LUMA_SSIM,
               "machine": {"platform": platform.platform(), "torch": torch.__version__}, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

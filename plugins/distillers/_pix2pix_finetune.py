@@ -20,6 +20,7 @@ from movie_plugins.distillers._common import (
     BuiltinDistiller,
     model_target,
     pix2pix_denoiser,
+    regression_loss,
     restage,
     sample_timesteps,
     vp_coefficients,
@@ -60,9 +61,7 @@ def denoising_loss(den, acp: torch.Tensor, src: torch.Tensor, x0: torch.Tensor, 
     if weighting == "uniform" or den.prediction_type != "epsilon":
         return F.mse_loss(out.float(), target.float())
     # v = alpha eps - sigma x0 and x0_hat = (x_t - sigma eps_hat) / alpha give v_hat - v = (eps_hat - eps) / alpha
-    per_example = F.mse_loss(out.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    w = 1.0 / acp[t].float()
-    return (w * per_example).sum() / w.sum()
+    return regression_loss(out, target, "v", acp[t])
 
 
 class Pix2PixFinetuneDistiller(BuiltinDistiller):
