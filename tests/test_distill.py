@@ -470,6 +470,23 @@ def test_logit_normal_discriminator_timesteps():
     assert abs(t.float().median().item() - 268.9) < 5
 
 
+@pytest.mark.parametrize("steps", [1, 2, 8])
+def test_the_students_timesteps_start_where_a_one_step_sampler_runs(steps):
+    """The adversarial student trains at `student_timesteps` Euler timesteps from 999 down: with one, at 999 and
+    the largest sigma (where the 1-step LCM sampler starts), not at 0 where linspace spacing puts a single step."""
+    from movie_plugins.denoisers._pix2pix import make_scheduler
+    from movie_plugins.distillers._common import make_euler
+
+    sched = make_euler("v_prediction", steps, torch.device("cpu"))
+    one_step = make_scheduler("lcm", "v_prediction")
+    one_step.set_timesteps(1)
+    assert len(sched.timesteps) == steps
+    assert sched.timesteps[0].item() == one_step.timesteps[0].item() == 999
+    assert sched.sigmas[0].item() > 14  # SD's largest Karras sigma, 14.6
+    if steps > 1:
+        assert sched.timesteps[-1].item() == 0
+
+
 class _NoisyTeacher:
     """A stand-in multi-step teacher: output = source * s_I + s_T + noise drawn from the sampler's generator."""
 

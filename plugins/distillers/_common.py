@@ -172,7 +172,11 @@ class GuidedRegressionDistiller(BuiltinDistiller):
 
 
 def make_euler(prediction_type: str, steps: int, device: torch.device):
-    """An Euler (Karras-sigma) scheduler set to `steps` discrete timesteps, as the student trains on."""
+    """An Euler (Karras-sigma) scheduler set to `steps` discrete timesteps, as the student trains on: from 999 (where
+    a one-step sampler starts) down to 0. `linspace` spacing gives that for 2 steps or more but [0] for one, a
+    student trained only where no sampler ever runs it; one step takes `trailing` spacing, [999]."""
     sched = make_scheduler("euler", prediction_type)
+    if steps == 1:
+        sched = type(sched).from_config(sched.config, timestep_spacing="trailing")
     sched.set_timesteps(steps, device=device)
     return sched

@@ -125,6 +125,7 @@ class AdversarialOptions(GuidanceRanges):
     teacher_steps: int = attrs.field(default=5, converter=int, validator=attrs.validators.ge(1))
     teacher_scheduler: str = attrs.field(default="lcm",
                                          validator=attrs.validators.in_(("lcm", "euler", "euler-ancestral", "ddim")))
+    # the Euler timesteps the student trains at, 999 down to 0 (1: at 999 only, where the 1-step sampler runs)
     student_timesteps: int = attrs.field(default=8, converter=int, validator=attrs.validators.ge(1))
     lambda_mse: float = _float(default=1.0, validator=_ge0)
     lambda_gen: float = _float(default=0.1, validator=_ge0)
