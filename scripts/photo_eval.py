@@ -10,8 +10,9 @@ identity, invert at least 20 dB, grayscale saturation below 0.05, luma SSIM at l
 Writes a JSON (with the command) and a before/after grid PNG of the stills.
 
     nice -n 10 python scripts/photo_eval.py [--model nano:mobile-pix2pix-1step] [--out JSON] [--grid PNG]
-        [--seconds 5] [--fps 24] [--quick]
+        [--seconds 5] [--fps 24] [--resolution max-side:128|keep|HxW] [--quick]
 
+--resolution: process at another size than `movie edit`'s default (how the default's 256 was checked).
 --quick: two photos, 0.5 s at 8 fps, 64x48: for the test, not numbers to publish.
 """
 
@@ -180,6 +181,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
     p.add_argument("--detail", choices=DETAIL_MODES, default=None,
                    help="how the edit reaches the output size (default: movie edit's: global on the built-in model)")
+    p.add_argument("--resolution", default=None,
+                   help="processing size as a recipe's `resolution` (HxW, max-side:N, keep; default: movie edit's)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "photo_eval.json")
     p.add_argument("--grid", type=Path, default=None, help="before/after PNG (default: beside --out)")
     p.add_argument("--seconds", type=float, default=5.0)
@@ -211,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         recipe = recipe.replace(encoder=args.vae, decoder=args.vae)
     if args.detail:
         recipe = recipe.replace(detail=args.detail)
+    if args.resolution:
+        recipe = recipe.replace(resolution=args.resolution)
     vae = recipe.encoder
     model = args.model
     if model.startswith("nano:"):
