@@ -199,3 +199,15 @@ def test_the_edit_ceiling_passes_a_lossless_autoencoder_and_fails_one_that_drops
     grey = module.edit_ceiling(lambda x: x.mean(1, keepdim=True).expand_as(x), 64, 48, "global", out_size=(80, 60))
     for edit in ("invert", "red_tint", "green_tint", "blue_tint", "sepia"):
         assert grey["summary"][edit]["passes_all"] < 4, (edit, grey["summary"][edit])
+
+
+def test_photo_eval_stills_only_scores_the_stills_as_the_full_run_and_judges_nothing(tmp_path):
+    """photo_eval.py --stills-only (the quick comparison of models): the same stills figures as the run with pans,
+    no pans, and 'accepted' left unjudged (None), since the issue's bars include the pans."""
+    pe = _photo_eval()
+    full = pe.main(["--quick", "--out", str(tmp_path / "full.json")])
+    stills = pe.main(["--quick", "--stills-only", "--out", str(tmp_path / "stills.json")])
+    assert set(full) - set(stills) == {"pans"} and set(stills["summary"]) == {"stills"}
+    assert stills["stills"] == full["stills"] and stills["summary"]["stills"] == full["summary"]["stills"]
+    assert isinstance(full["accepted"], bool) and stills["accepted"] is None and stills["pan_frames_per_s"] is None
+    assert set(stills["stills"]) == set(pe.PHOTOS[:2]) and len(stills["stills"][pe.PHOTOS[0]]) == 8

@@ -120,6 +120,10 @@ class ChainBudget:
     # every other 1-step step at this size (0: none), a quarter of the batch: a 1-step model trained at 64 px only
     # edits 128-px frames clearly worse, grayscale most of all
     adversarial_extra_resolution: int = 128
+    # the Euler timesteps the 1-step student trains at (adversarial `-O student_timesteps`): 8 (Appendix B, 999 down
+    # to 0, so it also samples in a few steps) or 1 (only 999, where the 1-step sampler runs; docs/results/nano.md
+    # section 8)
+    adversarial_timesteps: int = attrs.field(default=8, validator=attrs.validators.ge(1))
     # Appendix B: 'stage3' = the mmg stage's model samples the real examples and is the discriminator's backbone;
     # 'student-init' = the vpred model (the adversarial stage's own start), as the shipped family was trained
     adversarial_teacher: str = attrs.field(default="stage3",
@@ -168,7 +172,7 @@ LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "dat
           "md_vae_steps": 0, "taesd_lite_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000,
           "t2i_lr": 5e-4, "t2i_mobile_steps": 0,
           "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4,
-          "pix2pix_weighting": "uniform", "mmg_weighting": "uniform"}
+          "pix2pix_weighting": "uniform", "mmg_weighting": "uniform", "adversarial_timesteps": 8}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -469,7 +473,8 @@ AE_KEYS = ("resolution", "seed", "data_source", "batch_size", "ae_pool", "ae_cro
 AE_STAGES = ("autoencoders", "md-vae", "taesd-decoder", "taesd-decoder-colour", "taesd-decoder-grey")
 TEXT_KEYS = ("text_steps", "seed")
 TRAIN_KEYS = ("batch_size", "resolution", "seed", "ema_decay")  # every distiller stage (_train)
-ADVERSARIAL_KEYS = ("adversarial_steps", "adversarial_lr", "adversarial_data_weight", "adversarial_extra_resolution")
+ADVERSARIAL_KEYS = ("adversarial_steps", "adversarial_lr", "adversarial_data_weight", "adversarial_extra_resolution",
+                    "adversarial_timesteps")
 
 
 @attrs.define
@@ -771,7 +776,8 @@ def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callabl
         "mobile-pix2pix-1step", work, data, lambda: _train(
         "adversarial", work / "mobile-pix2pix-mmg", data, work / "mobile-pix2pix-1step", b,
         steps=b.adversarial_steps, lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
-        data_weight=b.adversarial_data_weight, teacher_sampler="student-init",
+        data_weight=b.adversarial_data_weight, student_timesteps=b.adversarial_timesteps,
+        teacher_sampler="student-init",
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
         "mobile-pix2pix-mmg"), work / "mobile-pix2pix-mmg", keys=ADVERSARIAL_KEYS, needs=("mobile-pix2pix-mmg",))
 
@@ -797,7 +803,8 @@ def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: 
         "mobile-pix2pix-1step", work, data, lambda: _train(
         "adversarial", work / "vpred", data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
         lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
-        data_weight=b.adversarial_data_weight, teacher_sampler=b.adversarial_teacher,
+        data_weight=b.adversarial_data_weight, student_timesteps=b.adversarial_timesteps,
+        teacher_sampler=b.adversarial_teacher,
         **({"teacher_sampler_model": str(work / "mobile-pix2pix-mmg")} if b.adversarial_teacher == "stage3" else {}),
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
         # measured against the 5-step teacher it learned from
