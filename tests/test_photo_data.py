@@ -211,3 +211,23 @@ def test_photo_eval_stills_only_scores_the_stills_as_the_full_run_and_judges_not
     assert stills["stills"] == full["stills"] and stills["summary"]["stills"] == full["summary"]["stills"]
     assert isinstance(full["accepted"], bool) and stills["accepted"] is None and stills["pan_frames_per_s"] is None
     assert set(stills["stills"]) == set(pe.PHOTOS[:2]) and len(stills["stills"][pe.PHOTOS[0]]) == 8
+
+
+def test_photo_probe_scores_each_setting_on_the_training_photographs(tmp_path):
+    """scripts/photo_probe.py: one row per (s_T, s_I, flips) with all eight edits; the training photographs are
+    never the evaluation ones; averaging over flips changes the output (a probe that ignored --flips would not)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "photo_probe.py"
+    spec = importlib.util.spec_from_file_location("photo_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--photos", "train", "--width", "64", "--height", "48", "--flips", "1", "2",
+                          "--s-T", "7.5", "--out", str(tmp_path / "probe.json")])
+    assert len(result["rows"]) == 2 and all(len(r["edits"]) == 8 for r in result["rows"])
+    assert len(result["photos"]) == 3 and not {p.split(":", 1)[-1] for p in result["photos"]} & set(
+        photos.EVALUATION_PHOTOS)
+    one, two = (r["edits"] for r in result["rows"])
+    assert one != two and "worst_saturation" in one["grayscale"]
+    assert all(r["psnr"] >= r["worst_psnr"] for r in one.values())
