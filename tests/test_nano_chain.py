@@ -629,12 +629,13 @@ def test_the_md_line_trains_movie_stages_on_the_mobilediffusion_unet(tmp_path):
     assert set(record["metrics"]) >= {"mobile-pix2pix-mmg", "mobile-pix2pix-1step"}
 
 
-def test_adversarial_timesteps_reaches_the_one_step_stage_and_retrains_only_it(chain, tmp_path):
-    """-B adversarial_timesteps=1: the 1-step stage trains at one Euler timestep (its manifest's student_timesteps;
-    the default budget's is 8); reused from a default chain, every stage before it is copied."""
+def test_adversarial_timesteps_and_gan_weight_reach_the_one_step_stage_and_retrain_only_it(chain, tmp_path):
+    """-B adversarial_timesteps=1 -B adversarial_gan_weight=0: the 1-step stage trains at one Euler timestep with
+    no GAN term (its manifest's student_timesteps and lambda_gen; the default budget's are 8 and 0.1); reused from
+    a default chain, every stage before it is copied."""
     work = tmp_path / "work"
-    result = run("nano-train", "--out", str(work), *SCALED, "-B", "adversarial_timesteps=1", "--reuse-from",
-                 str(chain["work"]))
+    result = run("nano-train", "--out", str(work), *SCALED, "-B", "adversarial_timesteps=1", "-B",
+                 "adversarial_gan_weight=0", "--reuse-from", str(chain["work"]))
     assert result.exit_code == 0, result.output
     record = json.loads((work / "chain.json").read_text())
     assert {"data", "autoencoders", "text", "instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg",
@@ -643,3 +644,4 @@ def test_adversarial_timesteps_reaches_the_one_step_stage_and_retrains_only_it(c
     options = json.loads((work / "mobile-pix2pix-1step" / "movie.json").read_text())["training"]["options"]
     default = json.loads((chain["work"] / "mobile-pix2pix-1step" / "movie.json").read_text())["training"]["options"]
     assert (options["student_timesteps"], default["student_timesteps"]) == (1, 8)
+    assert (options["lambda_gen"], default["lambda_gen"]) == (0.0, 0.1)

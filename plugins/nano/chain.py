@@ -124,6 +124,9 @@ class ChainBudget:
     # to 0, so it also samples in a few steps) or 1 (only 999, where the 1-step sampler runs; docs/results/nano.md
     # section 8)
     adversarial_timesteps: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    # the generator's GAN term weight (adversarial `-O lambda_gen`; 0 = the MSE to the anchored real samples alone):
+    # at one timestep on the procedural data, 0 kept grey greyer on the photographs (docs/results/nano.md section 8)
+    adversarial_gan_weight: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
     # Appendix B: 'stage3' = the mmg stage's model samples the real examples and is the discriminator's backbone;
     # 'student-init' = the vpred model (the adversarial stage's own start), as the shipped family was trained
     adversarial_teacher: str = attrs.field(default="stage3",
@@ -172,7 +175,8 @@ LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "dat
           "md_vae_steps": 0, "taesd_lite_steps": 0, "stage_order": "ip2p", "captions": 8000, "t2i_steps": 4000,
           "t2i_lr": 5e-4, "t2i_mobile_steps": 0,
           "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4,
-          "pix2pix_weighting": "uniform", "mmg_weighting": "uniform", "adversarial_timesteps": 8}
+          "pix2pix_weighting": "uniform", "mmg_weighting": "uniform", "adversarial_timesteps": 8,
+          "adversarial_gan_weight": 0.1}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -474,7 +478,7 @@ AE_STAGES = ("autoencoders", "md-vae", "taesd-decoder", "taesd-decoder-colour", 
 TEXT_KEYS = ("text_steps", "seed")
 TRAIN_KEYS = ("batch_size", "resolution", "seed", "ema_decay")  # every distiller stage (_train)
 ADVERSARIAL_KEYS = ("adversarial_steps", "adversarial_lr", "adversarial_data_weight", "adversarial_extra_resolution",
-                    "adversarial_timesteps")
+                    "adversarial_timesteps", "adversarial_gan_weight")
 
 
 @attrs.define
@@ -777,6 +781,7 @@ def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callabl
         "adversarial", work / "mobile-pix2pix-mmg", data, work / "mobile-pix2pix-1step", b,
         steps=b.adversarial_steps, lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
         data_weight=b.adversarial_data_weight, student_timesteps=b.adversarial_timesteps,
+        lambda_gen=b.adversarial_gan_weight,
         teacher_sampler="student-init",
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
         "mobile-pix2pix-mmg"), work / "mobile-pix2pix-mmg", keys=ADVERSARIAL_KEYS, needs=("mobile-pix2pix-mmg",))
@@ -804,6 +809,7 @@ def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: 
         "adversarial", work / "vpred", data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
         lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
         data_weight=b.adversarial_data_weight, student_timesteps=b.adversarial_timesteps,
+        lambda_gen=b.adversarial_gan_weight,
         teacher_sampler=b.adversarial_teacher,
         **({"teacher_sampler_model": str(work / "mobile-pix2pix-mmg")} if b.adversarial_teacher == "stage3" else {}),
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
