@@ -125,7 +125,7 @@ class ChainBudget:
     # section 8)
     adversarial_timesteps: int = attrs.field(default=8, validator=attrs.validators.ge(1))
     # the generator's GAN term weight (adversarial `-O lambda_gen`; 0 = the MSE to the anchored real samples alone):
-    # at one timestep on the procedural data, 0 kept grey greyer on the photographs (docs/results/nano.md section 8)
+    # at one timestep, 0 kept grey greyer on the photographs, procedural or mixed data (docs/results/nano.md section 8)
     adversarial_gan_weight: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
     # Appendix B: 'stage3' = the mmg stage's model samples the real examples and is the discriminator's backbone;
     # 'student-init' = the vpred model (the adversarial stage's own start), as the shipped family was trained
