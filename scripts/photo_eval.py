@@ -232,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log(f"model {args.model}; {args.width}x{args.height} processed at {processed[1]}x{processed[0]} ({why}); "
         f"detail {recipe.detail}")
     frames = max(2, round(args.seconds * args.fps))
+    kinds = ("stills",) if args.stills_only else ("stills", "pans")
     result: dict[str, Any] = {
         "command": "python scripts/photo_eval.py " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         "model": args.model, "recipe": "movie", "vae": vae, "detail": recipe.detail, "photos": list(photos),
@@ -241,9 +242,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  "luma_ssim": LUMA_SSIM, "colour_only": list(COLOUR_ONLY)},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
-        "stills": {}, **({} if args.stills_only else {"pans": {}}),
+        **{kind: {} for kind in kinds},
     }
-    kinds = ("stills",) if args.stills_only else ("stills", "pans")
     grid_rows, grid_refs = [], []
     frames_per_s = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     from movie_core.colour import saturation
     from movie_core.composer import compose
     from movie_core.data.procedural import EDITS, apply_edit
+    from movie_core.edit import to_frames, to_tensor
     from movie_core.evaluate import PipelinePredictor, psnr
     from movie_core.loading import builtin_default_recipe, load_pipeline
     from movie_core.weights import resolve_model
@@ -69,9 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = str(resolve_model(args.model)) if args.model.startswith("nano:") else args.model
     pipe = load_pipeline(compose(recipe), model)
     photos = photographs(args.photos, args.width, args.height)
-
-    def tensor(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    size = (args.height, args.width)
+    sources = {name: to_tensor([photo], size, size, "cpu", torch.float32) for name, photo in photos.items()}
 
     rows = []
     for s_t in args.s_T:
@@ -82,11 +82,12 @@ def main(argv: list[str] | None = None) -> dict:
                 for edit in PHOTO_EDITS:
                     prompt = EDITS[edit].phrasings[0]
                     scores, sats = [], []
-                    for photo in photos.values():
+                    for name, photo in photos.items():
                         outs = [predict([photo[f].copy()], [prompt])[0][f].astype(np.float64) for f in FLIPS[:flips]]
                         out = np.mean(outs, 0).round().astype(np.uint8)
-                        mapped = detail.transfer("global", tensor(photo), tensor(photo), tensor(out))
-                        mapped_u8 = ((mapped[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+                        src = sources[name]
+                        mapped = detail.transfer("global", src, src, to_tensor([out], size, size, "cpu", torch.float32))
+                        mapped_u8 = to_frames(mapped, size, size)[0]
                         scores.append(psnr(mapped_u8, apply_edit(edit, photo)))
                         if edit == "grayscale":
                             sats.append(saturation(mapped_u8))
