@@ -295,24 +295,53 @@ def test_paper_stage_order_starts_mobile_pix2pix_from_the_text_to_image_model(tm
 
 
 @pytest.mark.slow
-def test_reuse_from_a_shipped_family_copies_its_autoencoders_and_text_tower(chain, tmp_path):
-    """A shipped family holds the autoencoders (with the decoder stages' markers rebuilt from its chain.json) and the
-    text tower in reusable form; its stage folders reference them, so every denoiser stage trains."""
-    work = tmp_path / "work"
-    result = run("nano-train", "--out", str(work), *SCALED, "--reuse-from", str(chain["ship"]))
+def test_reuse_from_a_shipped_family_copies_its_autoencoders_text_tower_and_denoisers(chain, tmp_path):
+    """A shipped family holds the autoencoders (with the decoder stages' markers rebuilt from its chain.json), the
+    text tower and the denoiser stages in reusable form: a stage folder comes back in the work layout (the shared
+    folders copied into it), so a chain with the same budget trains nothing and ships the same weights again."""
+    work, again = tmp_path / "work", tmp_path / "again"
+    result = run("nano-train", "--out", str(work), *SCALED, "--reuse-from", str(chain["ship"]), "--ship", str(again))
     assert result.exit_code == 0, result.output
     record = json.loads((work / "chain.json").read_text())
     assert set(record["reused"]) == {"autoencoders", "taesd-decoder", "taesd-decoder-colour", "taesd-decoder-grey",
-                                     "taesd-lite", "text"}  # md-vae is not shipped: it trains here
+                                     "taesd-lite", "text", *SHIPPED}  # md-vae is not shipped: it trains here
+    assert set(record["seconds"]) - set(record["reused"]) == {"data", "md-vae", "init", "taesd-swap"}
     assert (work / "autoencoders" / "md_vae" / "config.json").is_file()
     shipped = json.loads((chain["ship"] / "chain.json").read_text())
     assert record["seconds"]["taesd-decoder"] == shipped["seconds"]["taesd-decoder"]
+    assert record["metrics"]["vpred"] == shipped["metrics"]["vpred"]
     for name in ("vae", "taesd", "taesd-lite"):
         assert (work / "autoencoders" / name / "diffusion_pytorch_model.safetensors").read_bytes() == (
             chain["ship"] / "autoencoders" / name / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (work / "text" / "text_encoder" / "model.safetensors").read_bytes() == (
         chain["ship"] / "text" / "text_encoder" / "model.safetensors").read_bytes()
-    assert {"instruct-pix2pix", "mobile-pix2pix-1step"} <= set(record["seconds"]) - set(record["reused"])
+    for stage in SHIPPED:  # the work layout: its own text tower and autoencoders, no family entries
+        manifest = json.loads((work / stage / "movie.json").read_text())
+        assert not {"components", "builtin", "edits"} & set(manifest)
+        assert (work / stage / "text_encoder").is_dir() and (work / stage / "taesd").is_dir()
+        unet = "unet/diffusion_pytorch_model.safetensors"
+        assert (again / stage / unet).read_bytes() == (chain["ship"] / stage / unet).read_bytes()
+        assert not (again / stage / "text_encoder").exists()  # shared again once shipped
+        assert component_folder(again / stage, "text_encoder") == (again / "text" / "text_encoder").resolve()
+
+
+def test_the_one_step_stage_trains_on_its_own_data_source_from_a_shipped_family(chain, tmp_path):
+    """-B adversarial_data_source=mixed: the 1-step stage trains on a second dataset (work/data-mixed, photographs
+    in it) while every stage's held-out measure keeps the chain's procedural data; reused from a shipped family,
+    only the data, that dataset and the 1-step stage are made."""
+    work = tmp_path / "work"
+    result = run("nano-train", "--out", str(work), *SCALED, "-B", "adversarial_data_source=mixed", "-B",
+                 "adversarial_timesteps=1", "--reuse-from", str(chain["ship"]))
+    assert result.exit_code == 0, result.output
+    record = json.loads((work / "chain.json").read_text())
+    assert {"instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "vpred"} <= set(record["reused"])
+    assert {"data", "adversarial-data", "mobile-pix2pix-1step"} <= set(record["seconds"]) - set(record["reused"])
+    assert json.loads((work / "data-mixed" / "dataset.json").read_text())["source"] == "mixed"
+    assert "source" not in json.loads((work / "data" / "dataset.json").read_text())  # procedural
+    config = json.loads((work / "mobile-pix2pix-1step.train" / "config.json").read_text())
+    assert config["data"] == str(work / "data-mixed") and config["options"]["student_timesteps"] == 1
+    assert set(record["metrics"]["mobile-pix2pix-1step"]) >= {"teacher_at_1_step_mse", "student_mse"}
+    assert not list(chain["work"].glob("data-*"))  # 'same', the default: the chain's one dataset
 
 
 def test_pix2pix_weighting_reaches_the_epsilon_stages_and_retrains_only_them(chain, tmp_path):

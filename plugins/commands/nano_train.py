@@ -31,8 +31,8 @@ def movie_register_commands(cli):
                   "first; docs/paper_fidelity.md).")
     @click.option("--reuse-from", "reuse_from", metavar="WORK|nano",
                   help="Copy every stage whose budget entries (its upstream stages' included) equal this budget's "
-                  "from another chain's work folder, or the autoencoders and text tower from a shipped family "
-                  "('nano': the package's); an ablation of one entry retrains only what depends on it.")
+                  "from another chain's work folder or a shipped family ('nano': the package's); an ablation of "
+                  "one entry retrains only what depends on it.")
     @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
     def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
                    preset: str | None, progress: bool, reuse_from: str | None) -> None:

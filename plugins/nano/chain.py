@@ -127,6 +127,12 @@ class ChainBudget:
     # the generator's GAN term weight (adversarial `-O lambda_gen`; 0 = the MSE to the anchored real samples alone):
     # at one timestep, 0 kept grey greyer on the photographs, procedural or mixed data (docs/results/nano.md section 8)
     adversarial_gan_weight: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
+    # what the 1-step stage's dataset shows ('same': the chain's data_source; else a second dataset of the same size
+    # and seed from that source, in work/data-<source>): the earlier stages and every stage's held-out measure keep
+    # the chain's data. From the shipped vpred, 'mixed' at one timestep with no GAN term passes the most photo bars
+    # (docs/results/nano.md section 8)
+    adversarial_data_source: str = attrs.field(
+        default="same", validator=attrs.validators.in_(("same", "procedural", "photos", "mixed")))
     # Appendix B: 'stage3' = the mmg stage's model samples the real examples and is the discriminator's backbone;
     # 'student-init' = the vpred model (the adversarial stage's own start), as the shipped family was trained
     adversarial_teacher: str = attrs.field(default="stage3",
@@ -176,7 +182,7 @@ LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "dat
           "t2i_lr": 5e-4, "t2i_mobile_steps": 0,
           "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4,
           "pix2pix_weighting": "uniform", "mmg_weighting": "uniform", "adversarial_timesteps": 8,
-          "adversarial_gan_weight": 0.1}
+          "adversarial_gan_weight": 0.1, "adversarial_data_source": "same"}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -478,13 +484,15 @@ AE_STAGES = ("autoencoders", "md-vae", "taesd-decoder", "taesd-decoder-colour", 
 TEXT_KEYS = ("text_steps", "seed")
 TRAIN_KEYS = ("batch_size", "resolution", "seed", "ema_decay")  # every distiller stage (_train)
 ADVERSARIAL_KEYS = ("adversarial_steps", "adversarial_lr", "adversarial_data_weight", "adversarial_extra_resolution",
-                    "adversarial_timesteps", "adversarial_gan_weight")
+                    "adversarial_timesteps", "adversarial_gan_weight", "adversarial_data_source")
+ADVERSARIAL_DATA_KEYS = ("count", "videos", "resolution", "seed", "adversarial_data_source")
 
 
 @attrs.define
 class _ReuseSource:
     """Finished stages of another chain (train_chain's reuse_from): a work folder, or a shipped family (its
-    autoencoders and text tower; the stage folders there share them by reference and are not copied)."""
+    autoencoders, text tower and denoiser stages; the stage folders there share the first two by reference, which
+    a copy of one undoes)."""
 
     root: Path
     work: Path
@@ -526,6 +534,10 @@ class _ReuseSource:
             if not (src / "text_encoder").is_dir():
                 return None
             _copy_folder(src, self.work / "text")
+        elif self.shipped and name in SHIPPED_STAGES:
+            if not (self.root / name / "movie.json").is_file():
+                return None
+            self._unship(name, done)
         else:
             if self.shipped and name != "taesd-lite" or name == "init":
                 return None
@@ -535,6 +547,23 @@ class _ReuseSource:
             _copy_folder(self.root / rel, done)
         log(f"[{name}] reused from {self.root} ({len(keys)} budget entries equal)")
         return {"from": str(self.root), "seconds": seconds, "metrics": self.record.get("metrics", {}).get(name)}
+
+    def _unship(self, name: str, done: Path) -> None:
+        """A shipped stage folder back in a work folder's layout (what ship() laid out, undone): the shared
+        autoencoders and text tower its manifest's "components" map names are copied into it, and the family's
+        entries (components, builtin, edits) leave its manifest, which ship() writes anew."""
+        src = self.root / name
+        manifest = json.loads((src / "movie.json").read_text())
+        tmp = done.with_name(f".{done.name}.reuse")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        for component, rel in (manifest.pop("components", None) or {}).items():
+            if component in (*SHARED_AUTOENCODERS, *SHARED_TEXT) and not (tmp / component).exists():
+                shutil.copytree((src / rel).resolve(), tmp / component)
+        for key in ("builtin", "edits"):
+            manifest.pop(key, None)
+        (tmp / "movie.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        tmp.replace(done)
 
     def _copy_autoencoders(self) -> bool:
         dest = self.work / "autoencoders"
@@ -624,7 +653,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     reuse_from: another chain's work folder, or a shipped family (plugins/nano): a stage not done here is copied
     from there when every budget key it depends on, its upstream stages' included (`keys`/`needs` below), has the
     same value in both budgets, so an ablation that changes one key retrains only the stages downstream of it. A
-    shipped family holds only the autoencoders and the text tower in a reusable form."""
+    shipped family holds every stage but the data, init and taesd-swap (cheap: they run here)."""
     import torch
 
     from movie_core.components import resolve_device
@@ -685,6 +714,12 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     b = budget
     stage("data", data, lambda: write_nano(data, count=b.count, videos=b.videos, size=b.resolution, seed=b.seed,
                                            test_fraction=0.1, source=b.data_source), keys=DATA_KEYS)
+    one_step_data, one_step_needs = data, ("data",)
+    if b.adversarial_data_source not in ("same", b.data_source):  # the 1-step stage's own dataset
+        one_step_data, one_step_needs = work / f"data-{b.adversarial_data_source}", ("adversarial-data",)
+        stage("adversarial-data", one_step_data, lambda: write_nano(
+            one_step_data, count=b.count, videos=b.videos, size=b.resolution, seed=b.seed, test_fraction=0.1,
+            source=b.adversarial_data_source), keys=ADVERSARIAL_DATA_KEYS)
     stage("autoencoders", work / "autoencoders" / "taesd", lambda: nano_train.train_autoencoders(
         work / "autoencoders", vae_steps=b.vae_steps, taesd_steps=b.taesd_steps, batch_size=b.ae_batch_size,
         resolution=b.resolution, crop=min(b.ae_crop, b.resolution), whole_every=b.ae_whole_every, pool_size=b.ae_pool,
@@ -747,10 +782,8 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         stage("taesd-swap", mobile_start, lambda: _with_taesd(work / "instruct-pix2pix", mobile_start),
               work / "instruct-pix2pix", keys=("stage_order",), needs=("instruct-pix2pix",))
         start_stage = "taesd-swap"
-    if b.editing_unet == "mobile-diffusion":
-        _md_line(work, data, mobile_start, b, stage, progress, start_stage)
-    else:
-        _sd_line(work, data, mobile_start, b, stage, progress, start_stage)
+    line = _md_line if b.editing_unet == "mobile-diffusion" else _sd_line
+    line(work, data, mobile_start, b, stage, progress, start_stage, one_step_data, one_step_needs)
     if b.stage_order == "paper":
         base()  # the ladder's base model, off the mobile line in this order: last, so the mobile line comes first
     record["total_seconds"] = round(sum(record["seconds"].values()), 1)
@@ -762,7 +795,8 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
 
 
 def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callable[..., None],
-             progress: bool, start_stage: str) -> None:
+             progress: bool, start_stage: str,
+             one_step_data: Path, one_step_needs: tuple[str, ...]) -> None:
     """The mobile line on the MobileDiffusion UNet, in the same work folders: mobile-pix2pix holds the
     mobile-diffusion-pix2pix model (Stage 2 from the converted text-to-image model), mobile-pix2pix-mmg its
     guidance-distilled mobile-diffusion-pix2pix-mmg (Algorithm 1), mobile-pix2pix-1step the adversarial one-step
@@ -778,17 +812,19 @@ def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callabl
         progress=progress)), work / "mobile-pix2pix", keys=("mmg_steps", "mmg_lr"), needs=("mobile-pix2pix",))
     stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure(
         "mobile-pix2pix-1step", work, data, lambda: _train(
-        "adversarial", work / "mobile-pix2pix-mmg", data, work / "mobile-pix2pix-1step", b,
+        "adversarial", work / "mobile-pix2pix-mmg", one_step_data, work / "mobile-pix2pix-1step", b,
         steps=b.adversarial_steps, lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
         data_weight=b.adversarial_data_weight, student_timesteps=b.adversarial_timesteps,
         lambda_gen=b.adversarial_gan_weight,
         teacher_sampler="student-init",
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
-        "mobile-pix2pix-mmg"), work / "mobile-pix2pix-mmg", keys=ADVERSARIAL_KEYS, needs=("mobile-pix2pix-mmg",))
+        "mobile-pix2pix-mmg"), work / "mobile-pix2pix-mmg", keys=ADVERSARIAL_KEYS,
+        needs=("mobile-pix2pix-mmg", *one_step_needs))
 
 
 def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: Callable[..., None],
-             progress: bool, start_stage: str) -> None:
+             progress: bool, start_stage: str,
+             one_step_data: Path, one_step_needs: tuple[str, ...]) -> None:
     """The mobile line on SD-1.5's UNet (the shipped family): mobile-pix2pix -> mmg -> vpred -> 1-step."""
     stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
         "pix2pix-finetune", mobile_start, data, work / "mobile-pix2pix", b, steps=b.mobile_steps,
@@ -806,7 +842,7 @@ def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: 
         keys=("vpred_steps", "vpred_lr", "vpred_weighting"), needs=("mobile-pix2pix-mmg",))
     stage("mobile-pix2pix-1step", work / "mobile-pix2pix-1step", lambda: _then_measure(
         "mobile-pix2pix-1step", work, data, lambda: _train(
-        "adversarial", work / "vpred", data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
+        "adversarial", work / "vpred", one_step_data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
         lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
         data_weight=b.adversarial_data_weight, student_timesteps=b.adversarial_timesteps,
         lambda_gen=b.adversarial_gan_weight,
@@ -815,4 +851,4 @@ def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: 
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
         # measured against the 5-step teacher it learned from
         "mobile-pix2pix-mmg" if b.adversarial_teacher == "stage3" else None), work / "vpred",
-        keys=(*ADVERSARIAL_KEYS, "adversarial_teacher"), needs=("vpred", "mobile-pix2pix-mmg"))
+        keys=(*ADVERSARIAL_KEYS, "adversarial_teacher"), needs=("vpred", "mobile-pix2pix-mmg", *one_step_needs))
