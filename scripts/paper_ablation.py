@@ -32,6 +32,11 @@ DEPARTURES: dict[str, tuple[str, object, str]] = {
     "teacher-vpred": ("adversarial_teacher", "student-init", "the v-prediction model as teacher sampler and "
                       "discriminator backbone (Appendix B: the Stage-3 model)"),
     "extra-resolution": ("adversarial_extra_resolution", 128, "every other step also at 128 px"),
+    "one-timestep": ("adversarial_timesteps", 1, "the 1-step student trained at t = 999 only (Appendix B: 8 Euler "
+                     "timesteps, 999 down to 0)"),
+    "no-gan-term": ("adversarial_gan_weight", 0.0, "the generator's loss without Algorithm 2's adversarial term"),
+    "one-step-mixed-data": ("adversarial_data_source", "mixed", "the 1-step stage on photographs and procedural "
+                            "scenes (the paper: one dataset for every stage)"),
     "vpred-relative": ("vpred_weighting", "relative", "each example's error over its target's norm"),
     "vpred-lr": ("vpred_lr", 2e-4, "200x Appendix B's rate"),
     "mmg-lr": ("mmg_lr", 3e-4, "30x Appendix B's rate"),

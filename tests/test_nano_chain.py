@@ -313,6 +313,8 @@ def test_reuse_from_a_shipped_family_copies_its_autoencoders_text_tower_and_deno
     for name in ("vae", "taesd", "taesd-lite"):
         assert (work / "autoencoders" / name / "diffusion_pytorch_model.safetensors").read_bytes() == (
             chain["ship"] / "autoencoders" / name / "diffusion_pytorch_model.safetensors").read_bytes()
+    lite = "autoencoders/taesd_lite.json"  # the taesd-lite stage's record comes with it and ships again
+    assert (work / lite).read_text() == (chain["ship"] / lite).read_text() == (again / lite).read_text()
     assert (work / "text" / "text_encoder" / "model.safetensors").read_bytes() == (
         chain["ship"] / "text" / "text_encoder" / "model.safetensors").read_bytes()
     for stage in SHIPPED:  # the work layout: its own text tower and autoencoders, no family entries
@@ -342,6 +344,28 @@ def test_the_one_step_stage_trains_on_its_own_data_source_from_a_shipped_family(
     assert config["data"] == str(work / "data-mixed") and config["options"]["student_timesteps"] == 1
     assert set(record["metrics"]["mobile-pix2pix-1step"]) >= {"teacher_at_1_step_mse", "student_mse"}
     assert not list(chain["work"].glob("data-*"))  # 'same', the default: the chain's one dataset
+
+
+def test_retrain_trains_a_stage_and_what_reads_it_instead_of_copying_them(chain, tmp_path):
+    """--retrain vpred with --reuse-from: vpred and the 1-step stage (which reads it) train here although their
+    budget entries equal the source's; the stages before them are copied."""
+    work = tmp_path / "work"
+    result = run("nano-train", "--out", str(work), *SCALED, "--reuse-from", str(chain["ship"]), "--retrain", "vpred")
+    assert result.exit_code == 0, result.output
+    record = json.loads((work / "chain.json").read_text())
+    assert {"instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg"} <= set(record["reused"])
+    assert not {"vpred", "mobile-pix2pix-1step"} & set(record["reused"])
+    assert (work / "vpred.train" / "config.json").is_file() and (work / "mobile-pix2pix-1step.train").is_dir()
+
+
+def test_retrain_without_a_source_or_of_an_unknown_stage_is_one_line(tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    for extra, says in (((), "needs --reuse-from"), (("--reuse-from", "nano"), "no such training stage text")):
+        code, out, err = run_cli(capsys, "nano-train", "--out", str(tmp_path / "work"), *SCALED, *extra,
+                                 "--retrain", "vpred", "--retrain", "text")
+        assert code != 0 and says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not (tmp_path / "work").exists()
 
 
 def test_pix2pix_weighting_reaches_the_epsilon_stages_and_retrains_only_them(chain, tmp_path):
@@ -407,7 +431,8 @@ def test_shipped_layout_shares_the_autoencoders_and_text_tower(chain):
 
 @pytest.mark.slow
 def test_a_stage_with_its_own_text_tower_keeps_it(chain, tmp_path):
-    """Sharing is by content: a stage whose text encoder differs from the first stage's ships its own copy."""
+    """Sharing is by content: a stage whose text encoder differs from the first stage's ships its own copy; one whose
+    config names another transformers version holds the same text tower and shares it."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -421,6 +446,8 @@ def test_a_stage_with_its_own_text_tower_keeps_it(chain, tmp_path):
     name = next(iter(tensors))
     tensors[name] = tensors[name] + 1
     save_file(tensors, str(weights), metadata={"format": "pt"})
+    config = work / "mobile-pix2pix-mmg" / "text_encoder" / "config.json"  # saved by another transformers: shared
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"transformers_version": "0.0.1"}))
     ship(work, tmp_path / "ship")
     assert (tmp_path / "ship" / "mobile-pix2pix" / "text_encoder").is_dir()
     assert not (tmp_path / "ship" / "mobile-pix2pix-mmg" / "text_encoder").exists()

@@ -33,9 +33,12 @@ def movie_register_commands(cli):
                   help="Copy every stage whose budget entries (its upstream stages' included) equal this budget's "
                   "from another chain's work folder or a shipped family ('nano': the package's); an ablation of "
                   "one entry retrains only what depends on it.")
+    @click.option("--retrain", multiple=True, metavar="STAGE",
+                  help="With --reuse-from: train this stage (e.g. mobile-pix2pix-1step) and every stage that reads "
+                  "its output here even where they could be copied.")
     @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
     def nano_train(out: str, device: str, scale: float, ship_to: str | None, overrides: tuple[str, ...],
-                   preset: str | None, progress: bool, reuse_from: str | None) -> None:
+                   preset: str | None, progress: bool, reuse_from: str | None, retrain: tuple[str, ...]) -> None:
         """Train the nano model family from scratch: autoencoders, text tower and the four denoiser stages."""
         from movie_core.extras import require
 
@@ -69,5 +72,6 @@ def movie_register_commands(cli):
             if not source.is_dir():
                 raise UsageError(f"--reuse-from: no folder {reuse_from}")
         record = train_chain(Path(out), budget, device=device, ship_to=Path(ship_to) if ship_to else None,
-                             progress=progress, log=lambda m: click.echo(m, err=True), reuse_from=source)
+                             progress=progress, log=lambda m: click.echo(m, err=True), reuse_from=source,
+                             retrain=retrain)
         click.echo(json.dumps(record["seconds"]))

@@ -54,13 +54,13 @@ EDITING_UNETS = ("stable-diffusion", "mobile-diffusion")  # ChainBudget.editing_
 @attrs.frozen(kw_only=True)
 class ChainBudget:
     """Sizes and lengths of every stage: the budget the shipped family was trained with (its stage times are in
-    plugins/nano/chain.json), except two choices that now follow the paper (the shipped family's chain.json has no
-    such keys: it ran the LEGACY way, `--preset shipped` repeats it): the adversarial stage's teacher sampler and
-    discriminator backbone are the Stage-3 model (Appendix B), and the mmg stage gives each ResNet block its own
-    guidance projection (Sec. 3.3); and one that departs from it further: the epsilon stages' loss weights each
-    example's error as an error in v (`pix2pix_weighting`). About a quarter of it goes to the autoencoders because
-    they cap every later stage: what they cannot reconstruct (a whole frame, a colour, grey) no denoiser stage can
-    edit. The measurements behind the numbers are in docs/results/."""
+    plugins/nano/chain.json; `--preset shipped` repeats it), except choices that now follow the paper: the
+    adversarial stage's teacher sampler and discriminator backbone are the Stage-3 model (Appendix B), the mmg stage
+    gives each ResNet block its own guidance projection (Sec. 3.3), and the 1-step stage trains at Appendix B's 8
+    timesteps with its GAN term on the chain's own data; and one that departs from it further: the epsilon stages'
+    loss weights each example's error as an error in v (`pix2pix_weighting`). About a quarter of it goes to the
+    autoencoders because they cap every later stage: what they cannot reconstruct (a whole frame, a colour, grey) no
+    denoiser stage can edit. The measurements behind the numbers are in docs/results/."""
 
     count: int = 8000
     videos: int = 24
@@ -187,7 +187,10 @@ LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "dat
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
 PRESETS: dict[str, dict[str, Any]] = {
-    "shipped": LEGACY | {"taesd_lite_steps": 2500},  # its taesd-lite was distilled after the key existed
+    # its taesd-lite was distilled after the key existed; its 1-step stage was trained again on mixed data, at
+    # t = 999 only and with no GAN term (docs/results/nano.md section 8)
+    "shipped": LEGACY | {"taesd_lite_steps": 2500, "adversarial_data_source": "mixed", "adversarial_timesteps": 1,
+                         "adversarial_gan_weight": 0.0},
     "paper": {
         "ip2p_lr": 1e-4, "mobile_lr": 1e-4,  # InstructPix2Pix's rate (the paper gives none for Stages 1-2)
         "mmg_lr": 1e-5, "vpred_lr": 1e-6, "adversarial_lr": 1e-5,  # Appendix B
@@ -344,10 +347,31 @@ def _record_start(folder: Path, start: Path, order: str) -> list[str]:
     return chain["lineage"]
 
 
+# config entries that name the library version or the folder a model was saved from, not the model
+_PROVENANCE_KEYS = ("transformers_version", "_diffusers_version", "_name_or_path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.read_bytes() == b.read_bytes():
+        return True
+    if a.suffix != ".json":
+        return False
+    try:
+        x, y = json.loads(a.read_text()), json.loads(b.read_text())
+    except ValueError:
+        return False
+    if not (isinstance(x, dict) and isinstance(y, dict)):
+        return False
+    return {k: v for k, v in x.items() if k not in _PROVENANCE_KEYS} == {
+        k: v for k, v in y.items() if k not in _PROVENANCE_KEYS}
+
+
 def _same_folder(a: Path, b: Path) -> bool:
+    """The same files with the same contents (a JSON config's library version and source path aside: a stage saved
+    by a newer transformers holds the same text tower)."""
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     return files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and all(
-        (a / f).read_bytes() == (b / f).read_bytes() for f in files)
+        _same_file(a / f, b / f) for f in files)
 
 
 def ship(work: Path, dest: Path) -> None:
@@ -544,6 +568,8 @@ class _ReuseSource:
             rel = done.relative_to(self.work)
             if not (self.root / rel).exists():
                 return None
+            if name == "taesd-lite" and (self.root / "autoencoders" / TAESD_LITE_METRICS).is_file():
+                shutil.copy2(self.root / "autoencoders" / TAESD_LITE_METRICS, done.parent / TAESD_LITE_METRICS)
             _copy_folder(self.root / rel, done)
         log(f"[{name}] reused from {self.root} ({len(keys)} budget entries equal)")
         return {"from": str(self.root), "seconds": seconds, "metrics": self.record.get("metrics", {}).get(name)}
@@ -645,15 +671,20 @@ def _then_measure(stage: str, work: Path, data: Path, train: Callable[[], Any],
     return objective(stage, work, data, teacher)
 
 
+# the stages `movie nano-train --retrain` trains again instead of copying them (each writes a folder of its own)
+RETRAINABLE = (*SHIPPED_STAGES, "text-to-image", "t2i-finetune")
+
+
 def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_to: Path | None = None,
                 progress: bool = True, log: Callable[[str], None] = print,
-                reuse_from: Path | None = None) -> dict[str, Any]:
+                reuse_from: Path | None = None, retrain: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run (or resume) every stage into `work`; returns the per-stage record also saved as work/chain.json.
 
     reuse_from: another chain's work folder, or a shipped family (plugins/nano): a stage not done here is copied
     from there when every budget key it depends on, its upstream stages' included (`keys`/`needs` below), has the
     same value in both budgets, so an ablation that changes one key retrains only the stages downstream of it. A
-    shipped family holds every stage but the data, init and taesd-swap (cheap: they run here)."""
+    shipped family holds every stage but the data, init and taesd-swap (cheap: they run here). retrain: stages
+    (RETRAINABLE) trained here even where they could be copied, and with them every stage that reads their output."""
     import torch
 
     from movie_core.components import resolve_device
@@ -665,6 +696,10 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     if ship_to is not None and budget.editing_unet != "stable-diffusion":
         raise UsageError("only the SD-UNet line ships as the built-in family; train the MobileDiffusion line "
                          "without --ship and use its stage folders with --model")
+    if retrain and reuse_from is None:
+        raise UsageError("--retrain names stages not to copy: it needs --reuse-from")
+    if unknown := sorted(set(retrain) - set(RETRAINABLE)):
+        raise UsageError(f"--retrain: no such training stage {', '.join(unknown)} (one of {', '.join(RETRAINABLE)})")
     source = _ReuseSource(reuse_from, work) if reuse_from is not None else None  # checked before work is made
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "chain.json"
@@ -679,6 +714,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
 
     record["stage_order"] = budget.stage_order
     depends: dict[str, set[str]] = {}
+    fresh: set[str] = set()  # stages trained here rather than copied (retrain, and what reads their output)
 
     def stage(name: str, done: Path, fn: Callable[[], Any], start: Path | None = None, *,
               keys: tuple[str, ...] = (), needs: tuple[str, ...] = ()) -> None:
@@ -686,7 +722,10 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         starts from, recorded in its manifest and in chain.json's lineage. keys: the budget entries the stage reads,
         needs: the stages whose output it reads (their keys count as its own for --reuse-from)."""
         depends[name] = set(keys).union(*(depends[n] for n in needs))
-        if source is not None and name not in record["seconds"] and (not done.exists() or source.made(name)):
+        if name in retrain or fresh.intersection(needs):
+            fresh.add(name)
+        if (source is not None and name not in fresh and name not in record["seconds"]
+                and (not done.exists() or source.made(name))):
             reused = source.copy(name, done, depends[name], budget, log)
             if reused is not None:
                 record["seconds"][name] = reused["seconds"]
