@@ -640,13 +640,14 @@ def _intro(result: dict[str, Any]) -> list[str]:
             what["mobile-pix2pix-1step"] = (
                 (f"adversarial distillation (Alg. 2), real samples anchored to the ground truth "
                  f"(data_weight {b['adversarial_data_weight']:g}; {px})"), "adversarial_steps")
-        extra = [f"{b['adversarial_data_source']} data" if b.get("adversarial_data_source", "same") != "same" else "",
-                 "trained at t = 999 only" if b.get("adversarial_timesteps") == 1 else "",
-                 "no GAN term in the generator's loss" if b.get("adversarial_gan_weight") == 0 else ""]
-        if any(extra):
-            desc, key = what["mobile-pix2pix-1step"]
-            what["mobile-pix2pix-1step"] = (f"{desc}; {', '.join(e for e in extra if e)}", key)
         source = b.get("adversarial_data_source", "same")
+        extra = [text for text, on in ((f"{source} data", source != "same"),
+                                       ("trained at t = 999 only", b.get("adversarial_timesteps") == 1),
+                                       ("no GAN term in the generator's loss", b.get("adversarial_gan_weight") == 0))
+                 if on]
+        if extra:
+            desc, key = what["mobile-pix2pix-1step"]
+            what["mobile-pix2pix-1step"] = (f"{desc}; {', '.join(extra)}", key)
         what["adversarial-data"] = (f"`movie data nano --source {source}` (the 1-step stage's data)", "count")
         for name, secs in seconds.items():
             desc, key = what.get(name, ("", None))

@@ -834,8 +834,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
 
 
 def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callable[..., None],
-             progress: bool, start_stage: str,
-             one_step_data: Path, one_step_needs: tuple[str, ...]) -> None:
+             progress: bool, start_stage: str, one_step_data: Path, one_step_needs: tuple[str, ...]) -> None:
     """The mobile line on the MobileDiffusion UNet, in the same work folders: mobile-pix2pix holds the
     mobile-diffusion-pix2pix model (Stage 2 from the converted text-to-image model), mobile-pix2pix-mmg its
     guidance-distilled mobile-diffusion-pix2pix-mmg (Algorithm 1), mobile-pix2pix-1step the adversarial one-step
@@ -862,8 +861,7 @@ def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callabl
 
 
 def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: Callable[..., None],
-             progress: bool, start_stage: str,
-             one_step_data: Path, one_step_needs: tuple[str, ...]) -> None:
+             progress: bool, start_stage: str, one_step_data: Path, one_step_needs: tuple[str, ...]) -> None:
     """The mobile line on SD-1.5's UNet (the shipped family): mobile-pix2pix -> mmg -> vpred -> 1-step."""
     stage("mobile-pix2pix", work / "mobile-pix2pix", lambda: _train(
         "pix2pix-finetune", mobile_start, data, work / "mobile-pix2pix", b, steps=b.mobile_steps,
