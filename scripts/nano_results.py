@@ -633,6 +633,11 @@ def _intro(result: dict[str, Any]) -> list[str]:
             "vpred": ("v-prediction conversion", "vpred_steps"),
             "mobile-pix2pix-1step": ("adversarial distillation (Alg. 2)", "adversarial_steps"),
         }
+        if b.get("ip2p_uniform_steps"):  # the base in two runs
+            what["instruct-pix2pix-uniform"] = ("pix2pix-finetune, plain loss (the base's first run)",
+                                                "ip2p_uniform_steps")
+            what["instruct-pix2pix"] = (f"pix2pix-finetune from it, {b.get('pix2pix_weighting')} weighting over t",
+                                        "ip2p_steps")
         if b.get("vpred_weighting"):
             what["vpred"] = (f"v-prediction conversion ({b['vpred_weighting']} weighting over t)", "vpred_steps")
         if b.get("adversarial_data_weight"):

@@ -386,6 +386,37 @@ def test_pix2pix_weighting_reaches_the_epsilon_stages_and_retrains_only_them(cha
         assert default["training"]["options"]["weighting"] == "v"
 
 
+@pytest.mark.slow
+def test_a_two_run_base_starts_from_a_plain_loss_base_and_reuses_it(chain, tmp_path):
+    """-B ip2p_uniform_steps: the base is a plain-loss run, then a fresh run with pix2pix_weighting from its
+    weights. From a chain whose base is one plain-loss run of that length, the first run is that base (copied, not
+    trained); from the two-run chain shipped, the base comes whole and no first run trains."""
+    plain, two, again = tmp_path / "plain", tmp_path / "two", tmp_path / "again"
+    result = run("nano-train", "--out", str(plain), *SCALED, "-B", "pix2pix_weighting=uniform", "--reuse-from",
+                 str(chain["work"]))
+    assert result.exit_code == 0, result.output
+    two_run = ("-B", "ip2p_uniform_steps=6000")  # 3 steps at this scale, as the plain chain's ip2p_steps
+    result = run("nano-train", "--out", str(two), *SCALED, *two_run, "--reuse-from", str(plain), "--ship",
+                 str(tmp_path / "ship"))
+    assert result.exit_code == 0, result.output
+    record = json.loads((two / "chain.json").read_text())
+    assert record["reused"]["instruct-pix2pix-uniform"]["from"] == str(plain / "instruct-pix2pix")
+    assert not {"instruct-pix2pix", "mobile-pix2pix"} & set(record["reused"])
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    assert (two / "instruct-pix2pix-uniform" / unet).read_bytes() == (plain / "instruct-pix2pix" / unet).read_bytes()
+    config = json.loads((two / "instruct-pix2pix.train" / "config.json").read_text())
+    assert config["teacher"] == str(two / "instruct-pix2pix-uniform") and config["options"]["weighting"] == "v"
+    assert record["lineage"]["instruct-pix2pix"][-2:] == ["instruct-pix2pix-uniform", "instruct-pix2pix"]
+
+    result = run("nano-train", "--out", str(again), *SCALED, *two_run, "--reuse-from", str(tmp_path / "ship"))
+    assert result.exit_code == 0, result.output
+    record = json.loads((again / "chain.json").read_text())
+    assert {"instruct-pix2pix", "mobile-pix2pix-1step"} <= set(record["reused"])
+    assert not (again / "instruct-pix2pix-uniform").exists()  # the base came whole: its first run's time only
+    assert record["seconds"]["instruct-pix2pix-uniform"] == json.loads((two / "chain.json").read_text())[
+        "seconds"]["instruct-pix2pix-uniform"]
+
+
 def test_mmg_weighting_reaches_the_mmg_stage_and_retrains_only_from_it(chain, tmp_path):
     """-B mmg_weighting=v: the mmg stage trains with weighting 'v' (in its manifest; the default budget's is
     'uniform'); reused from a default chain, every stage before it is copied, it and what follows retrain."""

@@ -41,6 +41,7 @@ from movie_core.data import procedural
 from movie_core.errors import UsageError
 from movie_core.weights import replace_folder
 
+FIRST_BASE = "instruct-pix2pix-uniform"  # the base's first run (ChainBudget.ip2p_uniform_steps), not shipped
 SHIPPED_STAGES = ("instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step")
 SHARED_AUTOENCODERS = ("vae", "taesd")
 TAESD_LITE, TAESD_LITE_METRICS = "taesd-lite", "taesd_lite.json"  # the taesd-lite stage's folder and record
@@ -94,6 +95,11 @@ class ChainBudget:
     text_steps: int = 600
     ip2p_steps: int = 6000
     ip2p_lr: float = 5e-4
+    # the base in two runs (0: one): first this many steps with InstructPix2Pix's plain loss ('uniform', in
+    # work/instruct-pix2pix-uniform), then a fresh run of ip2p_steps (new optimizer and warmup) from its weights with
+    # pix2pix_weighting. A base that learned the plain loss first and 'v' after edits above identity in few
+    # steps (docs/paper_fidelity.md), and the first run is the shipped base of 2026-12-06 (--reuse-from nano copies it)
+    ip2p_uniform_steps: int = 0
     mobile_steps: int = 2000
     mobile_lr: float = 2e-4
     # pix2pix-finetune's weighting over t in the epsilon stages (instruct-pix2pix, mobile-pix2pix of the SD line):
@@ -182,7 +188,7 @@ LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "dat
           "t2i_lr": 5e-4, "t2i_mobile_steps": 0,
           "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4,
           "pix2pix_weighting": "uniform", "mmg_weighting": "uniform", "adversarial_timesteps": 8,
-          "adversarial_gan_weight": 0.1, "adversarial_data_source": "same"}
+          "adversarial_gan_weight": 0.1, "adversarial_data_source": "same", "ip2p_uniform_steps": 0}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
@@ -540,16 +546,41 @@ class _ReuseSource:
         """Whether stage name's output exists because this source's copy made it (the autoencoder group)."""
         return name in AE_STAGES and self.ae_copied
 
+    def _theirs(self, name: str) -> tuple[str, dict[str, Any]]:
+        """The source's stage that stands for our stage `name`, and the budget to compare with: a source whose base
+        is one plain-loss run (no ip2p_uniform_steps) holds our base's first run (FIRST_BASE) in its base."""
+        if (name == FIRST_BASE and not self.budget.get("ip2p_uniform_steps")
+                and self.budget.get("pix2pix_weighting") == "uniform" and "ip2p_steps" in self.budget):
+            return "instruct-pix2pix", self.budget | {"ip2p_uniform_steps": self.budget["ip2p_steps"]}
+        return name, self.budget
+
+    def can_copy(self, name: str, keys: set[str], budget: ChainBudget) -> bool:
+        """Whether stage `name` finished in the source with every key in `keys` equal to ours."""
+        theirs, their_budget = self._theirs(name)
+        ours = attrs.asdict(budget)
+        return (bool(keys) and all(k in their_budget and their_budget[k] == ours[k] for k in keys)
+                and self.record.get("seconds", {}).get(theirs) is not None)
+
     def copy(self, name: str, done: Path, keys: set[str], budget: ChainBudget,
              log: Callable[[str], None]) -> dict[str, Any] | None:
         """Copy stage `name`'s output (done's folder) from the source when it finished there and every key in
         `keys` is equal; returns what chain.json records for it, or None."""
-        ours = attrs.asdict(budget)
-        if not keys or any(k not in self.budget or self.budget[k] != ours[k] for k in keys):
+        if not self.can_copy(name, keys, budget):
             return None
-        seconds = self.record.get("seconds", {}).get(name)
-        if seconds is None:  # not finished there
-            return None
+        theirs = self._theirs(name)[0]
+        seconds = self.record["seconds"][theirs]
+        if theirs != name:  # our base's first run is the source's base
+            if self.shipped:
+                if not (self.root / theirs / "movie.json").is_file():
+                    return None
+                self._unship(theirs, done)
+            else:
+                if not (self.root / theirs).is_dir():
+                    return None
+                _copy_folder(self.root / theirs, done)
+            log(f"[{name}] reused from {self.root}'s {theirs} ({len(keys)} budget entries equal)")
+            return {"from": str(self.root / theirs), "seconds": seconds,
+                    "metrics": self.record.get("metrics", {}).get(theirs)}
         if name in AE_STAGES:
             if not self.ae_copied and not self._copy_autoencoders() or not done.exists():
                 return None  # (a shipped family has no md_vae: the md-vae stage trains here)
@@ -672,7 +703,7 @@ def _then_measure(stage: str, work: Path, data: Path, train: Callable[[], Any],
 
 
 # the stages `movie nano-train --retrain` trains again instead of copying them (each writes a folder of its own)
-RETRAINABLE = (*SHIPPED_STAGES, "text-to-image", "t2i-finetune")
+RETRAINABLE = (*SHIPPED_STAGES, "instruct-pix2pix-uniform", "text-to-image", "t2i-finetune")
 
 
 def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_to: Path | None = None,
@@ -787,11 +818,31 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
           needs=("autoencoders", "text"))
 
     def base() -> None:
+        keys = ("ip2p_steps", "ip2p_lr", "pix2pix_weighting", "ip2p_uniform_steps", *TRAIN_KEYS)
+        start, start_stage = work / "init", "init"
+        if b.ip2p_uniform_steps:  # the first run, unless the base is here already or comes from the source
+            start, start_stage = work / FIRST_BASE, FIRST_BASE
+            first_keys = ("ip2p_uniform_steps", "ip2p_lr", *TRAIN_KEYS)
+            full = set(keys).union(depends["init"], depends["data"])
+            if (work / "instruct-pix2pix").exists() or (
+                    source is not None and not {"instruct-pix2pix", FIRST_BASE} & (fresh | set(retrain))
+                    and source.can_copy("instruct-pix2pix", full, budget)):
+                depends[FIRST_BASE] = set(first_keys).union(depends["init"], depends["data"])
+                if source is not None and FIRST_BASE not in record["seconds"]:  # its time, not its folder
+                    seconds = source.record.get("seconds", {}).get(FIRST_BASE)
+                    if seconds is not None:
+                        record["seconds"][FIRST_BASE] = seconds
+                        record.setdefault("reused", {})[FIRST_BASE] = {
+                            "from": str(source.root), "seconds": seconds, "folder": "not copied: the base is"}
+            else:
+                stage(FIRST_BASE, start, lambda: _train(
+                    "pix2pix-finetune", work / "init", data, start, b, steps=b.ip2p_uniform_steps, lr=b.ip2p_lr,
+                    progress=progress, weighting="uniform"), work / "init", keys=first_keys, needs=("init", "data"))
         stage("instruct-pix2pix", work / "instruct-pix2pix", lambda: (
-            _train("pix2pix-finetune", work / "init", data, work / "instruct-pix2pix", b, steps=b.ip2p_steps,
+            _train("pix2pix-finetune", start, data, work / "instruct-pix2pix", b, steps=b.ip2p_steps,
                    lr=b.ip2p_lr, progress=progress, weighting=b.pix2pix_weighting),
-            shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")), work / "init",
-              keys=("ip2p_steps", "ip2p_lr", "pix2pix_weighting", *TRAIN_KEYS), needs=("init", "data"))
+            shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")), start,
+              keys=keys, needs=(start_stage, "data"))
 
     if b.stage_order == "paper":  # Sec. 4: Stage 1 from a text-to-image model, Stage 2 adds the image channels
         captions = work / "captions"
