@@ -413,6 +413,7 @@ def test_a_two_run_base_starts_from_a_plain_loss_base_and_reuses_it(chain, tmp_p
     record = json.loads((again / "chain.json").read_text())
     assert {"instruct-pix2pix", "mobile-pix2pix-1step"} <= set(record["reused"])
     assert not (again / "instruct-pix2pix-uniform").exists()  # the base came whole: its first run's time only
+    assert record["lineage"]["instruct-pix2pix"] == ["init", "instruct-pix2pix-uniform", "instruct-pix2pix"]
     assert record["seconds"]["instruct-pix2pix-uniform"] == json.loads((two / "chain.json").read_text())[
         "seconds"]["instruct-pix2pix-uniform"]
 

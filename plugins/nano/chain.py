@@ -820,6 +820,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     def base() -> None:
         keys = ("ip2p_steps", "ip2p_lr", "pix2pix_weighting", "ip2p_uniform_steps", *TRAIN_KEYS)
         start, start_stage = work / "init", "init"
+        whole = False  # the two-run base here or copied whole: its first run is not made here
         if b.ip2p_uniform_steps:  # the first run, unless the base is here already or comes from the source
             start, start_stage = work / FIRST_BASE, FIRST_BASE
             first_keys = ("ip2p_uniform_steps", "ip2p_lr", *TRAIN_KEYS)
@@ -827,13 +828,13 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
             if (work / "instruct-pix2pix").exists() or (
                     source is not None and not {"instruct-pix2pix", FIRST_BASE} & (fresh | set(retrain))
                     and source.can_copy("instruct-pix2pix", full, budget)):
-                depends[FIRST_BASE] = set(first_keys).union(depends["init"], depends["data"])
+                depends[FIRST_BASE], whole = set(first_keys).union(depends["init"], depends["data"]), True
                 if source is not None and FIRST_BASE not in record["seconds"]:  # its time, not its folder
                     seconds = source.record.get("seconds", {}).get(FIRST_BASE)
                     if seconds is not None:
                         record["seconds"][FIRST_BASE] = seconds
                         record.setdefault("reused", {})[FIRST_BASE] = {
-                            "from": str(source.root), "seconds": seconds, "folder": "not copied: the base is"}
+                            "from": str(source.root), "seconds": seconds, "folder_copied": False}
             else:
                 stage(FIRST_BASE, start, lambda: _train(
                     "pix2pix-finetune", work / "init", data, start, b, steps=b.ip2p_uniform_steps, lr=b.ip2p_lr,
@@ -841,8 +842,10 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         stage("instruct-pix2pix", work / "instruct-pix2pix", lambda: (
             _train("pix2pix-finetune", start, data, work / "instruct-pix2pix", b, steps=b.ip2p_steps,
                    lr=b.ip2p_lr, progress=progress, weighting=b.pix2pix_weighting),
-            shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")), start,
-              keys=keys, needs=(start_stage, "data"))
+            shutil.copytree(work / "autoencoders" / "taesd", work / "instruct-pix2pix" / "taesd")),
+              None if whole else start, keys=keys, needs=(start_stage, "data"))
+        if whole:  # its manifest holds its lineage, the first run's folder included
+            record.setdefault("lineage", {})["instruct-pix2pix"] = lineage(work / "instruct-pix2pix")
 
     if b.stage_order == "paper":  # Sec. 4: Stage 1 from a text-to-image model, Stage 2 adds the image channels
         captions = work / "captions"
