@@ -47,8 +47,11 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 def assert_same_output(a: torch.Tensor, b: torch.Tensor) -> None:
     """Same outputs. Not always bit-identical: weights loaded from safetensors sit at addresses that
     are not 64-byte aligned, and CPU GEMM kernels pick alignment-dependent code paths (seen: 5e-8
-    differences in a Linear with bit-identical weights; cloning the weights makes it exact)."""
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    differences in a Linear with bit-identical weights; cloning the weights makes it exact; 1.6e-5 at 4 of
+    256 outputs of the nano SD UNet in a full-suite run, where allocation order differs). The weights are
+    checked bit for bit apart (assert_same_weights); the perturbation a failed load would leave moves the
+    outputs by far more than 1e-4."""
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_registry_has_the_builtins():
