@@ -546,41 +546,32 @@ class _ReuseSource:
         """Whether stage name's output exists because this source's copy made it (the autoencoder group)."""
         return name in AE_STAGES and self.ae_copied
 
-    def _theirs(self, name: str) -> tuple[str, dict[str, Any]]:
-        """The source's stage that stands for our stage `name`, and the budget to compare with: a source whose base
-        is one plain-loss run (no ip2p_uniform_steps) holds our base's first run (FIRST_BASE) in its base."""
+    def _match(self, name: str, keys: set[str], budget: ChainBudget) -> str | None:
+        """The source's stage that stands for our stage `name` when it finished there with every key in `keys`
+        equal to ours, else None. A source whose base is one plain-loss run (no ip2p_uniform_steps) holds our base's
+        first run (FIRST_BASE) in its base, its ip2p_steps compared with our ip2p_uniform_steps."""
+        theirs, their_budget = name, self.budget
         if (name == FIRST_BASE and not self.budget.get("ip2p_uniform_steps")
                 and self.budget.get("pix2pix_weighting") == "uniform" and "ip2p_steps" in self.budget):
-            return "instruct-pix2pix", self.budget | {"ip2p_uniform_steps": self.budget["ip2p_steps"]}
-        return name, self.budget
+            theirs, their_budget = "instruct-pix2pix", self.budget | {"ip2p_uniform_steps": self.budget["ip2p_steps"]}
+        ours = attrs.asdict(budget)
+        if (keys and all(k in their_budget and their_budget[k] == ours[k] for k in keys)
+                and self.record.get("seconds", {}).get(theirs) is not None):
+            return theirs
+        return None
 
     def can_copy(self, name: str, keys: set[str], budget: ChainBudget) -> bool:
         """Whether stage `name` finished in the source with every key in `keys` equal to ours."""
-        theirs, their_budget = self._theirs(name)
-        ours = attrs.asdict(budget)
-        return (bool(keys) and all(k in their_budget and their_budget[k] == ours[k] for k in keys)
-                and self.record.get("seconds", {}).get(theirs) is not None)
+        return self._match(name, keys, budget) is not None
 
     def copy(self, name: str, done: Path, keys: set[str], budget: ChainBudget,
              log: Callable[[str], None]) -> dict[str, Any] | None:
         """Copy stage `name`'s output (done's folder) from the source when it finished there and every key in
         `keys` is equal; returns what chain.json records for it, or None."""
-        if not self.can_copy(name, keys, budget):
+        theirs = self._match(name, keys, budget)
+        if theirs is None:
             return None
-        theirs = self._theirs(name)[0]
         seconds = self.record["seconds"][theirs]
-        if theirs != name:  # our base's first run is the source's base
-            if self.shipped:
-                if not (self.root / theirs / "movie.json").is_file():
-                    return None
-                self._unship(theirs, done)
-            else:
-                if not (self.root / theirs).is_dir():
-                    return None
-                _copy_folder(self.root / theirs, done)
-            log(f"[{name}] reused from {self.root}'s {theirs} ({len(keys)} budget entries equal)")
-            return {"from": str(self.root / theirs), "seconds": seconds,
-                    "metrics": self.record.get("metrics", {}).get(theirs)}
         if name in AE_STAGES:
             if not self.ae_copied and not self._copy_autoencoders() or not done.exists():
                 return None  # (a shipped family has no md_vae: the md-vae stage trains here)
@@ -589,21 +580,22 @@ class _ReuseSource:
             if not (src / "text_encoder").is_dir():
                 return None
             _copy_folder(src, self.work / "text")
-        elif self.shipped and name in SHIPPED_STAGES:
-            if not (self.root / name / "movie.json").is_file():
+        elif self.shipped and theirs in SHIPPED_STAGES:
+            if not (self.root / theirs / "movie.json").is_file():
                 return None
-            self._unship(name, done)
+            self._unship(theirs, done)
         else:
             if self.shipped and name != "taesd-lite" or name == "init":
                 return None
-            rel = done.relative_to(self.work)
+            rel = done.relative_to(self.work) if theirs == name else Path(theirs)
             if not (self.root / rel).exists():
                 return None
             if name == "taesd-lite" and (self.root / "autoencoders" / TAESD_LITE_METRICS).is_file():
                 shutil.copy2(self.root / "autoencoders" / TAESD_LITE_METRICS, done.parent / TAESD_LITE_METRICS)
             _copy_folder(self.root / rel, done)
-        log(f"[{name}] reused from {self.root} ({len(keys)} budget entries equal)")
-        return {"from": str(self.root), "seconds": seconds, "metrics": self.record.get("metrics", {}).get(name)}
+        src = self.root if theirs == name else self.root / theirs  # (our base's first run: the source's base)
+        log(f"[{name}] reused from {src} ({len(keys)} budget entries equal)")
+        return {"from": str(src), "seconds": seconds, "metrics": self.record.get("metrics", {}).get(theirs)}
 
     def _unship(self, name: str, done: Path) -> None:
         """A shipped stage folder back in a work folder's layout (what ship() laid out, undone): the shared
@@ -824,11 +816,12 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
         if b.ip2p_uniform_steps:  # the first run, unless the base is here already or comes from the source
             start, start_stage = work / FIRST_BASE, FIRST_BASE
             first_keys = ("ip2p_uniform_steps", "ip2p_lr", *TRAIN_KEYS)
-            full = set(keys).union(depends["init"], depends["data"])
+            # what stage() would record for the first run, so the base's entries are known before it runs or not
+            depends[FIRST_BASE] = set(first_keys).union(depends["init"], depends["data"])
             if (work / "instruct-pix2pix").exists() or (
                     source is not None and not {"instruct-pix2pix", FIRST_BASE} & (fresh | set(retrain))
-                    and source.can_copy("instruct-pix2pix", full, budget)):
-                depends[FIRST_BASE], whole = set(first_keys).union(depends["init"], depends["data"]), True
+                    and source.can_copy("instruct-pix2pix", set(keys).union(depends[FIRST_BASE]), budget)):
+                whole = True
                 if source is not None and FIRST_BASE not in record["seconds"]:  # its time, not its folder
                     seconds = source.record.get("seconds", {}).get(FIRST_BASE)
                     if seconds is not None:
