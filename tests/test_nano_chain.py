@@ -418,6 +418,21 @@ def test_a_two_run_base_starts_from_a_plain_loss_base_and_reuses_it(chain, tmp_p
         "seconds"]["instruct-pix2pix-uniform"]
 
 
+def test_mobile_weighting_sets_mobile_pix2pix_apart_from_the_base(chain, tmp_path):
+    """-B mobile_weighting=uniform: mobile-pix2pix trains with the plain loss while the base keeps the default
+    budget's 'v'; reused from a default chain, the base is copied, mobile-pix2pix and what follows retrain."""
+    work = tmp_path / "work"
+    result = run("nano-train", "--out", str(work), *SCALED, "-B", "mobile_weighting=uniform", "--reuse-from",
+                 str(chain["work"]))
+    assert result.exit_code == 0, result.output
+    record = json.loads((work / "chain.json").read_text())
+    assert {"data", "autoencoders", "text", "instruct-pix2pix"} <= set(record["reused"])
+    assert not {"mobile-pix2pix", "mobile-pix2pix-mmg", "vpred", "mobile-pix2pix-1step"} & set(record["reused"])
+    weighting = {stage: json.loads((work / stage / "movie.json").read_text())["training"]["options"]["weighting"]
+                 for stage in ("instruct-pix2pix", "mobile-pix2pix")}
+    assert weighting == {"instruct-pix2pix": "v", "mobile-pix2pix": "uniform"}
+
+
 def test_mmg_weighting_reaches_the_mmg_stage_and_retrains_only_from_it(chain, tmp_path):
     """-B mmg_weighting=v: the mmg stage trains with weighting 'v' (in its manifest; the default budget's is
     'uniform'); reused from a default chain, every stage before it is copied, it and what follows retrain."""

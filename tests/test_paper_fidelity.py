@@ -258,6 +258,29 @@ def test_adversarial_logs_discriminator_health(tiny_models, tmp_path, sampler):
     assert set(manifest["training"]["final_losses"]) >= {"d_acc_real", "d_acc_fake", "g_adv_share"}
 
 
+def test_adversarial_without_a_gan_term_skips_the_discriminator_and_trains_the_same_student(tiny_models, tmp_path,
+                                                                                             monkeypatch):
+    """lambda_gen 0: the discriminator is neither run nor trained, and the student comes out as it does when the
+    discriminator is run and trained beside it (its term weighs nothing); the log has the MSE and no D health."""
+    from safetensors.torch import load_file
+
+    from movie_plugins.distillers._adversarial import AdversarialDistiller
+
+    options = {"teacher_sampler": "student-init", "lambda_gen": 0.0}
+    _, skipped = _adversarial(tiny_models, tmp_path / "skipped", **options)
+    monkeypatch.setattr(AdversarialDistiller, "gan", property(lambda self: True))
+    _, full = _adversarial(tiny_models, tmp_path / "full", **options)
+    assert all("d_acc_real" not in row for row in skipped) and all("d_acc_real" in row for row in full)
+    assert [row["mse"] for row in skipped] == pytest.approx([row["mse"] for row in full], rel=1e-6)
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / "skipped" / unet), load_file(tmp_path / "full" / unet)
+    start = load_file(tiny_models / "vpred" / unet)
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # the student trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
 def test_discriminator_health_is_the_share_on_the_right_side_of_zero():
     from movie_plugins.distillers._discriminator import discriminator_health
 
