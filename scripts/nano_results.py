@@ -639,8 +639,8 @@ def _intro(result: dict[str, Any]) -> list[str]:
             what["instruct-pix2pix"] = (f"pix2pix-finetune from it, {b.get('pix2pix_weighting')} weighting over t",
                                         "ip2p_steps")
         if b.get("mobile_weighting", "same") != "same":
-            what["mobile-pix2pix"] = (f"top attention dropped, finetuned, {b['mobile_weighting']} weighting over t",
-                                      "mobile_steps")
+            desc, key = what["mobile-pix2pix"]
+            what["mobile-pix2pix"] = (f"{desc}, {b['mobile_weighting']} weighting over t", key)
         if b.get("vpred_weighting"):
             what["vpred"] = (f"v-prediction conversion ({b['vpred_weighting']} weighting over t)", "vpred_steps")
         if b.get("adversarial_data_weight"):
