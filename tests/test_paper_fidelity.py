@@ -281,6 +281,40 @@ def test_adversarial_without_a_gan_term_skips_the_discriminator_and_trains_the_s
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("data_weight", [1.0, 0.5])
+def test_adversarial_at_the_anchor_runs_the_teacher_once_or_not_at_all_for_the_same_targets(
+        tiny_models, tmp_path, monkeypatch, data_weight):
+    """Guidance ranges collapsed onto the anchor: the real samples x0 + w (z_edit - x0_ref) need one teacher run
+    (x0_ref = x0), none at w = 1 (the ground truth). At each step of a training run they equal the two-run targets
+    drawn from the same random state, and the random state after them is the same."""
+    from movie_plugins.distillers import _adversarial as adv
+
+    calls, checked = [], []
+    real_teacher, real_samples = adv.teacher_samples, adv.AdversarialDistiller.real_samples
+    monkeypatch.setattr(adv, "teacher_samples", lambda *a, **k: calls.append(1) or real_teacher(*a, **k))
+
+    def both(self, src, tgt, emb_m, s_i, s_t):
+        state, before = torch.get_rng_state(), len(calls)
+        short = real_samples(self, src, tgt, emb_m, s_i, s_t)
+        short_calls, after = len(calls) - before, torch.get_rng_state()
+        torch.set_rng_state(state)
+        with monkeypatch.context() as m:
+            m.setattr(adv.AdversarialDistiller, "at_anchor", property(lambda self: False))
+            full = real_samples(self, src, tgt, emb_m, s_i, s_t)
+        assert torch.equal(after, torch.get_rng_state())
+        assert short_calls == (0 if data_weight == 1 else 1) and len(calls) - before - short_calls == 2
+        torch.testing.assert_close(short, full, rtol=0, atol=1e-6)
+        assert not torch.equal(full, tgt) or data_weight == 1  # at w < 1 the teacher's sample counts
+        checked.append(1)
+        return short
+
+    monkeypatch.setattr(adv.AdversarialDistiller, "real_samples", both)
+    _adversarial(tiny_models, tmp_path / "x", teacher_sampler="student-init", lambda_gen=0.0,
+                 data_weight=data_weight, image_guidance_min=1.5, image_guidance_max=1.5, text_guidance_min=7.5,
+                 text_guidance_max=7.5)
+    assert len(checked) == 2
+
+
 def test_discriminator_health_is_the_share_on_the_right_side_of_zero():
     from movie_plugins.distillers._discriminator import discriminator_health
 
