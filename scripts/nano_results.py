@@ -651,7 +651,9 @@ def _intro(result: dict[str, Any]) -> list[str]:
         source = b.get("adversarial_data_source", "same")
         extra = [text for text, on in ((f"{source} data", source != "same"),
                                        ("trained at t = 999 only", b.get("adversarial_timesteps") == 1),
-                                       ("no GAN term in the generator's loss", b.get("adversarial_gan_weight") == 0))
+                                       ("no GAN term in the generator's loss", b.get("adversarial_gan_weight") == 0),
+                                       ("guidance scales at the anchor only",
+                                        b.get("adversarial_guidance") == "anchor"))
                  if on]
         if extra:
             desc, key = what["mobile-pix2pix-1step"]

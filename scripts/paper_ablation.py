@@ -28,7 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # first (the stages each retrains: adversarial < vpred < mmg < mobile-pix2pix < the whole line)
 DEPARTURES: dict[str, tuple[str, object, str]] = {
     "gt-anchoring": ("adversarial_data_weight", 1.0, "the real samples corrected towards the ground truth"),
-    "adversarial-lr": ("adversarial_lr", 1e-4, "10x Appendix B's rate"),
+    "adversarial-lr": ("adversarial_lr", 2e-4, "20x Appendix B's rate"),
+    "anchor-guidance": ("adversarial_guidance", "anchor", "the 1-step student trained at the anchor scales only "
+                        "(Algorithm 2: s_I ~ U[1, 3], s_T ~ U[2, 14]), so its real samples are the ground truth"),
+    "adversarial-steps": ("adversarial_steps", 3000, "three times the 1-step stage's steps (at the anchor a step "
+                          "costs under half of Algorithm 2's)"),
     "teacher-vpred": ("adversarial_teacher", "student-init", "the v-prediction model as teacher sampler and "
                       "discriminator backbone (Appendix B: the Stage-3 model)"),
     "extra-resolution": ("adversarial_extra_resolution", 128, "every other step also at 128 px"),
@@ -45,6 +49,13 @@ DEPARTURES: dict[str, tuple[str, object, str]] = {
     "no-t2i-finetune": ("t2i_mobile_steps", 0, "Stage 1 without its finetune: the top attention dropped and the "
                         "image channels added at once (as the first paper-order chain ran; Sec. 4 finetunes between)"),
     "mobile-lr": ("mobile_lr", 2e-4, "2x InstructPix2Pix's rate for Stage 2"),
+    "mobile-uniform": ("mobile_weighting", "uniform", "Stage 2 on the plain loss named apart from the base's "
+                       "(the paper's loss; 'same' follows the base)"),
+    "base-v-weighting": ("pix2pix_weighting", "v", "the base's second run with each example's error in v "
+                         "(InstructPix2Pix: the plain epsilon MSE)"),
+    "base-v-steps": ("ip2p_steps", 2000, "the base's second run, 2000 steps (after 6000 on the plain loss)"),
+    "two-run-base": ("ip2p_uniform_steps", 6000, "the base trained 6000 steps on the plain loss before its v-weighted "
+                     "run (one run of 6000 in the paper preset)"),
     "ip2p-lr": ("ip2p_lr", 5e-4, "5x InstructPix2Pix's rate for the base model (off the paper order's mobile line)"),
     "ip2p-order": ("stage_order", "ip2p", "mobile-pix2pix from the trained instruct-pix2pix (Sec. 4: from "
                    "text-to-image)"),

@@ -171,7 +171,10 @@ def test_stage_order_keys_keep_recorded_budgets_equal():
     # a key whose default changed when it was added: recorded budgets ran the old way, the default is the new one
     old = {k: v for k, v in attrs.asdict(ChainBudget()).items() if k != "pix2pix_weighting"}
     assert recorded_budget(old)["pix2pix_weighting"] == "uniform" != ChainBudget().pix2pix_weighting
-    assert ChainBudget(**PRESETS["shipped"]).pix2pix_weighting == ChainBudget(**PRESETS["paper"]).pix2pix_weighting
+    # the shipped base departs (its second run weighted in v); its Mobile-Pix2Pix trains on the paper's plain loss
+    shipped, paper = ChainBudget(**PRESETS["shipped"]), ChainBudget(**PRESETS["paper"])
+    assert shipped.pix2pix_weighting == "v" != paper.pix2pix_weighting
+    assert shipped.mobile_pix2pix_weighting == paper.mobile_pix2pix_weighting == "uniform"
     assert ChainBudget(**PRESETS["paper"]).stage_order == "paper"
     small = ChainBudget(captions=8000, t2i_steps=4000, stage_order="paper").scaled(0.001)
     assert (small.captions, small.t2i_steps, small.ip2p_steps) == (8, 4, 6)
@@ -733,12 +736,13 @@ def test_the_md_line_trains_movie_stages_on_the_mobilediffusion_unet(tmp_path):
 
 
 def test_adversarial_timesteps_and_gan_weight_reach_the_one_step_stage_and_retrain_only_it(chain, tmp_path):
-    """-B adversarial_timesteps=1 -B adversarial_gan_weight=0: the 1-step stage trains at one Euler timestep with
-    no GAN term (its manifest's student_timesteps and lambda_gen; the default budget's are 8 and 0.1); reused from
-    a default chain, every stage before it is copied."""
+    """-B adversarial_timesteps=1 -B adversarial_gan_weight=0 -B adversarial_guidance=anchor: the 1-step stage
+    trains at one Euler timestep with no GAN term at the anchor scales only (its manifest's student_timesteps,
+    lambda_gen and guidance ranges; the default budget's are 8, 0.1 and Algorithm 2's); reused from a default
+    chain, every stage before it is copied."""
     work = tmp_path / "work"
     result = run("nano-train", "--out", str(work), *SCALED, "-B", "adversarial_timesteps=1", "-B",
-                 "adversarial_gan_weight=0", "--reuse-from", str(chain["work"]))
+                 "adversarial_gan_weight=0", "-B", "adversarial_guidance=anchor", "--reuse-from", str(chain["work"]))
     assert result.exit_code == 0, result.output
     record = json.loads((work / "chain.json").read_text())
     assert {"data", "autoencoders", "text", "instruct-pix2pix", "mobile-pix2pix", "mobile-pix2pix-mmg",
@@ -748,3 +752,5 @@ def test_adversarial_timesteps_and_gan_weight_reach_the_one_step_stage_and_retra
     default = json.loads((chain["work"] / "mobile-pix2pix-1step" / "movie.json").read_text())["training"]["options"]
     assert (options["student_timesteps"], default["student_timesteps"]) == (1, 8)
     assert (options["lambda_gen"], default["lambda_gen"]) == (0.0, 0.1)
+    ranges = ("image_guidance_min", "image_guidance_max", "text_guidance_min", "text_guidance_max")
+    assert [options[k] for k in ranges] == [1.5, 1.5, 7.5, 7.5] and [default[k] for k in ranges] == [1, 3, 2, 14]

@@ -414,7 +414,8 @@ def test_shipped_preset_is_what_the_shipped_family_ran_and_the_default_follows_t
     assert shipped == attrs.asdict(ChainBudget(**PRESETS["shipped"]))
     # the keys it predates ran the LEGACY way, but for the stages trained after they existed
     assert {k for k in LEGACY if shipped[k] != LEGACY[k]} == {
-        "taesd_lite_steps", "adversarial_data_source", "adversarial_timesteps", "adversarial_gan_weight"}
+        "taesd_lite_steps", "adversarial_data_source", "adversarial_timesteps", "adversarial_gan_weight",
+        "ip2p_uniform_steps", "pix2pix_weighting", "mobile_weighting", "adversarial_guidance"}
     default = ChainBudget()
     assert (default.adversarial_teacher, default.guidance_inject) == ("stage3", "resnet")
     paper = ChainBudget(**PRESETS["paper"])

@@ -137,6 +137,11 @@ class ChainBudget:
     # the generator's GAN term weight (adversarial `-O lambda_gen`; 0 = the MSE to the anchored real samples alone):
     # at one timestep, 0 kept grey greyer on the photographs, procedural or mixed data (docs/results/nano.md section 8)
     adversarial_gan_weight: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
+    # the guidance scales the 1-step student trains at: 'ranges' (Algorithm 2's, s_I ~ U[1, 3], s_T ~ U[2, 14]) or
+    # 'anchor' (only the anchor the default runs at, 1.5 and 7.5: with adversarial_data_weight 1 and no GAN term the
+    # real samples are then the ground truth and the teacher is not run, about 2.3 times faster a step; the student
+    # no longer learns the scales' effect). docs/results/nano.md section 8
+    adversarial_guidance: str = attrs.field(default="ranges", validator=attrs.validators.in_(("ranges", "anchor")))
     # what the 1-step stage's dataset shows ('same': the chain's data_source; else a second dataset of the same size
     # and seed from that source, in work/data-<source>): the earlier stages and every stage's held-out measure keep
     # the chain's data. From the shipped vpred, 'mixed' at one timestep with no GAN term passes the most photo bars
@@ -198,15 +203,18 @@ LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "dat
           "editing_unet": "stable-diffusion", "md_edit_steps": 3000, "md_edit_lr": 5e-4,
           "pix2pix_weighting": "uniform", "mmg_weighting": "uniform", "adversarial_timesteps": 8,
           "adversarial_gan_weight": 0.1, "adversarial_data_source": "same", "ip2p_uniform_steps": 0,
-          "mobile_weighting": "same"}
+          "mobile_weighting": "same", "adversarial_guidance": "ranges"}
 
 # named budgets of `movie nano-train --preset`: 'shipped' repeats the shipped family's training; 'paper' keeps its
 # step counts and sizes and takes the paper's values everywhere else the budget allows (docs/paper_fidelity.md)
 PRESETS: dict[str, dict[str, Any]] = {
-    # its taesd-lite was distilled after the key existed; its 1-step stage was trained again on mixed data, at
-    # t = 999 only and with no GAN term (docs/results/nano.md section 8)
+    # its taesd-lite was distilled after the key existed; since 2026-12-07 its base is the two-run one (6000 steps on
+    # the plain loss, 2000 with 'v'), Mobile-Pix2Pix on the plain loss, and its 1-step stage trains on mixed data, at
+    # t = 999 only, at the anchor scales only, with no GAN term, 3000 steps at 2e-4 (docs/results/nano.md section 8)
     "shipped": LEGACY | {"taesd_lite_steps": 2500, "adversarial_data_source": "mixed", "adversarial_timesteps": 1,
-                         "adversarial_gan_weight": 0.0},
+                         "adversarial_gan_weight": 0.0, "ip2p_uniform_steps": 6000, "ip2p_steps": 2000,
+                         "pix2pix_weighting": "v", "mobile_weighting": "uniform", "adversarial_steps": 3000,
+                         "adversarial_lr": 2e-4, "adversarial_guidance": "anchor"},
     "paper": {
         "ip2p_lr": 1e-4, "mobile_lr": 1e-4,  # InstructPix2Pix's rate (the paper gives none for Stages 1-2)
         "mmg_lr": 1e-5, "vpred_lr": 1e-6, "adversarial_lr": 1e-5,  # Appendix B
@@ -242,6 +250,17 @@ def _train(strategy: str, teacher: Path, data: Path, out: Path, budget: ChainBud
     # exist here: a stage whose output exists is skipped)
     started = can_resume(out)
     run(distiller, teacher, data, out, cfg, resume=started, overwrite=not started, progress=progress)
+
+
+def _one_step_guidance(b: ChainBudget) -> dict[str, float]:
+    """The adversarial stage's guidance ranges: its defaults (Algorithm 2's) or collapsed onto the anchor."""
+    if b.adversarial_guidance == "ranges":
+        return {}
+    from movie_plugins.distillers._options import AdversarialOptions
+
+    anchor = AdversarialOptions()
+    return {"image_guidance_min": anchor.data_image_guidance, "image_guidance_max": anchor.data_image_guidance,
+            "text_guidance_min": anchor.data_text_guidance, "text_guidance_max": anchor.data_text_guidance}
 
 
 OBJECTIVES = {  # chain stage -> (its distiller, the work folder of its teacher)
@@ -524,7 +543,8 @@ AE_STAGES = ("autoencoders", "md-vae", "taesd-decoder", "taesd-decoder-colour", 
 TEXT_KEYS = ("text_steps", "seed")
 TRAIN_KEYS = ("batch_size", "resolution", "seed", "ema_decay")  # every distiller stage (_train)
 ADVERSARIAL_KEYS = ("adversarial_steps", "adversarial_lr", "adversarial_data_weight", "adversarial_extra_resolution",
-                    "adversarial_timesteps", "adversarial_gan_weight", "adversarial_data_source")
+                    "adversarial_timesteps", "adversarial_gan_weight", "adversarial_data_source",
+                    "adversarial_guidance")
 ADVERSARIAL_DATA_KEYS = ("count", "videos", "resolution", "seed", "adversarial_data_source")
 
 
@@ -910,7 +930,7 @@ def _md_line(work: Path, data: Path, start: Path, b: ChainBudget, stage: Callabl
         "adversarial", work / "mobile-pix2pix-mmg", one_step_data, work / "mobile-pix2pix-1step", b,
         steps=b.adversarial_steps, lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
         data_weight=b.adversarial_data_weight, student_timesteps=b.adversarial_timesteps,
-        lambda_gen=b.adversarial_gan_weight,
+        lambda_gen=b.adversarial_gan_weight, **_one_step_guidance(b),
         teacher_sampler="student-init",
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
         "mobile-pix2pix-mmg"), work / "mobile-pix2pix-mmg", keys=ADVERSARIAL_KEYS,
@@ -940,7 +960,7 @@ def _sd_line(work: Path, data: Path, mobile_start: Path, b: ChainBudget, stage: 
         "adversarial", work / "vpred", one_step_data, work / "mobile-pix2pix-1step", b, steps=b.adversarial_steps,
         lr=b.adversarial_lr, progress=progress, ema=False, lr_d=b.adversarial_lr,
         data_weight=b.adversarial_data_weight, student_timesteps=b.adversarial_timesteps,
-        lambda_gen=b.adversarial_gan_weight,
+        lambda_gen=b.adversarial_gan_weight, **_one_step_guidance(b),
         teacher_sampler=b.adversarial_teacher,
         **({"teacher_sampler_model": str(work / "mobile-pix2pix-mmg")} if b.adversarial_teacher == "stage3" else {}),
         extra_resolutions=(b.adversarial_extra_resolution,) if b.adversarial_extra_resolution else ()),
