@@ -187,20 +187,17 @@ class AdversarialDistiller(BuiltinDistiller):
             return teacher_samples(self.sampler, src, emb_m, s_i, s_t, o.teacher_steps, o.teacher_scheduler,
                                    self.sampler_null_emb)
         seed = int(torch.randint(0, 2**62, (1,)).item())
-        if self.at_anchor:  # every example at the anchor: x0 = x0_ref, so x0 + w (z_edit - x0_ref) needs one run
-            if o.data_weight == 1:  # or none: the ground truth itself
-                return tgt
-            gen = torch.Generator(device=src.device).manual_seed(seed)
-            x0 = teacher_samples(self.sampler, src, emb_m, s_i, s_t, o.teacher_steps, o.teacher_scheduler,
-                                 self.sampler_null_emb, generator=gen)
-            return x0 + o.data_weight * (tgt - x0)
+        if self.at_anchor and o.data_weight == 1:  # x0_ref = x0 at the anchor, so the real samples are z_edit
+            return tgt
+        scales = [(s_i, s_t)]
+        if not self.at_anchor:  # at the anchor x0_ref is x0: one run
+            scales.append((torch.full_like(s_i, o.data_image_guidance), torch.full_like(s_t, o.data_text_guidance)))
         runs = []
-        for si, st in ((s_i, s_t), (torch.full_like(s_i, o.data_image_guidance),
-                                    torch.full_like(s_t, o.data_text_guidance))):
+        for si, st in scales:
             gen = torch.Generator(device=src.device).manual_seed(seed)
             runs.append(teacher_samples(self.sampler, src, emb_m, si, st, o.teacher_steps, o.teacher_scheduler,
                                         self.sampler_null_emb, generator=gen))
-        return runs[0] + o.data_weight * (tgt - runs[1])
+        return runs[0] + o.data_weight * (tgt - runs[-1])
 
     def student_x0(self, src, emb, x0, s_i, s_t):
         """x_t at one of the Euler timesteps (c_in applied) and the student's x0_hat from its v output."""
