@@ -507,6 +507,38 @@ def test_a_stage_with_its_own_text_tower_keeps_it(chain, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
+def test_a_second_ship_keeps_an_adaptor_only_beside_the_same_unet(chain, tmp_path):
+    """A step adaptor trained into a shipped stage after its ship survives the next ship when that stage's UNet is
+    the same file, and goes, with a line saying so, when the UNet it was trained for is replaced."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from movie_plugins.nano.chain import ship
+
+    work, dest = tmp_path / "work", tmp_path / "ship"
+    shutil.copytree(chain["work"], work, ignore=shutil.ignore_patterns("data", "*.train"))
+    ship(work, dest)
+    for stage in ("mobile-pix2pix-mmg", "mobile-pix2pix-1step"):
+        (dest / stage / "adaptor").mkdir()
+        (dest / stage / "adaptor" / "adaptor.json").write_text(json.dumps({"for": stage}))
+    weights = work / "mobile-pix2pix-1step" / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1  # the 1-step stage retrained; the mmg stage not
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    logs: list[str] = []
+    ship(work, dest, log=logs.append)
+    assert json.loads((dest / "mobile-pix2pix-mmg" / "adaptor" / "adaptor.json").read_text()) == {
+        "for": "mobile-pix2pix-mmg"}
+    assert not (dest / "mobile-pix2pix-1step" / "adaptor").exists()
+    assert load_file(str(dest / "mobile-pix2pix-1step" / "unet" / "diffusion_pytorch_model.safetensors"))[
+        name].equal(tensors[name])
+    assert any("mobile-pix2pix-mmg: kept adaptor" in line for line in logs), logs
+    assert any("mobile-pix2pix-1step: dropped adaptor" in line for line in logs), logs
+
+
 def _image(tmp_path):
     import numpy as np
     from PIL import Image

@@ -409,10 +409,27 @@ def _same_folder(a: Path, b: Path) -> bool:
         _same_file(a / f, b / f) for f in files)
 
 
-def ship(work: Path, dest: Path) -> None:
+def _carry_extras(old: Path, new: Path) -> tuple[list[str], list[str]]:
+    """What a shipped stage folder holds that the chain does not lay out (a Clockwork step adaptor trained for its
+    UNet afterwards): copied into the new folder when its UNet is the same file, else left behind. Returns
+    (kept, dropped) entry names."""
+    extras = sorted(p.name for p in old.iterdir() if not (new / p.name).exists()) if old.is_dir() else []
+    weights = Path("unet") / "diffusion_pytorch_model.safetensors"
+    if not extras:
+        return [], []
+    if not ((old / weights).is_file() and (new / weights).is_file() and _same_file(old / weights, new / weights)):
+        return [], extras
+    for name in extras:
+        (shutil.copytree if (old / name).is_dir() else shutil.copy2)(old / name, new / name)
+    return extras, []
+
+
+def ship(work: Path, dest: Path, log: Callable[[str], None] | None = None) -> None:
     """Lay the trained family out as built-in models: dest/autoencoders/{vae,taesd}, dest/text/{text_encoder,
     tokenizer} and dest/<stage>/ (the UNet and manifest; the manifest's "components" map points to the shared
-    folders). The vpred stage ships too: it is the adversarial stage's teacher and start (`nano:vpred`)."""
+    folders). The vpred stage ships too: it is the adversarial stage's teacher and start (`nano:vpred`).
+    What an already shipped stage holds beyond that (a step adaptor) stays if its UNet is unchanged; otherwise it
+    was trained for the old UNet and goes, and `log` says so."""
     tmp = dest.with_name(f".{dest.name}.movie-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -436,6 +453,10 @@ def ship(work: Path, dest: Path) -> None:
         # what the model knows (movie list --edits; movie edit warns on an instruction far from all of them)
         manifest["edits"] = {name: list(procedural.phrasings(name, "train")) for name in procedural.EDIT_NAMES}
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        kept, dropped = _carry_extras(dest / stage, tmp / stage)
+        if log is not None and (kept or dropped):
+            log(f"[ship] {stage}: " + (f"kept {', '.join(kept)} (same UNet)" if kept else
+                                        f"dropped {', '.join(dropped)} (trained for the UNet this ship replaces)"))
     (tmp / "chain.json").write_text(json.dumps(chain, indent=2) + "\n")
     _swap_family(tmp, dest)
 
@@ -905,7 +926,7 @@ def train_chain(work: Path, budget: ChainBudget, *, device: str = "auto", ship_t
     record["total_seconds"] = round(sum(record["seconds"].values()), 1)
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     if ship_to is not None:
-        ship(work, ship_to)
+        ship(work, ship_to, log=log)
         log(f"[ship] {ship_to}")
     return record
 
