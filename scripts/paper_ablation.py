@@ -31,11 +31,12 @@ DEPARTURES: dict[str, tuple[str, object, str]] = {
     "adversarial-lr": ("adversarial_lr", 2e-4, "20x Appendix B's rate"),
     "anchor-guidance": ("adversarial_guidance", "anchor", "the 1-step student trained at the anchor scales only "
                         "(Algorithm 2: s_I ~ U[1, 3], s_T ~ U[2, 14]), so its real samples are the ground truth"),
-    "adversarial-steps": ("adversarial_steps", 3000, "three times the 1-step stage's steps (at the anchor a step "
+    "adversarial-steps": ("adversarial_steps", 5000, "five times the 1-step stage's steps (at the anchor a step "
                           "costs under half of Algorithm 2's)"),
     "teacher-vpred": ("adversarial_teacher", "student-init", "the v-prediction model as teacher sampler and "
                       "discriminator backbone (Appendix B: the Stage-3 model)"),
-    "extra-resolution": ("adversarial_extra_resolution", 128, "every other step also at 128 px"),
+    "extra-resolution": ("adversarial_extra_resolution", 256, "every other step also at 256 px, the default's "
+                         "working size"),
     "one-timestep": ("adversarial_timesteps", 1, "the 1-step student trained at t = 999 only (Appendix B: 8 Euler "
                      "timesteps, 999 down to 0)"),
     "no-gan-term": ("adversarial_gan_weight", 0.0, "the generator's loss without Algorithm 2's adversarial term"),

@@ -210,11 +210,13 @@ LEGACY = {"adversarial_teacher": "student-init", "guidance_inject": "time", "dat
 PRESETS: dict[str, dict[str, Any]] = {
     # its taesd-lite was distilled after the key existed; since 2026-12-07 its base is the two-run one (6000 steps on
     # the plain loss, 2000 with 'v'), Mobile-Pix2Pix on the plain loss, and its 1-step stage trains on mixed data, at
-    # t = 999 only, at the anchor scales only, with no GAN term, 3000 steps at 2e-4 (docs/results/nano.md section 8)
+    # t = 999 only, at the anchor scales only, with no GAN term, 5000 steps at 2e-4, every other step at 256 px (the
+    # default's working size) instead of 128 (docs/results/nano.md section 8)
     "shipped": LEGACY | {"taesd_lite_steps": 2500, "adversarial_data_source": "mixed", "adversarial_timesteps": 1,
                          "adversarial_gan_weight": 0.0, "ip2p_uniform_steps": 6000, "ip2p_steps": 2000,
-                         "pix2pix_weighting": "v", "mobile_weighting": "uniform", "adversarial_steps": 3000,
-                         "adversarial_lr": 2e-4, "adversarial_guidance": "anchor"},
+                         "pix2pix_weighting": "v", "mobile_weighting": "uniform", "adversarial_steps": 5000,
+                         "adversarial_lr": 2e-4, "adversarial_guidance": "anchor",
+                         "adversarial_extra_resolution": 256},
     "paper": {
         "ip2p_lr": 1e-4, "mobile_lr": 1e-4,  # InstructPix2Pix's rate (the paper gives none for Stages 1-2)
         "mmg_lr": 1e-5, "vpred_lr": 1e-6, "adversarial_lr": 1e-5,  # Appendix B
