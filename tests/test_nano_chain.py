@@ -186,7 +186,8 @@ def test_stage_order_keys_keep_recorded_budgets_equal():
 TINY_PAPER = dict(count=24, videos=2, resolution=32, batch_size=4, ae_pool=8, ae_batch_size=4, vae_steps=2,
                   taesd_steps=2, taesd_decoder_steps=2, taesd_grey_steps=0, text_steps=2, ip2p_steps=2,
                   mobile_steps=2, mmg_steps=2, vpred_steps=2, adversarial_steps=2, adversarial_extra_resolution=0,
-                  stage_order="paper", captions=8, t2i_steps=2, t2i_mobile_steps=2, taesd_lite_steps=2)
+                  stage_order="paper", captions=8, t2i_steps=2, t2i_mobile_steps=2, taesd_lite_steps=2,
+                  md_edit_steps=2)  # (the MobileDiffusion line's Stage 2; its default 3000 took 158 s of a test)
 
 
 @pytest.mark.slow
