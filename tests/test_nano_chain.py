@@ -524,6 +524,8 @@ def test_a_second_ship_keeps_an_adaptor_only_beside_the_same_unet(chain, tmp_pat
     for stage in ("mobile-pix2pix-mmg", "mobile-pix2pix-1step"):
         (dest / stage / "adaptor").mkdir()
         (dest / stage / "adaptor" / "adaptor.json").write_text(json.dumps({"for": stage}))
+    assert not (dest / "mobile-pix2pix-mmg" / "text_encoder").exists()  # shared: ../text
+    (dest / "mobile-pix2pix-mmg" / "text_encoder").mkdir()  # a text tower of its own from an older ship: not carried
     weights = work / "mobile-pix2pix-1step" / "unet" / "diffusion_pytorch_model.safetensors"
     tensors = load_file(str(weights))
     name = next(iter(tensors))
@@ -534,6 +536,7 @@ def test_a_second_ship_keeps_an_adaptor_only_beside_the_same_unet(chain, tmp_pat
     assert json.loads((dest / "mobile-pix2pix-mmg" / "adaptor" / "adaptor.json").read_text()) == {
         "for": "mobile-pix2pix-mmg"}
     assert not (dest / "mobile-pix2pix-1step" / "adaptor").exists()
+    assert not (dest / "mobile-pix2pix-mmg" / "text_encoder").exists()
     assert load_file(str(dest / "mobile-pix2pix-1step" / "unet" / "diffusion_pytorch_model.safetensors"))[
         name].equal(tensors[name])
     assert any("mobile-pix2pix-mmg: kept adaptor" in line for line in logs), logs

@@ -414,8 +414,11 @@ def _same_folder(a: Path, b: Path) -> bool:
 def _carry_extras(old: Path, new: Path) -> tuple[list[str], list[str]]:
     """What a shipped stage folder holds that the chain does not lay out (a Clockwork step adaptor trained for its
     UNet afterwards): copied into the new folder when its UNet is the same file, else left behind. Returns
-    (kept, dropped) entry names."""
-    extras = sorted(p.name for p in old.iterdir() if not (new / p.name).exists()) if old.is_dir() else []
+    (kept, dropped) entry names. The chain's own entries (a stage's text tower or autoencoders, which a later ship
+    may share instead) are never carried."""
+    ours = {*SHARED_AUTOENCODERS, TAESD_LITE, *SHARED_TEXT}
+    extras = sorted(p.name for p in old.iterdir() if p.name not in ours and not (new / p.name).exists()) \
+        if old.is_dir() else []
     weights = Path("unet") / "diffusion_pytorch_model.safetensors"
     if not extras:
         return [], []
