@@ -413,16 +413,16 @@ def _same_folder(a: Path, b: Path) -> bool:
 
 def _carry_extras(old: Path, new: Path) -> tuple[list[str], list[str]]:
     """What a shipped stage folder holds that the chain does not lay out (a Clockwork step adaptor trained for its
-    UNet afterwards): copied into the new folder when its UNet is the same file, else left behind. Returns
-    (kept, dropped) entry names. The chain's own entries (a stage's text tower or autoencoders, which a later ship
-    may share instead) are never carried."""
+    UNet afterwards): copied into the new folder when its UNet folder is the same (_same_folder), else left behind.
+    Returns (kept, dropped) entry names. The chain's own entries (a stage's text tower or autoencoders, which a later
+    ship may share instead) are never carried."""
+    if not old.is_dir():
+        return [], []
     ours = {*SHARED_AUTOENCODERS, TAESD_LITE, *SHARED_TEXT}
-    extras = sorted(p.name for p in old.iterdir() if p.name not in ours and not (new / p.name).exists()) \
-        if old.is_dir() else []
-    weights = Path("unet") / "diffusion_pytorch_model.safetensors"
+    extras = sorted(p.name for p in old.iterdir() if p.name not in ours and not (new / p.name).exists())
     if not extras:
         return [], []
-    if not ((old / weights).is_file() and (new / weights).is_file() and _same_file(old / weights, new / weights)):
+    if not _same_folder(old / "unet", new / "unet"):
         return [], extras
     for name in extras:
         (shutil.copytree if (old / name).is_dir() else shutil.copy2)(old / name, new / name)
